@@ -1,0 +1,159 @@
+"""The `evaluate` phase: score any model on Japanese GSM8K and log everything a comparison needs."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from distill import DistillError
+from distill.answers import extract_answer, format_number, is_correct
+from distill.config import RUN_ID_RE, ModelRef, load_preset, resolve_model
+from distill.data import load_eval_set
+from distill.generation import GenerationConfig
+from distill.prompts import FEW_SHOT_STOP, chat_messages, few_shot_prompt, plain_prompt
+from distill.runner import check_backend, check_positive, open_generator, timed_generate
+from distill.stats import accuracy_with_ci
+from distill import tracking
+
+MODES = ("zero-shot", "few-shot")
+FORMATS = ("auto", "chat", "plain")
+
+
+@dataclass
+class EvaluateParams:
+    model: str
+    preset: str = "offline"
+    eval_set: str = ""            # empty: the preset's
+    mode: str = "zero-shot"
+    prompt_format: str = "auto"    # auto: chat for teachers, plain for students and base models
+    backend: str = ""              # empty: the preset's
+    limit: int | None = None
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+    repetition_penalty: float | None = None  # empty: 1.1 for few-shot (paper), else 1.0
+    shots: int = 4
+    base_url: str | None = None
+    tensor_parallel_size: int | None = None
+    reuse: bool = True
+
+
+def _lineage_from_run(run_id: str) -> dict[str, str]:
+    run = tracking.get_run(run_id)
+    tags = run.data.tags
+    if tags.get(tracking.TAG_PHASE) != "sft":
+        raise DistillError(f"run {run_id} is not an sft run (phase {tags.get(tracking.TAG_PHASE)!r}); "
+                           "give an sft run id, a models:/ URI or a model name")
+    return {"distill.student": tags.get("distill.student", ""), "distill.teacher": tags.get("distill.teacher", ""),
+            "distill.sft_run_id": run_id, "distill.seed": tags.get("distill.seed", "")}
+
+
+def _lineage_from_registry(uri: str) -> dict[str, str]:
+    """`models:/name@alias` or `models:/name/3` -> the sft run that produced that version."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    spec = uri.removeprefix("models:/")
+    try:
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = spec.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except Exception as e:
+        raise DistillError(f"no registered model {uri} ({type(e).__name__})") from None
+    return _lineage_from_run(version.run_id) if version.run_id else {}
+
+
+def resolve_eval_model(name: str, preset: dict) -> tuple[ModelRef, dict[str, str]]:
+    """The model to evaluate and the lineage tags that say what it is (for Table 1 from tags alone)."""
+    if RUN_ID_RE.match(name):
+        return ModelRef(name, f"runs:/{name}/model", "student"), _lineage_from_run(name)
+    if name.startswith("runs:/"):
+        run_id = name.removeprefix("runs:/").split("/", 1)[0]
+        return ModelRef(name, name, "student"), _lineage_from_run(run_id)
+    if name.startswith("models:/"):
+        return ModelRef(name, name, "student"), _lineage_from_registry(name)
+    ref = resolve_model(name, preset)
+    tags = {"distill.teacher": ref.name} if ref.role == "teacher" else {}
+    if ref.role == "student":
+        tags["distill.student"] = ref.name
+    return ref, tags
+
+
+def build_prompts(questions: list[str], mode: str, prompt_format: str, shots: int) -> list:
+    if mode == "few-shot":
+        if prompt_format == "chat":
+            raise DistillError("few-shot mode is the base-model baseline and needs prompt_format=plain")
+        return [few_shot_prompt(q, shots) for q in questions]
+    if prompt_format == "chat":
+        return [chat_messages(q) for q in questions]
+    return [plain_prompt(q) for q in questions]
+
+
+def run(p: EvaluateParams) -> str:
+    """Evaluate and return the run id (an earlier identical run's id when reused)."""
+    preset = load_preset(p.preset)
+    if p.mode not in MODES:
+        raise DistillError(f"unknown mode {p.mode!r}; choose one of {', '.join(MODES)}")
+    if p.prompt_format not in FORMATS:
+        raise DistillError(f"unknown prompt_format {p.prompt_format!r}; choose one of {', '.join(FORMATS)}")
+    check_positive("limit", p.limit, allow_none=True)
+    backend = check_backend(p.backend or preset.get("backend", "transformers"))
+    eval_set = p.eval_set or preset["data"]["eval_set"]
+    examples, source = load_eval_set(eval_set, p.limit)
+    ref, lineage = resolve_eval_model(p.model, preset)
+    prompt_format = p.prompt_format
+    if prompt_format == "auto":
+        prompt_format = "chat" if ref.role == "teacher" and p.mode == "zero-shot" else "plain"
+    gen_defaults = preset.get("generation", {})
+    rep = p.repetition_penalty if p.repetition_penalty is not None else (
+        preset.get("baseline", {}).get("repetition_penalty", 1.1) if p.mode == "few-shot" else 1.0)
+    config = GenerationConfig(
+        max_new_tokens=check_positive("max_new_tokens", p.max_new_tokens or gen_defaults.get("max_new_tokens", 1024)),
+        batch_size=check_positive("batch_size", p.batch_size or gen_defaults.get("batch_size", 16)),
+        repetition_penalty=rep,
+        stop=tuple(FEW_SHOT_STOP) if p.mode == "few-shot" else (),
+    )
+    params = {"preset": preset["name"], "model": p.model, "model_source": ref.source, "eval_set": eval_set,
+              "mode": p.mode, "shots": p.shots if p.mode == "few-shot" else 0, "prompt_format": prompt_format,
+              "backend": backend, "limit": p.limit, "max_new_tokens": config.max_new_tokens,
+              "repetition_penalty": rep, "batch_size": config.batch_size, "n_examples": len(examples)}
+    tags = dict(lineage)
+    tags["distill.model"] = ref.name
+    tags["distill.eval_set"] = eval_set
+    tags["distill.mode"] = p.mode
+    if p.mode == "few-shot":
+        tags["distill.baseline"] = f"{p.shots}-shot"
+    with tracking.phase_run("evaluate", params, tags=tags, reuse=p.reuse) as pr:
+        if pr.reused:
+            return pr.run_id
+        import mlflow
+
+        tracking.log_dataset([e.to_dict() for e in examples], name=eval_set.split("/")[-1], source=source,
+                             context="evaluation")
+        prompts = build_prompts([e.question for e in examples], p.mode, prompt_format, p.shots)
+        gen = open_generator(ref, backend, base_url=p.base_url, tensor_parallel_size=p.tensor_parallel_size)
+        outs, timing = timed_generate(gen, prompts, config)
+        records = []
+        for ex, prompt, out in zip(examples, prompts, outs):
+            pred = extract_answer(out.text)
+            records.append({
+                "id": ex.id, "question": ex.question, "output": out.text,
+                "extracted": format_number(pred), "gold": format_number(ex.answer_number),
+                "correct": is_correct(pred, ex.answer_number), "output_tokens": out.n_tokens,
+                "finish_reason": out.finish_reason,
+            })
+        correct = [r["correct"] for r in records]
+        acc, lo, hi = accuracy_with_ci(correct)
+        mlflow.log_metrics({
+            "accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
+            "n_correct": sum(correct), "n_total": len(correct),
+            "n_unparsed": sum(r["extracted"] is None for r in records),
+            "output_tokens_mean": timing["output_tokens"] / max(len(records), 1),
+            "generation_seconds": timing["generation_seconds"], "tokens_per_second": timing["tokens_per_second"],
+        })
+        tracking.log_records(records, "predictions")
+        print(f"[distill] evaluate {ref.name} on {eval_set}: accuracy {acc:.2f}% "
+              f"[{lo:.2f}, {hi:.2f}] ({sum(correct)}/{len(correct)}), run {pr.run_id}", file=sys.stderr)
+        return pr.run_id

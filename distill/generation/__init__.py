@@ -1,0 +1,13 @@
+"""Text generation behind one interface, three backends.
+
+- `transformers`: batched, left-padded, greedy; CPU or one GPU.
+- `vllm`: vLLM's offline `LLM` with tensor parallelism; GPU only, imported only when chosen.
+- `openai`: any OpenAI-compatible server (`vllm serve`, a hosted API).
+
+A prompt is either a plain string (base models, students) or a list of chat messages
+(instruct teachers, translator); every backend takes both.
+"""
+
+from distill.generation.base import BACKENDS, GenerationConfig, Generation, Generator, Prompt, make_generator
+
+__all__ = ["BACKENDS", "GenerationConfig", "Generation", "Generator", "Prompt", "make_generator"]

@@ -1,0 +1,54 @@
+"""Glue every generating phase shares: pick the backend for a model and run prompts through it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Sequence
+
+from distill import DistillError
+from distill.config import ModelRef
+from distill.generation import BACKENDS, GenerationConfig, Generator, Prompt, make_generator
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise DistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def check_positive(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if value is None or value <= 0:
+        raise DistillError(f"{name} must be > 0 (got {value})")
+    return value
+
+
+def open_generator(ref: ModelRef, backend: str, base_url: str | None = None,
+                   tensor_parallel_size: int | None = None, trust_remote_code: bool = False) -> Generator:
+    """A ready generator; MLflow and tiny models are downloaded or built first."""
+    check_backend(backend)
+    if backend == "openai":
+        # The server names the model; for preset names that is the Hub id it was started with.
+        return make_generator("openai", ref.source if not ref.source.startswith("tiny:") else ref.name,
+                              base_url=base_url)
+    from distill.models import materialize
+
+    loadable = materialize(ref)
+    t0 = time.perf_counter()
+    gen = make_generator(backend, loadable.model, tokenizer_source=loadable.tokenizer,
+                         tensor_parallel_size=tensor_parallel_size or ref.tensor_parallel_size,
+                         trust_remote_code=trust_remote_code)
+    print(f"[distill] loaded {ref.name} ({loadable.model}) with {backend} in {time.perf_counter() - t0:.1f}s",
+          file=sys.stderr)
+    return gen
+
+
+def timed_generate(gen: Generator, prompts: Sequence[Prompt], config: GenerationConfig) -> tuple[list, dict[str, Any]]:
+    t0 = time.perf_counter()
+    outs = gen.generate(prompts, config)
+    seconds = time.perf_counter() - t0
+    tokens = sum(o.n_tokens for o in outs)
+    return outs, {"generation_seconds": seconds, "output_tokens": tokens,
+                  "tokens_per_second": tokens / seconds if seconds > 0 else 0.0}

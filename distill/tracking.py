@@ -1,0 +1,238 @@
+"""MLflow plumbing shared by every phase: reuse of finished runs, lineage tags, dataset inputs, tables.
+
+A phase run is reused when a FINISHED run in the same experiment has the same cache key: the
+hash of its entry point, its parameters, the run ids it consumed and the code version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+from distill import DistillError
+
+TAG_PHASE = "distill.phase"
+TAG_KEY = "distill.cache_key"
+TAG_CODE = "distill.code_version"
+TAG_REUSED = "distill.reused_run_id"
+TAG_RESUMED = "distill.resumed_from"
+PACKAGE_DIR = Path(__file__).parent
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the package's code, presets and shipped data: what decides the results."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.is_file() and path.suffix in {".py", ".yaml", ".json", ".tsv", ".jsonl"}:
+            h.update(str(path.relative_to(PACKAGE_DIR)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cache_key(phase: str, params: dict[str, Any], upstream: dict[str, str] | None = None) -> str:
+    payload = {"phase": phase, "params": {k: str(v) for k, v in sorted(params.items())},
+               "upstream": dict(sorted((upstream or {}).items())), "code": code_version()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_tracking_reachable() -> None:
+    """A down tracking server otherwise costs minutes of retries and a deep traceback."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5)
+    except requests.RequestException as e:
+        raise DistillError(
+            f"cannot reach the MLflow tracking server at {uri} ({type(e).__name__}); "
+            "start it (mlflow server ...) or unset MLFLOW_TRACKING_URI to use ./mlflow.db"
+        ) from None
+
+
+def _escape(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def search_phase_runs(phase: str | None = None, status: str | None = None, extra: str = "",
+                      experiment_ids: list[str] | None = None, max_results: int = 5000) -> list:
+    """Runs of a phase in the active experiment (stubs that only point at a reused run excluded)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    filters = []
+    if phase:
+        filters.append(f"tags.`{TAG_PHASE}` = '{_escape(phase)}'")
+    if status:
+        filters.append(f"attributes.status = '{status}'")
+    if extra:
+        filters.append(extra)
+    if experiment_ids is None:
+        experiment_ids = [_active_experiment_id()]
+    return MlflowClient().search_runs(experiment_ids, " and ".join(filters), max_results=max_results,
+                                      order_by=["attributes.start_time DESC"])
+
+
+def _active_experiment_id() -> str:
+    import mlflow
+
+    run = mlflow.active_run()
+    if run:
+        return run.info.experiment_id
+    env_run = os.environ.get("MLFLOW_RUN_ID")
+    if env_run:
+        return mlflow.get_run(env_run).info.experiment_id
+    return mlflow.tracking.fluent._get_experiment_id()
+
+
+def find_reusable(key: str) -> str | None:
+    runs = search_phase_runs(status="FINISHED", extra=f"tags.`{TAG_KEY}` = '{key}'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def find_unfinished(key: str) -> list:
+    """Earlier tries of the same work that did not finish (killed, failed, or still marked running)."""
+    runs = search_phase_runs(extra=f"tags.`{TAG_KEY}` = '{key}'")
+    return [r for r in runs if r.info.status != "FINISHED"]
+
+
+@dataclass
+class PhaseRun:
+    run_id: str
+    reused: bool
+    key: str
+
+
+def _run_name(phase: str, tags: dict[str, str]) -> str:
+    parts = [phase] + [tags[t] for t in ("distill.teacher", "distill.student") if tags.get(t)]
+    return "-".join(parts)
+
+
+@contextmanager
+def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | None = None,
+              tags: dict[str, str] | None = None, reuse: bool = True) -> Iterator[PhaseRun]:
+    """Start (or reuse) the run of one phase.
+
+    Yields PhaseRun; when `reused` is True the body must not do the work again. Under
+    `mlflow run` the run that the CLI made is used; inside `main` the run is nested.
+    """
+    import mlflow
+
+    ensure_tracking_reachable()
+    upstream = {k: v for k, v in (upstream or {}).items() if v}
+    tags = {k: str(v) for k, v in (tags or {}).items() if v not in (None, "")}
+    key = cache_key(phase, params, upstream)
+    prior = find_reusable(key) if reuse else None
+    nested = mlflow.active_run() is not None
+    if prior:
+        print(f"[distill] {phase}: reusing FINISHED run {prior} (same parameters, inputs and code)", file=sys.stderr)
+        if os.environ.get("MLFLOW_RUN_ID") and not nested:
+            # `mlflow run` already made a run: leave a pointer, without the phase tag, so that
+            # searches by phase find only the real run.
+            with mlflow.start_run():
+                mlflow.set_tags({TAG_REUSED: prior, "distill.reused_phase": phase})
+        yield PhaseRun(prior, True, key)
+        return
+    all_tags = {TAG_PHASE: phase, TAG_KEY: key, TAG_CODE: code_version(), **tags,
+                **{f"distill.{k}" if not k.startswith("distill.") else k: v for k, v in upstream.items()}}
+    with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, tags=all_tags) as run:
+        log_params_merged(run, params)
+        yield PhaseRun(run.info.run_id, False, key)
+
+
+def _same_value(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a.lower() == b.lower()
+
+
+def log_params_merged(run, params: dict[str, Any]) -> None:
+    """Log resolved parameters beside those `mlflow run` already logged as the user typed them.
+
+    MLflow forbids changing a logged value; a value typed differently but equal (`1e-5`) is kept,
+    and the resolved one, if different, goes to `<key>.resolved`.
+    """
+    import mlflow
+
+    existing = mlflow.get_run(run.info.run_id).data.params
+    out = {}
+    for k, v in params.items():
+        text = "" if v is None else str(v)
+        if k not in existing:
+            out[k] = text
+        elif not _same_value(existing[k], text):
+            out[f"{k}.resolved"] = text
+    if out:
+        mlflow.log_params(out)
+
+
+def log_records(records: list[dict], name: str) -> None:
+    """Per-example results as an MLflow table (UI) and a JSONL artifact (scripts)."""
+    import mlflow
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        mlflow.log_artifact(str(path))
+    if records:
+        mlflow.log_table(data=pd.DataFrame.from_records(records), artifact_file=f"{name}.json")
+
+
+def log_dataset(records: list[dict], name: str, source: str, context: str):
+    """A dataset input with a digest, so the UI shows which data a run used; returns the digest."""
+    import mlflow
+    import pandas as pd
+
+    df = pd.DataFrame.from_records(records)
+    with warnings.catch_warnings():  # a local path matches two equivalent source types; either is right
+        warnings.simplefilter("ignore", UserWarning)
+        if source.startswith("hf://datasets/"):
+            from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+            source = HuggingFaceDatasetSource(path=source.removeprefix("hf://datasets/"))
+        dataset = mlflow.data.from_pandas(df, source=source, name=name)
+    mlflow.log_input(dataset, context=context)
+    return dataset.digest
+
+
+def download_artifact(run_id: str, path: str, dst: str | None = None) -> Path:
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst))
+    except Exception as e:
+        raise DistillError(f"run {run_id} has no artifact {path!r} ({type(e).__name__})") from None
+
+
+def get_run(run_id: str):
+    import mlflow
+
+    try:
+        return mlflow.get_run(run_id)
+    except Exception:
+        raise DistillError(f"no MLflow run with id {run_id!r} in {mlflow.get_tracking_uri()}") from None
+
+
+def require_phase(run, phase: str) -> None:
+    actual = run.data.tags.get(TAG_PHASE)
+    if actual != phase:
+        raise DistillError(f"run {run.info.run_id} is a {actual or 'non-distill'} run, not a {phase} run")

@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny models built once per session, a real `mlflow server` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DISTILL_HOME", str(ROOT / ".distill" / "test-home"))
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_RUN_ID", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real tracking server with a sqlite backend and a proxied artifact store."""
+    import requests
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(uri + "/health", timeout=1).ok:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError((root / "server.log").read_text())
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """An embedded sqlite store of the test's own, made current in this process."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def tiny_student():
+    from distill.tiny import tiny_model_dir
+
+    return tiny_model_dir("tiny:student-qwen2.5-0.5b")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher():
+    from distill.tiny import tiny_model_dir
+
+    return tiny_model_dir("tiny:teacher-7b")
+
+
+def run_entry(phase: str, *args: str, env: dict | None = None, cwd: Path | None = None, check: bool = True):
+    """Run an entry-point script as a user would (fresh process), returning the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, str(ROOT / "entrypoints" / f"{phase}.py"), *args],
+                          capture_output=True, text=True, env=full_env, cwd=cwd, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{phase} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc

@@ -1,0 +1,123 @@
+"""The `evaluate` phase end to end, against a real `mlflow server` on 127.0.0.1."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, free_port, run_entry
+from tests.openai_server import OpenAIStub
+
+
+def _last_run(uri, experiment="Default"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0], client
+
+
+def test_evaluate_logs_metrics_tags_dataset_and_table(mlflow_server, tmp_path):
+    run_entry("evaluate", "--model", "qwen2.5-0.5b", "--preset", "offline", "--eval_set", "mgsm-ja",
+              "--limit", "12", env={"MLFLOW_TRACKING_URI": mlflow_server}, cwd=tmp_path)
+    run, client = _last_run(mlflow_server)
+    m, tags, params = run.data.metrics, run.data.tags, run.data.params
+    assert m["n_total"] == 12 and 0 <= m["n_correct"] <= 12
+    assert m["accuracy_ci_low"] <= m["accuracy"] <= m["accuracy_ci_high"]
+    assert tags["distill.phase"] == "evaluate" and tags["distill.student"] == "qwen2.5-0.5b"
+    assert params["prompt_format"] == "plain" and params["mode"] == "zero-shot" and params["limit"] == "12"
+    inputs = run.inputs.dataset_inputs
+    assert inputs[0].dataset.name == "mgsm-ja" and inputs[0].dataset.digest
+    assert inputs[0].tags[0].value == "evaluation"
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, tracking_uri=mlflow_server,
+                                                dst_path=str(tmp_path / "a"))
+    rows = [json.loads(line) for line in open(os.path.join(local, "predictions.jsonl"), encoding="utf-8")]
+    assert len(rows) == 12
+    assert set(rows[0]) >= {"id", "question", "output", "extracted", "gold", "correct"}
+    assert rows[0]["gold"] == "18"
+    table = json.load(open(os.path.join(local, "predictions.json"), encoding="utf-8"))
+    assert "correct" in table["columns"] and len(table["data"]) == 12
+
+
+def test_teacher_few_shot_and_reuse(mlflow_server, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    run_entry("evaluate", "--model", "7B", "--preset", "offline", "--limit", "3", "--max_new_tokens", "8",
+              env=env, cwd=tmp_path)
+    run, _ = _last_run(mlflow_server)
+    assert run.data.params["prompt_format"] == "chat" and run.data.tags["distill.teacher"] == "7B"
+    run_entry("evaluate", "--model", "qwen2.5-1.5b", "--preset", "offline", "--mode", "few-shot", "--limit", "3",
+              "--max_new_tokens", "8", env=env, cwd=tmp_path)
+    run, _ = _last_run(mlflow_server)
+    assert run.data.params["repetition_penalty"] == "1.1" and run.data.tags["distill.baseline"] == "4-shot"
+    again = run_entry("evaluate", "--model", "qwen2.5-1.5b", "--preset", "offline", "--mode", "few-shot",
+                      "--limit", "3", "--max_new_tokens", "8", env=env, cwd=tmp_path)
+    assert f"reusing FINISHED run {run.info.run_id}" in again.stderr
+
+
+def test_evaluate_through_an_openai_compatible_server(tracking, tmp_path, monkeypatch):
+    with OpenAIStub() as server:
+        proc = run_entry("evaluate", "--model", "7B", "--preset", "offline", "--limit", "4", "--backend", "openai",
+                         "--base_url", server.base_url, "--eval_set", str(_jsonl(tmp_path)),
+                         env={"MLFLOW_TRACKING_URI": tracking, "OPENAI_API_KEY": "sk-secret"}, cwd=tmp_path)
+    run = mlflow.search_runs(output_format="list")[0]
+    assert run.data.metrics["accuracy"] == pytest.approx(50.0)  # the stub always answers 7; gold 7, 7, 8, 9
+    assert server.requests[0]["body"]["model"] == "7B"  # a tiny model has no Hub id: the server knows it by name
+    assert "sk-secret" not in json.dumps(run.data.params) + json.dumps(run.data.tags) + proc.stderr
+
+
+def _jsonl(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"question": f"問{i}", "answer_number": g}) + "\n"
+                            for i, g in enumerate([7, 7, 8, 9])))
+    return path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "qwen3-0.6b"], "known names: 7B, 14B, 32B, 72B, qwen2.5-0.5b"),
+    (["--model", "./no/such/model"], "model path not found: ./no/such/model"),
+    (["--model", "7B", "--eval_set", "gsm8k-jp"], "unknown eval set 'gsm8k-jp'"),
+    (["--model", "7B", "--limit", "0"], "limit must be > 0"),
+    (["--model", "7B", "--preset", "tiny"], "unknown preset 'tiny'; known presets: offline, paper"),
+])
+def test_bad_input_gets_one_clear_message(tracking, tmp_path, args, message):
+    proc = run_entry("evaluate", "--preset", "offline", *args, check=False, cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": tracking})
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_tracking_server(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    proc = run_entry("evaluate", "--preset", "offline", "--model", "7B", "--limit", "2", check=False, cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 2 and f"cannot reach the MLflow tracking server at {uri}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_malformed_eval_file_names_file_and_line(tracking, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1", "answer_number": 2}\nnot json\n')
+    proc = run_entry("evaluate", "--preset", "offline", "--model", "7B", "--eval_set", str(bad), check=False,
+                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": tracking})
+    assert proc.returncode == 2 and f"{bad}:2: not valid JSON" in proc.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_point(mlflow_server, tmp_path):
+    """What the README tells a user to type."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "evaluate", "--env-manager", "local",
+         "--experiment-name", "cli", "-P", "preset=offline", "-P", "model=qwen2.5-0.5b", "-P", "eval_set=mgsm-ja",
+         "-P", "limit=5"],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+             "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]},  # as in an activated venv
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run, _ = _last_run(mlflow_server, "cli")
+    assert run.info.status == "FINISHED" and run.data.metrics["n_total"] == 5
+    assert run.data.tags["mlflow.project.entryPoint"] == "evaluate"

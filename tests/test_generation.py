@@ -1,0 +1,107 @@
+"""The three backends behind one interface: transformers on a tiny model, openai on a local server,
+vLLM's request building (vLLM itself needs a GPU)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from distill import DistillError
+from distill.generation import GenerationConfig, make_generator
+from distill.generation.vllm_backend import sampling_kwargs, split_by_kind
+from distill.prompts import chat_messages, plain_prompt
+from tests.openai_server import OpenAIStub
+
+QUESTIONS = ["りんごが3個あります。", "ジャネットのアヒルは1日に16個の卵を生みます。残りはいくつ？", "1+1は？",
+             "ロジャーは5個のテニスボールがあります。缶を2つ買います。"]
+
+
+@pytest.fixture(scope="module")
+def hf_gen(tiny_teacher):
+    return make_generator("transformers", str(tiny_teacher))
+
+
+def test_batched_greedy_equals_one_by_one(hf_gen):
+    prompts = [plain_prompt(q) for q in QUESTIONS]
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=1)
+    one = [o.text for o in hf_gen.generate(prompts, cfg, progress=False)]
+    batched = hf_gen.generate(prompts, GenerationConfig(max_new_tokens=12, batch_size=4), progress=False)
+    assert [o.text for o in batched] == one
+    assert all(0 < o.n_tokens <= 12 for o in batched)
+
+
+def test_chat_prompts_use_the_chat_template(hf_gen):
+    rendered, special = hf_gen.render(chat_messages("1+1は？"))
+    assert rendered.startswith("<|im_start|>user\n問題: 1+1は？") and rendered.endswith("<|im_start|>assistant\n")
+    assert not special
+    out = hf_gen.generate([chat_messages(q) for q in QUESTIONS[:2]], GenerationConfig(max_new_tokens=5), progress=False)
+    assert len(out) == 2
+
+
+def test_stop_strings_cut_the_output(hf_gen):
+    prompts = [plain_prompt(q) for q in QUESTIONS]
+    free = hf_gen.generate(prompts, GenerationConfig(max_new_tokens=16), progress=False)
+    # Stop on the third character the model actually writes: the output must end before it.
+    target = next(o.text for o in free if len(o.text.strip()) > 3).strip()[2]
+    stopped = hf_gen.generate(prompts, GenerationConfig(max_new_tokens=16, stop=(target,)), progress=False)
+    for f, s in zip(free, stopped):
+        assert target not in s.text
+        assert f.text.startswith(s.text)
+
+
+def test_repetition_penalty_changes_greedy_output(hf_gen):
+    prompts = [plain_prompt(q) for q in QUESTIONS]
+    a = hf_gen.generate(prompts, GenerationConfig(max_new_tokens=24), progress=False)
+    b = hf_gen.generate(prompts, GenerationConfig(max_new_tokens=24, repetition_penalty=1.5), progress=False)
+    assert [x.text for x in a] != [x.text for x in b]
+
+
+def test_openai_backend_talks_to_a_real_http_server(monkeypatch):
+    with OpenAIStub() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+        gen = make_generator("openai", "Qwen/Qwen2.5-7B-Instruct", concurrency=4)
+        outs = gen.generate([chat_messages(q) for q in QUESTIONS] + [plain_prompt("x")],
+                            GenerationConfig(max_new_tokens=64, stop=("\n問題:",)), progress=False)
+    assert [o.text for o in outs] == ["ステップごとに考えます。3+4=7\n解答: 7"] * 5
+    paths = sorted(r["path"] for r in server.requests)
+    assert paths == ["/v1/chat/completions"] * 4 + ["/v1/completions"]
+    body = server.requests[0]["body"]
+    assert body["model"] == "Qwen/Qwen2.5-7B-Instruct" and body["temperature"] == 0 and body["max_tokens"] == 64
+    assert server.requests[0]["auth"] == "Bearer sk-test-key"
+
+
+def test_openai_backend_retries_429_and_500(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with OpenAIStub() as server:
+        server.fail_next(429, retry_after=0)
+        server.fail_next(500)
+        gen = make_generator("openai", "m", base_url=server.base_url, concurrency=1)
+        outs = gen.generate([chat_messages("1+1は？")], GenerationConfig(max_new_tokens=8), progress=False)
+    assert outs[0].text.endswith("解答: 7")
+    assert len(server.requests) == 3
+
+
+def test_openai_backend_without_server_or_key_says_so(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(DistillError, match="OPENAI_API_KEY"):
+        make_generator("openai", "m")
+
+
+def test_vllm_request_building_without_a_gpu():
+    cfg = GenerationConfig(max_new_tokens=1024, repetition_penalty=1.1, stop=("\n問題:",))
+    assert sampling_kwargs(cfg) == {"max_tokens": 1024, "temperature": 0.0, "repetition_penalty": 1.1,
+                                    "seed": 0, "stop": ["\n問題:"]}
+    assert split_by_kind(["a", [{"role": "user", "content": "b"}], "c"]) == ([0, 2], [1])
+
+
+def test_vllm_is_imported_only_when_chosen():
+    code = ("import sys, distill.generation, distill.evaluate, distill.runner; "
+            "assert 'vllm' not in sys.modules; print('ok')")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+
+
+def test_unknown_backend():
+    with pytest.raises(DistillError, match="transformers, vllm, openai"):
+        make_generator("tgi", "m")

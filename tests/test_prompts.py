@@ -1,0 +1,25 @@
+from distill.prompts import PAPER_PROMPT, chat_messages, few_shot_prompt, mgsm_exemplars, plain_prompt
+
+APPENDIX_B = """問題: {問題文}
+ステップごとに考えて答えを導いてください。
+解答を [answer] とするとき以下のフォーマットで出力してください。
+解答: [answer]"""
+
+
+def test_paper_prompt_is_verbatim():
+    assert PAPER_PROMPT.replace("{question}", "{問題文}") == APPENDIX_B
+
+
+def test_plain_and_chat_carry_the_same_prompt():
+    assert plain_prompt("Q") == APPENDIX_B.replace("{問題文}", "Q") + "\n"
+    assert chat_messages("Q") == [{"role": "user", "content": APPENDIX_B.replace("{問題文}", "Q")}]
+
+
+def test_few_shot_uses_four_mgsm_exemplars_in_the_papers_format():
+    prompt = few_shot_prompt("最後の問題", shots=4)
+    assert prompt.count("ステップごとに考えて答えを導いてください。") == 5
+    for ex in mgsm_exemplars()[:4]:
+        assert f"解答: {ex['answer_number']}" in prompt
+    assert mgsm_exemplars()[4]["question"].removeprefix("問題：") not in prompt
+    assert prompt.rstrip().endswith("解答: [answer]")
+    assert "問題: 最後の問題" in prompt
