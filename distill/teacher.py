@@ -1,0 +1,88 @@
+"""The `teacher` phase: one teacher answers the translated training questions (0-shot, greedy, chat)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from distill.answers import extract_answer, format_number, is_correct
+from distill.config import load_preset, resolve_role
+from distill.generation import GenerationConfig
+from distill.prompts import chat_messages, paper_prompt
+from distill.runner import check_backend, check_positive, open_generator
+from distill.stats import accuracy_with_ci
+from distill import shards, tracking
+
+
+@dataclass
+class TeacherParams:
+    """One teacher answers every translated training question with the paper's prompt."""
+
+    teacher: str
+    preset: str = "offline"
+    translation_run: str = ""      # empty: the newest FINISHED translate run of this experiment
+    backend: str = ""
+    limit: int | None = None        # the first N translated questions (all by default)
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+    shard_size: int = 256
+    base_url: str | None = None
+    tensor_parallel_size: int | None = None
+    reuse: bool = True
+
+
+def run(p: TeacherParams) -> str:
+    preset = load_preset(p.preset)
+    ref = resolve_role(p.teacher, preset, "teacher")
+    backend = check_backend(p.backend or preset["backend"])
+    check_positive("limit", p.limit, allow_none=True)
+    check_positive("shard_size", p.shard_size)
+    translation = tracking.require_run(p.translation_run or None, "translate", "the teacher's questions",
+                                       params={"preset": preset["name"]})
+    questions = tracking.read_jsonl_artifact(translation.info.run_id, "translations.jsonl")
+    questions = questions[:p.limit] if p.limit else questions
+    gen_defaults = preset.get("generation", {})
+    config = GenerationConfig(
+        max_new_tokens=check_positive("max_new_tokens", p.max_new_tokens or gen_defaults.get("max_new_tokens", 1024)),
+        batch_size=check_positive("batch_size", p.batch_size or gen_defaults.get("batch_size", 16)),
+    )
+    params = {"preset": preset["name"], "teacher": ref.name, "model_source": ref.source, "backend": backend,
+              "limit": p.limit, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
+              "prompt_format": "chat", "n_questions": len(questions)}
+    upstream = {"translation_run_id": translation.info.run_id}
+    with tracking.phase_run("teacher", params, upstream, tags={"distill.teacher": ref.name}, reuse=p.reuse) as pr:
+        if pr.reused:
+            return pr.run_id
+        import mlflow
+
+        tracking.log_dataset([{k: q[k] for k in ("id", "question_ja", "answer_number", "flag")} for q in questions],
+                             name="gsm8k-train-ja", source=f"runs:/{translation.info.run_id}/translations.jsonl",
+                             context="training-questions")
+        generator = None
+
+        def work(chunk: list[dict]) -> list[dict]:
+            nonlocal generator
+            generator = generator or open_generator(ref, backend, p.base_url, p.tensor_parallel_size)
+            outs = generator.generate([chat_messages(q["question_ja"]) for q in chunk], config)
+            records = []
+            for q, out in zip(chunk, outs):
+                pred = extract_answer(out.text)
+                records.append({"id": q["id"], "prompt": paper_prompt(q["question_ja"]), "output": out.text,
+                                "extracted": format_number(pred), "gold": format_number(q["answer_number"]),
+                                "correct": is_correct(pred, q["answer_number"]), "output_tokens": out.n_tokens,
+                                "finish_reason": out.finish_reason})
+            return records
+
+        earlier = [r.info.run_id for r in tracking.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
+        if earlier:
+            mlflow.set_tag(tracking.TAG_RESUMED, ",".join(earlier))
+        records, reused = shards.run_sharded(questions, work, p.shard_size, earlier)
+        tracking.log_records(records, "answers")
+        correct = [r["correct"] for r in records]
+        acc, lo, hi = accuracy_with_ci(correct)
+        mlflow.log_metrics({"accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
+                            "n_correct": sum(correct), "n_total": len(correct), "n_resumed": reused,
+                            "output_tokens_mean": sum(r["output_tokens"] for r in records) / max(len(records), 1)})
+        print(f"[distill] teacher {ref.name}: {sum(correct)}/{len(correct)} correct ({acc:.2f}%) on the "
+              f"training questions; run {pr.run_id}", file=sys.stderr)
+        return pr.run_id

@@ -1,0 +1,128 @@
+"""The `translate` phase: GSM8K training questions into Japanese with the preset's translator."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+
+from distill import DistillError
+from distill.answers import normalize
+from distill.config import ModelRef, load_preset, resolve_model
+from distill.data import load_gsm8k
+from distill.generation import GenerationConfig
+from distill.prompts import translation_messages
+from distill.runner import check_backend, check_positive, open_generator
+from distill import shards, tracking
+
+_PREAMBLE = re.compile(
+    r"^\s*(?:(?:以下|これ)(?:は|が)[^\n]{0,30}?(?:翻訳|日本語訳)[^\n]{0,10}?[:：。]|"
+    r"(?:日本語訳|翻訳|和訳|Japanese translation|Translation)\s*[:：])\s*",
+    re.IGNORECASE,
+)
+_QUOTES = [("「", "」"), ("『", "』"), ('"', '"'), ("“", "”"), ("'", "'")]
+_EN_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def clean_translation(text: str) -> str:
+    """The translation alone: no preamble, no code fence, no wrapping quotes, no trailing notes."""
+    text = (text or "").strip()
+    text = re.sub(r"^```[a-z]*\n?|\n?```$", "", text).strip()
+    text = _PREAMBLE.sub("", text, count=1).strip()
+    text = re.split(r"\n\s*(?:注|Note|備考|（注）|\(注\))\s*[:：]", text, maxsplit=1)[0].strip()
+    for left, right in _QUOTES:
+        if len(text) >= 2 and text.startswith(left) and text.endswith(right) and text.count(left) == 1:
+            text = text[len(left):-len(right)].strip()
+    return text
+
+
+def missing_numbers(english: str, japanese: str) -> list[str]:
+    """Numbers written in digits in the English question that the translation lost."""
+    ja = normalize(japanese).replace(",", "")
+    ja_numbers = set(re.findall(r"\d+(?:\.\d+)?", ja))
+    lost = []
+    for number in _EN_NUMBER.findall(english):
+        plain = number.replace(",", "")
+        if plain not in ja_numbers and plain not in ja:
+            lost.append(number)
+    return lost
+
+
+def translation_flag(english: str, japanese: str) -> str:
+    if not japanese.strip():
+        return "empty"
+    if missing_numbers(english, japanese):
+        return "missing_numbers"
+    return ""
+
+
+@dataclass
+class TranslateParams:
+    """Translate the GSM8K training questions into Japanese."""
+
+    preset: str = "offline"
+    translator: str = ""          # empty: the preset's translator
+    source: str = ""              # hub / shipped / a JSONL path; empty: the preset's
+    limit: int | None = None      # empty: the preset's (all 7,473 in `paper`)
+    backend: str = ""
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+    shard_size: int = 256
+    base_url: str | None = None
+    tensor_parallel_size: int | None = None
+    reuse: bool = True
+
+
+def run(p: TranslateParams) -> str:
+    preset = load_preset(p.preset)
+    backend = check_backend(p.backend or preset["backend"])
+    limit = check_positive("limit", p.limit if p.limit is not None else preset["data"].get("train_limit"), allow_none=True)
+    check_positive("shard_size", p.shard_size)
+    translator = preset["translator"]
+    ref = (resolve_model(p.translator, preset) if p.translator
+           else ModelRef("translator", translator["model"], "translator",
+                         int(translator.get("tensor_parallel_size") or preset.get("tensor_parallel_size") or 1)))
+    source = p.source or preset["data"]["train"]
+    rows = load_gsm8k("train", source="hub" if source == "openai/gsm8k" else source, limit=limit)
+    gen_defaults = preset.get("generation", {})
+    config = GenerationConfig(
+        max_new_tokens=check_positive("max_new_tokens", p.max_new_tokens or gen_defaults.get("translate_max_new_tokens", 1024)),
+        batch_size=check_positive("batch_size", p.batch_size or gen_defaults.get("batch_size", 16)),
+    )
+    params = {"preset": preset["name"], "translator": ref.source, "source": source, "limit": limit,
+              "backend": backend, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
+              "n_questions": len(rows)}
+    with tracking.phase_run("translate", params, tags={"distill.translator": ref.source}, reuse=p.reuse) as pr:
+        if pr.reused:
+            return pr.run_id
+        import mlflow
+
+        tracking.log_dataset([{k: r[k] for k in ("id", "question", "answer_number")} for r in rows],
+                             name="gsm8k-train-en", source=f"hf://datasets/openai/gsm8k" if source in ("hub", "openai/gsm8k") else source,
+                             context="source")
+        generator = None
+
+        def work(chunk: list[dict]) -> list[dict]:
+            nonlocal generator
+            generator = generator or open_generator(ref, backend, p.base_url, p.tensor_parallel_size)
+            outs = generator.generate([translation_messages(r["question"]) for r in chunk], config)
+            records = []
+            for r, out in zip(chunk, outs):
+                ja = clean_translation(out.text)
+                records.append({"id": r["id"], "question_en": r["question"], "question_ja": ja,
+                                "answer_en": r["answer"], "answer_number": r["answer_number"],
+                                "flag": translation_flag(r["question"], ja), "raw_output": out.text})
+            return records
+
+        earlier = [r.info.run_id for r in tracking.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
+        if earlier:
+            mlflow.set_tag(tracking.TAG_RESUMED, ",".join(earlier))
+        records, reused = shards.run_sharded(rows, work, p.shard_size, earlier)
+        tracking.log_records(records, "translations")
+        flags = [r["flag"] for r in records]
+        mlflow.log_metrics({"n_total": len(records), "n_flagged_empty": flags.count("empty"),
+                            "n_flagged_missing_numbers": flags.count("missing_numbers"),
+                            "n_resumed": reused})
+        print(f"[distill] translate: {len(records)} questions, {flags.count('empty')} empty, "
+              f"{flags.count('missing_numbers')} missing numbers; run {pr.run_id}", file=sys.stderr)
+        return pr.run_id

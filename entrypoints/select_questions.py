@@ -1,0 +1,6 @@
+"""Entry point `select` (not named select.py: that would shadow the standard library module): see distill/select.py."""
+
+from distill.cli import run_phase
+
+if __name__ == "__main__":
+    run_phase("select")
