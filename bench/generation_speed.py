@@ -155,21 +155,24 @@ def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes
     log(f"{label}: warm-up {time.perf_counter() - t0:.1f} s")
 
     times: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
-    outputs: dict[int, list] = {}
+    cpu_times: dict[int, list[float]] = {bs: [] for bs in batch_sizes}  # process CPU time: far below
+    outputs: dict[int, list] = {}                                          # threads x wall = descheduled
     unstable: dict[int, int] = {bs: 0 for bs in batch_sizes}  # repeats that disagree with the first
     for r in range(repeats):
         for bs in batch_sizes:
             cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=bs)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             outs = gen.generate(prompts, cfg, progress=False)
-            dt = time.perf_counter() - t
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
             times[bs].append(dt)
+            cpu_times[bs].append(cpu)
             if bs in outputs:
                 unstable[bs] += count_mismatches(outputs[bs], outs) > 0
             else:
                 outputs[bs] = outs
             n = sum(o.n_tokens for o in outs)
-            log(f"{label}: repeat {r + 1}/{repeats} batch {bs:>2}: {n} tokens in {dt:.2f} s = {n / dt:.1f} tok/s")
+            log(f"{label}: repeat {r + 1}/{repeats} batch {bs:>2}: {n} tokens in {dt:.2f} s = {n / dt:.1f} tok/s "
+                f"(cpu {cpu / dt:.2f} cores busy, load {os.getloadavg()[0]:.1f})")
 
     base = batch_sizes[0]
     ref = outputs[base]
@@ -185,6 +188,7 @@ def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes
             "finished_by_length": sum(o.finish_reason == "length" for o in outs),
             "seconds_best": best,
             "seconds_all": times[bs],
+            "cpu_seconds_all": cpu_times[bs],
             "tokens_per_s": n_tokens / best,
             "mismatches_vs_batch%d" % base: count_mismatches(ref, outs),
             "first_mismatch": first_mismatch(ref, outs, prompts),

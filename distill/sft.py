@@ -1,0 +1,301 @@
+"""The `sft` phase: full-parameter SFT of one base student on one teacher's answers, with TRL.
+
+Prompt -> completion, loss on the completion only, EOS appended (TRL does both for a
+prompt/completion dataset). Defaults are the paper's Table 2. Under `accelerate launch` every rank
+trains and only rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill import DistillError
+from distill.config import load_preset, resolve_role
+from distill.runner import check_positive
+from distill import tracking
+
+BATCHING = ("padded", "group_by_length", "padding_free")
+
+
+@dataclass
+class SftParams:
+    """Fine-tune one base student on one teacher's answers (or a mix of two: teacher=7B+72B)."""
+
+    teacher: str
+    student: str
+    preset: str = "offline"
+    select_run: str = ""                     # empty: the newest FINISHED select run with this teacher
+    learning_rate: float | None = None
+    num_train_epochs: float | None = None
+    per_device_train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    max_grad_norm: float | None = None
+    lr_scheduler_type: str = ""
+    warmup_ratio: float | None = None
+    bf16: str = "auto"                       # auto: where the hardware has it and the preset asks
+    max_length: int | None = None
+    batching: str = ""                       # padded (paper) | group_by_length | padding_free
+    seed: int = 42
+    limit: int | None = None                 # train on the first N examples (smoke tests)
+    save_steps: int | None = None            # empty: a checkpoint per epoch
+    register: bool = True
+    checkpoints_to_run: bool = True          # upload each checkpoint to the run (resume on another machine)
+    reuse: bool = True
+    train_file: str = ""                     # a JSONL of prompt/completion instead of a select run (sweep)
+    output_dir: str = ""                     # checkpoints; empty: $DISTILL_HOME/checkpoints/<cache key>
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolved_hparams(p: SftParams, preset: dict) -> dict:
+    d = preset.get("sft", {})
+    h = {
+        "learning_rate": p.learning_rate if p.learning_rate is not None else d.get("learning_rate", 1e-5),
+        "num_train_epochs": p.num_train_epochs if p.num_train_epochs is not None else d.get("num_train_epochs", 2),
+        "per_device_train_batch_size": p.per_device_train_batch_size or d.get("per_device_train_batch_size", 8),
+        "gradient_accumulation_steps": p.gradient_accumulation_steps or d.get("gradient_accumulation_steps", 1),
+        "max_grad_norm": p.max_grad_norm if p.max_grad_norm is not None else d.get("max_grad_norm", 1.0),
+        "lr_scheduler_type": p.lr_scheduler_type or d.get("lr_scheduler_type", "linear"),
+        "warmup_ratio": p.warmup_ratio if p.warmup_ratio is not None else d.get("warmup_ratio", 0.0),
+        "max_length": p.max_length or d.get("max_length", 2048),
+        "batching": p.batching or d.get("batching", "padded"),
+        "seed": p.seed,
+    }
+    if h["learning_rate"] <= 0:
+        raise DistillError(f"learning_rate must be > 0 (got {h['learning_rate']})")
+    if not 0 <= h["warmup_ratio"] < 1:
+        raise DistillError(f"warmup_ratio must be in [0, 1) (got {h['warmup_ratio']})")
+    if h["num_train_epochs"] <= 0:
+        raise DistillError(f"num_train_epochs must be > 0 (got {h['num_train_epochs']})")
+    check_positive("per_device_train_batch_size", h["per_device_train_batch_size"])
+    check_positive("gradient_accumulation_steps", h["gradient_accumulation_steps"])
+    if h["batching"] not in BATCHING:
+        raise DistillError(f"unknown batching {h['batching']!r}; choose one of {', '.join(BATCHING)}")
+    return h
+
+
+def use_bf16(setting: str, preset: dict) -> bool:
+    import torch
+
+    wanted = preset.get("sft", {}).get("bf16", True) if setting == "auto" else setting.lower() in ("1", "true", "yes")
+    return bool(wanted and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def teacher_names(spec: str) -> list[str]:
+    names = [t.strip() for t in spec.split("+") if t.strip()]
+    if not 1 <= len(names) <= 2:
+        raise DistillError(f"teacher must be one name or two joined by '+' (got {spec!r})")
+    return names
+
+
+def mix(sets: dict[str, list[dict]], seed: int) -> list[dict]:
+    """Half the questions answered by one teacher, half by the other (Li et al. 2025, 'mix distillation')."""
+    (a, rows_a), (b, rows_b) = sets.items()
+    by_b = {r["id"]: r for r in rows_b}
+    ids = [r["id"] for r in rows_a]
+    from_a = set(random.Random(seed).sample(ids, len(ids) // 2 + len(ids) % 2))
+    return [({**r, "teacher": a} if r["id"] in from_a else {**by_b[r["id"]], "teacher": b}) for r in rows_a]
+
+
+def find_select_run(p: SftParams, teachers: list[str], preset: dict):
+    if p.select_run:
+        run = tracking.require_run(p.select_run, "select", "sft")
+    else:
+        candidates = tracking.search_phase_runs("select", status="FINISHED", extra=f"params.preset = '{preset['name']}'")
+        run = next((r for r in candidates
+                    if set(teachers) <= set(r.data.tags.get("distill.teachers", "").split(","))), None)
+        if run is None:
+            raise DistillError(f"no FINISHED select run has a training set for {'+'.join(teachers)}; "
+                               "run `select` with those teachers first or pass select_run=<id>")
+    have = [t for t in run.data.tags.get("distill.teachers", "").split(",") if t]
+    missing = [t for t in teachers if t not in have]
+    if missing:
+        raise DistillError(f"select run {run.info.run_id} has no training set for {', '.join(missing)}; "
+                           f"it has: {', '.join(have) or 'none'}")
+    return run
+
+
+def load_training_rows(p: SftParams, teachers: list[str], preset: dict) -> tuple[list[dict], dict[str, str], str, object]:
+    """Training rows, upstream run ids, a description of the data's source, and the select run."""
+    if p.train_file:
+        from distill.data import read_jsonl
+
+        path = Path(p.train_file)
+        if not path.is_file():
+            raise DistillError(f"train_file not found: {p.train_file}")
+        return read_jsonl(path), {}, str(path.resolve()), None
+    run = find_select_run(p, teachers, preset)
+    run_ids = json.loads(run.data.tags.get("distill.teacher_run_ids", "{}"))
+    sets = {t: tracking.read_jsonl_artifact(run.info.run_id, f"train/{t}.jsonl") for t in teachers}
+    rows = sets[teachers[0]] if len(teachers) == 1 else mix(sets, p.seed)
+    upstream = {"select_run_id": run.info.run_id, "teacher_run_id": ",".join(run_ids.get(t, "") for t in teachers)}
+    source = f"runs:/{run.info.run_id}/train/{teachers[0]}.jsonl" if len(teachers) == 1 else f"runs:/{run.info.run_id}/train"
+    return rows, upstream, source, run
+
+
+def registered_name(student: str, preset_name: str) -> str:
+    base = f"student-{student}".replace("/", "-")
+    return base if preset_name == "paper" else f"{preset_name}-{base}"
+
+
+def alias_for(teacher: str) -> str:
+    return "teacher-" + "-".join(t.lower() for t in teacher_names(teacher))
+
+
+def checkpoint_root() -> Path:
+    return Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "checkpoints"
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = [d for d in folder.glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
+    return max(found, key=lambda d: int(d.name.split("-")[-1])) if found else None
+
+
+def checkpoint_from_runs(run_ids: list[str], dst: Path) -> Path | None:
+    """The newest checkpoint an earlier unfinished try uploaded, downloaded into dst."""
+    import mlflow
+
+    for run_id in run_ids:
+        try:
+            names = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="checkpoints")]
+        except Exception:
+            continue
+        if names:
+            newest = max(names, key=lambda n: int(n.rsplit("-", 1)[-1]))
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=newest, dst_path=str(dst))
+            return Path(local)
+    return None
+
+
+def run(p: SftParams) -> str:
+    preset = load_preset(p.preset)
+    teachers = teacher_names(p.teacher)
+    for t in teachers:
+        resolve_role(t, preset, "teacher") if not p.train_file else None
+    student = resolve_role(p.student, preset, "student")
+    h = resolved_hparams(p, preset)                       # bad numbers stop here, before any model loads
+    rows, upstream, source, select_run = load_training_rows(p, teachers, preset)
+    rows = rows[:p.limit] if p.limit else rows
+    if not rows:
+        raise DistillError(f"the training set for {p.teacher} is empty ({source})")
+    bf16 = use_bf16(p.bf16, preset)
+    params = {"preset": preset["name"], "teacher": p.teacher, "student": student.name, "student_source": student.source,
+              **h, "bf16": bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
+    tags = {"distill.teacher": p.teacher, "distill.student": student.name, "distill.seed": str(p.seed)}
+    main = is_main_process()
+    key = tracking.cache_key("sft", params, upstream)
+    if not main:  # other ranks only read the store, never write
+        prior = tracking.find_reusable(key) if p.reuse else None
+        if prior:
+            return prior
+        _train(p, preset, student, h, bf16, rows, key, None, earlier=[])
+        return ""
+    with tracking.phase_run("sft", params, upstream, tags=tags, reuse=p.reuse) as pr:
+        if pr.reused:
+            return pr.run_id
+        import mlflow
+
+        digest = tracking.log_dataset(rows, name=f"train-{p.teacher}", source=source, context="training")
+        mlflow.set_tag("distill.train_digest", digest)
+        earlier = [r.info.run_id for r in tracking.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
+        model, tokenizer, stats = _train(p, preset, student, h, bf16, rows, pr.key, pr.run_id, earlier)
+        mlflow.log_metrics(stats)
+        _log_student(model, tokenizer, p, preset, student.name, pr.run_id)
+        print(f"[distill] sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
+              f"padding {100 * stats['padding_fraction']:.1f}%, run {pr.run_id}", file=sys.stderr)
+        return pr.run_id
+
+
+def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[dict], key: str,
+           run_id: str | None, earlier: list[str]):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from distill.generation.hf import load_tokenizer
+    from distill.models import materialize
+    from distill.sft_callbacks import MlflowLogger, PaddingCounter
+
+    loadable = materialize(student)
+    tokenizer = load_tokenizer(loadable.tokenizer)
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(loadable.model, dtype=torch.float32, use_safetensors=True)
+    if h["batching"] == "padding_free" and "flash" not in str(model.config._attn_implementation):
+        raise DistillError("batching=padding_free needs FlashAttention (pip install flash-attn, a GPU); "
+                           "batching=group_by_length wastes less padding with any attention")
+    out_dir = Path(p.output_dir) if p.output_dir else checkpoint_root() / key
+    resume = latest_checkpoint(out_dir)
+    if resume is None and earlier:
+        resume = checkpoint_from_runs(earlier, out_dir / "from-run")
+    if resume is not None and run_id:
+        import mlflow
+
+        mlflow.set_tag(tracking.TAG_RESUMED, f"{','.join(earlier) or 'local'}:{resume.name}")
+        print(f"[distill] sft: resuming from {resume}", file=sys.stderr)
+    config = SFTConfig(
+        output_dir=str(out_dir),
+        learning_rate=h["learning_rate"], num_train_epochs=h["num_train_epochs"],
+        per_device_train_batch_size=h["per_device_train_batch_size"],
+        gradient_accumulation_steps=h["gradient_accumulation_steps"], max_grad_norm=h["max_grad_norm"],
+        lr_scheduler_type=h["lr_scheduler_type"], warmup_steps=float(h["warmup_ratio"]),  # a float < 1 is a ratio
+        seed=h["seed"],
+        data_seed=h["seed"], bf16=bf16, max_length=h["max_length"],
+        padding_free=h["batching"] == "padding_free",
+        train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
+        completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
+        save_strategy="steps" if p.save_steps else "epoch", save_steps=p.save_steps or 500, save_total_limit=2,
+        disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+    )
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    counter = PaddingCounter(trainer.data_collator, tokenizer.pad_token_id)
+    trainer.data_collator = counter
+    logger = MlflowLogger(counter, upload_checkpoints=run_id is not None and p.checkpoints_to_run)
+    trainer.add_callback(logger)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - t0
+    stats = {"train_seconds": seconds, "train_tokens": counter.real_tokens,
+             "train_tokens_per_second": counter.real_tokens / seconds if seconds else 0.0,
+             "padding_fraction": counter.padding_fraction, "final_train_loss": logger.last_loss or float("nan")}
+    return trainer.model, tokenizer, stats
+
+
+def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run_id: str) -> None:
+    """Log the student (transformers flavour), register it, tag the version, point the aliases at it."""
+    import mlflow
+    import transformers
+    from mlflow.tracking import MlflowClient
+
+    import torch
+
+    name = registered_name(student, preset["name"])
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
+                    f"mlflow=={mlflow.__version__}", "accelerate", "safetensors"]
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model.to("cpu"), "tokenizer": tokenizer}, name="model", task="text-generation",
+        pip_requirements=requirements, registered_model_name=name if p.register else None,
+    )
+    if not p.register:
+        return
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    for k, v in {"teacher": p.teacher, "seed": str(p.seed), "student": student, "sft_run_id": run_id,
+                 "preset": preset["name"]}.items():
+        client.set_model_version_tag(name, version, k, v)
+    alias = alias_for(p.teacher)
+    client.set_registered_model_alias(name, alias, version)
+    client.set_registered_model_alias(name, f"{alias}-seed{p.seed}", version)
+    mlflow.set_tags({"distill.registered_model": name, "distill.registered_version": version,
+                     "distill.model_uri": f"models:/{name}@{alias}"})
+    print(f"[distill] registered models:/{name}@{alias} (version {version})", file=sys.stderr)

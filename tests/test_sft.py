@@ -1,0 +1,158 @@
+"""sft: lineage, the registry round trip, the mix of two teachers, resume after a kill, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from distill import DistillError
+from distill.evaluate import EvaluateParams
+from distill.evaluate import run as evaluate
+from distill.select import SelectParams
+from distill.select import run as select
+from distill.sft import SftParams, checkpoint_root, mix
+from distill.sft import run as sft
+from distill.teacher import TeacherParams
+from distill.teacher import run as teacher
+from distill.translate import TranslateParams
+from distill.translate import run as translate
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """translate -> two teachers -> select, once for the module, in a store of its own."""
+    root = tmp_path_factory.mktemp("sft-study")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)
+        mlflow.set_tracking_uri(uri)
+        translate(TranslateParams(limit=16))
+        t7 = teacher(TeacherParams(teacher="7B", max_new_tokens=16))
+        t72 = teacher(TeacherParams(teacher="72B", max_new_tokens=16))
+        sel = select(SelectParams(n=12, dev_size=4))
+        yield {"root": root, "uri": uri, "select": sel, "7B": t7, "72B": t72}
+        mlflow.set_tracking_uri(None)
+
+
+def test_lineage_registry_round_trip_and_evaluate(study):
+    run_id = sft(SftParams(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=1))
+    run = mlflow.get_run(run_id)
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert tags["distill.phase"] == "sft" and tags["distill.teacher"] == "7B" and tags["distill.student"] == "qwen2.5-0.5b"
+    assert tags["distill.select_run_id"] == study["select"] and tags["distill.teacher_run_id"] == study["7B"]
+    assert params["learning_rate"] == "0.001" and params["per_device_train_batch_size"] == "8" and params["seed"] == "42"
+    assert params["lr_scheduler_type"] == "linear" and params["max_grad_norm"] == "1.0"
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["train-7B"]
+    history = MlflowClient().get_metric_history(run_id, "train_loss")
+    assert len(history) >= 2 and {"learning_rate", "grad_norm", "tokens_per_second"} <= set(metrics)
+    assert 0 <= metrics["padding_fraction"] < 1
+
+    name = "offline-student-qwen2.5-0.5b"
+    version = MlflowClient().get_model_version_by_alias(name, "teacher-7b")
+    assert version.run_id == run_id and version.tags["teacher"] == "7B" and version.tags["seed"] == "42"
+    assert MlflowClient().get_model_version_by_alias(name, "teacher-7b-seed42").version == version.version
+    pipe = mlflow.transformers.load_model(f"models:/{name}@teacher-7b")
+    out = pipe("問題: 1+1は？\n", max_new_tokens=4, do_sample=False)
+    assert out[0]["generated_text"].startswith("問題: 1+1は？")
+
+    for model in (f"models:/{name}@teacher-7b", run_id):
+        eval_run = mlflow.get_run(evaluate(EvaluateParams(model=model, limit=3, max_new_tokens=4)))
+        t = eval_run.data.tags
+        assert (t["distill.student"], t["distill.teacher"], t["distill.sft_run_id"]) == ("qwen2.5-0.5b", "7B", run_id)
+
+
+def test_mix_of_two_teachers(study):
+    sets = {"7B": [{"id": str(i), "completion": f"a{i}"} for i in range(10)],
+            "72B": [{"id": str(i), "completion": f"b{i}"} for i in range(10)]}
+    mixed = mix(sets, seed=1)
+    assert [r["id"] for r in mixed] == [str(i) for i in range(10)]
+    assert sum(r["teacher"] == "7B" for r in mixed) == 5 and mixed == mix(sets, seed=1) and mixed != mix(sets, seed=2)
+    run_id = sft(SftParams(teacher="7B+72B", student="qwen2.5-1.5b", num_train_epochs=1, register=True))
+    run = mlflow.get_run(run_id)
+    assert run.data.tags["distill.teacher"] == "7B+72B"
+    assert run.data.tags["distill.teacher_run_id"] == f"{study['7B']},{study['72B']}"
+    assert MlflowClient().get_model_version_by_alias("offline-student-qwen2.5-1.5b", "teacher-7b-72b").run_id == run_id
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(teacher="7B", student="gpt2"), "known names: qwen2.5-0.5b, qwen2.5-1.5b, sarashina2.2-1b"),
+    (dict(teacher="9B", student="qwen2.5-0.5b"), "known names: 7B, 14B, 32B, 72B"),
+    (dict(teacher="14B", student="qwen2.5-0.5b"), "has no training set for 14B; it has: 7B, 72B"),
+    (dict(teacher="7B", student="qwen2.5-0.5b", learning_rate=0.0), "learning_rate must be > 0"),
+    (dict(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=-1), "num_train_epochs must be > 0"),
+])
+def test_bad_input_stops_before_any_model_loads(study, params, message, monkeypatch):
+    import transformers
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    if "14B" in params["teacher"]:
+        params["select_run"] = study["select"]
+    with pytest.raises(DistillError, match=message):
+        sft(SftParams(**params))
+
+
+def test_empty_training_set(study, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DistillError, match="training set for 7B is empty"):
+        sft(SftParams(teacher="7B", student="qwen2.5-0.5b", train_file=str(empty)))
+
+
+def test_other_ranks_train_without_logging(study, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    before = len(mlflow.search_runs(output_format="list"))
+    assert sft(SftParams(teacher="72B", student="qwen2.5-0.5b", num_train_epochs=1, seed=7)) == ""
+    assert len(mlflow.search_runs(output_format="list")) == before
+
+
+def test_killed_sft_resumes_from_its_last_checkpoint(study):
+    args = [sys.executable, str(ROOT / "entrypoints" / "sft.py"), "--teacher", "72B", "--student", "qwen2.5-0.5b",
+            "--per_device_train_batch_size", "1", "--num_train_epochs", "3", "--save_steps", "4", "--seed", "3",
+            "--register", "false"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": study["uri"]}
+    pattern = "mlruns/*/*/artifacts/checkpoints/checkpoint-*/trainer_state.json"
+    before = set(study["root"].glob(pattern))  # other tests' runs have checkpoints too
+    proc = subprocess.Popen(args, cwd=study["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        uploaded = set(study["root"].glob(pattern)) - before
+        if uploaded:
+            time.sleep(0.5)  # let the upload of that checkpoint finish
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "sft finished before it could be killed"
+    shutil.rmtree(checkpoint_root(), ignore_errors=True)  # resume must come from the run, not this disk
+    done = subprocess.run(args, cwd=study["root"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stderr
+    final = mlflow.search_runs(filter_string="tags.`distill.phase` = 'sft' and params.seed = '3' and "
+                               "attributes.status = 'FINISHED'", output_format="list")[0]
+    assert "checkpoint-" in final.data.tags["distill.resumed_from"]
+    steps = [m.step for m in MlflowClient().get_metric_history(final.info.run_id, "train_loss")]
+    assert min(steps) > 4 and max(steps) == 36  # 12 examples x 3 epochs at batch 1: only the rest was trained
+
+
+def test_accelerate_launch_single_process(study):
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+         str(ROOT / "entrypoints" / "sft.py"), "--teacher", "7B", "--student", "sarashina2.2-1b",
+         "--num_train_epochs", "1", "--register", "false"],
+        cwd=study["root"], env={**os.environ, "MLFLOW_TRACKING_URI": study["uri"]}, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = mlflow.search_runs(filter_string="tags.`distill.student` = 'sarashina2.2-1b'", output_format="list")[0]
+    assert run.info.status == "FINISHED" and run.data.tags["distill.phase"] == "sft"
