@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -186,3 +187,17 @@ def write_jsonl(path: str | Path, rows) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def reference_solutions(ids: list[str]) -> dict[str, str]:
+    """English GSM8K reference solutions by id: shipped for test items 0-249, the Hub for the rest."""
+    found = {i: r for i, r in gsm8k_test_references().items() if i in set(ids)}
+    missing = [i for i in ids if i not in found and i.startswith("gsm8k-test-")]
+    if missing:
+        try:
+            rows = load_gsm8k("test", source="hub")
+            by_id = {r["id"]: r["answer"] for r in rows}
+            found.update({i: by_id[i] for i in missing if i in by_id})
+        except DistillError as e:
+            print(f"[distill] no reference solutions for {len(missing)} questions: {e}", file=sys.stderr)
+    return found

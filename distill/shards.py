@@ -57,7 +57,8 @@ def log_shard(records: list[dict], index: int) -> None:
 
 
 def run_sharded(items: Sequence[dict], work: Callable[[list[dict]], list[dict]], shard_size: int,
-                earlier_runs: Sequence[str] = (), key: str = "id") -> tuple[list[dict], int]:
+                earlier_runs: Sequence[str] = (), key: str = "id",
+                keep: Callable[[dict], bool] = lambda record: True) -> tuple[list[dict], int]:
     """Records for every item, in item order; returns them and how many were taken from earlier tries.
 
     `work(chunk)` turns a chunk of items into records carrying the same `key`; it is called only
@@ -66,7 +67,7 @@ def run_sharded(items: Sequence[dict], work: Callable[[list[dict]], list[dict]],
     wanted = {item[key] for item in items}
     done: dict = {}
     for record in collect_earlier_shards(earlier_runs):
-        if record.get(key) in wanted and record[key] not in done:
+        if record.get(key) in wanted and record[key] not in done and keep(record):
             done[record[key]] = record
     reused = len(done)
     if reused:

@@ -98,15 +98,24 @@ def _active_experiment_id() -> str:
     return mlflow.tracking.fluent._get_experiment_id()
 
 
+TAG_INCOMPLETE = "distill.incomplete"
+
+
+def _complete(run) -> bool:
+    return run.info.status == "FINISHED" and run.data.tags.get(TAG_INCOMPLETE) != "true"
+
+
 def find_reusable(key: str) -> str | None:
-    runs = search_phase_runs(status="FINISHED", extra=f"tags.`{TAG_KEY}` = '{key}'", max_results=1)
-    return runs[0].info.run_id if runs else None
+    """A FINISHED run of the same work that left nothing undone (see TAG_INCOMPLETE)."""
+    runs = search_phase_runs(status="FINISHED", extra=f"tags.`{TAG_KEY}` = '{key}'", max_results=20)
+    return next((r.info.run_id for r in runs if _complete(r)), None)
 
 
 def find_unfinished(key: str) -> list:
-    """Earlier tries of the same work that did not finish (killed, failed, or still marked running)."""
+    """Earlier tries of the same work that did not finish (killed, failed, still marked running, or
+    finished with some items left undone), whose finished items a new try takes over."""
     runs = search_phase_runs(extra=f"tags.`{TAG_KEY}` = '{key}'")
-    return [r for r in runs if r.info.status != "FINISHED"]
+    return [r for r in runs if not _complete(r)]
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """A small real HTTP server speaking the OpenAI chat-completions and completions protocol, on 127.0.0.1.
 
-Tests give it a `responder(kind, body) -> str | dict` that writes the reply text, and may queue
-failures (`fail_next(status, retry_after=..., times=n)`, `slow_next(seconds)`) to exercise retries
-and timeouts. Every request is recorded.
+Tests give it a `responder(kind, body) -> str | dict | (status, message)` that writes the reply, and
+may queue what the next requests get (`fail_next(status, retry_after=...)`, `slow_next(seconds)`,
+`reply_next(text)`) to exercise retries, timeouts and garbage. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -47,15 +47,21 @@ class OpenAIStub:
                     stub.requests.append({"path": self.path, "body": body,
                                           "auth": self.headers.get("Authorization")})
                     failure = stub.failures.popleft() if stub.failures else None
+                reply = None
                 if failure:
                     kind, arg = failure
                     if kind == "slow":
                         time.sleep(arg)
+                    elif kind == "reply":
+                        reply = arg
                     else:
                         headers = {"Retry-After": str(arg)} if arg is not None else {}
                         return self._send(kind, {"error": {"message": f"stub failure {kind}", "type": "stub"}}, headers)
                 kind = "chat" if self.path.endswith("/chat/completions") else "completions"
-                reply = stub.responder(kind, body)
+                if reply is None:
+                    reply = stub.responder(kind, body)
+                if isinstance(reply, tuple):  # (status, error message): the responder refuses
+                    return self._send(reply[0], {"error": {"message": reply[1], "type": "invalid_request_error"}})
                 text = reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)
                 usage = {"prompt_tokens": 10, "completion_tokens": max(1, len(text) // 2), "total_tokens": 10 + max(1, len(text) // 2)}
                 if kind == "chat":
@@ -77,6 +83,10 @@ class OpenAIStub:
     def fail_next(self, status: int, retry_after: float | None = None, times: int = 1):
         for _ in range(times):
             self.failures.append((status, retry_after))
+
+    def reply_next(self, text: str, times: int = 1):
+        for _ in range(times):
+            self.failures.append(("reply", text))
 
     def slow_next(self, seconds: float, times: int = 1):
         for _ in range(times):

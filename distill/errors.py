@@ -1,0 +1,217 @@
+"""The `errors` phase: an LLM judge sorts every wrong answer of one evaluation into the paper's categories.
+
+(A) semantic misunderstanding, (B) step missing, (C) calculation error (paper section 4.1). Any
+OpenAI-compatible endpoint; JSON-schema structured output where the server takes it, a strict parser
+otherwise. Judgments are written to the run in shards: a rerun after a crash or a 429 storm asks only
+what is missing. The API key comes from OPENAI_API_KEY and is never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from distill import DistillError
+from distill.config import load_preset
+from distill.data import reference_solutions
+from distill.prompts import judge_messages
+from distill.runner import check_positive
+from distill import shards, tracking
+
+CATEGORIES = {"A": "semantic", "B": "step_missing", "C": "calculation"}
+JUDGE_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "error_category",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"category": {"type": "string", "enum": list(CATEGORIES)},
+                           "reason": {"type": "string"}},
+            "required": ["category", "reason"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@dataclass
+class ErrorsParams:
+    """Sort the wrong answers of one evaluate run into (A) semantic, (B) step missing, (C) calculation."""
+
+    eval_run: str
+    preset: str = "offline"
+    judge_model: str = ""            # empty: the preset's (gpt-4o)
+    judge_base_url: str = ""         # empty: the preset's, else OPENAI_BASE_URL, else api.openai.com
+    concurrency: int = 8
+    timeout: float = 60.0
+    max_retries: int = 5
+    shard_size: int = 32
+    trace: bool = True               # MLflow tracing of every judge call
+    reuse: bool = True
+
+
+def parse_judgment(text: str | None) -> tuple[str | None, str]:
+    """(category, reason) from the judge's reply, or (None, why) when it is not one of A/B/C."""
+    if not text:
+        return None, "empty reply"
+    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
+    try:
+        obj = json.loads(body)
+        if isinstance(obj, dict):
+            cat = str(obj.get("category", "")).strip().strip("()").upper()
+            if cat in CATEGORIES:
+                return cat, str(obj.get("reason", ""))
+            return None, f"category {obj.get('category')!r} is not A, B or C"
+    except json.JSONDecodeError:
+        pass
+    m = re.fullmatch(r"\(?([ABC])\)?(?:\s*[:.\-]\s*(.*))?", body, flags=re.S)
+    if m:
+        return m.group(1), (m.group(2) or "").strip()
+    return None, f"unparseable reply: {text[:80]!r}"
+
+
+class Judge:
+    """One OpenAI-compatible client, counting every HTTP status it sees (retries included)."""
+
+    def __init__(self, model: str, base_url: str | None, timeout: float, max_retries: int):
+        import openai
+
+        self.model = model
+        self.statuses: Counter = Counter()
+        self.usage: Counter = Counter()
+        self.lock = threading.Lock()
+        self.structured = True
+
+        def count(response):
+            with self.lock:
+                self.statuses[response.status_code] += 1
+
+        api_key = os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.client = openai.OpenAI(base_url=base_url or None, api_key=api_key, timeout=timeout,
+                                    max_retries=max_retries,
+                                    http_client=openai.DefaultHttpxClient(event_hooks={"response": [count]}))
+
+    def ask(self, messages: list[dict]) -> str | None:
+        import openai
+
+        kwargs = dict(model=self.model, messages=messages, temperature=0)
+        if self.structured:
+            try:
+                resp = self.client.chat.completions.create(response_format=JUDGE_SCHEMA, **kwargs)
+            except openai.BadRequestError as e:  # a server without structured output: fall back, remember
+                if "response_format" not in str(e) and "json_schema" not in str(e):
+                    raise
+                self.structured = False
+                resp = self.client.chat.completions.create(**kwargs)
+        else:
+            resp = self.client.chat.completions.create(**kwargs)
+        if resp.usage:
+            with self.lock:
+                self.usage["prompt_tokens"] += resp.usage.prompt_tokens or 0
+                self.usage["completion_tokens"] += resp.usage.completion_tokens or 0
+        return resp.choices[0].message.content
+
+    def judge(self, row: dict) -> dict:
+        import openai
+
+        messages = judge_messages(row["question"], row.get("reference") or "(no reference solution available)",
+                                  row["output"], row["gold"])
+        record = {"id": row["id"], "question": row["question"], "output": row["output"], "gold": row["gold"],
+                  "extracted": row.get("extracted"), "category": None, "category_name": None, "reason": "",
+                  "failure": None}
+        try:
+            for attempt in range(2):  # one more try when the reply is garbage
+                category, reason = parse_judgment(self.ask(messages))
+                if category:
+                    return {**record, "category": category, "category_name": CATEGORIES[category], "reason": reason}
+            return {**record, "failure": "unparseable", "reason": reason}
+        except openai.APITimeoutError:
+            return {**record, "failure": "timeout"}
+        except openai.RateLimitError:
+            return {**record, "failure": "rate_limited"}
+        except openai.APIStatusError as e:
+            return {**record, "failure": f"http_{e.status_code}"}
+        except openai.APIConnectionError:
+            return {**record, "failure": "connection"}
+
+
+def judge_settings(p: ErrorsParams, preset: dict) -> tuple[str, str | None]:
+    judge = preset.get("judge", {})
+    model = p.judge_model or judge.get("model") or "gpt-4o"
+    base_url = p.judge_base_url or judge.get("base_url") or os.environ.get("OPENAI_BASE_URL") or None
+    if not os.environ.get("OPENAI_API_KEY") and not (p.judge_base_url or judge.get("base_url")):
+        raise DistillError("the error judge needs OPENAI_API_KEY (for api.openai.com or OPENAI_BASE_URL), or "
+                           "judge_base_url=<an OpenAI-compatible server> such as a local `vllm serve`")
+    return model, base_url
+
+
+def run(p: ErrorsParams) -> str:
+    preset = load_preset(p.preset)
+    model, base_url = judge_settings(p, preset)            # before any work
+    check_positive("concurrency", p.concurrency)
+    check_positive("shard_size", p.shard_size)
+    eval_run = tracking.require_run(p.eval_run, "evaluate", "errors")
+    predictions = tracking.read_jsonl_artifact(eval_run.info.run_id, "predictions.jsonl")
+    wrong = [r for r in predictions if not r["correct"]]
+    references = reference_solutions([r["id"] for r in wrong])
+    for r in wrong:
+        r["reference"] = references.get(r["id"])
+    lineage = {k: v for k, v in eval_run.data.tags.items()
+               if k in ("distill.student", "distill.teacher", "distill.seed", "distill.sft_run_id", "distill.eval_set")}
+    params = {"preset": preset["name"], "judge_model": model, "judge_base_url": base_url or "api.openai.com",
+              "n_wrong": len(wrong)}
+    with tracking.phase_run("errors", params, {"eval_run_id": eval_run.info.run_id}, tags=lineage,
+                            reuse=p.reuse) as pr:
+        if pr.reused:
+            return pr.run_id
+        import mlflow
+
+        if p.trace:
+            mlflow.openai.autolog(log_traces=True, silent=True)
+        judge = Judge(model, base_url, p.timeout, p.max_retries)
+
+        def work(chunk: list[dict]) -> list[dict]:
+            with ThreadPoolExecutor(max_workers=p.concurrency) as pool:
+                return list(pool.map(judge.judge, chunk))
+
+        earlier = [r.info.run_id for r in tracking.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
+        if earlier:
+            mlflow.set_tag(tracking.TAG_RESUMED, ",".join(earlier))
+        try:
+            records, reused = shards.run_sharded(wrong, work, p.shard_size, earlier,
+                                                 keep=lambda r: r.get("category") is not None)
+        finally:
+            if p.trace:
+                mlflow.openai.autolog(disable=True)
+                mlflow.flush_trace_async_logging()  # traces are exported in the background
+        judged = [r for r in records if r["category"]]
+        counts = Counter(r["category"] for r in judged)
+        failures = Counter(r["failure"] for r in records if r["failure"])
+        metrics = {"n_wrong": len(wrong), "n_judged": len(judged), "n_failed": sum(failures.values()),
+                   "n_resumed": reused, "n_without_reference": sum(not r.get("reference") for r in wrong),
+                   "judge_prompt_tokens": judge.usage["prompt_tokens"],
+                   "judge_completion_tokens": judge.usage["completion_tokens"],
+                   "judge_structured_output": float(judge.structured)}
+        for letter, name in CATEGORIES.items():
+            metrics[f"errors_{name}"] = counts[letter]
+            metrics[f"errors_{name}_frac"] = counts[letter] / len(judged) if judged else 0.0
+        for kind, n in failures.items():
+            metrics[f"failed_{kind}"] = n
+        for status, n in judge.statuses.items():
+            metrics[f"judge_http_{status}"] = n
+        mlflow.log_metrics(metrics)
+        tracking.log_records(records, "judgments")
+        if failures:
+            mlflow.set_tag(tracking.TAG_INCOMPLETE, "true")
+            print(f"[distill] errors: {sum(failures.values())} answers could not be judged "
+                  f"({dict(failures)}); run the same command again to ask only those", file=sys.stderr)
+        print(f"[distill] errors: {len(judged)}/{len(wrong)} wrong answers judged: A {counts['A']}, "
+              f"B {counts['B']}, C {counts['C']}; run {pr.run_id}", file=sys.stderr)
+        return pr.run_id

@@ -1,0 +1,96 @@
+"""The `tokens` phase: how long and in what style each teacher writes (paper section 4.2, Fig. 3).
+
+Tokens per training answer under several tokenizers, and the style measures the paper's analysis
+points at: calculation steps per answer and answers that use decimals.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from distill import DistillError
+from distill.answers import normalize
+from distill.config import ModelRef, load_preset
+from distill import tracking
+
+_EQUATION = re.compile(r"\d[\d,]*(?:\.\d+)?\s*[+\-×x*/÷]\s*\(?\d[\d,]*(?:\.\d+)?[^=\n]{0,40}?=\s*-?\d")
+_DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])")
+
+
+def calculation_steps(text: str) -> int:
+    """Written calculations such as `5 × 16 = 80`: one per equation with an operator and a result."""
+    return len(_EQUATION.findall(normalize(text)))
+
+
+def uses_decimal(text: str) -> bool:
+    return bool(_DECIMAL.search(normalize(text)))
+
+
+@dataclass
+class TokensParams:
+    """Token counts and style of every teacher's training answers."""
+
+    preset: str = "offline"
+    select_run: str = ""        # empty: the newest FINISHED select run
+    tokenizers: str = ""        # comma-separated names of the preset's tokenizers; empty: all
+    reuse: bool = True
+
+
+def load_counter(source: str):
+    """A tokenizer by Hub id, folder or `tiny:` name (only the tokenizer is loaded)."""
+    from distill.generation.hf import load_tokenizer
+    from distill.models import materialize
+
+    return load_tokenizer(materialize(ModelRef(source, source)).tokenizer)
+
+
+def summary(values: list[int]) -> dict[str, float]:
+    a = np.asarray(values, dtype=float)
+    q1, median, q3 = np.percentile(a, [25, 50, 75])
+    return {"tokens_mean": a.mean(), "tokens_median": median, "tokens_q1": q1, "tokens_q3": q3,
+            "tokens_min": a.min(), "tokens_max": a.max()}
+
+
+def run(p: TokensParams) -> str:
+    preset = load_preset(p.preset)
+    available = preset.get("tokenizers") or {}
+    names = [n.strip() for n in p.tokenizers.split(",") if n.strip()] or list(available)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise DistillError(f"unknown tokenizer(s) {', '.join(unknown)}; the preset has {', '.join(available)}")
+    select = tracking.require_run(p.select_run or None, "select", "tokens", params={"preset": preset["name"]})
+    teachers = [t for t in select.data.tags.get("distill.teachers", "").split(",") if t]
+    params = {"preset": preset["name"], "tokenizers": ",".join(f"{n}={available[n]}" for n in names),
+              "teachers": ",".join(teachers)}
+    with tracking.phase_run("tokens", params, {"select_run_id": select.info.run_id}, reuse=p.reuse) as pr:
+        if pr.reused:
+            return pr.run_id
+        import mlflow
+
+        sets = {t: tracking.read_jsonl_artifact(select.info.run_id, f"train/{t}.jsonl") for t in teachers}
+        rows, metrics, table = [], {}, []
+        for name in names:
+            tok = load_counter(available[name])
+            for teacher, answers in sets.items():
+                counts = [len(tok(a["completion"], add_special_tokens=False).input_ids) for a in answers]
+                for a, n in zip(answers, counts):
+                    rows.append({"teacher": teacher, "tokenizer": name, "id": a["id"], "tokens": n,
+                                 "steps": calculation_steps(a["completion"]), "uses_decimal": uses_decimal(a["completion"])})
+                stats = summary(counts) if counts else {}
+                metrics.update({f"{k}.{name}.{teacher}": v for k, v in stats.items()})
+                table.append({"tokenizer": name, "teacher": teacher, "n": len(counts), **stats})
+        for teacher, answers in sets.items():
+            steps = [calculation_steps(a["completion"]) for a in answers]
+            metrics[f"steps_mean.{teacher}"] = float(np.mean(steps)) if steps else 0.0
+            metrics[f"decimal_frac.{teacher}"] = float(np.mean([uses_decimal(a["completion"]) for a in answers])) if answers else 0.0
+        mlflow.log_metrics(metrics)
+        tracking.log_records(rows, "token_counts")
+        tracking.log_records(table, "token_summary")
+        for t in table:
+            print(f"[distill] tokens {t['tokenizer']:>14} {t['teacher']:>8}: mean {t.get('tokens_mean', float('nan')):.1f}, "
+                  f"median {t.get('tokens_median', float('nan')):.0f}", file=sys.stderr)
+        return pr.run_id

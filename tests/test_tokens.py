@@ -1,0 +1,41 @@
+import json
+
+import mlflow
+import pytest
+
+from distill import DistillError
+from distill.select import SelectParams
+from distill.select import run as select
+from distill.teacher import TeacherParams
+from distill.teacher import run as teacher
+from distill.tokens import TokensParams, calculation_steps, uses_decimal
+from distill.tokens import run as tokens
+from distill.translate import TranslateParams
+from distill.translate import run as translate
+
+
+def test_style_measures():
+    seven_b = "小麦粉: 5 × 16 = 80 スプーン\n砂糖: 3 × 16 = 48 スプーン\n80 + 48 + 4 = 132\n解答: 132"
+    seventy_two_b = "5 + 3 + 0.25 = 8.25 スプーン\n16 × 8.25 = 130\n解答: 130"
+    assert calculation_steps(seven_b) == 3 and calculation_steps(seventy_two_b) == 2
+    assert not uses_decimal(seven_b) and uses_decimal(seventy_two_b)
+    assert calculation_steps("１６×８．２５＝１３２") == 1  # full-width
+    assert calculation_steps("解答: 12") == 0 and not uses_decimal("2.")
+
+
+def test_tokens_per_teacher_and_tokenizer(tracking):
+    translate(TranslateParams(limit=8))
+    teacher(TeacherParams(teacher="7B", max_new_tokens=12))
+    teacher(TeacherParams(teacher="72B", max_new_tokens=12))
+    sel = select(SelectParams(n=6, dev_size=0))
+    run_id = tokens(TokensParams())
+    run = mlflow.get_run(run_id)
+    assert run.data.tags["distill.select_run_id"] == sel
+    m = run.data.metrics
+    for tok in ("qwen2.5", "sarashina2.2", "llm-jp-3.1"):
+        for t in ("7B", "72B"):
+            assert m[f"tokens_q1.{tok}.{t}"] <= m[f"tokens_median.{tok}.{t}"] <= m[f"tokens_q3.{tok}.{t}"]
+    rows = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{run_id}/token_counts.jsonl").splitlines()]
+    assert len(rows) == 3 * 2 * 6 and all(r["tokens"] > 0 for r in rows)
+    with pytest.raises(DistillError, match="unknown tokenizer"):
+        tokens(TokensParams(tokenizers="gpt2"))
