@@ -216,7 +216,8 @@ def run(p: SftParams) -> str:
 
 
 def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[dict], key: str,
-           run_id: str | None, earlier: list[str]):
+           run_id: str | None, earlier: list[str], callbacks=(), save: bool = True, tokenizer=None):
+    """Train and return (model, tokenizer, stats); `save=False` keeps no checkpoints (sweep trials)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -227,7 +228,7 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
     from distill.sft_callbacks import MlflowLogger, PaddingCounter
 
     loadable = materialize(student)
-    tokenizer = load_tokenizer(loadable.tokenizer)
+    tokenizer = tokenizer or load_tokenizer(loadable.tokenizer)
     tokenizer.padding_side = "right"
     model = AutoModelForCausalLM.from_pretrained(loadable.model, dtype=torch.float32, use_safetensors=True)
     if h["batching"] == "padding_free" and "flash" not in str(model.config._attn_implementation):
@@ -253,7 +254,7 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
         padding_free=h["batching"] == "padding_free",
         train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
         completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
-        save_strategy="steps" if p.save_steps else "epoch", save_steps=p.save_steps or 500, save_total_limit=2,
+        save_strategy=("steps" if p.save_steps else "epoch") if save else "no", save_steps=p.save_steps or 500, save_total_limit=2,
         disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
@@ -262,6 +263,8 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
     trainer.data_collator = counter
     logger = MlflowLogger(counter, upload_checkpoints=run_id is not None and p.checkpoints_to_run)
     trainer.add_callback(logger)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0

@@ -125,6 +125,10 @@ class PhaseRun:
     key: str
 
 
+# Every phase run started or reused in this process, in order: `main` reports from it.
+EVENTS: list[PhaseRun] = []
+
+
 def _run_name(phase: str, tags: dict[str, str]) -> str:
     parts = [phase] + [tags[t] for t in ("distill.teacher", "distill.student") if tags.get(t)]
     return "-".join(parts)
@@ -153,13 +157,15 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
             # searches by phase find only the real run.
             with mlflow.start_run():
                 mlflow.set_tags({TAG_REUSED: prior, "distill.reused_phase": phase})
-        yield PhaseRun(prior, True, key)
+        EVENTS.append(PhaseRun(prior, True, key))
+        yield EVENTS[-1]
         return
     all_tags = {TAG_PHASE: phase, TAG_KEY: key, TAG_CODE: code_version(), **tags,
                 **{f"distill.{k}" if not k.startswith("distill.") else k: v for k, v in upstream.items()}}
     with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, tags=all_tags) as run:
         log_params_merged(run, params)
-        yield PhaseRun(run.info.run_id, False, key)
+        EVENTS.append(PhaseRun(run.info.run_id, False, key))
+        yield EVENTS[-1]
 
 
 def _same_value(a: str, b: str) -> bool:

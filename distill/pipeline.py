@@ -1,0 +1,150 @@
+"""The `main` entry point: the whole study of a preset, every step a nested run of its own phase.
+
+translate -> each teacher -> teachers' eval accuracy -> select -> sft for every teacher x student x
+seed -> evaluate each student -> 4-shot baselines -> errors (when a judge is configured) -> tokens
+-> report. A step whose FINISHED run already exists (same entry point, parameters, upstream run ids
+and code version) is reused, so typing the command again costs seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from distill import DistillError
+from distill.config import load_preset, resolve_role
+from distill import tracking
+
+
+@dataclass
+class MainParams:
+    """Run the whole grid of a preset (narrowed by teachers, students, seeds, limit)."""
+
+    preset: str = "offline"
+    teachers: str = ""             # comma-separated; empty: the preset's grid
+    students: str = ""
+    seeds: str = ""
+    limit: int | None = None        # eval questions per evaluation; empty: the preset's grid
+    train_limit: int | None = None  # translated training questions; empty: the preset's
+    backend: str = ""
+    judge_model: str = ""
+    judge_base_url: str = ""
+    reuse: bool = True
+
+
+def _names(text: str, default: list) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else [str(x) for x in default]
+
+
+def check_hardware(preset: dict, backend: str) -> None:
+    if not preset.get("needs_gpu") or backend == "openai":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DistillError(f"preset {preset['name']!r} needs a GPU (vLLM generation, 70B-class models) and this "
+                           "machine has none; use preset=offline here, or backend=openai with a served model")
+
+
+class Steps:
+    """Runs steps in order, records what was reused, and names the step that failed."""
+
+    def __init__(self):
+        self.log: list[dict] = []
+
+    def __call__(self, name: str, fn, params):
+        start = len(tracking.EVENTS)
+        t0 = time.perf_counter()
+        try:
+            run_id = fn(params)
+        except Exception as e:
+            started = tracking.EVENTS[start:]
+            where = f" (run {started[-1].run_id})" if started else ""
+            detail = str(e) if isinstance(e, DistillError) else f"{type(e).__name__}: {e}"
+            raise DistillError(f"step {name} failed{where}: {detail}; type the same command again to continue "
+                               "from there") from e
+        event = tracking.EVENTS[-1] if len(tracking.EVENTS) > start else None
+        reused = bool(event and event.reused)
+        self.log.append({"step": name, "run_id": run_id, "reused": reused, "seconds": round(time.perf_counter() - t0, 2)})
+        print(f"[distill] main: {name}: {'reused' if reused else 'ran'} {run_id} "
+              f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+        return run_id
+
+
+def run(p: MainParams) -> str:
+    from distill.errors import ErrorsParams, run as errors
+    from distill.evaluate import EvaluateParams, run as evaluate
+    from distill.report import ReportParams, run as report
+    from distill.select import SelectParams, run as select
+    from distill.sft import SftParams, run as sft
+    from distill.teacher import TeacherParams, run as teacher
+    from distill.tokens import TokensParams, run as tokens
+    from distill.translate import TranslateParams, run as translate
+
+    preset = load_preset(p.preset)
+    grid = preset.get("grid", {})
+    teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))
+    students = _names(p.students, grid.get("students") or list(preset["students"]))
+    seeds = [int(s) for s in _names(p.seeds, grid.get("seeds") or [42])]
+    for t in teachers:
+        resolve_role(t, preset, "teacher")
+    for s in students:
+        resolve_role(s, preset, "student")
+    if len(teachers) < 2:
+        raise DistillError(f"main needs at least two teachers to select questions on (got {teachers})")
+    backend = p.backend or preset["backend"]
+    check_hardware(preset, backend)
+    limit = p.limit if p.limit is not None else grid.get("eval_limit")
+    judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.get("judge", {}).get("base_url"))
+    params = {"preset": preset["name"], "teachers": ",".join(teachers), "students": ",".join(students),
+              "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "backend": backend,
+              "judge": judge}
+    import mlflow
+
+    t0 = time.perf_counter()
+    with mlflow.start_run(run_name=f"main-{preset['name']}", tags={tracking.TAG_PHASE: "main"}) as main_run:
+        tracking.log_params_merged(main_run, params)
+        step = Steps()
+        common = dict(preset=p.preset, reuse=p.reuse)
+        gen = dict(backend=p.backend)
+        translation = step("translate", translate, TranslateParams(limit=p.train_limit, **gen, **common))
+        teacher_runs = {t: step(f"teacher {t}", teacher, TeacherParams(teacher=t, translation_run=translation, **gen, **common))
+                        for t in teachers}
+        for t in teachers:
+            step(f"evaluate teacher {t}", evaluate, EvaluateParams(model=t, limit=limit, **gen, **common))
+        selection = step("select", select, SelectParams(teacher_runs=",".join(teacher_runs.values()), **common))
+        eval_runs = {}
+        for t in teachers:
+            for s in students:
+                for seed in seeds:
+                    sft_run = step(f"sft {t} -> {s} (seed {seed})", sft,
+                                   SftParams(teacher=t, student=s, seed=seed, select_run=selection, **common))
+                    eval_runs[(t, s, seed)] = step(f"evaluate {s} <- {t} (seed {seed})", evaluate,
+                                                   EvaluateParams(model=sft_run, limit=limit, **gen, **common))
+        for s in students:
+            step(f"baseline {s} (4-shot)", evaluate,
+                 EvaluateParams(model=s, mode="few-shot", limit=limit, **gen, **common))
+        if judge:
+            judged = [t for t in preset.get("judge", {}).get("teachers", teachers) if t in teachers] or teachers
+            for (t, s, seed), eval_run in eval_runs.items():
+                if t in judged:
+                    step(f"errors {s} <- {t} (seed {seed})", errors,
+                         ErrorsParams(eval_run=eval_run, judge_model=p.judge_model, judge_base_url=p.judge_base_url,
+                                      **common))
+        else:
+            print("[distill] main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)",
+                  file=sys.stderr)
+        step("tokens", tokens, TokensParams(select_run=selection, **common))
+        report_run = step("report", report, ReportParams(preset=p.preset))
+        reused = sum(s["reused"] for s in step.log)
+        seconds = time.perf_counter() - t0
+        mlflow.log_metrics({"steps": len(step.log), "steps_reused": reused, "main_seconds": seconds})
+        mlflow.log_dict({"steps": step.log}, "steps.json")
+        mlflow.set_tag("distill.report_run_id", report_run)
+        print(f"[distill] main: {len(step.log)} steps, {reused} reused, {seconds:.0f}s; report run {report_run}",
+              file=sys.stderr)
+        if reused:
+            print("[distill] main: reused " + ", ".join(s["step"] for s in step.log if s["reused"]), file=sys.stderr)
+        return main_run.info.run_id

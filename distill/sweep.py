@@ -1,0 +1,198 @@
+"""The `sweep` entry point: an Optuna study over SFT hyperparameters for one teacher and student.
+
+Each trial trains the student on the teacher's training set and is scored by accuracy on the dev
+split that `select` carved from translated questions it did not select (never the test set). Trials
+are nested MLflow runs; bad trials are pruned after an epoch; the study lives in a database (a
+sqlite file by default, an RDB URL lets several workers share it).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from distill import DistillError
+from distill.config import load_preset, resolve_role
+from distill import tracking
+
+SPACE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "warmup_ratio")
+
+
+@dataclass
+class SweepParams:
+    """Search SFT hyperparameters on the dev split with Optuna."""
+
+    teacher: str
+    student: str
+    preset: str = "offline"
+    select_run: str = ""
+    n_trials: int | None = None          # empty: the preset's
+    space: str = "all"                   # comma-separated subset of learning_rate, num_train_epochs,
+                                         # per_device_train_batch_size, warmup_ratio
+    storage: str = "sqlite:///optuna.db" # an RDB URL (postgresql://...) lets several workers share the study
+    study_name: str = ""                 # empty: sft-<preset>-<teacher>-<student>
+    seed: int = 42
+    dev_limit: int | None = None         # score on the first N dev questions
+    max_new_tokens: int | None = None
+    pruning: bool = True
+    register_best: bool = False          # train the best setting with `sft` and register it
+
+
+def search_space(p: SweepParams, preset: dict) -> dict:
+    ranges = preset.get("sweep", {})
+    wanted = [s.strip() for s in p.space.split(",") if s.strip()] if p.space != "all" else [s for s in SPACE if s in ranges]
+    unknown = [s for s in wanted if s not in SPACE]
+    if unknown:
+        raise DistillError(f"cannot search {', '.join(unknown)}; searchable: {', '.join(SPACE)}")
+    missing = [s for s in wanted if s not in ranges]
+    if missing:
+        raise DistillError(f"preset {preset['name']!r} gives no range for {', '.join(missing)} (section `sweep`)")
+    if not wanted:
+        raise DistillError("empty search space: name at least one of " + ", ".join(SPACE))
+    return {s: ranges[s] for s in wanted}
+
+
+def suggest(trial, space: dict) -> dict:
+    out = {}
+    for name, bounds in space.items():
+        if name == "learning_rate":
+            out[name] = trial.suggest_float(name, float(bounds[0]), float(bounds[1]), log=True)
+        elif name == "num_train_epochs":
+            out[name] = trial.suggest_int(name, int(bounds[0]), int(bounds[1]))
+        elif name == "per_device_train_batch_size":
+            out[name] = trial.suggest_categorical(name, [int(b) for b in bounds])
+        elif name == "warmup_ratio":
+            out[name] = trial.suggest_float(name, float(bounds[0]), float(bounds[1]))
+    return out
+
+
+def dev_accuracy(model, tokenizer, dev: list[dict], max_new_tokens: int) -> float:
+    from distill.answers import extract_answer, is_correct
+    from distill.generation import GenerationConfig
+    from distill.generation.hf import TransformersGenerator
+    from distill.prompts import plain_prompt
+
+    was_training = model.training
+    gen = TransformersGenerator("in-memory", model=model, tokenizer=tokenizer, device=str(model.device))
+    outs = gen.generate([plain_prompt(d["question"]) for d in dev], GenerationConfig(max_new_tokens=max_new_tokens),
+                        progress=False)
+    tokenizer.padding_side = "right"  # the generator switched it for generation; training pads right
+    if was_training:
+        model.train()
+    return 100 * sum(is_correct(extract_answer(o.text), d["answer_number"]) for o, d in zip(outs, dev)) / len(dev)
+
+
+def run(p: SweepParams) -> str:
+    import optuna
+
+    from distill.sft import SftParams, find_select_run, resolved_hparams, use_bf16
+    from distill.sft import run as sft_run
+
+    preset = load_preset(p.preset)
+    n_trials = p.n_trials if p.n_trials is not None else preset.get("sweep", {}).get("n_trials", 20)
+    if n_trials <= 0:
+        raise DistillError(f"n_trials must be > 0 (got {n_trials})")
+    space = search_space(p, preset)
+    resolve_role(p.teacher, preset, "teacher")
+    student = resolve_role(p.student, preset, "student")
+    select_run = find_select_run(SftParams(teacher=p.teacher, student=p.student, select_run=p.select_run),
+                                 [p.teacher], preset)
+    rows = tracking.read_jsonl_artifact(select_run.info.run_id, f"train/{p.teacher}.jsonl")
+    dev = tracking.read_jsonl_artifact(select_run.info.run_id, "dev.jsonl")
+    dev = dev[:p.dev_limit] if p.dev_limit else dev
+    if not dev:
+        raise DistillError(f"select run {select_run.info.run_id} has an empty dev split; run select with dev_size > 0")
+    max_new = p.max_new_tokens or preset.get("generation", {}).get("max_new_tokens", 1024)
+    study_name = p.study_name or f"sft-{preset['name']}-{p.teacher}-{student.name}"
+    params = {"preset": preset["name"], "teacher": p.teacher, "student": student.name, "n_trials": n_trials,
+              "space": ",".join(space), "storage": p.storage.split("://")[0], "study_name": study_name,
+              "seed": p.seed, "n_dev": len(dev), "pruning": p.pruning}
+    import mlflow
+    from transformers import TrainerCallback
+
+    with tracking.phase_run("sweep", params, {"select_run_id": select_run.info.run_id},
+                            tags={"distill.teacher": p.teacher, "distill.student": student.name}, reuse=False) as pr:
+        sampler = optuna.samplers.TPESampler(seed=p.seed)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0) if p.pruning else optuna.pruners.NopPruner()
+        study = optuna.create_study(study_name=study_name, storage=p.storage, direction="maximize",
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)
+
+        class PruneOnDev(TrainerCallback):
+            """Scores the dev split after each epoch; stops the trial when Optuna says prune."""
+
+            def __init__(self, trial, tokenizer_box):
+                self.trial, self.box, self.pruned, self.last = trial, tokenizer_box, False, None
+
+            def on_epoch_end(self, args, state, control, model=None, **kwargs):
+                self.last = dev_accuracy(model, self.box[0], dev, max_new)
+                epoch = int(round(state.epoch or 0))
+                self.trial.report(self.last, epoch)
+                mlflow.log_metric("dev_accuracy", self.last, step=epoch)
+                if self.trial.should_prune():
+                    self.pruned = True
+                    control.should_training_stop = True
+
+        def objective(trial):
+            from distill.generation.hf import load_tokenizer
+            from distill.models import materialize
+            from distill.sft import _train
+
+            hp = suggest(trial, space)
+            sp = SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed, register=False, **hp)
+            h = resolved_hparams(sp, preset)
+            with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
+                                  tags={tracking.TAG_PHASE: "sweep-trial", "distill.teacher": p.teacher,
+                                        "distill.student": student.name, "optuna.trial": str(trial.number)}):
+                mlflow.log_params({**h, "trial": trial.number})
+                box = [load_tokenizer(materialize(student).tokenizer)]
+                callback = PruneOnDev(trial, box)
+                with tempfile.TemporaryDirectory() as out:
+                    sp.output_dir = out
+                    model, tokenizer, stats = _train(sp, preset, student, h, use_bf16("auto", preset), rows,
+                                                     key=f"sweep-{trial.number}", run_id=None, earlier=[],
+                                                     callbacks=[callback], save=False, tokenizer=box[0])
+                mlflow.log_metrics(stats)
+                if callback.pruned:
+                    mlflow.set_tag("optuna.state", "PRUNED")
+                    raise optuna.TrialPruned()
+                score = callback.last if callback.last is not None else dev_accuracy(model, tokenizer, dev, max_new)
+                mlflow.log_metric("dev_accuracy", score)
+                mlflow.set_tag("optuna.state", "COMPLETE")
+                return score
+
+        study.optimize(objective, n_trials=n_trials, catch=())
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            raise DistillError("no trial completed; see the trial runs")
+        best = study.best_trial
+        mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
+        mlflow.log_metrics({"best_dev_accuracy": best.value, "n_complete": len(complete),
+                            "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)})
+        _log_plots(study)
+        print(f"[distill] sweep: best dev accuracy {best.value:.2f}% with {best.params}; run {pr.run_id}",
+              file=sys.stderr)
+        if p.register_best:
+            best_run = sft_run(SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed,
+                                         select_run=select_run.info.run_id, **best.params))
+            mlflow.set_tag("distill.best_sft_run_id", best_run)
+        return pr.run_id
+
+
+def _log_plots(study) -> None:
+    import mlflow
+    import optuna
+
+    plots = {"optimization_history": optuna.visualization.plot_optimization_history,
+             "param_importances": optuna.visualization.plot_param_importances,
+             "parallel_coordinate": optuna.visualization.plot_parallel_coordinate}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, plot in plots.items():
+            try:
+                fig = plot(study)
+            except (ValueError, RuntimeError) as e:  # importances need two finished trials with varied params
+                print(f"[distill] sweep: no {name} plot ({e})", file=sys.stderr)
+                continue
+            path = f"{tmp}/{name}.html"
+            fig.write_html(path, include_plotlyjs=True)
+            mlflow.log_artifact(path, artifact_path="plots")

@@ -1,0 +1,6 @@
+"""Entry point `sweep`: see distill/sweep.py for what it does and its parameters."""
+
+from distill.cli import run_phase
+
+if __name__ == "__main__":
+    run_phase("sweep")

@@ -1,0 +1,254 @@
+"""report: Tables 1 and 3, paired tests, Fig. 1-3 and the Missing section from synthetic but real MLflow runs."""
+
+import json
+import math
+import os
+import re
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from scipy.stats import binomtest
+
+from distill import DistillError
+from distill.report import ReportParams, holm
+from distill.report import run as report
+from distill.stats import accuracy_with_ci
+from tests.conftest import run_entry
+
+N = 50  # questions per evaluation
+IDS = [f"mgsm-ja-{i}" for i in range(N)]
+
+
+class Store:
+    """Creates FINISHED runs the way the phases tag them, with explicit start times (newest = last made)."""
+
+    def __init__(self):
+        self.client = MlflowClient()
+        self.t = 1_700_000_000_000
+
+    def run(self, phase: str, tags: dict, metrics: dict | None = None, files: dict | None = None) -> str:
+        self.t += 1000
+        rid = self.client.create_run("0", start_time=self.t, tags={"distill.phase": phase, **tags}).info.run_id
+        if metrics:
+            self.client.log_batch(rid, metrics=[Metric(k, float(v), self.t, 0) for k, v in metrics.items()])
+        for path, text in (files or {}).items():
+            self.client.log_text(rid, text, path)
+        self.client.set_terminated(rid, "FINISHED", end_time=self.t + 500)
+        return rid
+
+    def evaluate(self, correct: list[bool], teacher=None, student=None, seed="42", baseline=None,
+                 eval_set="mgsm-ja", predictions=True) -> str:
+        tags = {"distill.eval_set": eval_set, "distill.mode": "few-shot" if baseline else "zero-shot"}
+        if teacher:
+            tags["distill.teacher"] = teacher
+        if student:
+            tags["distill.student"] = student
+        if teacher and student:
+            tags.update({"distill.sft_run_id": "f" * 32, "distill.seed": seed})
+        if baseline:
+            tags["distill.baseline"] = baseline
+        acc, lo, hi = accuracy_with_ci(correct)
+        rows = [{"id": i, "question": f"問題 {i}", "output": "…解答: 1", "extracted": "1", "gold": "1" if c else "2",
+                 "correct": c, "output_tokens": 12, "finish_reason": "stop"} for i, c in zip(IDS, correct)]
+        files = {"predictions.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)} if predictions else {}
+        return self.run("evaluate", tags, {"accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
+                                           "n_correct": sum(correct), "n_total": len(correct)}, files)
+
+
+def first(k: int, start: int = 0) -> list[bool]:
+    """Questions start..start+k-1 right, the others wrong."""
+    return [start <= i < start + k for i in range(N)]
+
+
+def artifacts(run_id: str, tmp_path) -> str:
+    return mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / f"art-{run_id[:6]}"))
+
+
+@pytest.fixture
+def study(tracking):
+    s = Store()
+    ids = {}
+    s.evaluate(first(5), "7B", "qwen2.5-0.5b")                          # superseded by the newer one below
+    ids["stale_errors"] = s.run("errors", {"distill.eval_run_id": "0" * 32})
+    ids["7B/0.5b"] = s.evaluate(first(20), "7B", "qwen2.5-0.5b")       # 40 %
+    ids["72B/0.5b"] = s.evaluate(first(15, start=10), "72B", "qwen2.5-0.5b")  # 30 %, q10-q24
+    for seed, k in (("42", 15), ("43", 16), ("44", 17)):               # 30, 32, 34 %: mean 32, std 2
+        s.evaluate(first(k), "14B", "qwen2.5-0.5b", seed=seed)
+    s.evaluate(first(18), "7B+72B", "qwen2.5-0.5b")                     # a mix teacher, 36 %
+    s.evaluate(first(30), "7B", "qwen2.5-1.5b", seed="42")              # 60 %
+    s.evaluate(first(32), "7B", "qwen2.5-1.5b", seed="43")              # 64 %
+    s.evaluate(first(25), "72B", "qwen2.5-1.5b", seed="42")             # 50 %
+    s.evaluate(first(27), "72B", "qwen2.5-1.5b", seed="43")             # 54 %
+    s.evaluate(first(2), student="qwen2.5-0.5b", baseline="4-shot")     # 4 %
+    s.evaluate(first(40), teacher="7B")                                 # the teacher itself: 80 %
+    s.evaluate(first(49), "32B", "qwen2.5-0.5b", eval_set="gsm8k-ja")   # another eval set: not in this report
+    s.run("errors", {"distill.eval_run_id": ids["7B/0.5b"], "distill.teacher": "7B", "distill.student": "qwen2.5-0.5b",
+                     "distill.seed": "42"},
+          {"errors_semantic": 20, "errors_step_missing": 6, "errors_calculation": 4, "n_wrong": 30, "n_judged": 30,
+           "errors_semantic_frac": 20 / 30, "errors_step_missing_frac": 0.2, "errors_calculation_frac": 4 / 30})
+    # an errors run without the count metrics: the report counts its judgments.jsonl (20 A, 5 B, 9 C, 1 failed)
+    judgments = [{"id": IDS[i], "category": c, "reason": "…"} for i, c in
+                 enumerate(["A"] * 20 + ["B"] * 5 + ["C"] * 9 + [None])]
+    s.run("errors", {"distill.eval_run_id": ids["72B/0.5b"], "distill.teacher": "72B",
+                     "distill.student": "qwen2.5-0.5b", "distill.seed": "42"},
+          files={"judgments.jsonl": "".join(json.dumps(j) + "\n" for j in judgments)})
+    tokens = [{"teacher": t, "tokenizer": k, "id": f"train-{i}", "tokens": base + i, "steps": 3,
+               "uses_decimal": t == "72B" and i % 2 == 0}
+              for t, base in (("7B", 100), ("72B", 70)) for k in ("qwen2.5", "sarashina2.2") for i in range(10)]
+    s.run("tokens", {"distill.select_run_id": "e" * 32}, {"tokens_mean.qwen2.5.7B": 104.5},
+          {"token_counts.jsonl": "".join(json.dumps(r) + "\n" for r in tokens)})
+    ids["tokens"] = s.run("tokens", {"distill.select_run_id": "e" * 32},
+                          files={"token_counts.jsonl": "".join(json.dumps(r) + "\n" for r in tokens)})
+    s.ids = ids
+    return s
+
+
+def test_report_tables_tests_figures_and_missing(study, tmp_path):
+    run_id = report(ReportParams(preset="offline"))
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["distill.phase"] == "report"
+    assert run.data.tags["distill.tokens_run_id"] == study.ids["tokens"]   # the newest tokens run
+    assert run.data.params["eval_set"] == "mgsm-ja" and run.data.params["error_teachers"] == "7B,72B"
+    local = artifacts(run_id, tmp_path)
+
+    # Table 1: newest run wins, seeds averaged, only mgsm-ja, preset order plus the mix
+    t1 = pd.read_csv(os.path.join(local, "tables", "table1.csv"), index_col=0)
+    assert list(t1.index) == ["7B", "14B", "32B", "72B", "7B+72B", "mean", "4-shot"]
+    assert list(t1.columns) == ["qwen2.5-0.5b", "qwen2.5-1.5b", "sarashina2.2-1b", "llm-jp-3.1-1.8b", "mean"]
+    assert t1.loc["7B", "qwen2.5-0.5b"] == pytest.approx(40.0)
+    assert t1.loc["14B", "qwen2.5-0.5b"] == pytest.approx(32.0)
+    assert math.isnan(t1.loc["32B", "qwen2.5-0.5b"])                    # evaluated on gsm8k-ja only
+    assert t1.loc["7B", "qwen2.5-1.5b"] == pytest.approx(62.0)
+    assert t1.loc["7B", "mean"] == pytest.approx(51.0)                  # (40 + 62) / 2
+    assert t1.loc["mean", "qwen2.5-0.5b"] == pytest.approx((40 + 32 + 30) / 3)   # preset teachers, no mix
+    assert t1.loc["7B+72B", "qwen2.5-0.5b"] == pytest.approx(36.0)
+    assert t1.loc["4-shot", "qwen2.5-0.5b"] == pytest.approx(4.0) and math.isnan(t1.loc["4-shot", "qwen2.5-1.5b"])
+    cells = pd.read_csv(os.path.join(local, "tables", "table1_cells.csv"))
+    c14 = cells[(cells.teacher == "14B") & (cells.student == "qwen2.5-0.5b")].iloc[0]
+    assert c14.n_seeds == 3 and c14.seeds == "42,43,44" and c14.accuracy_std == pytest.approx(2.0)
+    assert c14.accuracy_min == pytest.approx(30) and c14.accuracy_max == pytest.approx(34)
+    c7 = cells[(cells.teacher == "7B") & (cells.student == "qwen2.5-1.5b")].iloc[0]
+    assert c7.accuracy_std == pytest.approx(math.sqrt(8))
+    md1 = open(os.path.join(local, "tables", "table1.md"), encoding="utf-8").read()
+    assert "32.00 ± 2.00 (n=3)" in md1 and "**40.00**" in md1 and "| 32B | — |" in md1
+
+    # Table 3
+    t3 = pd.read_csv(os.path.join(local, "tables", "table3.csv"))
+    assert list(t3.teacher) == ["7B", "14B", "32B", "72B"]
+    assert t3.accuracy[0] == pytest.approx(80.0) and t3.ci_low[0] < 80 < t3.ci_high[0] and t3.accuracy.isna().sum() == 3
+
+    # paired tests: exact discordant counts, difference and McNemar p
+    pt = pd.read_csv(os.path.join(local, "tables", "paired_tests.csv"), dtype={"seeds": str, "mcnemar_seed": str})
+    assert len(pt) == 6 + 1          # 0.5b: 4 teachers -> 6 pairs; 1.5b: 7B vs 72B
+    r = pt[(pt.student == "qwen2.5-0.5b") & (pt.teacher_a == "7B") & (pt.teacher_b == "72B")].iloc[0]
+    assert (r.only_a, r.only_b, r.n_questions) == (10, 5, 50)
+    assert r["diff"] == pytest.approx(10.0) and r.ci_low <= 10 <= r.ci_high
+    assert r.p_mcnemar == pytest.approx(binomtest(10, 15, 0.5).pvalue)
+    assert 0 < r.p_bootstrap <= 1 and r.p_mcnemar_holm >= r.p_mcnemar
+    r14 = pt[(pt.student == "qwen2.5-0.5b") & (pt.teacher_a == "7B") & (pt.teacher_b == "14B")].iloc[0]
+    assert r14.seeds == "42" and (r14.only_a, r14.only_b) == (5, 0)    # the one seed both have
+    r15 = pt[pt.student == "qwen2.5-1.5b"].iloc[0]
+    assert r15.seeds == "42,43" and r15.mcnemar_seed == "42"           # two common seeds averaged
+    assert r15["diff"] == pytest.approx(10.0) and (r15.only_a, r15.only_b) == (5, 0)
+    assert r15.accuracy_a == pytest.approx(62.0) and r15.accuracy_b == pytest.approx(52.0)
+
+    # errors: metrics of one run, judgments.jsonl of the other; the stale errors run ignored
+    er = pd.read_csv(os.path.join(local, "tables", "errors.csv"))
+    assert set(zip(er.teacher, er.student)) == {("7B", "qwen2.5-0.5b"), ("72B", "qwen2.5-0.5b")}
+    e72 = er[er.teacher == "72B"].iloc[0]
+    assert (e72.errors_semantic, e72.errors_step_missing, e72.errors_calculation, e72.n_judged, e72.n_wrong) == \
+        (20, 5, 9, 34, 35)
+    assert e72.errors_calculation_frac == pytest.approx(9 / 34)
+
+    # figures: standalone HTML with plotly.js inside, and a JSON twin holding the data
+    for name in ("fig1_accuracy", "fig2_errors", "fig3_tokens"):
+        html = open(os.path.join(local, "figures", f"{name}.html"), encoding="utf-8").read()
+        assert not re.search(r"<script[^>]*\bsrc=", html) and len(html) > 1_000_000   # plotly.js inlined: offline
+    fig1 = json.load(open(os.path.join(local, "figures", "fig1_accuracy.json")))
+    bar = next(t for t in fig1["data"] if t["type"] == "bar" and t["name"] == "qwen2.5-0.5b")
+    assert bar["x"] == ["7B", "14B", "32B", "72B", "7B+72B"]
+    assert bar["y"][:2] == pytest.approx([40.0, 32.0]) and bar["y"][2] is None and bar["y"][3] == pytest.approx(30.0)
+    assert bar["error_y"]["array"][0] > 0 and bar["error_y"]["arrayminus"][0] > 0
+    assert any(s.get("text", "").startswith("4-shot 4.0") for s in fig1["layout"]["annotations"])
+    assert any(t["type"] == "scatter" and t["name"] == "one seed" and len(t["y"]) == 5 for t in fig1["data"])
+    fig2 = json.load(open(os.path.join(local, "figures", "fig2_errors.json")))
+    b7 = next(t for t in fig2["data"] if t["name"] == "teacher 7B")
+    assert b7["text"] == ["20", "6", "4"] and b7["y"] == pytest.approx([200 / 3, 20.0, 40 / 3])
+    b72 = next(t for t in fig2["data"] if t["name"] == "teacher 72B")
+    assert b72["text"] == ["20", "5", "9"]
+    fig3 = json.load(open(os.path.join(local, "figures", "fig3_tokens.json")))
+    boxes = [t for t in fig3["data"] if t["type"] == "box"]
+    assert len(boxes) == 4 and sorted(len(b["y"]) for b in boxes) == [10] * 4
+    tok = pd.read_csv(os.path.join(local, "tables", "tokens.csv"))
+    q = tok[(tok.tokenizer == "qwen2.5")].set_index("teacher")
+    assert q.loc["7B", "tokens_mean"] == pytest.approx(104.5) and q.loc["72B", "uses_decimal_frac"] == 0.5
+
+    # missing: 16 preset cells, 5 present
+    missing = json.load(open(os.path.join(local, "missing.json"), encoding="utf-8"))
+    cells_missing = {m["what"] for m in missing if m["kind"] == "cell"}
+    assert len(cells_missing) == 11 and "32B / qwen2.5-0.5b" in cells_missing and "7B / qwen2.5-0.5b" not in cells_missing
+    assert run.data.metrics["n_missing_cells"] == 11 and run.data.tags["distill.missing_cells"] == "11"
+    kinds = {(m["kind"], m["what"]) for m in missing}
+    assert ("teacher_eval", "14B") in kinds and ("baseline", "qwen2.5-1.5b") in kinds
+    assert ("errors", "7B / qwen2.5-1.5b") in kinds and ("tokens", "tokenizer llm-jp-3.1") in kinds
+    assert ("tokens", "14B") in kinds and ("seed", "7B / qwen2.5-0.5b") not in kinds
+    md = open(os.path.join(local, "report.md"), encoding="utf-8").read()
+    for text in ("## Table 1", "## Table 3", "## Paired tests", "## Missing", "32B / qwen2.5-0.5b",
+                 "figures/fig1_accuracy.html", "left out (the newest wins)", "qwen2.5-0.5b: best teacher 7B"):
+        assert text in md, text
+    assert run.data.metrics["accuracy.7B.qwen2.5-0.5b"] == pytest.approx(40.0)
+    assert run.data.metrics["accuracy_mean.7B_72B"] == pytest.approx(36.0)
+    table = json.load(open(os.path.join(local, "tables", "paired_tests.json"), encoding="utf-8"))
+    assert "p_mcnemar" in table["columns"] and len(table["data"]) == 7     # also an MLflow table
+    inputs = json.load(open(os.path.join(local, "inputs.json")))
+    assert study.ids["7B/0.5b"] in inputs["evaluate_students"] and len(inputs["evaluate_students"]) == 11
+
+
+def test_empty_experiment_gives_a_finished_report_listing_everything_missing(tracking, tmp_path):
+    run_id = report(ReportParams(preset="offline"))
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["n_missing_cells"] == 16
+    local = artifacts(run_id, tmp_path)
+    md = open(os.path.join(local, "report.md"), encoding="utf-8").read()
+    assert "no FINISHED tokens run" in md and "No paired test could be made" in md
+    t1 = pd.read_csv(os.path.join(local, "tables", "table1.csv"), index_col=0)
+    assert t1.drop(columns="mean").isna().all().all() and "| 72B | — | — | — | — |" in md
+    for name in ("fig1_accuracy", "fig2_errors", "fig3_tokens"):
+        assert os.path.getsize(os.path.join(local, "figures", f"{name}.html")) > 1_000_000
+
+
+def test_unreadable_predictions_and_reuse(tracking, tmp_path):
+    s = Store()
+    s.evaluate(first(20), "7B", "qwen2.5-0.5b")
+    bad = s.evaluate(first(10), "72B", "qwen2.5-0.5b", predictions=False)
+    first_id = report(ReportParams(reuse=True))
+    local = artifacts(first_id, tmp_path)
+    pt = pd.read_csv(os.path.join(local, "tables", "paired_tests.csv"))
+    assert len(pt) == 1 and "predictions unreadable" in pt.note[0] and math.isnan(pt.p_mcnemar[0])
+    missing = json.load(open(os.path.join(local, "missing.json")))
+    assert any(m["kind"] == "predictions" and m["what"] == bad for m in missing)
+    assert report(ReportParams(reuse=True)) == first_id           # same input runs, same code: reused
+    assert report(ReportParams()) != first_id                      # the default makes a new report
+    s.evaluate(first(30), "14B", "qwen2.5-0.5b")
+    assert report(ReportParams(reuse=True)) != first_id           # a new evaluation arrived
+
+
+def test_unknown_error_teacher_is_a_clear_error(tracking):
+    with pytest.raises(DistillError, match="unknown teacher '3B'.*known teachers: 7B, 14B, 32B, 72B"):
+        report(ReportParams(error_teachers="7B,3B"))
+    assert not MlflowClient().search_runs(["0"])                   # nothing started
+
+
+def test_holm():
+    assert holm([0.01, 0.04, 0.03, float("nan")])[:3] == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_entry_point(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = run_entry("report", "--preset", "offline", "--error_teachers", "7B,72B", env=env, cwd=tmp_path)
+    assert "16 missing" in proc.stderr
+    bad = run_entry("report", "--preset", "offline", "--tokens_run", "0" * 32, env=env, cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "no MLflow run with id" in bad.stderr
