@@ -28,6 +28,7 @@ class MainParams:
     seeds: str = ""
     limit: int | None = None        # eval questions per evaluation; empty: the preset's grid
     train_limit: int | None = None  # translated training questions; empty: the preset's
+    n: int | None = None            # questions to select; empty: the preset's
     backend: str = ""
     judge_model: str = ""
     judge_base_url: str = ""
@@ -99,7 +100,7 @@ def run(p: MainParams) -> str:
     limit = p.limit if p.limit is not None else grid.get("eval_limit")
     judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.get("judge", {}).get("base_url"))
     params = {"preset": preset["name"], "teachers": ",".join(teachers), "students": ",".join(students),
-              "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "backend": backend,
+              "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "n": p.n, "backend": backend,
               "judge": judge}
     import mlflow
 
@@ -114,7 +115,7 @@ def run(p: MainParams) -> str:
                         for t in teachers}
         for t in teachers:
             step(f"evaluate teacher {t}", evaluate, EvaluateParams(model=t, limit=limit, **gen, **common))
-        selection = step("select", select, SelectParams(teacher_runs=",".join(teacher_runs.values()), **common))
+        selection = step("select", select, SelectParams(teacher_runs=",".join(teacher_runs.values()), n=p.n, **common))
         eval_runs = {}
         for t in teachers:
             for s in students:
@@ -137,7 +138,7 @@ def run(p: MainParams) -> str:
             print("[distill] main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)",
                   file=sys.stderr)
         step("tokens", tokens, TokensParams(select_run=selection, **common))
-        report_run = step("report", report, ReportParams(preset=p.preset))
+        report_run = step("report", report, ReportParams(preset=p.preset, reuse=p.reuse))
         reused = sum(s["reused"] for s in step.log)
         seconds = time.perf_counter() - t0
         mlflow.log_metrics({"steps": len(step.log), "steps_reused": reused, "main_seconds": seconds})

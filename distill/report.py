@@ -528,7 +528,8 @@ def figure_accuracy(cells, inputs: Inputs, teachers: list[str], students: list[s
 
     colors = teacher_colors(teachers)
     by_cell = {(r.teacher, r.student): r for r in cells.itertuples()}
-    rows, cols = _grid(len(students))
+    n_bars = len(teachers) + len(inputs.baselines)
+    rows, cols = _grid(len(students), 4 if n_bars <= 5 else 2)   # wider panels when mixes add bars
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=students or ["(no students)"], shared_yaxes=True,
                         horizontal_spacing=0.04, vertical_spacing=0.18)
     top = max([c.ci_high for c in by_cell.values() if np.isfinite(c.ci_high)]
@@ -553,6 +554,7 @@ def figure_accuracy(cells, inputs: Inputs, teachers: list[str], students: list[s
                              error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo, thickness=1.5,
                                           width=4, color="#333"),
                              text=texts, textposition="inside", insidetextanchor="start", textfont_color="white",
+                             textangle=0,
                              hovertext=hover, hoverinfo="text", showlegend=False), row=row, col=col)
         sx, sy = [], []
         for t in teachers:
@@ -569,19 +571,27 @@ def figure_accuracy(cells, inputs: Inputs, teachers: list[str], students: list[s
             fig.add_trace(go.Scatter(x=missing, y=[top * 0.04] * len(missing), mode="text", text=["missing"] * len(missing),
                                      textfont=dict(color="#999", size=11), hoverinfo="skip", showlegend=False),
                           row=row, col=col)
+        categories = list(teachers)
         for label, runs in inputs.baselines.items():
             r = runs.get(student)
-            if r is not None and np.isfinite(r.accuracy):
-                fig.add_hline(y=r.accuracy, line_dash="dash", line_color="#555", row=row, col=col,
-                              annotation_text=f"{label} {r.accuracy:.1f}", annotation_position="top right",
-                              annotation_font_size=11)
-        fig.update_xaxes(type="category", categoryorder="array", categoryarray=teachers, title_text="teacher",
+            if r is None or not np.isfinite(r.accuracy):
+                continue
+            # the untrained student: a grey bar of its own at the right and a dashed line behind the teachers' bars
+            categories.append(label)
+            fig.add_trace(go.Bar(x=[label], y=[r.accuracy], name=f"{label} baseline", marker_color="#c7c7c7",
+                                 marker_pattern_shape="/", text=[f"{r.accuracy:.1f}"], textposition="outside",
+                                 hovertext=[f"untrained {student}, {label}: {r.accuracy:.2f}%"], hoverinfo="text",
+                                 showlegend=False), row=row, col=col)
+            fig.add_hline(y=r.accuracy, line_dash="dash", line_color="#777", line_width=1, layer="below",
+                          row=row, col=col)
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=categories, title_text="teacher",
                          row=row, col=col)
     fig.update_yaxes(rangemode="tozero", range=[0, top * 1.1], col=1, title_text="accuracy (%)")
-    fig.update_layout(title=f"Fig. 1: student accuracy by teacher ({inputs.eval_set}); error bars: bootstrap 95% "
-                            "interval; dashed: untrained few-shot baseline",
+    fig.update_layout(title=f"Fig. 1: student accuracy by teacher ({inputs.eval_set})<br><sup>error bars: bootstrap 95% "
+                            "interval; circles: single seeds; grey bar and dashed line: the untrained student, "
+                            "few-shot</sup>",
                       template="plotly_white", height=380 * rows + 120, bargap=0.25, margin=dict(t=110),
-                      legend=dict(orientation="h", y=-0.18))
+                      showlegend=False)
     return fig
 
 
@@ -599,7 +609,7 @@ def figure_errors(errors_df, error_teachers: list[str], students: list[str], col
         titles.append(f"{s}<br><sup>{' · '.join(parts)}</sup>")
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles or ["(no students)"], shared_yaxes=True,
                         horizontal_spacing=0.04, vertical_spacing=0.2)
-    cats = [label.replace(" error", "").replace(" misunderstanding", "") for _, _, label in CATEGORIES]
+    cats = ["(A)<br>semantic", "(B)<br>step missing", "(C)<br>calculation"]
     top = max([100 * r[f"errors_{stem}_frac"] for r in by.values() for _, stem, _ in CATEGORIES
                if np.isfinite(r[f"errors_{stem}_frac"])] + [10.0])
     shown = set()
@@ -607,7 +617,10 @@ def figure_errors(errors_df, error_teachers: list[str], students: list[str], col
         row, col = k // cols + 1, k % cols + 1
         for t in error_teachers:
             r = by.get((t, student))
-            if r is None:
+            if r is None:  # an empty trace keeps the other teacher's bars in their place
+                fig.add_trace(go.Bar(x=cats, y=[None] * len(cats), name=f"teacher {t}", legendgroup=t,
+                                     showlegend=False, marker_color=colors.get(t, "#888"), hoverinfo="skip"),
+                              row=row, col=col)
                 continue
             ys = [100 * r[f"errors_{stem}_frac"] for _, stem, _ in CATEGORIES]
             counts = [int(r[f"errors_{stem}"]) for _, stem, _ in CATEGORIES]
@@ -624,6 +637,8 @@ def figure_errors(errors_df, error_teachers: list[str], students: list[str], col
     fig.update_layout(title="Fig. 2: error categories of the students' wrong answers (bar: share, number: count)",
                       barmode="group", template="plotly_white", height=400 * rows + 140, margin=dict(t=130),
                       legend=dict(orientation="h", y=-0.15), font=dict(size=12))
+    if errors_df.empty:
+        _say(fig, "No errors run for " + ", ".join(error_teachers) + " yet (see Missing in report.md).")
     return fig
 
 
@@ -633,7 +648,7 @@ def figure_tokens(rows: list[dict], teachers: list[str], tokenizers: list[str], 
     from plotly.subplots import make_subplots
 
     n_rows, cols = _grid(len(tokenizers), 3)
-    fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=[f"tokenizer {t}" for t in tokenizers] or ["(none)"],
+    fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=[f"tokenizer {t}" for t in tokenizers] or [""],
                         horizontal_spacing=0.06, vertical_spacing=0.18)
     for k, tok in enumerate(tokenizers):
         r, c = k // cols + 1, k % cols + 1
@@ -643,12 +658,25 @@ def figure_tokens(rows: list[dict], teachers: list[str], tokenizers: list[str], 
                 continue
             fig.add_trace(go.Box(y=ys, name=t, marker_color=colors.get(t, "#888"), boxmean=True, showlegend=False,
                                  legendgroup=t), row=r, col=c)
-        fig.update_xaxes(type="category", categoryorder="array", categoryarray=teachers, title_text="teacher",
+        present = [t for t in teachers if any(x.get("tokenizer") == tok and x.get("teacher") == t for x in rows)]
+        means = {t: np.mean([x["tokens"] for x in rows if x.get("tokenizer") == tok and x.get("teacher") == t])
+                 for t in present}
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=present, tickvals=present,
+                         ticktext=[f"{t}<br>mean {means[t]:.1f}" for t in present], title_text="teacher",
                          row=r, col=c)
         fig.update_yaxes(title_text="tokens per answer" if c == 1 else None, rangemode="tozero", row=r, col=c)
     fig.update_layout(title="Fig. 3: tokens per teacher answer (box: quartiles, whiskers 1.5 IQR, dashed: mean)",
                       template="plotly_white", height=420 * n_rows + 100)
+    if not tokenizers:
+        _say(fig, "No token counts: no FINISHED tokens run with token_counts.jsonl (see Missing in report.md).")
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
     return fig
+
+
+def _say(fig, text: str) -> None:
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       font=dict(size=16, color="#666"), bgcolor="white")
 
 
 def write_figure(fig, path: Path) -> None:

@@ -28,20 +28,55 @@ TAG_RESUMED = "distill.resumed_from"
 PACKAGE_DIR = Path(__file__).parent
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the package's code, presets and shipped data: what decides the results."""
+def _distill_imports(module: str) -> set[str]:
+    """The distill modules a module imports, anywhere in its body (lazy imports included)."""
+    import ast
+
+    path = PACKAGE_DIR / (module.removeprefix("distill").lstrip(".").replace(".", "/") or "__init__")
+    file = path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py"
+    if not file.is_file():
+        return set()
+    found = set()
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("distill"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)  # `from distill import tracking`
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("distill"))
+    return found
+
+
+@lru_cache(maxsize=None)
+def code_version(phase: str | None = None) -> str:
+    """Hash of the code that decides a phase's results: its module and every distill module it
+    imports (transitively), plus presets and shipped data. Editing the report does not
+    invalidate finished teacher runs; editing the scoring code does."""
+    files = {p for p in PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix in {".yaml", ".json", ".tsv", ".jsonl"}}
+    if phase is None:
+        files |= set(PACKAGE_DIR.rglob("*.py"))
+    else:
+        seen, todo = set(), [f"distill.{phase}", "distill"]
+        while todo:
+            module = todo.pop()
+            if module in seen:
+                continue
+            seen.add(module)
+            todo.extend(_distill_imports(module))
+        for module in seen:
+            path = PACKAGE_DIR / module.removeprefix("distill").lstrip(".").replace(".", "/")
+            for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+                if candidate.is_file():
+                    files.add(candidate)
     h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.is_file() and path.suffix in {".py", ".yaml", ".json", ".tsv", ".jsonl"}:
-            h.update(str(path.relative_to(PACKAGE_DIR)).encode())
-            h.update(path.read_bytes())
+    for path in sorted(files):
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
 def cache_key(phase: str, params: dict[str, Any], upstream: dict[str, str] | None = None) -> str:
     payload = {"phase": phase, "params": {k: str(v) for k, v in sorted(params.items())},
-               "upstream": dict(sorted((upstream or {}).items())), "code": code_version()}
+               "upstream": dict(sorted((upstream or {}).items())), "code": code_version(phase)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -160,7 +195,7 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
         EVENTS.append(PhaseRun(prior, True, key))
         yield EVENTS[-1]
         return
-    all_tags = {TAG_PHASE: phase, TAG_KEY: key, TAG_CODE: code_version(), **tags,
+    all_tags = {TAG_PHASE: phase, TAG_KEY: key, TAG_CODE: code_version(phase), **tags,
                 **{f"distill.{k}" if not k.startswith("distill.") else k: v for k, v in upstream.items()}}
     with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, tags=all_tags) as run:
         log_params_merged(run, params)

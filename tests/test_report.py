@@ -172,8 +172,10 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
     assert bar["x"] == ["7B", "14B", "32B", "72B", "7B+72B"]
     assert bar["y"][:2] == pytest.approx([40.0, 32.0]) and bar["y"][2] is None and bar["y"][3] == pytest.approx(30.0)
     assert bar["error_y"]["array"][0] > 0 and bar["error_y"]["arrayminus"][0] > 0
-    assert any(s.get("text", "").startswith("4-shot 4.0") for s in fig1["layout"]["annotations"])
-    assert any(t["type"] == "scatter" and t["name"] == "one seed" and len(t["y"]) == 5 for t in fig1["data"])
+    base = [t for t in fig1["data"] if t.get("name") == "4-shot baseline"]
+    assert len(base) == 1 and base[0]["x"] == ["4-shot"] and base[0]["y"] == pytest.approx([4.0])
+    dots = [t for t in fig1["data"] if t.get("name") == "one seed"]    # seed dots where a cell has several
+    assert sorted(len(t["y"]) for t in dots) == [3, 4]
     fig2 = json.load(open(os.path.join(local, "figures", "fig2_errors.json")))
     b7 = next(t for t in fig2["data"] if t["name"] == "teacher 7B")
     assert b7["text"] == ["20", "6", "4"] and b7["y"] == pytest.approx([200 / 3, 20.0, 40 / 3])
@@ -182,6 +184,7 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
     fig3 = json.load(open(os.path.join(local, "figures", "fig3_tokens.json")))
     boxes = [t for t in fig3["data"] if t["type"] == "box"]
     assert len(boxes) == 4 and sorted(len(b["y"]) for b in boxes) == [10] * 4
+    assert fig3["layout"]["xaxis"]["ticktext"] == ["7B<br>mean 104.5", "72B<br>mean 74.5"]
     tok = pd.read_csv(os.path.join(local, "tables", "tokens.csv"))
     q = tok[(tok.tokenizer == "qwen2.5")].set_index("teacher")
     assert q.loc["7B", "tokens_mean"] == pytest.approx(104.5) and q.loc["72B", "uses_decimal_frac"] == 0.5
@@ -204,13 +207,19 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
     table = json.load(open(os.path.join(local, "tables", "paired_tests.json"), encoding="utf-8"))
     assert "p_mcnemar" in table["columns"] and len(table["data"]) == 7     # also an MLflow table
     inputs = json.load(open(os.path.join(local, "inputs.json")))
-    assert study.ids["7B/0.5b"] in inputs["evaluate_students"] and len(inputs["evaluate_students"]) == 11
+    assert study.ids["7B/0.5b"] in inputs["evaluate_students"] and len(inputs["evaluate_students"]) == 10
 
 
-def test_empty_experiment_gives_a_finished_report_listing_everything_missing(tracking, tmp_path):
-    run_id = report(ReportParams(preset="offline"))
+def test_empty_experiment_gives_a_finished_report_and_bad_input_a_clear_error(tracking, tmp_path):
+    with pytest.raises(DistillError, match="unknown teacher '3B'.*known teachers: 7B, 14B, 32B, 72B"):
+        report(ReportParams(error_teachers="7B,3B"))
+    with pytest.raises(DistillError, match="no MLflow run with id"):
+        report(ReportParams(tokens_run="0" * 32))
+    assert not MlflowClient().search_runs(["0"])                   # nothing started
+    run_id = report(ReportParams(preset="offline", error_teachers="7b,72B"))
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["n_missing_cells"] == 16
+    assert run.data.params["error_teachers"] == "7B,72B"
     local = artifacts(run_id, tmp_path)
     md = open(os.path.join(local, "report.md"), encoding="utf-8").read()
     assert "no FINISHED tokens run" in md and "No paired test could be made" in md
@@ -236,12 +245,6 @@ def test_unreadable_predictions_and_reuse(tracking, tmp_path):
     assert report(ReportParams(reuse=True)) != first_id           # a new evaluation arrived
 
 
-def test_unknown_error_teacher_is_a_clear_error(tracking):
-    with pytest.raises(DistillError, match="unknown teacher '3B'.*known teachers: 7B, 14B, 32B, 72B"):
-        report(ReportParams(error_teachers="7B,3B"))
-    assert not MlflowClient().search_runs(["0"])                   # nothing started
-
-
 def test_holm():
     assert holm([0.01, 0.04, 0.03, float("nan")])[:3] == pytest.approx([0.03, 0.06, 0.06])
 
@@ -250,5 +253,3 @@ def test_entry_point(tmp_path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     proc = run_entry("report", "--preset", "offline", "--error_teachers", "7B,72B", env=env, cwd=tmp_path)
     assert "16 missing" in proc.stderr
-    bad = run_entry("report", "--preset", "offline", "--tokens_run", "0" * 32, env=env, cwd=tmp_path, check=False)
-    assert bad.returncode == 2 and "no MLflow run with id" in bad.stderr

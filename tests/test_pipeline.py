@@ -1,0 +1,59 @@
+"""main: the whole offline study as nested runs, reused on the second run; a failing step is named."""
+
+import json
+import os
+import time
+
+import mlflow
+import pytest
+
+from tests.conftest import run_entry
+
+
+@pytest.mark.slow
+def test_main_runs_the_grid_then_reuses_everything(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    args = ("--preset", "offline", "--students", "qwen2.5-0.5b", "--limit", "4", "--train_limit", "16", "--n", "12")
+    t0 = time.perf_counter()
+    first = run_entry("main", *args, env=env, cwd=tmp_path)
+    first_seconds = time.perf_counter() - t0
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        mains = mlflow.search_runs(filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        assert len(mains) == 1
+        children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{mains[0].info.run_id}'",
+                                      output_format="list")
+        phases = sorted(c.data.tags["distill.phase"] for c in children)
+        assert phases == sorted(["translate", "teacher", "teacher", "evaluate", "evaluate", "select", "sft", "sft",
+                                 "evaluate", "evaluate", "evaluate", "tokens", "report"])
+        assert "errors skipped: no judge configured" in first.stderr
+        steps = json.loads(mlflow.artifacts.load_text(f"runs:/{mains[0].info.run_id}/steps.json"))["steps"]
+        assert not any(s["reused"] for s in steps)
+
+        second = run_entry("main", *args, env=env, cwd=tmp_path)
+        mains = mlflow.search_runs(filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        assert mains[0].data.metrics["steps_reused"] == mains[0].data.metrics["steps"] == len(steps)
+        assert "reusing FINISHED run" in second.stderr
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_a_failing_step_is_named_with_its_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    proc = run_entry("main", "--preset", "offline", "--backend", "openai", "--train_limit", "4", check=False,
+                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    assert proc.returncode == 2
+    assert "step translate failed (run " in proc.stderr and "cannot reach the OpenAI-compatible server" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--preset", "paper"), "needs a GPU"),
+    (("--preset", "offlne"), "known presets: offline, paper"),
+    (("--preset", "offline", "--teachers", "7B,9B"), "known names: 7B, 14B, 32B, 72B"),
+])
+def test_main_bad_input(tmp_path, args, message):
+    proc = run_entry("main", *args, check=False, cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]

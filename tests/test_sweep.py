@@ -1,0 +1,50 @@
+"""sweep: Optuna over SFT hyperparameters, scored on the dev split, each trial a nested run."""
+
+import mlflow
+import optuna
+import pytest
+
+from distill import DistillError
+from distill.select import SelectParams
+from distill.select import run as select
+from distill.sweep import SweepParams
+from distill.sweep import run as sweep
+from distill.teacher import TeacherParams
+from distill.teacher import run as teacher
+from distill.translate import TranslateParams
+from distill.translate import run as translate
+
+
+@pytest.fixture
+def selected(tracking):
+    translate(TranslateParams(limit=14))
+    teacher(TeacherParams(teacher="7B", max_new_tokens=12))
+    teacher(TeacherParams(teacher="72B", max_new_tokens=12))
+    return select(SelectParams(n=8, dev_size=4))
+
+
+def test_sweep_runs_trials_as_nested_runs_and_logs_plots(selected, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    run_id = sweep(SweepParams(teacher="7B", student="qwen2.5-0.5b", n_trials=3, storage=storage, max_new_tokens=6,
+                               space="learning_rate,num_train_epochs"))
+    run = mlflow.get_run(run_id)
+    assert run.data.tags["distill.select_run_id"] == selected
+    assert {"best_learning_rate", "best_num_train_epochs"} <= set(run.data.params)
+    trials = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{run_id}'", output_format="list")
+    assert len(trials) == 3 and all(t.data.tags["distill.phase"] == "sweep-trial" for t in trials)
+    assert all("learning_rate" in t.data.params for t in trials)
+    assert all("dev_accuracy" in t.data.metrics for t in trials)
+    plots = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="plots")}
+    assert "plots/optimization_history.html" in plots
+    study = optuna.load_study(study_name="sft-offline-7B-qwen2.5-0.5b", storage=storage)
+    assert len(study.trials) == 3  # the study is in the database: another worker could join it
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(n_trials=0), "n_trials must be > 0"),
+    (dict(space=""), "empty search space"),
+    (dict(space="dropout"), "cannot search dropout"),
+])
+def test_bad_sweep_input_stops_at_once(selected, params, message, tmp_path):
+    with pytest.raises(DistillError, match=message):
+        sweep(SweepParams(teacher="7B", student="qwen2.5-0.5b", storage=f"sqlite:///{tmp_path / 's.db'}", **params))
