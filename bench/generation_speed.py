@@ -142,7 +142,8 @@ def count_mismatches(ref, got) -> int:
     return sum((a.text, a.n_tokens, a.finish_reason) != (b.text, b.n_tokens, b.finish_reason) for a, b in zip(ref, got))
 
 
-def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes: list[int], repeats: int) -> dict:
+def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes: list[int], repeats: int,
+                repetition_penalty: float = 1.0) -> dict:
     from distill.generation import GenerationConfig
 
     lengths = [len(gen.tokenizer(text, add_special_tokens=special).input_ids) for text, special in map(gen.render, prompts)]
@@ -161,7 +162,7 @@ def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes
     unstable: dict[int, int] = {bs: 0 for bs in batch_sizes}  # repeats that disagree with the first
     for r in range(repeats):
         for bs in batch_sizes:
-            cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=bs)
+            cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=bs, repetition_penalty=repetition_penalty)
             t, c = time.perf_counter(), time.process_time()
             outs = gen.generate(prompts, cfg, progress=False)
             dt, cpu = time.perf_counter() - t, time.process_time() - c
@@ -200,6 +201,7 @@ def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes
     return {
         "model": label,
         "max_new_tokens": max_new_tokens,
+        "repetition_penalty": repetition_penalty,
         "prompt_tokens": {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)},
         "rows": rows,
         "outputs_batch%d" % base: [o.text for o in ref],
@@ -220,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smollm2-prompt", choices=["chat", "paper-chat", "plain"], default="chat")
     ap.add_argument("--batch-sizes", default="1,16", help="comma-separated; the first is the baseline (default 1,16)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per batch size; the best is reported (default 2)")
+    ap.add_argument("--repetition-penalty", type=float, default=1.0,
+                    help="greedy with this penalty (the few-shot baseline uses 1.1); default 1.0")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--rebuild-smollm2", action="store_true", help="redo the GGUF -> safetensors conversion")
     ap.add_argument("--out", type=Path, default=None, help="JSON result (default bench/out/generation_speed-<time>.json)")
@@ -252,7 +256,7 @@ def main(argv=None) -> int:
         gen = make_generator("transformers", str(path))
         log(f"{label}: loaded from {path} in {time.perf_counter() - t:.1f} s "
             f"({gen.device}, {gen.model.dtype}, attn={gen.model.config._attn_implementation})")
-        res = bench_model(label, gen, prompts, mnt, batch_sizes, args.repeats)
+        res = bench_model(label, gen, prompts, mnt, batch_sizes, args.repeats, args.repetition_penalty)
         res["model_dir"] = str(path)
         results.append(res)
         del gen

@@ -58,15 +58,21 @@ class TransformersGenerator:
 
         rendered = [self.render(p) for p in prompts]
         # Sorting by length keeps padding, and so wasted compute, low; results go back in order.
+        # Chat and plain prompts never share a batch: they differ in whether special tokens are added.
         lengths = [len(self.tokenizer(text, add_special_tokens=special).input_ids) for text, special in rendered]
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        order = sorted(range(len(prompts)), key=lambda i: (rendered[i][1], -lengths[i]))
+        batches = []
+        for i in order:
+            if batches and len(batches[-1]) < config.batch_size and rendered[batches[-1][0]][1] == rendered[i][1]:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
         results: list[Generation | None] = [None] * len(prompts)
         eos_ids = self.model.generation_config.eos_token_id
         eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids] if eos_ids is not None else [])
         eos_ids.add(self.tokenizer.eos_token_id)
         bar = tqdm(total=len(prompts), desc=f"generate ({self.device})", unit="prompt", disable=not progress)
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start:start + config.batch_size]
+        for idx in batches:
             add_special = rendered[idx[0]][1]
             batch = self.tokenizer([rendered[i][0] for i in idx], return_tensors="pt", padding=True,
                                    add_special_tokens=add_special).to(self.device)
