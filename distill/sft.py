@@ -187,9 +187,10 @@ def run(p: SftParams) -> str:
     rows = rows[:p.limit] if p.limit else rows
     if not rows:
         raise DistillError(f"the training set for {p.teacher} is empty ({source})")
-    bf16 = use_bf16(p.bf16, preset)
+    # The setting, not its outcome, goes into the parameters: resolving `auto` needs torch, and a reused
+    # run should be found without importing it. The outcome is logged as `bf16_used`.
     params = {"preset": preset["name"], "teacher": p.teacher, "student": student.name, "student_source": student.source,
-              **h, "bf16": bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
+              **h, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
     tags = {"distill.teacher": p.teacher, "distill.student": student.name, "distill.seed": str(p.seed)}
     main = is_main_process()
     key = tracking.cache_key("sft", params, upstream)
@@ -197,7 +198,7 @@ def run(p: SftParams) -> str:
         prior = tracking.find_reusable(key) if p.reuse else None
         if prior:
             return prior
-        _train(p, preset, student, h, bf16, rows, key, None, earlier=[])
+        _train(p, preset, student, h, use_bf16(p.bf16, preset), rows, key, None, earlier=[])
         return ""
     with tracking.phase_run("sft", params, upstream, tags=tags, reuse=p.reuse) as pr:
         if pr.reused:
@@ -207,6 +208,8 @@ def run(p: SftParams) -> str:
         digest = tracking.log_dataset(rows, name=f"train-{p.teacher}", source=source, context="training")
         mlflow.set_tag("distill.train_digest", digest)
         earlier = [r.info.run_id for r in tracking.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
+        bf16 = use_bf16(p.bf16, preset)
+        mlflow.log_param("bf16_used", bf16)
         model, tokenizer, stats = _train(p, preset, student, h, bf16, rows, pr.key, pr.run_id, earlier)
         mlflow.log_metrics(stats)
         _log_student(model, tokenizer, p, preset, student.name, pr.run_id)

@@ -99,3 +99,25 @@ class OpenAIStub:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def stand_in_judge(kind, body):
+    """A judge for trying `errors` offline: a category from a hash of the prompt (numbers meaningless)."""
+    prompt = body["messages"][-1]["content"] if body.get("messages") else body.get("prompt", "")
+    return {"category": "ABC"[sum(map(ord, prompt)) % 3], "reason": "stand-in judge: category from a hash"}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A local OpenAI-compatible stand-in judge on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    stub = OpenAIStub(stand_in_judge)
+    stub.server.server_close()
+    stub.server = ThreadingHTTPServer(("127.0.0.1", args.port), stub.server.RequestHandlerClass)
+    print(f"stand-in judge at http://127.0.0.1:{args.port}/v1 (Ctrl-C stops it)", flush=True)
+    try:
+        stub.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
