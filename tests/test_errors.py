@@ -48,8 +48,9 @@ def test_judges_every_wrong_answer_with_structured_output(eval_run, monkeypatch)
     assert run.data.tags["distill.student"] == "qwen2.5-0.5b"
     body = server.requests[0]["body"]
     assert body["model"] == "gpt-4o" and body["response_format"]["type"] == "json_schema"
-    prompt = body["messages"][-1]["content"]
-    assert "#### 18" in prompt and "(A) Semantic Misunderstanding" in prompt  # the English reference is shown
+    prompts = [r["body"]["messages"][-1]["content"] for r in server.requests]
+    assert all("####" in p and "(A) Semantic Misunderstanding" in p for p in prompts)  # English reference shown
+    assert any("ジャネットのアヒル" in p and "#### 18" in p for p in prompts)
     rows = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{run_id}/judgments.jsonl").splitlines()]
     assert {r["category"] for r in rows} <= {"A", "B", "C"} and all(r["reason"] == "stub" for r in rows)
     everything = json.dumps(run.data.params) + json.dumps(run.data.tags)
