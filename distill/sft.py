@@ -40,6 +40,7 @@ class SftParams:
     lr_scheduler_type: str = ""
     warmup_ratio: float | None = None
     bf16: str = "auto"                       # auto: where the hardware has it and the preset asks
+    gradient_checkpointing: str = ""         # true/false; empty: the preset's (recompute activations: less memory)
     max_length: int | None = None
     batching: str = ""                       # padded (paper) | group_by_length | padding_free
     seed: int = 42
@@ -68,6 +69,8 @@ def resolved_hparams(p: SftParams, preset: dict) -> dict:
         "warmup_ratio": p.warmup_ratio if p.warmup_ratio is not None else d.get("warmup_ratio", 0.0),
         "max_length": p.max_length or d.get("max_length", 2048),
         "batching": p.batching or d.get("batching", "padded"),
+        "gradient_checkpointing": (p.gradient_checkpointing.lower() in ("1", "true", "yes") if p.gradient_checkpointing
+                                   else bool(d.get("gradient_checkpointing", True))),
         "seed": p.seed,
     }
     if h["learning_rate"] <= 0:
@@ -256,6 +259,7 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
         data_seed=h["seed"], bf16=bf16, max_length=h["max_length"],
         padding_free=h["batching"] == "padding_free",
         train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
+        gradient_checkpointing=h["gradient_checkpointing"],
         completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
         save_strategy=("steps" if p.save_steps else "epoch") if save else "no", save_steps=p.save_steps or 500, save_total_limit=2,
         disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
