@@ -83,6 +83,12 @@ def resolved_hparams(p: SftParams, preset: dict) -> dict:
     check_positive("gradient_accumulation_steps", h["gradient_accumulation_steps"])
     if h["batching"] not in BATCHING:
         raise DistillError(f"unknown batching {h['batching']!r}; choose one of {', '.join(BATCHING)}")
+    if h["batching"] == "padding_free":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise DistillError("batching=padding_free needs FlashAttention 2 (pip install flash-attn, a GPU); "
+                               "batching=group_by_length wastes less padding with any attention")
     return h
 
 
@@ -201,7 +207,8 @@ def run(p: SftParams) -> str:
         prior = tracking.find_reusable(key) if p.reuse else None
         if prior:
             return prior
-        _train(p, preset, student, h, use_bf16(p.bf16, preset), rows, key, None, earlier=[])
+        earlier = [r.info.run_id for r in tracking.find_unfinished(key)]
+        _train(p, preset, student, h, use_bf16(p.bf16, preset), rows, key, None, earlier=earlier)
         return ""
     with tracking.phase_run("sft", params, upstream, tags=tags, reuse=p.reuse) as pr:
         if pr.reused:
@@ -216,6 +223,8 @@ def run(p: SftParams) -> str:
         model, tokenizer, stats = _train(p, preset, student, h, bf16, rows, pr.key, pr.run_id, earlier)
         mlflow.log_metrics(stats)
         _log_student(model, tokenizer, p, preset, student.name, pr.run_id)
+        if not p.output_dir:  # the run holds the model (and, unless turned off, the checkpoints)
+            shutil.rmtree(checkpoint_root() / pr.key, ignore_errors=True)
         print(f"[distill] sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
               f"padding {100 * stats['padding_fraction']:.1f}%, run {pr.run_id}", file=sys.stderr)
         return pr.run_id
@@ -236,14 +245,15 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
     loadable = materialize(student)
     tokenizer = tokenizer or load_tokenizer(loadable.tokenizer)
     tokenizer.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(loadable.model, dtype=torch.float32, use_safetensors=True)
-    if h["batching"] == "padding_free" and "flash" not in str(model.config._attn_implementation):
-        raise DistillError("batching=padding_free needs FlashAttention (pip install flash-attn, a GPU); "
-                           "batching=group_by_length wastes less padding with any attention")
+    # Only FlashAttention keeps the sequences of one flattened row apart (checked before the run started).
+    attention = {"attn_implementation": "flash_attention_2"} if h["batching"] == "padding_free" else {}
+    model = AutoModelForCausalLM.from_pretrained(loadable.model, dtype=torch.float32, use_safetensors=True, **attention)
     out_dir = Path(p.output_dir) if p.output_dir else checkpoint_root() / key
-    resume = latest_checkpoint(out_dir)
-    if resume is None and earlier:
-        resume = checkpoint_from_runs(earlier, out_dir / "from-run")
+    resume = None
+    if earlier:  # an unfinished try of the same work: continue from its last checkpoint, here or in its run
+        resume = latest_checkpoint(out_dir) or checkpoint_from_runs(earlier, out_dir / "from-run")
+    elif out_dir.exists() and is_main_process():
+        shutil.rmtree(out_dir)  # left by a finished run of the same work (reuse=false): start clean
     if resume is not None and run_id:
         import mlflow
 

@@ -156,3 +156,19 @@ def test_accelerate_launch_single_process(study):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = mlflow.search_runs(filter_string="tags.`distill.student` = 'sarashina2.2-1b'", output_format="list")[0]
     assert run.info.status == "FINISHED" and run.data.tags["distill.phase"] == "sft"
+
+
+def test_a_forced_rerun_trains_again_instead_of_resuming_a_finished_run(study):
+    params = dict(teacher="72B", student="llm-jp-3.1-1.8b", num_train_epochs=1, register=False, seed=11)
+    first = mlflow.get_run(sft(SftParams(**params)))
+    again = mlflow.get_run(sft(SftParams(**params, reuse=False)))
+    assert again.info.run_id != first.info.run_id
+    assert "distill.resumed_from" not in again.data.tags
+    assert again.data.metrics["train_tokens"] == first.data.metrics["train_tokens"] > 0
+
+
+def test_padding_free_without_flash_attention_is_refused_before_a_run_starts(study):
+    before = len(mlflow.search_runs(output_format="list"))
+    with pytest.raises(DistillError, match="padding_free needs FlashAttention 2"):
+        sft(SftParams(teacher="7B", student="qwen2.5-0.5b", batching="padding_free"))
+    assert len(mlflow.search_runs(output_format="list")) == before
