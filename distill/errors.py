@@ -181,9 +181,7 @@ def run(p: ErrorsParams) -> str:
             with ThreadPoolExecutor(max_workers=p.concurrency) as pool:
                 return list(pool.map(judge.judge, chunk))
 
-        earlier = [r.info.run_id for r in tracking.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
-        if earlier:
-            mlflow.set_tag(tracking.TAG_RESUMED, ",".join(earlier))
+        earlier = tracking.earlier_tries(pr)
         try:
             records, reused = shards.run_sharded(wrong, work, p.shard_size, earlier,
                                                  keep=lambda r: r.get("category") is not None)

@@ -9,9 +9,8 @@ from distill import DistillError
 from distill.answers import extract_answer, format_number, is_correct
 from distill.config import RUN_ID_RE, ModelRef, load_preset, resolve_model
 from distill.data import load_eval_set
-from distill.generation import GenerationConfig
 from distill.prompts import FEW_SHOT_STOP, chat_messages, few_shot_prompt, plain_prompt
-from distill.runner import check_backend, check_positive, open_generator, timed_generate
+from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, open_generator, timed_generate
 from distill.stats import accuracy_with_ci
 from distill import tracking
 
@@ -19,21 +18,18 @@ MODES = ("zero-shot", "few-shot")
 FORMATS = ("auto", "chat", "plain")
 
 
-@dataclass
-class EvaluateParams:
+@dataclass(kw_only=True)
+class EvaluateParams(GenerationOptions):
+    """Score one model on an eval set."""
+
     model: str
     preset: str = "offline"
     eval_set: str = ""            # empty: the preset's
     mode: str = "zero-shot"
     prompt_format: str = "auto"    # auto: chat for teachers, plain for students and base models
-    backend: str = ""              # empty: the preset's
     limit: int | None = None
-    max_new_tokens: int | None = None
-    batch_size: int | None = None
     repetition_penalty: float | None = None  # empty: 1.1 for few-shot (paper), else 1.0
     shots: int = 4
-    base_url: str | None = None
-    tensor_parallel_size: int | None = None
     reuse: bool = True
 
 
@@ -106,15 +102,10 @@ def run(p: EvaluateParams) -> str:
     prompt_format = p.prompt_format
     if prompt_format == "auto":
         prompt_format = "chat" if ref.role == "teacher" and p.mode == "zero-shot" else "plain"
-    gen_defaults = preset.get("generation", {})
     rep = p.repetition_penalty if p.repetition_penalty is not None else (
         preset.get("baseline", {}).get("repetition_penalty", 1.1) if p.mode == "few-shot" else 1.0)
-    config = GenerationConfig(
-        max_new_tokens=check_positive("max_new_tokens", p.max_new_tokens or gen_defaults.get("max_new_tokens", 1024)),
-        batch_size=check_positive("batch_size", p.batch_size or gen_defaults.get("batch_size", 16)),
-        repetition_penalty=rep,
-        stop=tuple(FEW_SHOT_STOP) if p.mode == "few-shot" else (),
-    )
+    config = generation_config(preset, p.max_new_tokens, p.batch_size, repetition_penalty=rep,
+                               stop=tuple(FEW_SHOT_STOP) if p.mode == "few-shot" else ())
     params = {"preset": preset["name"], "model": p.model, "model_source": ref.source, "eval_set": eval_set,
               "mode": p.mode, "shots": p.shots if p.mode == "few-shot" else 0, "prompt_format": prompt_format,
               "backend": backend, "limit": p.limit, "max_new_tokens": config.max_new_tokens,

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from distill import DistillError
 from distill.config import ModelRef
 from distill.generation import BACKENDS, GenerationConfig, Generator, Prompt, make_generator
+
+
+@dataclass(kw_only=True)
+class GenerationOptions:
+    """Parameters every generating phase takes; empty means the preset's."""
+
+    backend: str = ""
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+    base_url: str | None = None            # the server for backend=openai (else OPENAI_BASE_URL)
+    tensor_parallel_size: int | None = None
 
 
 def check_backend(backend: str) -> str:
@@ -23,6 +35,17 @@ def check_positive(name: str, value, allow_none: bool = False):
     if value is None or value <= 0:
         raise DistillError(f"{name} must be > 0 (got {value})")
     return value
+
+
+def generation_config(preset: dict, max_new_tokens: int | None, batch_size: int | None,
+                      length_key: str = "max_new_tokens", **extra) -> GenerationConfig:
+    """Explicit values, else the preset's `generation` section, each checked to be positive."""
+    defaults = preset.get("generation", {})
+    return GenerationConfig(
+        max_new_tokens=check_positive("max_new_tokens", max_new_tokens or defaults.get(length_key, 1024)),
+        batch_size=check_positive("batch_size", batch_size or defaults.get("batch_size", 16)),
+        **extra,
+    )
 
 
 def open_generator(ref: ModelRef, backend: str, base_url: str | None = None,

@@ -217,7 +217,7 @@ def run(p: SftParams) -> str:
 
         digest = tracking.log_dataset(rows, name=f"train-{p.teacher}", source=source, context="training")
         mlflow.set_tag("distill.train_digest", digest)
-        earlier = [r.info.run_id for r in tracking.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
+        earlier = tracking.earlier_tries(pr, tag=False)  # tagged with the checkpoint it resumes from
         bf16 = use_bf16(p.bf16, preset)
         mlflow.log_param("bf16_used", bf16)
         model, tokenizer, stats = _train(p, preset, student, h, bf16, rows, pr.key, pr.run_id, earlier)

@@ -46,14 +46,9 @@ def collect_earlier_shards(run_ids: Sequence[str]) -> list[dict]:
 
 
 def log_shard(records: list[dict], index: int) -> None:
-    import mlflow
+    from distill.tracking import log_jsonl
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"shard-{index:06d}-{uuid.uuid4().hex[:6]}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        mlflow.log_artifact(str(path), artifact_path=SHARD_DIR)
+    log_jsonl(records, f"shard-{index:06d}-{uuid.uuid4().hex[:6]}.jsonl", artifact_path=SHARD_DIR)
 
 
 def run_sharded(items: Sequence[dict], work: Callable[[list[dict]], list[dict]], shard_size: int,

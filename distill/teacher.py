@@ -7,27 +7,21 @@ from dataclasses import dataclass
 
 from distill.answers import extract_answer, format_number, is_correct
 from distill.config import load_preset, resolve_role
-from distill.generation import GenerationConfig
 from distill.prompts import chat_messages, paper_prompt
-from distill.runner import check_backend, check_positive, open_generator
+from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, open_generator
 from distill.stats import accuracy_with_ci
 from distill import shards, tracking
 
 
-@dataclass
-class TeacherParams:
+@dataclass(kw_only=True)
+class TeacherParams(GenerationOptions):
     """One teacher answers every translated training question with the paper's prompt."""
 
     teacher: str
     preset: str = "offline"
     translation_run: str = ""      # empty: the newest FINISHED translate run of this experiment
-    backend: str = ""
     limit: int | None = None        # the first N translated questions (all by default)
-    max_new_tokens: int | None = None
-    batch_size: int | None = None
     shard_size: int = 256
-    base_url: str | None = None
-    tensor_parallel_size: int | None = None
     reuse: bool = True
 
 
@@ -41,11 +35,7 @@ def run(p: TeacherParams) -> str:
                                        params={"preset": preset["name"]})
     questions = tracking.read_jsonl_artifact(translation.info.run_id, "translations.jsonl")
     questions = questions[:p.limit] if p.limit else questions
-    gen_defaults = preset.get("generation", {})
-    config = GenerationConfig(
-        max_new_tokens=check_positive("max_new_tokens", p.max_new_tokens or gen_defaults.get("max_new_tokens", 1024)),
-        batch_size=check_positive("batch_size", p.batch_size or gen_defaults.get("batch_size", 16)),
-    )
+    config = generation_config(preset, p.max_new_tokens, p.batch_size)
     params = {"preset": preset["name"], "teacher": ref.name, "model_source": ref.source, "backend": backend,
               "limit": p.limit, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "prompt_format": "chat", "n_questions": len(questions)}
@@ -73,9 +63,7 @@ def run(p: TeacherParams) -> str:
                                 "finish_reason": out.finish_reason})
             return records
 
-        earlier = [r.info.run_id for r in tracking.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
-        if earlier:
-            mlflow.set_tag(tracking.TAG_RESUMED, ",".join(earlier))
+        earlier = tracking.earlier_tries(pr)
         records, reused = shards.run_sharded(questions, work, p.shard_size, earlier)
         tracking.log_records(records, "answers")
         correct = [r["correct"] for r in records]

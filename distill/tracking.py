@@ -105,7 +105,6 @@ def _escape(value: str) -> str:
 def search_phase_runs(phase: str | None = None, status: str | None = None, extra: str = "",
                       experiment_ids: list[str] | None = None, max_results: int = 5000) -> list:
     """Runs of a phase in the active experiment (stubs that only point at a reused run excluded)."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     filters = []
@@ -212,6 +211,17 @@ def _same_value(a: str, b: str) -> bool:
         return a.lower() == b.lower()
 
 
+def earlier_tries(pr: "PhaseRun", tag: bool = True) -> list[str]:
+    """Ids of earlier unfinished tries of this run's work (their finished items carry over);
+    tagged on the run as `distill.resumed_from` when there are any."""
+    import mlflow
+
+    ids = [r.info.run_id for r in find_unfinished(pr.key) if r.info.run_id != pr.run_id]
+    if ids and tag:
+        mlflow.set_tag(TAG_RESUMED, ",".join(ids))
+    return ids
+
+
 def log_params_merged(run, params: dict[str, Any]) -> None:
     """Log resolved parameters beside those `mlflow run` already logged as the user typed them.
 
@@ -232,17 +242,23 @@ def log_params_merged(run, params: dict[str, Any]) -> None:
         mlflow.log_params(out)
 
 
+def log_jsonl(records: list[dict], filename: str, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    from distill.data import write_jsonl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        write_jsonl(path, records)
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
 def log_records(records: list[dict], name: str) -> None:
     """Per-example results as an MLflow table (UI) and a JSONL artifact (scripts)."""
     import mlflow
     import pandas as pd
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        mlflow.log_artifact(str(path))
+    log_jsonl(records, f"{name}.jsonl")
     if records:
         mlflow.log_table(data=pd.DataFrame.from_records(records), artifact_file=f"{name}.json")
 

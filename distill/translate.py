@@ -6,13 +6,11 @@ import re
 import sys
 from dataclasses import dataclass
 
-from distill import DistillError
 from distill.answers import normalize
 from distill.config import ModelRef, load_preset, resolve_model
 from distill.data import load_gsm8k
-from distill.generation import GenerationConfig
 from distill.prompts import translation_messages
-from distill.runner import check_backend, check_positive, open_generator
+from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, open_generator
 from distill import shards, tracking
 
 _PREAMBLE = re.compile(
@@ -56,20 +54,15 @@ def translation_flag(english: str, japanese: str) -> str:
     return ""
 
 
-@dataclass
-class TranslateParams:
+@dataclass(kw_only=True)
+class TranslateParams(GenerationOptions):
     """Translate the GSM8K training questions into Japanese."""
 
     preset: str = "offline"
     translator: str = ""          # empty: the preset's translator
     source: str = ""              # hub / shipped / a JSONL path; empty: the preset's
     limit: int | None = None      # empty: the preset's (all 7,473 in `paper`)
-    backend: str = ""
-    max_new_tokens: int | None = None
-    batch_size: int | None = None
     shard_size: int = 256
-    base_url: str | None = None
-    tensor_parallel_size: int | None = None
     reuse: bool = True
 
 
@@ -84,11 +77,7 @@ def run(p: TranslateParams) -> str:
                          int(translator.get("tensor_parallel_size") or preset.get("tensor_parallel_size") or 1)))
     source = p.source or preset["data"]["train"]
     rows = load_gsm8k("train", source="hub" if source == "openai/gsm8k" else source, limit=limit)
-    gen_defaults = preset.get("generation", {})
-    config = GenerationConfig(
-        max_new_tokens=check_positive("max_new_tokens", p.max_new_tokens or gen_defaults.get("translate_max_new_tokens", 1024)),
-        batch_size=check_positive("batch_size", p.batch_size or gen_defaults.get("batch_size", 16)),
-    )
+    config = generation_config(preset, p.max_new_tokens, p.batch_size, length_key="translate_max_new_tokens")
     params = {"preset": preset["name"], "translator": ref.source, "source": source, "limit": limit,
               "backend": backend, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "n_questions": len(rows)}
@@ -98,7 +87,7 @@ def run(p: TranslateParams) -> str:
         import mlflow
 
         tracking.log_dataset([{k: r[k] for k in ("id", "question", "answer_number")} for r in rows],
-                             name="gsm8k-train-en", source=f"hf://datasets/openai/gsm8k" if source in ("hub", "openai/gsm8k") else source,
+                             name="gsm8k-train-en", source="hf://datasets/openai/gsm8k" if source in ("hub", "openai/gsm8k") else source,
                              context="source")
         generator = None
 
@@ -114,9 +103,7 @@ def run(p: TranslateParams) -> str:
                                 "flag": translation_flag(r["question"], ja), "raw_output": out.text})
             return records
 
-        earlier = [r.info.run_id for r in tracking.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
-        if earlier:
-            mlflow.set_tag(tracking.TAG_RESUMED, ",".join(earlier))
+        earlier = tracking.earlier_tries(pr)
         records, reused = shards.run_sharded(rows, work, p.shard_size, earlier)
         tracking.log_records(records, "translations")
         flags = [r["flag"] for r in records]

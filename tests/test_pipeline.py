@@ -1,8 +1,6 @@
 """main: the whole offline study as nested runs, reused on the second run; a failing step is named."""
 
 import json
-import os
-import time
 
 import mlflow
 import pytest
@@ -14,9 +12,7 @@ from tests.conftest import run_entry
 def test_main_runs_the_grid_then_reuses_everything(tmp_path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     args = ("--preset", "offline", "--students", "qwen2.5-0.5b", "--limit", "4", "--train_limit", "16", "--n", "12")
-    t0 = time.perf_counter()
     first = run_entry("main", *args, env=env, cwd=tmp_path)
-    first_seconds = time.perf_counter() - t0
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
         mains = mlflow.search_runs(filter_string="tags.`distill.phase` = 'main'", output_format="list")

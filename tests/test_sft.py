@@ -1,6 +1,5 @@
 """sft: lineage, the registry round trip, the mix of two teachers, resume after a kill, bad input."""
 
-import json
 import os
 import shutil
 import signal
