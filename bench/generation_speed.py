@@ -36,24 +36,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python bench/generation_speed.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-OUT_DIR = ROOT / "bench" / "out"
+from _common import OUT_DIR, ROOT, log  # noqa: E402  (sets the offline environment first)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = OUT_DIR / "smollm2-135m-instruct"
 TINY_SPEC = "tiny:student-qwen2.5-0.5b"
 GOAL_SPEEDUP = 4.0
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # --------------------------------------------------------------------------- models

@@ -36,36 +36,18 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python bench/sft_throughput.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-OUT_DIR = ROOT / "bench" / "out"
+from _common import OUT_DIR, ROOT, log, now, temp_tracking_store  # noqa: E402  (sets the offline environment first)
 TEACHERS = ("7B", "72B")
 TRAIN_TEACHER = "7B"
 STUDENT = "qwen2.5-0.5b"
 PAPER_N = 5000
 METRICS = ("train_tokens_per_second", "padding_fraction", "train_seconds", "train_tokens", "final_train_loss")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-now = time.perf_counter
 
 
 # --------------------------------------------------------------------------- lengths and padding, analytically
@@ -149,11 +131,7 @@ def main(argv=None) -> int:
     started = datetime.now(timezone.utc)
     t_all = now()
     load_before = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="sft-throughput-"))
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
+    with temp_tracking_store("sft-throughput-", keep=args.keep) as tmp:
         import mlflow
         import torch
         import transformers
@@ -258,10 +236,6 @@ def main(argv=None) -> int:
             left = [r for r in tracking.search_phase_runs("sft") if r.info.run_id not in before]
             refusal["runs_left_behind"] = [{"run_id": r.info.run_id, "status": r.info.status} for r in left]
             log(f"padding_free: {refusal}")
-    finally:
-        os.chdir(cwd)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     # ---- report
     rows_out = []

@@ -39,37 +39,19 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python bench/teacher_overhead.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-OUT_DIR = ROOT / "bench" / "out"
+from _common import OUT_DIR, ROOT, log, now, temp_tracking_store  # noqa: E402  (sets the offline environment first)
 TEACHER = "7B"
 TEACHER_SPEC = "tiny:teacher-7b"
 GOAL_OVERHEAD = 0.10
 SPLIT = ["setup", "model_load", "generation", "scoring", "shard_upload", "log_records_jsonl", "log_records_table",
          "metrics_and_ci", "run_end", "other"]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-now = time.perf_counter
 
 
 # --------------------------------------------------------------------------- instrumentation
@@ -300,11 +282,7 @@ def main(argv=None) -> int:
     started = datetime.now(timezone.utc)
     t_all = now()
     load_before = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="teacher-overhead-"))
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
+    with temp_tracking_store("teacher-overhead-", keep=args.keep):
         import mlflow
         import torch
         import transformers
@@ -353,10 +331,6 @@ def main(argv=None) -> int:
                     f"{res['tokens'] / res['seconds']:.0f} tok/s (generate {sp['generation']:.2f} s, non-generation "
                     f"{res['seconds'] - sp['generation']:.2f} s, {res['n_shards']} shards; cpu/wall "
                     f"{res['cpu_seconds'] / res['seconds']:.2f}, load avg {os.getloadavg()[0]:.2f})")
-    finally:
-        os.chdir(cwd)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     # ---- summarise: best (shortest) pass per configuration
     raw = min(raws, key=lambda x: x["seconds"])
