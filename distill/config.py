@@ -46,6 +46,11 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     return _load_preset_file(str(path))
 
 
+def distill_home() -> Path:
+    """Where built tiny models and local checkpoints live ($DISTILL_HOME, else ~/.cache/distill)."""
+    return Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill"))
+
+
 def apply_offline_env(preset: dict[str, Any]) -> None:
     """Without a network every Hub lookup waits for a timeout; the offline preset never asks."""
     if preset.get("name") == "offline":

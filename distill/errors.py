@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from distill import DistillError
 from distill.config import load_preset
 from distill.data import reference_solutions
+from distill.generation.openai_backend import make_client
 from distill.prompts import judge_messages
 from distill.runner import check_positive
 from distill import shards, tracking
@@ -93,10 +94,8 @@ class Judge:
             with self.lock:
                 self.statuses[response.status_code] += 1
 
-        api_key = os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        self.client = openai.OpenAI(base_url=base_url or None, api_key=api_key, timeout=timeout,
-                                    max_retries=max_retries,
-                                    http_client=openai.DefaultHttpxClient(event_hooks={"response": [count]}))
+        self.client = make_client(base_url, max_retries=max_retries, timeout=timeout,
+                                  http_client=openai.DefaultHttpxClient(event_hooks={"response": [count]}))
 
     def ask(self, messages: list[dict]) -> str | None:
         import openai

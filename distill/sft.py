@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
-from distill.config import load_preset, resolve_role
+from distill.config import distill_home, load_preset, resolve_role
 from distill.runner import check_positive
 from distill import tracking
 
@@ -161,7 +161,7 @@ def alias_for(teacher: str) -> str:
 
 
 def checkpoint_root() -> Path:
-    return Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "checkpoints"
+    return distill_home() / "checkpoints"
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from distill.config import distill_home
 from distill.prompts import RESOURCES, mgsm_exemplars
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -33,7 +33,7 @@ SIZES = {  # hidden, layers, heads, kv heads, intermediate
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill")) / "tiny"
+    return distill_home() / "tiny"
 
 
 def _corpus() -> list[str]:

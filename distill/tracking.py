@@ -339,6 +339,6 @@ def require_run(run_id: str | None, phase: str, what: str, **search):
 
 def read_jsonl_artifact(run_id: str, path: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        local = download_artifact(run_id, path, tmp)
-        with open(local, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        from distill.data import read_jsonl
+
+        return read_jsonl(download_artifact(run_id, path, tmp))

@@ -15,7 +15,8 @@ from distill import DistillError
 from distill.generation.base import Generation, GenerationConfig, Prompt, truncate_at_stop
 
 
-def make_client(base_url: str | None = None, max_retries: int = 6, timeout: float = 600.0):
+def make_client(base_url: str | None = None, max_retries: int = 6, timeout: float = 600.0, http_client=None):
+    """An `openai.OpenAI` client; a local server without OPENAI_API_KEY gets a dummy key."""
     import openai
 
     api_key = os.environ.get("OPENAI_API_KEY")
@@ -23,7 +24,8 @@ def make_client(base_url: str | None = None, max_retries: int = 6, timeout: floa
         if not (base_url or os.environ.get("OPENAI_BASE_URL")):
             raise DistillError("the openai backend needs OPENAI_API_KEY, or a base_url / OPENAI_BASE_URL of a server")
         api_key = "EMPTY"  # local servers such as `vllm serve` accept any key
-    return openai.OpenAI(base_url=base_url or None, api_key=api_key, max_retries=max_retries, timeout=timeout)
+    return openai.OpenAI(base_url=base_url or None, api_key=api_key, max_retries=max_retries, timeout=timeout,
+                         http_client=http_client)
 
 
 def request_kwargs(config: GenerationConfig) -> dict:
