@@ -68,6 +68,18 @@ def open_generator(ref: ModelRef, backend: str, base_url: str | None = None,
     return gen
 
 
+def lazy_generate(ref: ModelRef, backend: str, options: GenerationOptions, config: GenerationConfig):
+    """`generate(prompts)` that loads the model on its first call: a fully resumed run loads none."""
+    generator = None
+
+    def generate(prompts: Sequence[Prompt]) -> list:
+        nonlocal generator
+        generator = generator or open_generator(ref, backend, options.base_url, options.tensor_parallel_size)
+        return generator.generate(prompts, config)
+
+    return generate
+
+
 def timed_generate(gen: Generator, prompts: Sequence[Prompt], config: GenerationConfig) -> tuple[list, dict[str, Any]]:
     t0 = time.perf_counter()
     outs = gen.generate(prompts, config)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from distill.answers import extract_answer, format_number, is_correct
 from distill.config import load_preset, resolve_role
 from distill.prompts import chat_messages, paper_prompt
-from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, open_generator
+from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, lazy_generate
 from distill.stats import accuracy_with_ci
 from distill import shards, tracking
 
@@ -48,12 +48,10 @@ def run(p: TeacherParams) -> str:
         tracking.log_dataset([{k: q[k] for k in ("id", "question_ja", "answer_number", "flag")} for q in questions],
                              name="gsm8k-train-ja", source=f"runs:/{translation.info.run_id}/translations.jsonl",
                              context="training-questions")
-        generator = None
+        generate = lazy_generate(ref, backend, p, config)
 
         def work(chunk: list[dict]) -> list[dict]:
-            nonlocal generator
-            generator = generator or open_generator(ref, backend, p.base_url, p.tensor_parallel_size)
-            outs = generator.generate([chat_messages(q["question_ja"]) for q in chunk], config)
+            outs = generate([chat_messages(q["question_ja"]) for q in chunk])
             records = []
             for q, out in zip(chunk, outs):
                 pred = extract_answer(out.text)

@@ -10,7 +10,7 @@ from distill.answers import normalize
 from distill.config import ModelRef, load_preset, resolve_model
 from distill.data import load_gsm8k
 from distill.prompts import translation_messages
-from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, open_generator
+from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, lazy_generate
 from distill import shards, tracking
 
 _PREAMBLE = re.compile(
@@ -89,12 +89,10 @@ def run(p: TranslateParams) -> str:
         tracking.log_dataset([{k: r[k] for k in ("id", "question", "answer_number")} for r in rows],
                              name="gsm8k-train-en", source="hf://datasets/openai/gsm8k" if source in ("hub", "openai/gsm8k") else source,
                              context="source")
-        generator = None
+        generate = lazy_generate(ref, backend, p, config)
 
         def work(chunk: list[dict]) -> list[dict]:
-            nonlocal generator
-            generator = generator or open_generator(ref, backend, p.base_url, p.tensor_parallel_size)
-            outs = generator.generate([translation_messages(r["question"]) for r in chunk], config)
+            outs = generate([translation_messages(r["question"]) for r in chunk])
             records = []
             for r, out in zip(chunk, outs):
                 ja = clean_translation(out.text)
