@@ -22,7 +22,7 @@ from distill.config import load_preset
 from distill.data import reference_solutions
 from distill.generation.openai_backend import make_client
 from distill.prompts import judge_messages
-from distill.runner import check_positive
+from distill.checks import check_positive
 from distill import shards, tracking
 
 CATEGORIES = {"A": "semantic", "B": "step_missing", "C": "calculation"}

@@ -10,7 +10,8 @@ from distill.answers import extract_answer, format_number, is_correct
 from distill.config import RUN_ID_RE, ModelRef, load_preset, resolve_model
 from distill.data import load_eval_set
 from distill.prompts import FEW_SHOT_STOP, chat_messages, few_shot_prompt, plain_prompt
-from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, open_generator, timed_generate
+from distill.checks import check_positive
+from distill.runner import GenerationOptions, check_backend, generation_config, open_generator, timed_generate
 from distill.stats import accuracy_with_ci
 from distill import tracking
 

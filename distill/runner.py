@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from distill import DistillError
+from distill.checks import check_positive
 from distill.config import ModelRef
 from distill.generation import BACKENDS, GenerationConfig, Generator, Prompt, make_generator
 
@@ -27,14 +28,6 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise DistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     return backend
-
-
-def check_positive(name: str, value, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if value is None or value <= 0:
-        raise DistillError(f"{name} must be > 0 (got {value})")
-    return value
 
 
 def generation_config(preset: dict, max_new_tokens: int | None, batch_size: int | None,

@@ -17,7 +17,7 @@ from distill import DistillError
 from distill.config import load_preset
 from distill.data import write_jsonl
 from distill.prompts import plain_prompt
-from distill.runner import check_positive
+from distill.checks import check_positive
 from distill import tracking
 
 FILTERS = ("all_correct", "none")

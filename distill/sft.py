@@ -18,7 +18,7 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.config import distill_home, load_preset, resolve_role
-from distill.runner import check_positive
+from distill.checks import check_positive
 from distill import tracking
 
 BATCHING = ("padded", "group_by_length", "padding_free")

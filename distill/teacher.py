@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from distill.answers import extract_answer, format_number, is_correct
 from distill.config import load_preset, resolve_role
 from distill.prompts import chat_messages, paper_prompt
-from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, lazy_generate
+from distill.checks import check_positive
+from distill.runner import GenerationOptions, check_backend, generation_config, lazy_generate
 from distill.stats import accuracy_with_ci
 from distill import shards, tracking
 

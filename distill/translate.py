@@ -10,7 +10,8 @@ from distill.answers import normalize
 from distill.config import ModelRef, load_preset, resolve_model
 from distill.data import load_gsm8k
 from distill.prompts import translation_messages
-from distill.runner import GenerationOptions, check_backend, check_positive, generation_config, lazy_generate
+from distill.checks import check_positive
+from distill.runner import GenerationOptions, check_backend, generation_config, lazy_generate
 from distill import shards, tracking
 
 _PREAMBLE = re.compile(
