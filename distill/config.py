@@ -63,8 +63,9 @@ def apply_offline_env(preset: dict[str, Any]) -> None:
 class ModelRef:
     """A model as the user named it and where it comes from.
 
-    `source` is a Hub id, a local directory, `tiny:<name>`, `runs:/...` or `models:/...`;
-    `role` is `teacher`, `student`, `translator` or None for a model outside the preset.
+    `source` is a Hub id, a local directory, `tiny:<name>`, `runs:/...`, `models:/...`, or the name a
+    server knows (`gpt-4o-mini`, backend=openai only); `role` is `teacher`, `student`, `translator`,
+    `served` for such a server-side name, or None for another model outside the preset.
     """
 
     name: str
@@ -89,8 +90,11 @@ def known_names(preset: dict[str, Any], roles: tuple[str, ...] = ("teacher", "st
     return names
 
 
-def resolve_model(name: str, preset: dict[str, Any], roles: tuple[str, ...] = ("teacher", "student")) -> ModelRef:
-    """Short name -> preset entry; otherwise a local directory, an MLflow URI, or a Hub id."""
+def resolve_model(name: str, preset: dict[str, Any], roles: tuple[str, ...] = ("teacher", "student"),
+                  served: bool = False) -> ModelRef:
+    """Short name -> preset entry; otherwise a local directory, an MLflow URI, or a Hub id.
+
+    `served` (backend=openai): any other name is the model name the server knows (`gpt-4o-mini`)."""
     name = (name or "").strip()
     if not name:
         raise DistillError("no model given")
@@ -111,13 +115,16 @@ def resolve_model(name: str, preset: dict[str, Any], roles: tuple[str, ...] = ("
         raise DistillError(f"model path not found: {name}")
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+", name):
         return ModelRef(name, name, None, default_tp)  # a Hub id
+    if served:
+        return ModelRef(name, name, "served", default_tp)
     known = ", ".join(known_names(preset, roles))
     raise DistillError(
         f"unknown model name {name!r} in preset {preset.get('name')!r}; known names: {known} "
-        "(or give a Hub id like Qwen/Qwen2.5-0.5B, a local model folder, runs:/... or models:/...)"
+        "(or give a Hub id like Qwen/Qwen2.5-0.5B, a local model folder, runs:/... or models:/..., "
+        "or with backend=openai the name the server knows)"
     )
 
 
-def resolve_role(name: str, preset: dict[str, Any], role: str) -> ModelRef:
+def resolve_role(name: str, preset: dict[str, Any], role: str, served: bool = False) -> ModelRef:
     """Like resolve_model, but an unknown short name lists only the names of this role."""
-    return resolve_model(name, preset, roles=(role,))
+    return resolve_model(name, preset, roles=(role,), served=served)

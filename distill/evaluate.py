@@ -1,4 +1,10 @@
-"""The `evaluate` phase: score any model on Japanese GSM8K and log everything a comparison needs."""
+"""The `evaluate` phase: score any model on Japanese GSM8K and log everything a comparison needs.
+
+`accuracy` is the paper's: the last number of the output (distill/answers.py). Logged beside it on
+every run: `accuracy_answer_line` (the last number on the final `解答:` line), and for the few-shot
+baseline, which runs on past its answer as the paper's did (no stop string, repetition penalty 1.1),
+`accuracy_cut_at_next_question` (the same output cut where the model starts inventing a new question).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,10 @@ import sys
 from dataclasses import dataclass
 
 from distill import DistillError
-from distill.answers import extract_answer, format_number, is_correct
+from distill.answers import format_number, score
 from distill.config import RUN_ID_RE, ModelRef, load_preset, resolve_model
 from distill.data import load_eval_set
-from distill.prompts import FEW_SHOT_STOP, chat_messages, few_shot_prompt, plain_prompt
+from distill.prompts import chat_messages, cut_at_next_question, few_shot_prompt, mgsm_exemplars, plain_prompt
 from distill.checks import check_positive
 from distill.runner import GenerationOptions, check_backend, generation_config, open_generator, timed_generate
 from distill.stats import accuracy_with_ci
@@ -27,11 +33,21 @@ class EvaluateParams(GenerationOptions):
     preset: str = "offline"
     eval_set: str = ""            # empty: the preset's
     mode: str = "zero-shot"
-    prompt_format: str = "auto"    # auto: chat for teachers, plain for students and base models
+    prompt_format: str = "auto"    # auto: chat for teachers and served names, plain for students and base models
     limit: int | None = None
-    repetition_penalty: float | None = None  # empty: 1.1 for few-shot (paper), else 1.0
-    shots: int = 4
+    repetition_penalty: float | None = None  # empty: the preset's baseline value for few-shot (paper 1.1), else 1.0
+    shots: int | None = None       # empty: the preset's baseline.shots (paper 4)
     reuse: bool = True
+
+CUT = "cut_at_next_question"
+
+
+def accuracy_metrics(correct: list[bool], variant: str = "") -> dict[str, float]:
+    """`accuracy`, its interval and `n_correct`, named for a scoring variant (`accuracy_answer_line`, ...)."""
+    suffix = f"_{variant}" if variant else ""
+    acc, lo, hi = accuracy_with_ci(correct)
+    return {f"accuracy{suffix}": acc, f"accuracy{suffix}_ci_low": lo, f"accuracy{suffix}_ci_high": hi,
+            f"n_correct{suffix}": sum(correct)}
 
 
 def _lineage_from_run(run_id: str) -> dict[str, str]:
@@ -62,7 +78,7 @@ def _lineage_from_registry(uri: str) -> dict[str, str]:
     return _lineage_from_run(version.run_id) if version.run_id else {}
 
 
-def resolve_eval_model(name: str, preset: dict) -> tuple[ModelRef, dict[str, str]]:
+def resolve_eval_model(name: str, preset: dict, backend: str = "") -> tuple[ModelRef, dict[str, str]]:
     """The model to evaluate and the lineage tags that say what it is (for Table 1 from tags alone)."""
     if RUN_ID_RE.match(name):
         return ModelRef(name, f"runs:/{name}/model", "student"), _lineage_from_run(name)
@@ -71,7 +87,7 @@ def resolve_eval_model(name: str, preset: dict) -> tuple[ModelRef, dict[str, str
         return ModelRef(name, name, "student"), _lineage_from_run(run_id)
     if name.startswith("models:/"):
         return ModelRef(name, name, "student"), _lineage_from_registry(name)
-    ref = resolve_model(name, preset)
+    ref = resolve_model(name, preset, served=backend == "openai")
     tags = {"distill.teacher": ref.name} if ref.role == "teacher" else {}
     if ref.role == "student":
         tags["distill.student"] = ref.name
@@ -99,24 +115,34 @@ def run(p: EvaluateParams) -> str:
     backend = check_backend(p.backend or preset.get("backend", "transformers"))
     eval_set = p.eval_set or preset["data"]["eval_set"]
     examples, source = load_eval_set(eval_set, p.limit)
-    ref, lineage = resolve_eval_model(p.model, preset)
+    ref, lineage = resolve_eval_model(p.model, preset, backend)
     prompt_format = p.prompt_format
     if prompt_format == "auto":
-        prompt_format = "chat" if ref.role == "teacher" and p.mode == "zero-shot" else "plain"
+        chat = ref.role == "teacher" or ref.role == "served"
+        prompt_format = "chat" if chat and p.mode == "zero-shot" else "plain"
+    baseline = preset.get("baseline", {})
+    few_shot = p.mode == "few-shot"
+    shots = p.shots if p.shots is not None else baseline.get("shots")
+    if few_shot and shots is None:
+        raise DistillError(f"preset {preset['name']!r} has no baseline.shots; pass shots=<n> (the paper: 4)")
+    if few_shot and not 0 < shots <= len(mgsm_exemplars()):
+        raise DistillError(f"shots must be between 1 and {len(mgsm_exemplars())} (the MGSM-ja exemplars); got {shots}")
     rep = p.repetition_penalty if p.repetition_penalty is not None else (
-        preset.get("baseline", {}).get("repetition_penalty", 1.1) if p.mode == "few-shot" else 1.0)
-    config = generation_config(preset, p.max_new_tokens, p.batch_size, repetition_penalty=rep,
-                               stop=tuple(FEW_SHOT_STOP) if p.mode == "few-shot" else ())
+        baseline.get("repetition_penalty", 1.1) if few_shot else 1.0)
+    check_positive("repetition_penalty", rep)
+    # No stop string beyond EOS, as in the paper: the few-shot output is scored whole, its cut beside it.
+    config = generation_config(preset, p.max_new_tokens, p.batch_size, repetition_penalty=rep)
     params = {"preset": preset["name"], "model": p.model, "model_source": ref.source, "eval_set": eval_set,
-              "mode": p.mode, "shots": p.shots if p.mode == "few-shot" else 0, "prompt_format": prompt_format,
+              "mode": p.mode, "shots": shots if few_shot else 0, "prompt_format": prompt_format,
               "backend": backend, "limit": p.limit, "max_new_tokens": config.max_new_tokens,
-              "repetition_penalty": rep, "batch_size": config.batch_size, "n_examples": len(examples)}
+              "repetition_penalty": rep, "temperature": config.temperature, "stop": "eos",
+              "scoring": "paper", "batch_size": config.batch_size, "n_examples": len(examples)}
     tags = dict(lineage)
     tags["distill.model"] = ref.name
     tags["distill.eval_set"] = eval_set
     tags["distill.mode"] = p.mode
-    if p.mode == "few-shot":
-        tags["distill.baseline"] = f"{p.shots}-shot"
+    if few_shot:
+        tags["distill.baseline"] = f"{shots}-shot"
     with tracking.phase_run("evaluate", params, tags=tags, reuse=p.reuse) as pr:
         if pr.reused:
             return pr.run_id
@@ -124,28 +150,34 @@ def run(p: EvaluateParams) -> str:
 
         tracking.log_dataset([e.to_dict() for e in examples], name=eval_set.split("/")[-1], source=source,
                              context="evaluation")
-        prompts = build_prompts([e.question for e in examples], p.mode, prompt_format, p.shots)
+        prompts = build_prompts([e.question for e in examples], p.mode, prompt_format, shots)
         gen = open_generator(ref, backend, base_url=p.base_url, tensor_parallel_size=p.tensor_parallel_size)
         outs, timing = timed_generate(gen, prompts, config)
         records = []
         for ex, prompt, out in zip(examples, prompts, outs):
-            pred = extract_answer(out.text)
-            records.append({
-                "id": ex.id, "question": ex.question, "output": out.text,
-                "extracted": format_number(pred), "gold": format_number(ex.answer_number),
-                "correct": is_correct(pred, ex.answer_number), "output_tokens": out.n_tokens,
-                "finish_reason": out.finish_reason,
-            })
+            record = {"id": ex.id, "question": ex.question, "output": out.text,
+                      **score(out.text, ex.answer_number), "gold": format_number(ex.answer_number),
+                      "output_tokens": out.n_tokens, "finish_reason": out.finish_reason}
+            if few_shot:
+                cut = score(cut_at_next_question(out.text), ex.answer_number, variant=CUT)
+                record.update({k: cut[k] for k in (f"extracted_{CUT}", f"correct_{CUT}")})
+            records.append(record)
         correct = [r["correct"] for r in records]
-        acc, lo, hi = accuracy_with_ci(correct)
-        mlflow.log_metrics({
-            "accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
-            "n_correct": sum(correct), "n_total": len(correct),
-            "n_unparsed": sum(r["extracted"] is None for r in records),
-            "output_tokens_mean": timing["output_tokens"] / max(len(records), 1),
-            "generation_seconds": timing["generation_seconds"], "tokens_per_second": timing["tokens_per_second"],
-        })
+        metrics = {**accuracy_metrics(correct), "n_total": len(correct),
+                   **accuracy_metrics([r["correct_answer_line"] for r in records], "answer_line"),
+                   "n_unparsed": sum(r["extracted"] is None for r in records),
+                   "n_truncated": sum(r["finish_reason"] == "length" for r in records),
+                   "output_tokens_mean": timing["output_tokens"] / max(len(records), 1),
+                   "generation_seconds": timing["generation_seconds"],
+                   "tokens_per_second": timing["tokens_per_second"]}
+        if few_shot:
+            metrics.update(accuracy_metrics([r[f"correct_{CUT}"] for r in records], CUT))
+        mlflow.log_metrics(metrics)
         tracking.log_records(records, "predictions")
-        print(f"[distill] evaluate {ref.name} on {eval_set}: accuracy {acc:.2f}% "
-              f"[{lo:.2f}, {hi:.2f}] ({sum(correct)}/{len(correct)}), run {pr.run_id}", file=sys.stderr)
+        line = (f"[distill] evaluate {ref.name} on {eval_set}: accuracy {metrics['accuracy']:.2f}% "
+                f"[{metrics['accuracy_ci_low']:.2f}, {metrics['accuracy_ci_high']:.2f}] ({sum(correct)}/{len(correct)}; "
+                f"answer line {metrics['accuracy_answer_line']:.2f}%")
+        if few_shot:
+            line += f"; cut at the next question {metrics['accuracy_' + CUT]:.2f}%"
+        print(line + f"), run {pr.run_id}", file=sys.stderr)
         return pr.run_id

@@ -16,8 +16,9 @@ PAPER_PROMPT = (
     "解答: [answer]"
 )
 
-# A base model given shots would go on to invent the next question; generation stops here.
-FEW_SHOT_STOP = ["\n問題:", "\n\n問題", "問題: "]
+# A base model given shots runs on past its answer and invents the next question. The paper let it
+# (its 4-shot rows score the whole output); the `cut_at_next_question` variant cuts it here.
+NEXT_QUESTION = ("\n問題:", "\n\n問題", "問題: ")
 
 
 def paper_prompt(question: str) -> str:
@@ -37,10 +38,16 @@ def _exemplar_block(ex: dict) -> str:
     return f"{paper_prompt(question)}\n{reasoning}\n解答: {ex['answer_number']}"
 
 
-def few_shot_prompt(question: str, shots: int = 4) -> str:
-    """The paper's 4-shot baseline: exemplars in the same format, then the question's prompt."""
+def few_shot_prompt(question: str, shots: int) -> str:
+    """The paper's few-shot baseline (4 shots in the paper): exemplars in the same format, then the question's prompt."""
     blocks = [_exemplar_block(ex) for ex in mgsm_exemplars()[:shots]]
     return "\n\n".join(blocks + [paper_prompt(question)]) + "\n"
+
+
+def cut_at_next_question(text: str) -> str:
+    """The output up to where a base model starts inventing the next question (all of it if it never does)."""
+    cut = min((i for i in (text.find(m) for m in NEXT_QUESTION) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def plain_prompt(question: str) -> str:

@@ -2,6 +2,8 @@
 
 Writes one training set per teacher (prompt -> that teacher's answer) for the same questions, and a
 dev split of translated questions that were not selected (for the sweep; never the test set).
+An answer cut off at max_new_tokens (`finish_reason: length`) has no final answer of its own and
+would teach the student to stop mid-sentence: its question is left out unless keep_truncated=true.
 """
 
 from __future__ import annotations
@@ -34,15 +36,23 @@ class SelectParams:
     filter: str = ""               # all_correct (the paper) or none
     dev_size: int | None = None
     allow_fewer: bool = False       # take what qualifies when fewer than n do
+    keep_truncated: bool | None = None  # empty: the preset's (false: answers cut at max_new_tokens are left out)
     reuse: bool = True
 
 
-def qualifying_ids(answers_by_teacher: dict[str, list[dict]], translations: dict[str, dict], rule: str) -> list[str]:
-    """Ids answered by every teacher (correctly, under all_correct), with a usable translation, in order."""
+def truncated(answer: dict) -> bool:
+    return answer.get("finish_reason") == "length"
+
+
+def qualifying_ids(answers_by_teacher: dict[str, list[dict]], translations: dict[str, dict], rule: str,
+                   keep_truncated: bool = False) -> list[str]:
+    """Ids answered by every teacher (correctly, under all_correct; to the end, unless keep_truncated),
+    with a usable translation, in order."""
     teachers = list(answers_by_teacher)
     correct_sets = []
     for t in teachers:
-        correct_sets.append({a["id"] for a in answers_by_teacher[t] if rule == "none" or a["correct"]})
+        correct_sets.append({a["id"] for a in answers_by_teacher[t] if (rule == "none" or a["correct"])
+                             and (keep_truncated or not truncated(a))})
     common = set.intersection(*correct_sets)
     order = [a["id"] for a in answers_by_teacher[teachers[0]]]
     return [i for i in order if i in common and translations.get(i, {}).get("flag") != "empty"]
@@ -90,18 +100,23 @@ def run(p: SelectParams) -> str:
     if rule not in FILTERS:
         raise DistillError(f"unknown filter {rule!r}; choose one of {', '.join(FILTERS)}")
     dev_size = p.dev_size if p.dev_size is not None else defaults.get("dev_size", 200)
+    keep_truncated = bool(p.keep_truncated if p.keep_truncated is not None else defaults.get("keep_truncated", False))
     runs = _teacher_runs(p, preset)
     order = {name: i for i, name in enumerate(preset.get("teachers") or {})}  # preset order: small to large
     runs.sort(key=lambda r: (order.get(r.data.tags["distill.teacher"], len(order)), r.data.tags["distill.teacher"]))
     translation_run_id = runs[0].data.tags["distill.translation_run_id"]
     answers = {r.data.tags["distill.teacher"]: tracking.read_jsonl_artifact(r.info.run_id, "answers.jsonl") for r in runs}
     translations = {t["id"]: t for t in tracking.read_jsonl_artifact(translation_run_id, "translations.jsonl")}
-    ids = qualifying_ids(answers, translations, rule)
+    ids = qualifying_ids(answers, translations, rule, keep_truncated)
+    n_truncated = {t: sum(truncated(a) for a in rows) for t, rows in answers.items()}
     if len(ids) < n:
-        per_teacher = ", ".join(f"{t}: {sum(a['correct'] for a in rows)}/{len(rows)} correct" for t, rows in answers.items())
+        per_teacher = ", ".join(f"{t}: {sum(a['correct'] for a in rows)}/{len(rows)} correct"
+                                + (f", {n_truncated[t]} cut at max_new_tokens" if n_truncated[t] and not keep_truncated
+                                   else "") for t, rows in answers.items())
         if not p.allow_fewer:
             raise DistillError(f"only {len(ids)} questions qualify under filter={rule} ({per_teacher}), fewer than "
-                               f"n={n}; lower n, or pass allow_fewer=true to take all {len(ids)}")
+                               f"n={n}; lower n, or pass allow_fewer=true to take all {len(ids)}"
+                               + (" (or keep_truncated=true)" if any(n_truncated.values()) and not keep_truncated else ""))
         print(f"[distill] select: taking all {len(ids)} qualifying questions (n={n} asked, allow_fewer=true)",
               file=sys.stderr)
     chosen = choose(ids, min(n, len(ids)), seed)
@@ -111,7 +126,7 @@ def run(p: SelectParams) -> str:
 
     teachers = list(answers)
     params = {"preset": preset["name"], "n": n, "seed": seed, "filter": rule, "dev_size": dev_size,
-              "allow_fewer": p.allow_fewer, "teachers": ",".join(teachers)}
+              "allow_fewer": p.allow_fewer, "keep_truncated": keep_truncated, "teachers": ",".join(teachers)}
     upstream = {"translation_run_id": translation_run_id,
                 **{f"teacher_run_id.{r.data.tags['distill.teacher']}": r.info.run_id for r in runs}}
     tags = {"distill.teachers": ",".join(teachers),
@@ -141,7 +156,13 @@ def run(p: SelectParams) -> str:
             mlflow.log_artifact(str(tmp / "dev.jsonl"))
         mlflow.log_metrics({"n_qualifying": len(ids), "n_selected": len(chosen), "n_dev": len(dev_ids),
                             "n_translated": len(translations),
+                            "n_truncated_answers": sum(n_truncated.values()),
+                            "n_excluded_truncated": 0 if keep_truncated else len(
+                                qualifying_ids(answers, translations, rule, True)) - len(ids),
                             "n_excluded_flagged": sum(t.get("flag") == "empty" for t in translations.values())})
+        if any(n_truncated.values()):
+            print(f"[distill] select: answers cut at max_new_tokens ({', '.join(f'{t}: {k}' for t, k in n_truncated.items())})"
+                  f" {'kept (keep_truncated=true)' if keep_truncated else 'left out'}", file=sys.stderr)
         print(f"[distill] select: {len(ids)} questions qualify, {len(chosen)} chosen, dev {len(dev_ids)}; "
               f"teachers {', '.join(teachers)}; run {pr.run_id}", file=sys.stderr)
         return pr.run_id

@@ -1,11 +1,16 @@
-"""The `teacher` phase: one teacher answers the translated training questions (0-shot, greedy, chat)."""
+"""The `teacher` phase: one teacher answers the translated training questions (0-shot, greedy, chat).
+
+`correct` (what `select`'s all_correct filter reads) is the paper's rule, the last number of the
+answer; `correct_answer_line` is recorded beside it. `finish_reason` says why each answer ended:
+`length` means it was cut at max_new_tokens, has no final answer of its own, and `select` leaves it out.
+"""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
 
-from distill.answers import extract_answer, format_number, is_correct
+from distill.answers import format_number, score
 from distill.config import load_preset, resolve_role
 from distill.prompts import chat_messages, paper_prompt
 from distill.checks import check_positive
@@ -28,8 +33,8 @@ class TeacherParams(GenerationOptions):
 
 def run(p: TeacherParams) -> str:
     preset = load_preset(p.preset)
-    ref = resolve_role(p.teacher, preset, "teacher")
     backend = check_backend(p.backend or preset["backend"])
+    ref = resolve_role(p.teacher, preset, "teacher", served=backend == "openai")
     check_positive("limit", p.limit, allow_none=True)
     check_positive("shard_size", p.shard_size)
     translation = tracking.require_run(p.translation_run or None, "translate", "the teacher's questions",
@@ -55,11 +60,9 @@ def run(p: TeacherParams) -> str:
             outs = generate([chat_messages(q["question_ja"]) for q in chunk])
             records = []
             for q, out in zip(chunk, outs):
-                pred = extract_answer(out.text)
                 records.append({"id": q["id"], "prompt": paper_prompt(q["question_ja"]), "output": out.text,
-                                "extracted": format_number(pred), "gold": format_number(q["answer_number"]),
-                                "correct": is_correct(pred, q["answer_number"]), "output_tokens": out.n_tokens,
-                                "finish_reason": out.finish_reason})
+                                **score(out.text, q["answer_number"]), "gold": format_number(q["answer_number"]),
+                                "output_tokens": out.n_tokens, "finish_reason": out.finish_reason})
             return records
 
         earlier = tracking.earlier_tries(pr)
@@ -67,9 +70,14 @@ def run(p: TeacherParams) -> str:
         tracking.log_records(records, "answers")
         correct = [r["correct"] for r in records]
         acc, lo, hi = accuracy_with_ci(correct)
+        line_correct = [r["correct_answer_line"] for r in records]
+        n_truncated = sum(r["finish_reason"] == "length" for r in records)
         mlflow.log_metrics({"accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
                             "n_correct": sum(correct), "n_total": len(correct), "n_resumed": reused,
+                            "accuracy_answer_line": accuracy_with_ci(line_correct)[0],
+                            "n_correct_answer_line": sum(line_correct), "n_truncated": n_truncated,
                             "output_tokens_mean": sum(r["output_tokens"] for r in records) / max(len(records), 1)})
         print(f"[distill] teacher {ref.name}: {sum(correct)}/{len(correct)} correct ({acc:.2f}%) on the "
-              f"training questions; run {pr.run_id}", file=sys.stderr)
+              f"training questions, {n_truncated} cut at max_new_tokens={config.max_new_tokens}; run {pr.run_id}",
+              file=sys.stderr)
         return pr.run_id

@@ -71,6 +71,39 @@ def test_openai_backend_talks_to_a_real_http_server(monkeypatch):
     assert server.requests[0]["auth"] == "Bearer sk-test-key"
 
 
+@pytest.mark.parametrize("penalty", [1.0, 1.1])
+def test_openai_backend_states_its_whole_decoding_on_every_request(penalty):
+    """A setting left out is the server's to choose (vllm serve: Qwen2.5's own penalty 1.05), so every one is sent."""
+    with OpenAIStub() as server:
+        gen = make_generator("openai", "m", base_url=server.base_url, concurrency=2)
+        gen.generate([chat_messages("1+1は？"), plain_prompt("1+1は？")],
+                     GenerationConfig(max_new_tokens=1024, repetition_penalty=penalty), progress=False)
+    assert len(server.requests) == 2
+    for request in server.requests:
+        body = request["body"]
+        assert body["temperature"] == 0 and body["max_tokens"] == 1024
+        assert body["repetition_penalty"] == penalty  # extra_body lands at the top level of the JSON
+        assert "stop" not in body
+
+
+def _refuse_repetition_penalty(kind, body):
+    if "repetition_penalty" in body:
+        return 400, "Unrecognized request argument supplied: repetition_penalty"
+    return "解答: 2"
+
+
+def test_a_server_without_repetition_penalty_gets_none_only_when_none_is_asked(capfd):
+    with OpenAIStub(_refuse_repetition_penalty) as server:
+        gen = make_generator("openai", "gpt-4o-mini", base_url=server.base_url, concurrency=1)
+        outs = gen.generate([chat_messages("1+1は？")] * 3, GenerationConfig(max_new_tokens=8), progress=False)
+        assert [o.text for o in outs] == ["解答: 2"] * 3
+        assert [("repetition_penalty" in r["body"]) for r in server.requests] == [True, False, False, False]
+        assert "does not take repetition_penalty" in capfd.readouterr().err
+        with pytest.raises(DistillError, match="repetition_penalty=1.1 cannot be applied there"):
+            make_generator("openai", "gpt-4o-mini", base_url=server.base_url).generate(
+                [plain_prompt("1+1は？")], GenerationConfig(max_new_tokens=8, repetition_penalty=1.1), progress=False)
+
+
 def test_openai_backend_retries_429_and_500(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with OpenAIStub() as server:

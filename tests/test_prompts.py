@@ -23,3 +23,12 @@ def test_few_shot_uses_four_mgsm_exemplars_in_the_papers_format():
     assert mgsm_exemplars()[4]["question"].removeprefix("問題：") not in prompt
     assert prompt.rstrip().endswith("解答: [answer]")
     assert "問題: 最後の問題" in prompt
+
+
+def test_cut_at_next_question_keeps_the_answer_and_drops_the_invented_question():
+    from distill.prompts import cut_at_next_question
+
+    assert cut_at_next_question("3+4=7\n解答: 7\n\n問題: 次は5個") == "3+4=7\n解答: 7"
+    assert cut_at_next_question("解答: 7\n問題: 5") == "解答: 7"
+    assert cut_at_next_question("この問題では7個。解答: 7") == "この問題では7個。解答: 7"  # not a new question
+    assert cut_at_next_question("") == ""

@@ -53,6 +53,19 @@ def test_selection_keeps_only_what_every_teacher_got_right():
     assert qualifying_ids(answers, translations, "all_correct") == ["a"]
 
 
+def test_answers_cut_at_max_new_tokens_are_left_out_unless_kept():
+    answers = {
+        "7B": [{"id": "a", "correct": True, "finish_reason": "stop"}, {"id": "b", "correct": True, "finish_reason": "length"},
+               {"id": "c", "correct": True}],  # an answers.jsonl written before finish_reason: not truncated
+        "72B": [{"id": "a", "correct": True, "finish_reason": "stop"}, {"id": "b", "correct": True, "finish_reason": "stop"},
+                {"id": "c", "correct": True, "finish_reason": "stop"}],
+    }
+    translations = {i: {"flag": ""} for i in "abc"}
+    assert qualifying_ids(answers, translations, "all_correct") == ["a", "c"]
+    assert qualifying_ids(answers, translations, "none") == ["a", "c"]
+    assert qualifying_ids(answers, translations, "all_correct", keep_truncated=True) == ["a", "b", "c"]
+
+
 def test_choice_is_seeded_and_keeps_order():
     ids = [f"q{i}" for i in range(100)]
     a, b = choose(ids, 10, seed=1), choose(ids, 10, seed=1)
@@ -73,12 +86,19 @@ def test_pipeline_lineage_and_reuse(translated, capfd):
     assert run7.data.tags["distill.translation_run_id"] == translated
     assert run7.data.metrics["n_total"] == 12
     answers = mlflow.artifacts.load_text(f"runs:/{t7}/answers.jsonl").splitlines()
-    row = json.loads(answers[0])
-    assert set(row) >= {"id", "prompt", "output", "extracted", "gold", "correct", "output_tokens"}
-    assert row["prompt"].startswith("問題: ")
+    rows = [json.loads(a) for a in answers]
+    assert set(rows[0]) >= {"id", "prompt", "output", "extracted", "gold", "correct", "output_tokens", "finish_reason",
+                            "extracted_answer_line", "correct_answer_line"}
+    assert rows[0]["prompt"].startswith("問題: ")
+    assert {r["finish_reason"] for r in rows} <= {"stop", "length"}
+    assert run7.data.metrics["n_truncated"] == sum(r["finish_reason"] == "length" for r in rows) > 0  # 8 tokens
+    assert run7.data.metrics["n_correct_answer_line"] == sum(r["correct_answer_line"] for r in rows)
 
-    sel = select(SelectParams(n=6, seed=3, dev_size=4))  # offline preset: filter none
+    with pytest.raises(DistillError, match=r"only \d+ questions qualify .*cut at max_new_tokens.*keep_truncated=true"):
+        select(SelectParams(n=6, seed=3, dev_size=4, keep_truncated=False))
+    sel = select(SelectParams(n=6, seed=3, dev_size=4))  # offline preset: filter none, keep_truncated true
     run = mlflow.get_run(sel)
+    assert run.data.params["keep_truncated"] == "True" and run.data.metrics["n_truncated_answers"] > 0
     assert run.data.tags["distill.teacher_run_id.7B"] == t7 and run.data.tags["distill.teacher_run_id.72B"] == t72
     assert json.loads(run.data.tags["distill.teacher_run_ids"]) == {"7B": t7, "72B": t72}
     ids = json.loads(mlflow.artifacts.load_text(f"runs:/{sel}/selected_ids.json"))

@@ -3,11 +3,19 @@
 The `openai` client reads OPENAI_BASE_URL and OPENAI_API_KEY itself; `base_url` overrides.
 Requests run concurrently; the client retries 429s and 5xx with exponential backoff and
 honours Retry-After.
+
+Every request states its decoding in full (temperature, max tokens, repetition penalty even at
+1.0): a server left to fill one in uses the model's own generation config (`vllm serve` applies
+Qwen2.5's repetition penalty 1.05), and the backends would no longer decode alike. A server that
+refuses the `repetition_penalty` field (a hosted API) applies none, which is 1.0: only then is the
+field dropped, and a penalty other than 1.0 such a server cannot honour is an error.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -28,13 +36,19 @@ def make_client(base_url: str | None = None, max_retries: int = 6, timeout: floa
                          http_client=http_client)
 
 
-def request_kwargs(config: GenerationConfig) -> dict:
+def request_kwargs(config: GenerationConfig, repetition_penalty: bool = True) -> dict:
+    """The decoding of `config`, every setting explicit; `repetition_penalty=False` leaves vLLM's field out."""
     kwargs = dict(max_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
     if config.stop:
         kwargs["stop"] = list(config.stop)[:4]  # the OpenAI API takes at most four
-    if config.repetition_penalty != 1.0:
+    if repetition_penalty:
         kwargs["extra_body"] = {"repetition_penalty": config.repetition_penalty}  # vLLM's extension
     return kwargs
+
+
+def refuses_repetition_penalty(error) -> bool:
+    """A 400 that names the field: the server does not know vLLM's extension."""
+    return getattr(error, "status_code", None) == 400 and "repetition_penalty" in str(error)
 
 
 class OpenAIGenerator:
@@ -45,9 +59,30 @@ class OpenAIGenerator:
         self.model = model_source
         self.client = make_client(base_url, max_retries=max_retries, timeout=timeout)
         self.concurrency = max(1, int(concurrency))
+        self.send_repetition_penalty = True
+        self._lock = threading.Lock()
 
     def _one(self, prompt: Prompt, config: GenerationConfig) -> Generation:
-        kwargs = request_kwargs(config)
+        import openai
+
+        try:
+            return self._request(prompt, config, self.send_repetition_penalty)
+        except openai.BadRequestError as e:
+            if not (self.send_repetition_penalty and refuses_repetition_penalty(e)):
+                raise
+            if config.repetition_penalty != 1.0:
+                raise DistillError(f"the server at {self.client.base_url} does not take repetition_penalty, so "
+                                   f"repetition_penalty={config.repetition_penalty} cannot be applied there; use a "
+                                   "vLLM server (or repetition_penalty=1.0)") from None
+            with self._lock:
+                if self.send_repetition_penalty:
+                    self.send_repetition_penalty = False
+                    print(f"[distill] {self.client.base_url} does not take repetition_penalty; it applies none "
+                          "(= 1.0, as asked), so the field is left out from now on", file=sys.stderr)
+            return self._request(prompt, config, False)
+
+    def _request(self, prompt: Prompt, config: GenerationConfig, repetition_penalty: bool) -> Generation:
+        kwargs = request_kwargs(config, repetition_penalty)
         if isinstance(prompt, str):
             resp = self.client.completions.create(model=self.model, prompt=prompt, **kwargs)
             text, finish = resp.choices[0].text, resp.choices[0].finish_reason
