@@ -26,6 +26,8 @@ def test_evaluate_logs_metrics_tags_dataset_and_table(mlflow_server, tmp_path):
     m, tags, params = run.data.metrics, run.data.tags, run.data.params
     assert m["n_total"] == 12 and 0 <= m["n_correct"] <= 12
     assert m["accuracy_ci_low"] <= m["accuracy"] <= m["accuracy_ci_high"]
+    assert m["accuracy_answer_line_ci_low"] <= m["accuracy_answer_line"] <= m["accuracy_answer_line_ci_high"]
+    assert 0 <= m["n_truncated"] <= 12 and "accuracy_cut_at_next_question" not in m  # zero-shot: no cut variant
     assert tags["distill.phase"] == "evaluate" and tags["distill.student"] == "qwen2.5-0.5b"
     assert params["prompt_format"] == "plain" and params["mode"] == "zero-shot" and params["limit"] == "12"
     inputs = run.inputs.dataset_inputs
@@ -35,8 +37,11 @@ def test_evaluate_logs_metrics_tags_dataset_and_table(mlflow_server, tmp_path):
                                                 dst_path=str(tmp_path / "a"))
     rows = [json.loads(line) for line in open(os.path.join(local, "predictions.jsonl"), encoding="utf-8")]
     assert len(rows) == 12
-    assert set(rows[0]) >= {"id", "question", "output", "extracted", "gold", "correct"}
+    assert set(rows[0]) >= {"id", "question", "output", "extracted", "gold", "correct", "extracted_answer_line",
+                            "correct_answer_line", "finish_reason"}
     assert rows[0]["gold"] == "18"
+    assert m["n_correct"] == sum(r["correct"] for r in rows)
+    assert m["n_correct_answer_line"] == sum(r["correct_answer_line"] for r in rows)
     table = json.load(open(os.path.join(local, "predictions.json"), encoding="utf-8"))
     assert "correct" in table["columns"] and len(table["data"]) == 12
 
@@ -51,6 +56,8 @@ def test_teacher_few_shot_and_reuse(mlflow_server, tmp_path):
               "--max_new_tokens", "8", env=env, cwd=tmp_path)
     run, _ = _last_run(mlflow_server)
     assert run.data.params["repetition_penalty"] == "1.1" and run.data.tags["distill.baseline"] == "4-shot"
+    assert run.data.params["shots"] == "4" and run.data.params["stop"] == "eos"
+    assert "accuracy_cut_at_next_question" in run.data.metrics
     again = run_entry("evaluate", "--model", "qwen2.5-1.5b", "--preset", "offline", "--mode", "few-shot",
                       "--limit", "3", "--max_new_tokens", "8", env=env, cwd=tmp_path)
     assert f"reusing FINISHED run {run.info.run_id}" in again.stderr
@@ -65,6 +72,69 @@ def test_evaluate_through_an_openai_compatible_server(tracking, tmp_path, monkey
     assert run.data.metrics["accuracy"] == pytest.approx(50.0)  # the stub always answers 7; gold 7, 7, 8, 9
     assert server.requests[0]["body"]["model"] == "7B"  # a tiny model has no Hub id: the server knows it by name
     assert "sk-secret" not in json.dumps(run.data.params) + json.dumps(run.data.tags) + proc.stderr
+
+
+def _runs_on(kind, body):
+    """A base model that answers, then invents the next question (what the paper's 4-shot rows scored)."""
+    return "3+4=7\n解答: 7\n\n問題: ケンは5個のりんごを持っています。"
+
+
+def test_few_shot_baseline_runs_on_as_the_paper_did_and_logs_the_cut_beside(tracking, tmp_path, monkeypatch):
+    from distill.evaluate import EvaluateParams, run as evaluate
+
+    with OpenAIStub(_runs_on) as server:
+        run_id = evaluate(EvaluateParams(model="qwen2.5-0.5b", mode="few-shot", backend="openai",
+                                         base_url=server.base_url, eval_set=str(_jsonl(tmp_path))))
+    for request in server.requests:  # the paper's decoding, stated in full; no stop string beyond EOS
+        body = request["body"]
+        assert request["path"] == "/v1/completions" and "stop" not in body
+        assert body["temperature"] == 0 and body["repetition_penalty"] == 1.1 and body["max_tokens"] == 32
+        assert body["prompt"].count("ステップごとに考えて") == 5 and body["prompt"].endswith("解答: [answer]\n")
+    m = mlflow.get_run(run_id).data.metrics
+    assert m["accuracy"] == 0.0                                  # the paper's rule reads the invented 5
+    assert m["accuracy_cut_at_next_question"] == pytest.approx(50.0) and m["n_correct_cut_at_next_question"] == 2
+    assert m["accuracy_answer_line"] == pytest.approx(50.0)
+    rows = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{run_id}/predictions.jsonl").splitlines()]
+    assert [r["extracted"] for r in rows] == ["5"] * 4 and [r["extracted_cut_at_next_question"] for r in rows] == ["7"] * 4
+    assert [r["correct_cut_at_next_question"] for r in rows] == [True, True, False, False]
+    params = mlflow.get_run(run_id).data.params
+    assert params["shots"] == "4" and params["scoring"] == "paper"
+
+
+def test_shots_come_from_the_preset(tracking, tmp_path):
+    from distill import DistillError
+    from distill.evaluate import EvaluateParams, run as evaluate
+
+    preset = tmp_path / "two-shot.yaml"
+    text = (ROOT / "distill" / "presets" / "offline.yaml").read_text()
+    preset.write_text(text.replace("name: offline", "name: two-shot").replace("shots: 4", "shots: 2"))
+    with OpenAIStub(_runs_on) as server:
+        run_id = evaluate(EvaluateParams(model="qwen2.5-0.5b", preset=str(preset), mode="few-shot", backend="openai",
+                                         base_url=server.base_url, eval_set=str(_jsonl(tmp_path)), limit=1))
+    assert server.requests[0]["body"]["prompt"].count("ステップごとに考えて") == 3
+    assert mlflow.get_run(run_id).data.tags["distill.baseline"] == "2-shot"
+    with pytest.raises(DistillError, match="shots must be between 1 and 8"):
+        evaluate(EvaluateParams(model="qwen2.5-0.5b", mode="few-shot", shots=9, eval_set=str(_jsonl(tmp_path))))
+    no_shots = tmp_path / "no-shots.yaml"
+    no_shots.write_text(text.replace("name: offline", "name: no-shots").replace("  shots: 4\n", ""))
+    with pytest.raises(DistillError, match="has no baseline.shots; pass shots=<n>"):
+        evaluate(EvaluateParams(model="qwen2.5-0.5b", preset=str(no_shots), mode="few-shot",
+                                eval_set=str(_jsonl(tmp_path))))
+
+
+def test_a_served_model_name_without_a_slash(tracking, tmp_path):
+    from distill import DistillError
+    from distill.evaluate import EvaluateParams, run as evaluate
+
+    with OpenAIStub() as server:
+        run_id = evaluate(EvaluateParams(model="gpt-4o-mini", backend="openai", base_url=server.base_url,
+                                         eval_set=str(_jsonl(tmp_path))))
+    assert {r["body"]["model"] for r in server.requests} == {"gpt-4o-mini"}
+    assert {r["path"] for r in server.requests} == {"/v1/chat/completions"}  # a served name gets the chat format
+    run = mlflow.get_run(run_id)
+    assert run.data.tags["distill.model"] == "gpt-4o-mini" and run.data.metrics["accuracy"] == pytest.approx(50.0)
+    with pytest.raises(DistillError, match="unknown model name 'gpt-4o-mini'"):
+        evaluate(EvaluateParams(model="gpt-4o-mini", backend="transformers", eval_set=str(_jsonl(tmp_path))))
 
 
 def _jsonl(tmp_path):
