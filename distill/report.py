@@ -4,7 +4,10 @@ Reads, by tags only, every FINISHED `evaluate`, `errors` and `tokens` run of the
 writes (as artifacts of one `report` run):
 
 - Table 1: teacher x student accuracy (mean over seeds, spread), row and column means, the few-shot
-  baseline row (`tables/table1.{md,csv}`, per cell detail in `tables/table1_cells.csv`);
+  baseline row as the paper ran it and its cut-at-the-next-question variant (`tables/table1.{md,csv}`,
+  per cell detail in `tables/table1_cells.csv`);
+- the scoring robustness table: Table 1 under the paper's rule and the answer-line rule side by side,
+  and whether any teacher ranking changes between them (`tables/robustness.{md,csv}`);
 - Table 3: the teachers' own accuracy with the bootstrap interval (`tables/table3.{md,csv}`);
 - for each student, a paired test between every two teachers on the same questions: difference, its
   paired-bootstrap 95% interval, bootstrap p, exact McNemar p, Holm-adjusted McNemar p
@@ -37,6 +40,7 @@ from distill.stats import mcnemar, paired_bootstrap
 from distill import tracking
 
 DASH = "—"
+CUT = "cut_at_next_question"
 # (judge letter, metric stem, label); metrics are `errors_<stem>` (count) and `errors_<stem>_frac`
 CATEGORIES = [("A", "semantic", "(A) Semantic misunderstanding"),
               ("B", "step_missing", "(B) Step missing"),
@@ -72,6 +76,8 @@ class EvalRun:
     n_correct: float
     n_total: float
     start_time: int
+    accuracy_answer_line: float = math.nan   # the answer-line reading (runs before it was logged: NaN)
+    accuracy_cut: float = math.nan           # few-shot: the output cut at the next question
 
 
 @dataclass
@@ -108,7 +114,8 @@ def _eval_run(run) -> EvalRun:
     return EvalRun(run.info.run_id, t.get("distill.teacher", ""), t.get("distill.student", ""),
                    t.get("distill.seed", ""), _metric(run, "accuracy"), _metric(run, "accuracy_ci_low"),
                    _metric(run, "accuracy_ci_high"), _metric(run, "n_correct"), _metric(run, "n_total"),
-                   run.info.start_time or 0)
+                   run.info.start_time or 0, _metric(run, "accuracy_answer_line"),
+                   _metric(run, f"accuracy_{CUT}"))
 
 
 def seed_key(seed: str):
@@ -211,9 +218,11 @@ def cell_summary(inputs: Inputs, teachers: list[str], students: list[str]):
                 "ci_low": _nanmean(r.ci_low for r in runs), "ci_high": _nanmean(r.ci_high for r in runs),
                 "seed_accuracies": ",".join(f"{a:.4g}" for a in accs),
                 "n_total": runs[0].n_total, "run_ids": ",".join(r.run_id for r in runs),
+                # NaN unless every seed logged it: a mean over some seeds would not be comparable
+                "accuracy_answer_line_mean": float(np.mean([r.accuracy_answer_line for r in runs])),
             })
     columns = ["teacher", "student", "n_seeds", "seeds", "accuracy_mean", "accuracy_std", "accuracy_min",
-               "accuracy_max", "ci_low", "ci_high", "seed_accuracies", "n_total", "run_ids"]
+               "accuracy_max", "ci_low", "ci_high", "seed_accuracies", "n_total", "run_ids", "accuracy_answer_line_mean"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -232,10 +241,16 @@ def table1(cells, inputs: Inputs, teachers: list[str], preset_teachers: list[str
     grand = [by_cell[(t, s)].accuracy_mean for t in preset_teachers for s in students if (t, s) in by_cell]
     wide.loc["mean"] = col_means + [_nanmean(grand)]
     labels = [baseline_label] + sorted(set(inputs.baselines) - {baseline_label})
+    baseline_rows = []  # each baseline, then its cut-at-the-next-question variant where logged
     for label in labels:
         runs = inputs.baselines.get(label, {})
         values = [runs[s].accuracy if s in runs else math.nan for s in students]
         wide.loc[label] = values + [_nanmean(values)]
+        baseline_rows.append(label)
+        cut = [runs[s].accuracy_cut if s in runs else math.nan for s in students]
+        if any(np.isfinite(cut)):
+            wide.loc[f"{label}, {CUT_LABEL}"] = cut + [_nanmean(cut)]
+            baseline_rows.append(f"{label}, {CUT_LABEL}")
 
     best = {s: np.nanmax(wide.loc[teachers, s].to_numpy(dtype=float)) if teachers and
             np.isfinite(wide.loc[teachers, s].to_numpy(dtype=float)).any() else math.nan for s in students}
@@ -268,8 +283,8 @@ def table1(cells, inputs: Inputs, teachers: list[str], preset_teachers: list[str
             partial = True
         mean_row.append(text)
     rows.append(mean_row + [_fmt(wide.loc["mean", "mean"])])
-    for label in labels:
-        present = [s for s in students if s in inputs.baselines.get(label, {})]
+    for label in baseline_rows:
+        present = [s for s in students if np.isfinite(wide.loc[label, s])]
         mean_text = _fmt(wide.loc[label, "mean"]) + ("†" if 0 < len(present) < len(students) else "")
         rows.append([label] + [_fmt(wide.loc[label, s]) for s in students] + [mean_text])
     md = md_table(["teacher \\ student"] + students + ["mean"], rows)
@@ -277,10 +292,106 @@ def table1(cells, inputs: Inputs, teachers: list[str], preset_teachers: list[str
              "sample standard deviation (n = seeds); the newest evaluation wins where a (teacher, student, seed) "
              "was evaluated twice. Bold: best teacher for the student. " + DASH + ": no evaluation.",
              "Row `mean`: over the preset's teachers (" + ", ".join(preset_teachers) + "; mixes excluded); "
-             f"the row `{baseline_label}` is the untrained student with the few-shot prompt."]
+             f"the row `{baseline_label}` is the untrained student with the few-shot prompt as the paper ran it "
+             "(greedy, the preset's repetition penalty, no stop string beyond EOS: the output runs on into invented "
+             "questions and its last number is scored)."]
+    if len(baseline_rows) > len(labels):
+        notes.append(f"Row `<baseline>, {CUT_LABEL}`: the same generations cut where the model starts a new "
+                     "`問題`, then scored the same way (what a stop string at the next question would report).")
     if partial:
         notes.append("†: mean over the cells present only (some are missing), so not comparable with a full row.")
     return wide, md + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
+CUT_LABEL = "cut at next question"
+
+
+def _ranking(values: dict[str, float], order: list[str]) -> list[str] | None:
+    """Teachers best first (ties in the preset's order); None when a value is missing."""
+    if not values or not all(np.isfinite(v) for v in values.values()):
+        return None
+    return sorted(values, key=lambda t: (-round(values[t], 9), order.index(t)))
+
+
+def robustness(cells, inputs: Inputs, teachers: list[str], preset_teachers: list[str], students: list[str],
+               baseline_labels: list[str]):
+    """Table 1 under both scoring rules side by side, and for each student (and the mean) whether the
+    ranking of the teachers changes from the paper's rule to the answer-line rule."""
+    import pandas as pd
+
+    by_cell = {(r.teacher, r.student): r for r in cells.itertuples()}
+    rows, md_rows = [], []
+    for teacher in teachers:
+        line = [teacher]
+        for s in students:
+            c = by_cell.get((teacher, s))
+            if c is None:
+                line.append(DASH)
+                continue
+            rows.append({"row": teacher, "student": s, "accuracy_paper": c.accuracy_mean,
+                         "accuracy_answer_line": c.accuracy_answer_line_mean,
+                         "difference": c.accuracy_answer_line_mean - c.accuracy_mean})
+            line.append(f"{_fmt(c.accuracy_mean)} / {_fmt(c.accuracy_answer_line_mean)}")
+        md_rows.append(line)
+    for label in baseline_labels:
+        runs = inputs.baselines.get(label, {})
+        line = [label]
+        for s in students:
+            r = runs.get(s)
+            if r is None:
+                line.append(DASH)
+                continue
+            rows.append({"row": label, "student": s, "accuracy_paper": r.accuracy,
+                         "accuracy_answer_line": r.accuracy_answer_line,
+                         "difference": r.accuracy_answer_line - r.accuracy})
+            line.append(f"{_fmt(r.accuracy)} / {_fmt(r.accuracy_answer_line)}")
+        md_rows.append(line)
+    table = pd.DataFrame(rows, columns=["row", "student", "accuracy_paper", "accuracy_answer_line", "difference"])
+
+    rankings = []
+    for s in students + ["mean"]:
+        if s == "mean":  # the preset's teachers by their mean over the students all of them have
+            present = [t for t in preset_teachers if any((t, x) in by_cell for x in students)]
+            common = [x for x in students if all((t, x) in by_cell for t in present)]
+            present = present if common else []
+            paper = {t: float(np.mean([by_cell[(t, x)].accuracy_mean for x in common])) for t in present}
+            line = {t: float(np.mean([by_cell[(t, x)].accuracy_answer_line_mean for x in common])) for t in present}
+        else:
+            present = [t for t in teachers if (t, s) in by_cell]
+            paper = {t: by_cell[(t, s)].accuracy_mean for t in present}
+            line = {t: by_cell[(t, s)].accuracy_answer_line_mean for t in present}
+        if len(present) < 2:
+            continue
+        a, b = _ranking(paper, teachers), _ranking(line, teachers)
+        rankings.append({"student": s, "ranking_paper": " > ".join(a), "ranking_answer_line":
+                         " > ".join(b) if b else "", "changed": (a != b) if b else None})
+    md = md_table(["row \\ student"] + students, md_rows) if md_rows else "No evaluations."
+    md += ("\n\n- Each cell: accuracy (%) under the paper's rule (the last number of the output; Table 1) / "
+           "under the answer-line rule (the last number on the final `解答:` line, else the paper's rule). "
+           "A gap means the model writes something after its answer (a base model inventing the next question, "
+           "a check, units). " + DASH + " after the slash: the run did not log the second reading.")
+    if rankings:
+        md += "\n\n" + md_table(["student", "teachers, paper's rule", "teachers, answer-line rule", "ranking changes"],
+                                 [[r["student"], r["ranking_paper"], r["ranking_answer_line"] or DASH,
+                                   DASH if r["changed"] is None else ("**yes**" if r["changed"] else "no")]
+                                  for r in rankings])
+        md += ("\n\n- Best first; `mean` ranks the preset's teachers by their mean over the students all of them "
+               "have. " + robustness_verdict(rankings))
+    return table, rankings, md
+
+
+def robustness_verdict(rankings: list[dict]) -> str:
+    changed = [r["student"] for r in rankings if r["changed"]]
+    unknown = [r["student"] for r in rankings if r["changed"] is None]
+    if changed:
+        text = "The teacher ranking changes under the answer-line rule for: " + ", ".join(changed) + "."
+    elif len(unknown) == len(rankings):
+        text = "No teacher ranking could be compared under both rules."
+    else:
+        text = "No teacher ranking changes under the answer-line rule."
+    if unknown and len(unknown) < len(rankings):
+        text += " Not compared (a run without the answer-line reading): " + ", ".join(unknown) + "."
+    return text
 
 
 def table3(inputs: Inputs, teachers: list[str]):
@@ -790,6 +901,8 @@ def render_report(meta: dict, summary: list[str], sections: dict[str, str], miss
     out += ["", "## Table 1: student accuracy by teacher (%)", "", sections["table1"], "",
             "CSV: `tables/table1.csv` (this table, numbers only), `tables/table1_cells.csv` (per cell: seeds, mean, "
             "std, min, max, interval, run ids).", "",
+            "## Scoring robustness: Table 1 under both rules", "", sections["robustness"], "",
+            "CSV: `tables/robustness.csv`, `tables/robustness_rankings.csv`.", "",
             "## Table 3: the teachers' own accuracy", "", sections["table3"], "",
             "## Paired tests between teachers (per student)", "", sections["paired"], "",
             "## Fig. 1: accuracy by teacher", "", "[figures/fig1_accuracy.html](figures/fig1_accuracy.html)", "",
@@ -859,10 +972,13 @@ def run(p: ReportParams) -> str:
         if pr.reused:
             return pr.run_id
         import mlflow
+        import pandas as pd
 
         predictions = Predictions()
         cells = cell_summary(inputs, teachers, students)
         wide, md1 = table1(cells, inputs, teachers, preset_teachers, students, baseline_label)
+        baseline_labels = [baseline_label] + sorted(set(inputs.baselines) - {baseline_label})
+        robust, ranks, md_robust = robustness(cells, inputs, teachers, preset_teachers, students, baseline_labels)
         t3, md3 = table3(inputs, table3_teachers)
         paired, md_paired = paired_tests(inputs, teachers, students, predictions)
         errors_df, md_errors = error_summary(inputs, error_teachers, students)
@@ -896,6 +1012,9 @@ def run(p: ReportParams) -> str:
             _save(wide, md1, root / "tables", "table1")
             cells.to_csv(root / "tables" / "table1_cells.csv", index=False)
             _save(t3, md3, root / "tables", "table3")
+            _save(robust, md_robust, root / "tables", "robustness")
+            pd.DataFrame(ranks, columns=["student", "ranking_paper", "ranking_answer_line", "changed"]).to_csv(
+                root / "tables" / "robustness_rankings.csv", index=False)
             _save(paired, md_paired, root / "tables", "paired_tests")
             _save(errors_df, md_errors, root / "tables", "errors")
             _save(tok_df, md_tokens, root / "tables", "tokens")
@@ -909,8 +1028,10 @@ def run(p: ReportParams) -> str:
                     "n_eval_runs": inputs.n_eval_runs, "n_errors_runs": len(inputs.errors),
                     "tokens_run": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
             summary = _summary_lines(wide, cells, paired, preset_teachers, students, missing)
+            summary.append("Scoring robustness: " + robustness_verdict(ranks))
             report = render_report(meta, summary, {"table1": md1, "table3": md3, "paired": md_paired,
-                                                   "errors": md_errors, "tokens": md_tokens}, missing, notes)
+                                                   "errors": md_errors, "tokens": md_tokens, "robustness": md_robust},
+                                   missing, notes)
             (root / "report.md").write_text(report, encoding="utf-8")
             (root / "missing.json").write_text(json.dumps(missing, indent=1, ensure_ascii=False), encoding="utf-8")
             (root / "inputs.json").write_text(json.dumps(inputs.run_ids(), indent=1), encoding="utf-8")
@@ -921,7 +1042,8 @@ def run(p: ReportParams) -> str:
                 mlflow.log_table(data=df, artifact_file=f"tables/{name}.json")
         n_missing_cells = sum(m["kind"] == "cell" for m in missing)
         metrics = {"n_missing_cells": n_missing_cells, "n_missing": len(missing), "n_cells": len(cells),
-                   "n_eval_runs": inputs.n_eval_runs, "n_paired_tests": int(paired["p_bootstrap"].notna().sum())}
+                   "n_eval_runs": inputs.n_eval_runs, "n_paired_tests": int(paired["p_bootstrap"].notna().sum()),
+                   "n_ranking_changes": sum(bool(r["changed"]) for r in ranks)}
         for t in teachers:
             if np.isfinite(wide.loc[t, "mean"]):
                 metrics[_metric_name(f"accuracy_mean.{t}")] = float(wide.loc[t, "mean"])

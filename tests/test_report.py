@@ -40,7 +40,9 @@ class Store:
         return rid
 
     def evaluate(self, correct: list[bool], teacher=None, student=None, seed="42", baseline=None,
-                 eval_set="mgsm-ja", predictions=True) -> str:
+                 eval_set="mgsm-ja", predictions=True, answer_line: list[bool] | None = None,
+                 cut: list[bool] | None = None) -> str:
+        """`answer_line`: the second reading's correctness (not logged when None); `cut`: a baseline's cut variant."""
         tags = {"distill.eval_set": eval_set, "distill.mode": "few-shot" if baseline else "zero-shot"}
         if teacher:
             tags["distill.teacher"] = teacher
@@ -54,8 +56,13 @@ class Store:
         rows = [{"id": i, "question": f"問題 {i}", "output": "…解答: 1", "extracted": "1", "gold": "1" if c else "2",
                  "correct": c, "output_tokens": 12, "finish_reason": "stop"} for i, c in zip(IDS, correct)]
         files = {"predictions.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)} if predictions else {}
-        return self.run("evaluate", tags, {"accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
-                                           "n_correct": sum(correct), "n_total": len(correct)}, files)
+        metrics = {"accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "n_correct": sum(correct),
+                   "n_total": len(correct)}
+        if answer_line is not None:
+            metrics["accuracy_answer_line"] = 100 * sum(answer_line) / len(answer_line)
+        if cut is not None:
+            metrics["accuracy_cut_at_next_question"] = 100 * sum(cut) / len(cut)
+        return self.run("evaluate", tags, metrics, files)
 
 
 def first(k: int, start: int = 0) -> list[bool]:
@@ -73,16 +80,19 @@ def study(tracking):
     ids = {}
     s.evaluate(first(5), "7B", "qwen2.5-0.5b")                          # superseded by the newer one below
     ids["stale_errors"] = s.run("errors", {"distill.eval_run_id": "0" * 32})
-    ids["7B/0.5b"] = s.evaluate(first(20), "7B", "qwen2.5-0.5b")       # 40 %
-    ids["72B/0.5b"] = s.evaluate(first(15, start=10), "72B", "qwen2.5-0.5b")  # 30 %, q10-q24
+    # answer_line: the second reading; it reverses 7B and 72B for qwen2.5-0.5b only
+    ids["7B/0.5b"] = s.evaluate(first(20), "7B", "qwen2.5-0.5b", answer_line=first(20))       # 40 %
+    ids["72B/0.5b"] = s.evaluate(first(15, start=10), "72B", "qwen2.5-0.5b",                  # 30 %, q10-q24
+                                 answer_line=first(25, start=10))                              # answer line 50 %
     for seed, k in (("42", 15), ("43", 16), ("44", 17)):               # 30, 32, 34 %: mean 32, std 2
-        s.evaluate(first(k), "14B", "qwen2.5-0.5b", seed=seed)
-    s.evaluate(first(18), "7B+72B", "qwen2.5-0.5b")                     # a mix teacher, 36 %
-    s.evaluate(first(30), "7B", "qwen2.5-1.5b", seed="42")              # 60 %
-    s.evaluate(first(32), "7B", "qwen2.5-1.5b", seed="43")              # 64 %
-    s.evaluate(first(25), "72B", "qwen2.5-1.5b", seed="42")             # 50 %
-    s.evaluate(first(27), "72B", "qwen2.5-1.5b", seed="43")             # 54 %
-    s.evaluate(first(2), student="qwen2.5-0.5b", baseline="4-shot")     # 4 %
+        s.evaluate(first(k), "14B", "qwen2.5-0.5b", seed=seed, answer_line=first(k))
+    s.evaluate(first(18), "7B+72B", "qwen2.5-0.5b", answer_line=first(18))   # a mix teacher, 36 %
+    s.evaluate(first(30), "7B", "qwen2.5-1.5b", seed="42", answer_line=first(30))   # 60 %
+    s.evaluate(first(32), "7B", "qwen2.5-1.5b", seed="43", answer_line=first(32))   # 64 %
+    s.evaluate(first(25), "72B", "qwen2.5-1.5b", seed="42", answer_line=first(25))  # 50 %
+    s.evaluate(first(27), "72B", "qwen2.5-1.5b", seed="43", answer_line=first(27))  # 54 %
+    s.evaluate(first(2), student="qwen2.5-0.5b", baseline="4-shot",     # 4 %; cut at the next question 24 %
+               answer_line=first(10), cut=first(12))
     s.evaluate(first(40), teacher="7B")                                 # the teacher itself: 80 %
     s.evaluate(first(49), "32B", "qwen2.5-0.5b", eval_set="gsm8k-ja")   # another eval set: not in this report
     s.run("errors", {"distill.eval_run_id": ids["7B/0.5b"], "distill.teacher": "7B", "distill.student": "qwen2.5-0.5b",
@@ -116,7 +126,7 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
 
     # Table 1: newest run wins, seeds averaged, only mgsm-ja, preset order plus the mix
     t1 = pd.read_csv(os.path.join(local, "tables", "table1.csv"), index_col=0)
-    assert list(t1.index) == ["7B", "14B", "32B", "72B", "7B+72B", "mean", "4-shot"]
+    assert list(t1.index) == ["7B", "14B", "32B", "72B", "7B+72B", "mean", "4-shot", "4-shot, cut at next question"]
     assert list(t1.columns) == ["qwen2.5-0.5b", "qwen2.5-1.5b", "sarashina2.2-1b", "llm-jp-3.1-1.8b", "mean"]
     assert t1.loc["7B", "qwen2.5-0.5b"] == pytest.approx(40.0)
     assert t1.loc["14B", "qwen2.5-0.5b"] == pytest.approx(32.0)
@@ -126,6 +136,7 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
     assert t1.loc["mean", "qwen2.5-0.5b"] == pytest.approx((40 + 32 + 30) / 3)   # preset teachers, no mix
     assert t1.loc["7B+72B", "qwen2.5-0.5b"] == pytest.approx(36.0)
     assert t1.loc["4-shot", "qwen2.5-0.5b"] == pytest.approx(4.0) and math.isnan(t1.loc["4-shot", "qwen2.5-1.5b"])
+    assert t1.loc["4-shot, cut at next question", "qwen2.5-0.5b"] == pytest.approx(24.0)
     cells = pd.read_csv(os.path.join(local, "tables", "table1_cells.csv"))
     c14 = cells[(cells.teacher == "14B") & (cells.student == "qwen2.5-0.5b")].iloc[0]
     assert c14.n_seeds == 3 and c14.seeds == "42,43,44" and c14.accuracy_std == pytest.approx(2.0)
@@ -134,6 +145,21 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
     assert c7.accuracy_std == pytest.approx(math.sqrt(8))
     md1 = open(os.path.join(local, "tables", "table1.md"), encoding="utf-8").read()
     assert "32.00 ± 2.00 (n=3)" in md1 and "**40.00**" in md1 and "| 32B | — |" in md1
+
+    # scoring robustness: Table 1 under both rules, and the rankings that change
+    rb = pd.read_csv(os.path.join(local, "tables", "robustness.csv")).set_index(["row", "student"])
+    assert rb.loc[("72B", "qwen2.5-0.5b"), "accuracy_paper"] == pytest.approx(30.0)
+    assert rb.loc[("72B", "qwen2.5-0.5b"), "accuracy_answer_line"] == pytest.approx(50.0)
+    assert rb.loc[("14B", "qwen2.5-0.5b"), "accuracy_answer_line"] == pytest.approx(32.0)   # mean over seeds
+    assert rb.loc[("4-shot", "qwen2.5-0.5b"), "difference"] == pytest.approx(16.0)
+    ranks = pd.read_csv(os.path.join(local, "tables", "robustness_rankings.csv")).set_index("student")
+    assert ranks.loc["qwen2.5-0.5b", "ranking_paper"] == "7B > 7B+72B > 14B > 72B"
+    assert ranks.loc["qwen2.5-0.5b", "ranking_answer_line"] == "72B > 7B > 7B+72B > 14B"
+    assert bool(ranks.loc["qwen2.5-0.5b", "changed"]) and not bool(ranks.loc["qwen2.5-1.5b", "changed"])
+    assert ranks.loc["mean", "ranking_paper"] == "7B > 14B > 72B"   # preset teachers over qwen2.5-0.5b, all have it
+    assert run.data.metrics["n_ranking_changes"] == 2
+    md_rb = open(os.path.join(local, "tables", "robustness.md"), encoding="utf-8").read()
+    assert "| 72B | 30.00 / 50.00 | 52.00 / 52.00 |" in md_rb
 
     # Table 3
     t3 = pd.read_csv(os.path.join(local, "tables", "table3.csv"))
@@ -200,7 +226,9 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
     assert ("tokens", "14B") in kinds and ("seed", "7B / qwen2.5-0.5b") not in kinds
     md = open(os.path.join(local, "report.md"), encoding="utf-8").read()
     for text in ("## Table 1", "## Table 3", "## Paired tests", "## Missing", "32B / qwen2.5-0.5b",
-                 "figures/fig1_accuracy.html", "left out (the newest wins)", "qwen2.5-0.5b: best teacher 7B"):
+                 "figures/fig1_accuracy.html", "left out (the newest wins)", "qwen2.5-0.5b: best teacher 7B",
+                 "## Scoring robustness", "The teacher ranking changes under the answer-line rule for: qwen2.5-0.5b, mean.",
+                 "4-shot, cut at next question"):
         assert text in md, text
     assert run.data.metrics["accuracy.7B.qwen2.5-0.5b"] == pytest.approx(40.0)
     assert run.data.metrics["accuracy_mean.7B_72B"] == pytest.approx(36.0)
@@ -239,6 +267,8 @@ def test_unreadable_predictions_and_reuse(tracking, tmp_path):
     assert len(pt) == 1 and "predictions unreadable" in pt.note[0] and math.isnan(pt.p_mcnemar[0])
     missing = json.load(open(os.path.join(local, "missing.json")))
     assert any(m["kind"] == "predictions" and m["what"] == bad for m in missing)
+    md = open(os.path.join(local, "report.md"), encoding="utf-8").read()
+    assert "No teacher ranking could be compared under both rules." in md   # runs without the second reading
     assert report(ReportParams(reuse=True)) == first_id           # same input runs, same code: reused
     assert report(ReportParams()) != first_id                      # the default makes a new report
     s.evaluate(first(30), "14B", "qwen2.5-0.5b")
