@@ -37,6 +37,17 @@ def test_unknown_short_name_lists_known_names(paper):
     assert "72B" in str(e.value) and "sarashina" not in str(e.value)
 
 
+def test_a_served_name_is_accepted_only_for_a_server(paper):
+    """backend=openai: `gpt-4o-mini` is the name the server knows; preset names still resolve first."""
+    ref = resolve_role("gpt-4o-mini", paper, "teacher", served=True)
+    assert (ref.name, ref.source, ref.role) == ("gpt-4o-mini", "gpt-4o-mini", "served")
+    assert resolve_model("7B", paper, served=True).source == "Qwen/Qwen2.5-7B-Instruct"
+    with pytest.raises(DistillError, match="or with backend=openai the name the server knows"):
+        resolve_role("gpt-4o-mini", paper, "teacher")
+    with pytest.raises(DistillError, match="model path not found"):
+        resolve_model("./gpt-4o-mini", paper, served=True)
+
+
 def test_missing_model_path_is_named(paper, tmp_path):
     with pytest.raises(DistillError, match="model path not found"):
         resolve_model(str(tmp_path / "nope"), paper)
