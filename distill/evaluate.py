@@ -18,7 +18,7 @@ from distill.data import load_eval_set
 from distill.prompts import chat_messages, cut_at_next_question, few_shot_prompt, mgsm_exemplars, plain_prompt
 from distill.checks import check_positive
 from distill.runner import GenerationOptions, check_backend, generation_config, open_generator, timed_generate
-from distill.stats import accuracy_with_ci
+from distill.stats import accuracy_metrics
 from distill import tracking
 
 MODES = ("zero-shot", "few-shot")
@@ -39,15 +39,8 @@ class EvaluateParams(GenerationOptions):
     shots: int | None = None       # empty: the preset's baseline.shots (paper 4)
     reuse: bool = True
 
+
 CUT = "cut_at_next_question"
-
-
-def accuracy_metrics(correct: list[bool], variant: str = "") -> dict[str, float]:
-    """`accuracy`, its interval and `n_correct`, named for a scoring variant (`accuracy_answer_line`, ...)."""
-    suffix = f"_{variant}" if variant else ""
-    acc, lo, hi = accuracy_with_ci(correct)
-    return {f"accuracy{suffix}": acc, f"accuracy{suffix}_ci_low": lo, f"accuracy{suffix}_ci_high": hi,
-            f"n_correct{suffix}": sum(correct)}
 
 
 def _lineage_from_run(run_id: str) -> dict[str, str]:

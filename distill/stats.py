@@ -45,3 +45,12 @@ def mcnemar(a, b) -> dict:
     n = only_a + only_b
     p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
     return {"only_a": only_a, "only_b": only_b, "p_mcnemar": p}
+
+
+def accuracy_metrics(correct, variant: str = "") -> dict[str, float]:
+    """`accuracy`, its interval and `n_correct` as metrics, named for a scoring variant
+    (`accuracy_answer_line`, `accuracy_answer_line_ci_low`, `n_correct_answer_line`, ...)."""
+    suffix = f"_{variant}" if variant else ""
+    acc, lo, hi = accuracy_with_ci(correct)
+    return {f"accuracy{suffix}": acc, f"accuracy{suffix}_ci_low": lo, f"accuracy{suffix}_ci_high": hi,
+            f"n_correct{suffix}": sum(correct)}

@@ -15,7 +15,7 @@ from distill.config import load_preset, resolve_role
 from distill.prompts import chat_messages, paper_prompt
 from distill.checks import check_positive
 from distill.runner import GenerationOptions, check_backend, generation_config, lazy_generate
-from distill.stats import accuracy_with_ci
+from distill.stats import accuracy_metrics, accuracy_with_ci
 from distill import shards, tracking
 
 
@@ -70,12 +70,11 @@ def run(p: TeacherParams) -> str:
         tracking.log_records(records, "answers")
         correct = [r["correct"] for r in records]
         acc, lo, hi = accuracy_with_ci(correct)
-        line_correct = [r["correct_answer_line"] for r in records]
         n_truncated = sum(r["finish_reason"] == "length" for r in records)
         mlflow.log_metrics({"accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
                             "n_correct": sum(correct), "n_total": len(correct), "n_resumed": reused,
-                            "accuracy_answer_line": accuracy_with_ci(line_correct)[0],
-                            "n_correct_answer_line": sum(line_correct), "n_truncated": n_truncated,
+                            **accuracy_metrics([r["correct_answer_line"] for r in records], "answer_line"),
+                            "n_truncated": n_truncated,
                             "output_tokens_mean": sum(r["output_tokens"] for r in records) / max(len(records), 1)})
         print(f"[distill] teacher {ref.name}: {sum(correct)}/{len(correct)} correct ({acc:.2f}%) on the "
               f"training questions, {n_truncated} cut at max_new_tokens={config.max_new_tokens}; run {pr.run_id}",

@@ -11,7 +11,6 @@ the final number of the answer it was trained on, read by the paper's rule.
 import json
 
 import mlflow
-import pytest
 
 from distill.answers import extract_answer
 from distill.data import load_eval_set
