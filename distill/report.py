@@ -956,7 +956,7 @@ def run(p: ReportParams) -> str:
     error_teachers = ([t.strip() for t in p.error_teachers.split(",") if t.strip()] if p.error_teachers
                       else [str(t) for t in (preset.get("judge", {}).get("teachers") or preset_teachers[:1] + preset_teachers[-1:])])
     baseline = preset.get("baseline", {})
-    baseline_label = f"{baseline.get('shots', 4)}-shot"
+    baseline_label = f"{baseline['shots']}-shot" if baseline.get("shots") else "few-shot"  # as evaluate tags it
 
     inputs = collect_inputs(eval_set, p.tokens_run)
     teachers = ordered_names(preset_teachers, {t for t, _ in inputs.cells})
