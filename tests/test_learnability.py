@@ -14,7 +14,7 @@ import mlflow
 
 from distill.answers import extract_answer
 from distill.data import load_eval_set
-from distill.evaluate import EvaluateParams
+from distill.evaluate import EvaluateParams, build_prompts
 from distill.evaluate import run as evaluate
 from distill.prompts import plain_prompt
 from distill.sft import SftParams
@@ -65,6 +65,10 @@ def test_a_trained_student_reproduces_what_it_was_taught_and_an_untrained_one_do
     outputs = [json.loads(x)["output"] for x in
                mlflow.artifacts.load_text(f"runs:/{trained.info.run_id}/predictions.jsonl").splitlines()]
     assert trained.data.tags["distill.sft_run_id"] == sft_run
+    # The tiny student reproduces its answers under the chat wrapper too (measured), so the prompt link is
+    # checked directly: evaluate sends a student exactly the prompt it was trained on.
+    assert trained.data.params["prompt_format"] == "plain"
+    assert build_prompts([r["question"] for r in rows], "zero-shot", "plain", None) == [r["prompt"] for r in rows]
     assert trained.data.metrics["n_total"] == N_QUESTIONS
     assert trained.data.metrics["accuracy"] >= 90, outputs
     assert trained.data.metrics["n_truncated"] <= 0.1 * N_QUESTIONS, outputs  # it learned to stop (EOS)
