@@ -108,7 +108,17 @@ def check(name: str, value, where: str = "", optional: bool = False, label: str 
 def check_params(params) -> None:
     """Every numeric field of a `*Params` dataclass that has a rule; None (empty) means the default."""
     for f in dataclasses.fields(params):
-        check(f.name, getattr(params, f.name), optional=True)
+        value = getattr(params, f.name)
+        if isinstance(value, str) and f.name in RULES:  # a comma-separated list (`seeds=1,2,3`)
+            for item in filter(None, (t.strip() for t in value.split(","))):
+                try:
+                    number = float(item)
+                except ValueError:
+                    raise DistillError(f"{f.name} must be comma-separated numbers, each {RULES[f.name].allowed()} "
+                                       f"(got {item!r} in {value!r})") from None
+                check(f.name, int(number) if number.is_integer() else number, label=f"each of {f.name}")
+        else:
+            check(f.name, value, optional=True)
 
 
 def check_positive(name: str, value, allow_none: bool = False):

@@ -238,7 +238,7 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
 
     from distill.generation.hf import load_tokenizer
     from distill.models import materialize
-    from distill.sft_callbacks import MlflowLogger, PaddingCounter
+    from distill.sft_callbacks import MlflowLogger, NonFiniteGuard, PaddingCounter
 
     loadable = materialize(student)
     tokenizer = tokenizer or load_tokenizer(loadable.tokenizer)
@@ -279,19 +279,67 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
     trainer.data_collator = counter
     logger = MlflowLogger(counter, upload_checkpoints=run_id is not None and p.checkpoints_to_run)
     trainer.add_callback(logger)
+    trainer.add_callback(NonFiniteGuard())
     for callback in callbacks:
         trainer.add_callback(callback)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
+    check_finite_weights(trainer.model, trainer.state.global_step)
     stats = {"train_seconds": seconds, "train_tokens": counter.real_tokens,
              "train_tokens_per_second": counter.real_tokens / seconds if seconds else 0.0,
              "padding_fraction": counter.padding_fraction, "final_train_loss": logger.last_loss or float("nan")}
     return trainer.model, tokenizer, stats
 
 
+def check_finite_weights(model, step: int) -> None:
+    """Weights with NaN or inf make a model that 'works' and answers garbage: fail the run instead."""
+    import torch
+
+    bad = [n for n, w in model.named_parameters() if not torch.isfinite(w).all()]
+    if bad:
+        raise DistillError(f"training diverged: {len(bad)} weight tensor(s) hold NaN or inf after step {step} "
+                           f"(first: {bad[0]}); the run failed and nothing was registered")
+
+
+def verify_logged_model(model_uri: str) -> None:
+    """Load the logged model back the way users will and generate a few tokens; the registry and the
+    aliases only ever point at a version that passed."""
+    import mlflow
+    import torch
+
+    try:
+        pipe = mlflow.transformers.load_model(model_uri)
+        inputs = pipe.tokenizer("問題: 1+1は？\n", return_tensors="pt")
+        with torch.no_grad():
+            logits = pipe.model(**inputs).logits
+            out = pipe.model.generate(**inputs, max_new_tokens=4, do_sample=False,
+                                      pad_token_id=pipe.tokenizer.pad_token_id or pipe.tokenizer.eos_token_id)
+    except Exception as e:
+        raise DistillError(f"the logged model {model_uri} does not load and generate "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); nothing was registered")
+    if not torch.isfinite(logits).all() or out.shape[-1] <= inputs["input_ids"].shape[-1]:
+        raise DistillError(f"the logged model {model_uri} loads but its output is not finite; nothing was registered")
+
+
+def register_once(model_uri: str, name: str, run_id: str) -> str:
+    """The version of `name` made from this run, registering it only if there is none (idempotent)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:  # no such registered model yet
+        found = []
+    if found:
+        return str(min(int(v.version) for v in found))
+    return str(mlflow.register_model(model_uri, name).version)
+
+
 def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run_id: str) -> None:
-    """Log the student (transformers flavour), register it, tag the version, point the aliases at it."""
+    """Log the student (transformers flavour), check that it loads and generates, register it once,
+    tag the version, then point the aliases at it."""
     import mlflow
     import transformers
     from mlflow.tracking import MlflowClient
@@ -303,12 +351,13 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
                     f"mlflow=={mlflow.__version__}", "accelerate", "safetensors"]
     info = mlflow.transformers.log_model(
         transformers_model={"model": model.to("cpu"), "tokenizer": tokenizer}, name="model", task="text-generation",
-        pip_requirements=requirements, registered_model_name=name if p.register else None,
+        pip_requirements=requirements,
     )
     if not p.register:
         return
+    verify_logged_model(info.model_uri)
     client = MlflowClient()
-    version = str(info.registered_model_version)
+    version = register_once(info.model_uri, name, run_id)
     for k, v in {"teacher": p.teacher, "seed": str(p.seed), "student": student, "sft_run_id": run_id,
                  "preset": preset["name"]}.items():
         client.set_model_version_tag(name, version, k, v)
