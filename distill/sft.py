@@ -269,6 +269,7 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
         train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
         gradient_checkpointing=h["gradient_checkpointing"],
         completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
+        logging_nan_inf_filter=False,  # a NaN loss must reach NonFiniteGuard, not be averaged away
         save_strategy=("steps" if p.save_steps is not None else "epoch") if save else "no",
         save_steps=p.save_steps if p.save_steps is not None else 500, save_total_limit=2,
         disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),

@@ -115,12 +115,18 @@ def ensure_tracking_store() -> None:
 
     db = os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
     lock = Path(tempfile.gettempdir()) / f"distill-store-{hashlib.sha256(db.encode()).hexdigest()[:16]}.lock"
+    import logging
+
+    quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
+    level = quiet.level
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            quiet.setLevel(logging.WARNING)
             tracking_store(uri)
             registry_store(uri)
         finally:
+            quiet.setLevel(level)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
