@@ -119,7 +119,11 @@ def run(p: MainParams) -> str:
     import mlflow
 
     t0 = time.perf_counter()
-    with mlflow.start_run(run_name=f"main-{preset['name']}", tags={tracking.TAG_PHASE: "main"}) as main_run:
+    key = tracking.cache_key("pipeline", params)  # lets the next `main` mark a killed one KILLED
+    with mlflow.start_run(run_name=f"main-{preset['name']}", tags={tracking.TAG_PHASE: "main", tracking.TAG_KEY: key,
+                                                                   tracking.TAG_HEARTBEAT: f"{time.time():.3f}"}) as main_run, \
+            tracking.Heartbeat(main_run.info.run_id):
+        tracking.mark_dead(key, main_run.info.run_id)
         tracking.log_params_merged(main_run, params)
         step = Steps()
         common = dict(preset=p.preset, reuse=p.reuse)

@@ -297,9 +297,11 @@ def check_finite_weights(model, step: int) -> None:
     """Weights with NaN or inf make a model that 'works' and answers garbage: fail the run instead."""
     import torch
 
+    from distill.sft_callbacks import TrainingDiverged
+
     bad = [n for n, w in model.named_parameters() if not torch.isfinite(w).all()]
     if bad:
-        raise DistillError(f"training diverged: {len(bad)} weight tensor(s) hold NaN or inf after step {step} "
+        raise TrainingDiverged(f"training diverged: {len(bad)} weight tensor(s) hold NaN or inf after step {step} "
                            f"(first: {bad[0]}); the run failed and nothing was registered")
 
 

@@ -8,6 +8,12 @@ import time
 
 from transformers import TrainerCallback
 
+from distill import DistillError
+
+
+class TrainingDiverged(DistillError):
+    """Loss, gradients or weights became NaN or inf: the run fails, a sweep trial fails alone."""
+
 
 class PaddingCounter:
     """Wraps the data collator and counts real and padding tokens of every batch it builds."""
@@ -86,8 +92,6 @@ class NonFiniteGuard(TrainerCallback):
         for key in ("loss", "grad_norm"):
             value = (logs or {}).get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
-                from distill import DistillError
-
-                raise DistillError(f"training diverged: {key} is {value} at step {state.global_step} "
+                raise TrainingDiverged(f"training diverged: {key} is {value} at step {state.global_step} "
                                    f"(learning_rate {args.learning_rate}); the run failed and nothing was "
                                    "registered; lower learning_rate")

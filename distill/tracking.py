@@ -203,7 +203,7 @@ def _env_seconds(name: str, default: float) -> float:
 
 
 def heartbeat_interval() -> float:
-    return _env_seconds("DISTILL_HEARTBEAT_S", 30.0)
+    return _env_seconds("DISTILL_HEARTBEAT_S", 15.0)
 
 
 def heartbeat_timeout() -> float:
@@ -343,7 +343,7 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, tags=all_tags) as run, \
             Heartbeat(run.info.run_id):
         if reuse:  # another try claimed the same work at the same moment: the earlier claim does it
-            time.sleep(_env_seconds("DISTILL_CLAIM_SETTLE_S", 0.5))
+            time.sleep(_env_seconds("DISTILL_CLAIM_SETTLE_S", 0.25))
             prior = wait_for_holders(phase, key, me=(float(claimed), run.info.run_id))
             if prior:
                 _become_pointer(run.info.run_id, prior, phase)

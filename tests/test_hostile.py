@@ -206,7 +206,7 @@ def test_a_killed_run_is_marked_killed_by_the_next_try_which_takes_over(mlflow_s
 
     env = {**_experiment(mlflow_server), **HEARTBEAT, "DISTILL_HEARTBEAT_TIMEOUT_S": "15"}
     client = MlflowClient(mlflow_server)
-    victim = _start((*TRANSLATE[:2], "64", *TRANSLATE[3:]), env, tmp_path)
+    victim = _start(TRANSLATE, env, tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline and victim.poll() is None:
         running = client.search_runs([env["MLFLOW_EXPERIMENT_ID"]], "attributes.status = 'RUNNING'")
@@ -217,7 +217,7 @@ def test_a_killed_run_is_marked_killed_by_the_next_try_which_takes_over(mlflow_s
     victim.wait()
     assert victim.returncode == -signal.SIGKILL, "translate finished before it could be killed"
     dead = running[0].info.run_id
-    again = run_entry(*TRANSLATE[:2], "64", *TRANSLATE[3:], cwd=tmp_path, env=env)
+    again = run_entry(*TRANSLATE, cwd=tmp_path, env=env)
     assert f"waiting for RUNNING run {dead}" in again.stderr  # its heartbeat was still fresh: not taken over yet
     assert f"marked {dead} KILLED (no heartbeat)" in again.stderr
     old = client.get_run(dead)
@@ -234,3 +234,20 @@ def test_relative_file_parameters_resolve_where_mlflow_run_was_typed(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert f"error: {tmp_path}/mine.jsonl:1: no numeric gold answer (got '12abc')" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_every_numeric_parameter_of_every_phase_has_a_rule():
+    import dataclasses
+    import importlib
+    import typing
+
+    from distill.checks import RULES
+
+    missing = []
+    for phase in ("translate", "teacher", "select", "sft", "evaluate", "errors", "tokens", "report", "sweep", "pipeline"):
+        module = importlib.import_module(f"distill.{phase}")
+        for cls in (v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v)):
+            for name, tp in typing.get_type_hints(cls).items():
+                if {int, float} & {tp, *typing.get_args(tp)} and name not in RULES:
+                    missing.append(f"{phase}.{name}")
+    assert missing == []
