@@ -302,7 +302,7 @@ def check_finite_weights(model, step: int) -> None:
     bad = [n for n, w in model.named_parameters() if not torch.isfinite(w).all()]
     if bad:
         raise TrainingDiverged(f"training diverged: {len(bad)} weight tensor(s) hold NaN or inf after step {step} "
-                           f"(first: {bad[0]}); the run failed and nothing was registered")
+                               f"(first: {bad[0]}); the run failed and nothing was registered")
 
 
 def verify_logged_model(model_uri: str) -> None:

@@ -109,14 +109,13 @@ def ensure_tracking_store() -> None:
     if not uri.startswith("sqlite:///"):
         return
     import fcntl
+    import logging
 
     from mlflow.tracking._model_registry.utils import _get_store as registry_store
     from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
 
     db = os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
     lock = Path(tempfile.gettempdir()) / f"distill-store-{hashlib.sha256(db.encode()).hexdigest()[:16]}.lock"
-    import logging
-
     quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
     level = quiet.level
     with open(lock, "a") as f:

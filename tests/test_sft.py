@@ -137,7 +137,7 @@ def test_killed_sft_resumes_from_its_last_checkpoint(study):
     shutil.rmtree(checkpoint_root(), ignore_errors=True)  # resume must come from the run, not this disk
     done = subprocess.run(args, cwd=study["root"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming from" in done.stderr
+    assert "resuming from" in done.stderr, "\n".join(line for line in done.stderr.splitlines() if "[distill]" in line)
     final = mlflow.search_runs(filter_string="tags.`distill.phase` = 'sft' and params.seed = '3' and "
                                "attributes.status = 'FINISHED'", output_format="list")[0]
     assert "checkpoint-" in final.data.tags["distill.resumed_from"]
