@@ -171,7 +171,7 @@ def test_a_version_is_registered_once_and_only_after_it_loads_and_generates(trac
 
 # Two users, one server. Heartbeats are fast here so that a dead run is seen as dead within seconds.
 HEARTBEAT = {"DISTILL_HEARTBEAT_S": "0.5", "DISTILL_CLAIM_SETTLE_S": "0.5"}
-TRANSLATE = ("translate", "--limit", "16", "--shard_size", "4", "--max_new_tokens", "16")
+TRANSLATE = ("translate", "--limit", "8", "--shard_size", "4", "--max_new_tokens", "16")
 
 
 def _experiment(server: str) -> dict:
