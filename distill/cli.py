@@ -78,8 +78,9 @@ def resolve_file_param(name: str, value, base: str):
     if name == "preset":
         as_file = value.endswith((".yaml", ".yml")) or os.path.isfile(_absolute(value, base))
         return _absolute(value, base) if as_file else value
-    if name == "eval_set":
-        return value if value in EVAL_SET_NAMES else _absolute(value, base)
+    if name == "eval_set":  # a name (or a typo of one) stays a name; a file becomes absolute
+        as_file = "/" in value or value.endswith((".jsonl", ".json")) or os.path.exists(_absolute(value, base))
+        return _absolute(value, base) if value not in EVAL_SET_NAMES and as_file else value
     if name == "source":
         return value if value in SOURCE_NAMES else _absolute(value, base)
     if name in MODEL_FIELDS:

@@ -128,10 +128,13 @@ def load_eval_set(name: str, limit: int | None = None) -> tuple[list[Example], s
         examples, source = load_gsm8k_ja_test(), f"hf://datasets/{GSM8K_JA_HUB_ID}"
     else:
         path = Path(name).expanduser().absolute()
+        if not path.is_file() and ("/" in name or name.endswith((".jsonl", ".json"))):
+            raise DistillError(f"eval set file not found: {path} (a JSONL file with 'question' and 'answer_number' "
+                               f"on each line, or one of {', '.join(EVAL_SETS)})")
         if not path.is_file():
             raise DistillError(
-                f"unknown eval set {name!r}: no file {path}; use one of {', '.join(EVAL_SETS)} or the path of a "
-                "JSONL file with 'question' and 'answer_number' on each line"
+                f"unknown eval set {name!r}: use one of {', '.join(EVAL_SETS)} or the path of a JSONL "
+                "file with 'question' and 'answer_number' on each line"
             )
         examples, source = read_jsonl_examples(path), str(path.resolve())
     return examples[:limit] if limit else examples, source

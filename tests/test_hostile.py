@@ -67,7 +67,7 @@ BAD_INPUTS = [
      "int_question.jsonl:1: needs a non-empty text 'question' field (got int)"),
     ("evaluate", ("--model", "qwen2.5-0.5b", "--eval_set", "gold_12abc.jsonl"),
      "gold_12abc.jsonl:1: no numeric gold answer (got '12abc')"),
-    ("evaluate", ("--model", "qwen2.5-0.5b", "--eval_set", "nope.jsonl"), "no file {root}/nope.jsonl"),
+    ("evaluate", ("--model", "qwen2.5-0.5b", "--eval_set", "nope.jsonl"), "eval set file not found: {root}/nope.jsonl"),
     ("evaluate", ("--model", "qwen2.5-0.5b", "--preset", "broken.yaml"),
      "preset file {root}/broken.yaml is not valid YAML at line 3"),
     ("evaluate", ("--model", "qwen2.5-0.5b", "--preset", "no_data.yaml"), "no_data.yaml has no 'data'"),
