@@ -86,8 +86,13 @@ def score(output: str | None, gold: float | None, variant: str = "") -> dict:
     return out
 
 
+_GOLD = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
 def parse_gold(value) -> float | None:
-    """A gold answer as a float: numbers, numeric strings, or GSM8K's `... #### 1,234`."""
+    """A gold answer as a float: numbers, numeric strings, or GSM8K's `... #### 1,234`.
+
+    Unlike model output, a gold answer must be a number and nothing else: `12abc` is no gold."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -95,8 +100,8 @@ def parse_gold(value) -> float | None:
     text = str(value)
     if "####" in text:
         text = text.rsplit("####", 1)[1]
-    numbers = _numbers(normalize(text).strip())
-    return numbers[0] if len(numbers) == 1 else None
+    text = normalize(text).strip()
+    return float(text.replace(",", "")) if _GOLD.fullmatch(text) else None
 
 
 def is_correct(pred: float | None, gold: float | None) -> bool:

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib
 import os
+import re
 import sys
 import typing
 
@@ -47,24 +48,86 @@ def _converter(tp):
     return convert
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad value is one line (a DistillError), not usage text and a bare exit."""
+
+    def error(self, message):
+        raise DistillError(re.sub(r"argument --(\w+)", r"\1", message))
+
+
+# Where relative file parameters are looked up: the folder the user typed the command in. Under
+# `mlflow run` the entry point runs in the project folder, so MLproject passes that folder as
+# `--base_dir` (a parameter of MLflow's `path` type, default ".", which MLflow makes absolute
+# against its own working directory).
+BASE_DIR = "base_dir"
+EVAL_SET_NAMES = ("gsm8k-ja", "mgsm-ja")
+SOURCE_NAMES = ("hub", "shipped", "openai/gsm8k")
+MODEL_FIELDS = ("model", "teacher", "student", "translator")
+
+
+def _absolute(value: str, base: str) -> str:
+    return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
+
+
+def resolve_file_param(name: str, value, base: str):
+    """A file parameter made absolute against `base`; names (presets, eval sets, models) stay names."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    if name in ("train_file", "output_dir"):
+        return _absolute(value, base)
+    if name == "preset":
+        as_file = value.endswith((".yaml", ".yml")) or os.path.isfile(_absolute(value, base))
+        return _absolute(value, base) if as_file else value
+    if name == "eval_set":  # a name (or a typo of one) stays a name; a file becomes absolute
+        as_file = "/" in value or value.endswith((".jsonl", ".json")) or os.path.exists(_absolute(value, base))
+        return _absolute(value, base) if value not in EVAL_SET_NAMES and as_file else value
+    if name == "source":
+        return value if value in SOURCE_NAMES else _absolute(value, base)
+    if name in MODEL_FIELDS:
+        looks_like_path = value.startswith((".", "~")) or os.path.exists(_absolute(value, base))
+        return _absolute(value, base) if looks_like_path and "+" not in value else value
+    if name == "storage" and value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+        return "sqlite:///" + _absolute(value.removeprefix("sqlite:///"), base)
+    return value
+
+
+def _pop_arg(argv: list[str], name: str) -> tuple[list[str], str | None]:
+    """argv without `--name value` / `--name=value`, and the value."""
+    out, value, skip = [], None, False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a == f"--{name}" and i + 1 < len(argv):
+            value, skip = argv[i + 1], True
+        elif a.startswith(f"--{name}="):
+            value = a.split("=", 1)[1]
+        else:
+            out.append(a)
+    return out, value
+
+
 def parse_params(params_cls, argv: list[str] | None = None):
+    """Text -> the phase's dataclass: file parameters made absolute, every number checked (distill/checks.py)."""
+    from distill.checks import check_params
+
+    argv, base = _pop_arg(list(sys.argv[1:] if argv is None else argv), BASE_DIR)
+    base = base or os.getcwd()
     hints = typing.get_type_hints(params_cls)
-    parser = argparse.ArgumentParser(description=(params_cls.__doc__ or "").strip() or None)
+    parser = _Parser(description=(params_cls.__doc__ or "").strip() or None)
     for f in dataclasses.fields(params_cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         parser.add_argument(f"--{f.name}", type=_converter(hints[f.name]), required=required,
                             default=None if required else argparse.SUPPRESS)
-    ns = vars(parser.parse_args(argv))
-    return params_cls(**ns)
+    ns = {k: resolve_file_param(k, v, base) for k, v in vars(parser.parse_args(argv)).items()}
+    params = params_cls(**ns)
+    check_params(params)
+    return params
 
 
 def _preset_of(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return None
+    rest, base = _pop_arg(argv, BASE_DIR)
+    _, preset = _pop_arg(rest, "preset")
+    return resolve_file_param("preset", preset, base or os.getcwd()) if preset else None
 
 
 def run_phase(phase: str, argv: list[str] | None = None) -> None:
@@ -80,9 +143,10 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         module = importlib.import_module(f"distill.{phase}")
         params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
         params = parse_params(params_cls, argv)
-        from distill.tracking import ensure_tracking_reachable
+        from distill.tracking import ensure_tracking_reachable, ensure_tracking_store
 
         ensure_tracking_reachable()
+        ensure_tracking_store()
         module.run(params)
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,13 +21,46 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+# What the code reads from every preset without a default: (key, sub-keys).
+REQUIRED = {"name": (), "backend": (), "translator": ("model",), "teachers": (), "students": (),
+            "data": ("train", "eval_set")}
+
+
 @lru_cache(maxsize=None)
 def _load_preset_file(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        raise DistillError(f"preset file {path} is not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise DistillError(f"preset file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise DistillError(f"preset file {path} is not a YAML mapping")
+    check_preset_shape(data, path)
     return data
+
+
+def check_preset_shape(data: dict[str, Any], path: str) -> None:
+    """Every key the phases read without a default, and every number by the rules of distill/checks.py."""
+    from distill.checks import check_preset
+
+    for key, subkeys in REQUIRED.items():
+        if data.get(key) in (None, "", {}):
+            raise DistillError(f"preset file {path} has no '{key}' (see distill/presets/paper.yaml for the shape)")
+        for sub in subkeys:
+            if not isinstance(data[key], dict) or data[key].get(sub) in (None, ""):
+                raise DistillError(f"preset file {path} has no '{key}.{sub}' (see distill/presets/paper.yaml)")
+    for role in ("teachers", "students"):
+        if not isinstance(data[role], dict):
+            raise DistillError(f"preset file {path}: '{role}' must map short names to models")
+        for short, entry in data[role].items():
+            if isinstance(entry, dict) and not entry.get("model") or entry in (None, ""):
+                raise DistillError(f"preset file {path}: {role}.{short} names no model")
+    check_preset(data, path)
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
@@ -35,7 +68,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     candidate = Path(name_or_path).expanduser()
     if name_or_path.endswith((".yaml", ".yml")) or candidate.is_file():
         if not candidate.is_file():
-            raise DistillError(f"preset file not found: {name_or_path}")
+            raise DistillError(f"preset file not found: {os.path.abspath(candidate)}")
         return _load_preset_file(str(candidate.resolve()))
     path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():

@@ -39,22 +39,34 @@ def _gold_or_fail(value, where: str) -> float:
     return gold
 
 
+def text_lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file; anything else is one error naming the file and line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DistillError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                           "save the file as UTF-8") from None
+    return list(enumerate((line.removesuffix("\r") for line in text.split("\n")), 1))
+
+
 def read_mgsm_ja(path: Path = RESOURCES / "mgsm_ja.tsv") -> list[Example]:
     """MGSM-ja: `question<TAB>answer_number`, no header; ids follow GSM8K test numbering (0-249)."""
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 2 or not parts[0].strip():
-                raise DistillError(
-                    f"{path}:{lineno}: malformed line, expected 'question<TAB>answer_number' "
-                    f"(got {len(parts)} field(s))"
-                )
-            gold = _gold_or_fail(parts[1], f"{path}:{lineno}")
-            examples.append(Example(f"gsm8k-test-{lineno - 1:04d}", parts[0].strip(), gold))
+    for lineno, line in text_lines(path):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].strip():
+            raise DistillError(
+                f"{path}:{lineno}: malformed line, expected 'question<TAB>answer_number' "
+                f"(got {len(parts)} field(s))"
+            )
+        gold = _gold_or_fail(parts[1], f"{path}:{lineno}")
+        examples.append(Example(f"gsm8k-test-{lineno - 1:04d}", parts[0].strip(), gold))
     return examples
 
 
@@ -62,23 +74,23 @@ def read_jsonl_examples(path: Path, id_prefix: str | None = None) -> list[Exampl
     """The user's own eval set: one JSON object per line with `question` and `answer_number`."""
     prefix = id_prefix or path.stem
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DistillError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not str(row.get("question") or "").strip():
-                raise DistillError(f"{where}: needs a non-empty 'question' field")
-            if "answer_number" not in row:
-                raise DistillError(f"{where}: needs an 'answer_number' field")
-            gold = _gold_or_fail(row["answer_number"], where)
-            examples.append(
-                Example(str(row.get("id", f"{prefix}-{lineno - 1:04d}")), row["question"].strip(), gold, row.get("reference"))
-            )
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DistillError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+            got = type(row.get("question")).__name__ if isinstance(row, dict) else type(row).__name__
+            raise DistillError(f"{where}: needs a non-empty text 'question' field (got {got})")
+        if "answer_number" not in row:
+            raise DistillError(f"{where}: needs an 'answer_number' field")
+        gold = _gold_or_fail(row["answer_number"], where)
+        examples.append(
+            Example(str(row.get("id", f"{prefix}-{lineno - 1:04d}")), row["question"].strip(), gold, row.get("reference"))
+        )
     if not examples:
         raise DistillError(f"{path}: no examples in the file")
     return examples
@@ -115,7 +127,10 @@ def load_eval_set(name: str, limit: int | None = None) -> tuple[list[Example], s
     elif name == "gsm8k-ja":
         examples, source = load_gsm8k_ja_test(), f"hf://datasets/{GSM8K_JA_HUB_ID}"
     else:
-        path = Path(name).expanduser()
+        path = Path(name).expanduser().absolute()
+        if not path.is_file() and ("/" in name or name.endswith((".jsonl", ".json"))):
+            raise DistillError(f"eval set file not found: {path} (a JSONL file with 'question' and 'answer_number' "
+                               f"on each line, or one of {', '.join(EVAL_SETS)})")
         if not path.is_file():
             raise DistillError(
                 f"unknown eval set {name!r}: use one of {', '.join(EVAL_SETS)} or the path of a JSONL "
@@ -127,15 +142,16 @@ def load_eval_set(name: str, limit: int | None = None) -> tuple[list[Example], s
 
 def _read_gsm8k_jsonl(path: Path, split: str) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rows.append({"question": row["question"], "answer": row["answer"]})
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DistillError(f"{path}:{lineno}: malformed GSM8K line (need 'question' and 'answer')") from None
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append({"question": row["question"], "answer": row["answer"]})
+            if not isinstance(row["question"], str) or not isinstance(row["answer"], str):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DistillError(f"{path}:{lineno}: malformed GSM8K line (need 'question' and 'answer')") from None
     return rows
 
 
@@ -158,9 +174,9 @@ def load_gsm8k(split: str, source: str = "hub", limit: int | None = None) -> lis
     elif source == "shipped":
         rows = _read_gsm8k_jsonl(RESOURCES / f"gsm8k_{split}_sample.jsonl", split)
     else:
-        path = Path(source).expanduser()
+        path = Path(source).expanduser().absolute()
         if not path.is_file():
-            raise DistillError(f"GSM8K file not found: {source}")
+            raise DistillError(f"GSM8K file not found: {path}")
         rows = _read_gsm8k_jsonl(path, split)
     out = []
     for i, row in enumerate(rows[:limit] if limit else rows):
@@ -179,8 +195,23 @@ def gsm8k_test_references() -> dict[str, str]:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for _, line in text_lines(path) if line.strip()]
+
+
+def read_train_file(path: Path) -> list[dict]:
+    """The user's own training set for `sft`: JSON objects with text `prompt` and `completion`."""
+    rows = []
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DistillError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k] for k in ("prompt", "completion"))):
+            raise DistillError(f"{path}:{lineno}: needs non-empty text 'prompt' and 'completion' fields")
+        rows.append(row)
+    return rows
 
 
 def write_jsonl(path: str | Path, rows) -> None:

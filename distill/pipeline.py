@@ -39,6 +39,20 @@ def _names(text: str, default: list) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else [str(x) for x in default]
 
 
+def parse_seeds(text: str, default: list) -> list[int]:
+    """`1,2,3` -> [1, 2, 3]; anything else is one line naming the bad item."""
+    from distill.checks import check
+
+    seeds = []
+    for item in _names(text, default):
+        try:
+            seeds.append(int(item))
+        except ValueError:
+            raise DistillError(f"seeds must be comma-separated integers like 1,2,3 (got {item!r} in {text!r})") from None
+        check("seed", seeds[-1], label="seeds")
+    return seeds
+
+
 def check_hardware(preset: dict, backend: str) -> None:
     if not preset.get("needs_gpu") or backend == "openai":
         return
@@ -88,7 +102,7 @@ def run(p: MainParams) -> str:
     grid = preset.get("grid", {})
     teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))
     students = _names(p.students, grid.get("students") or list(preset["students"]))
-    seeds = [int(s) for s in _names(p.seeds, grid.get("seeds") or [42])]
+    seeds = parse_seeds(p.seeds, grid.get("seeds") or [42])
     for t in teachers:
         resolve_role(t, preset, "teacher")
     for s in students:
@@ -105,7 +119,11 @@ def run(p: MainParams) -> str:
     import mlflow
 
     t0 = time.perf_counter()
-    with mlflow.start_run(run_name=f"main-{preset['name']}", tags={tracking.TAG_PHASE: "main"}) as main_run:
+    key = tracking.cache_key("pipeline", params)  # lets the next `main` mark a killed one KILLED
+    with mlflow.start_run(run_name=f"main-{preset['name']}", tags={tracking.TAG_PHASE: "main", tracking.TAG_KEY: key,
+                                                                   tracking.TAG_HEARTBEAT: f"{time.time():.3f}"}) as main_run, \
+            tracking.Heartbeat(main_run.info.run_id):
+        tracking.mark_dead(key, main_run.info.run_id)
         tracking.log_params_merged(main_run, params)
         step = Steps()
         common = dict(preset=p.preset, reuse=p.reuse)

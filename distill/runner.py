@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from distill import DistillError
-from distill.checks import check_positive
+from distill.checks import check
 from distill.config import ModelRef
 from distill.generation import BACKENDS, GenerationConfig, Generator, Prompt, make_generator
 
@@ -32,11 +32,12 @@ def check_backend(backend: str) -> str:
 
 def generation_config(preset: dict, max_new_tokens: int | None, batch_size: int | None,
                       length_key: str = "max_new_tokens", **extra) -> GenerationConfig:
-    """Explicit values, else the preset's `generation` section, each checked to be positive."""
+    """Explicit values, else the preset's `generation` section (an explicit 0 is refused, never the default)."""
     defaults = preset.get("generation", {})
     return GenerationConfig(
-        max_new_tokens=check_positive("max_new_tokens", max_new_tokens or defaults.get(length_key, 1024)),
-        batch_size=check_positive("batch_size", batch_size or defaults.get("batch_size", 16)),
+        max_new_tokens=check("max_new_tokens",
+                             max_new_tokens if max_new_tokens is not None else defaults.get(length_key, 1024)),
+        batch_size=check("batch_size", batch_size if batch_size is not None else defaults.get("batch_size", 16)),
         **extra,
     )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.config import distill_home, load_preset, resolve_role
-from distill.checks import check_positive
+from distill.checks import check, check_params
 from distill import tracking
 
 BATCHING = ("padded", "group_by_length", "padding_free")
@@ -62,25 +62,22 @@ def resolved_hparams(p: SftParams, preset: dict) -> dict:
     h = {
         "learning_rate": p.learning_rate if p.learning_rate is not None else d.get("learning_rate", 1e-5),
         "num_train_epochs": p.num_train_epochs if p.num_train_epochs is not None else d.get("num_train_epochs", 2),
-        "per_device_train_batch_size": p.per_device_train_batch_size or d.get("per_device_train_batch_size", 8),
-        "gradient_accumulation_steps": p.gradient_accumulation_steps or d.get("gradient_accumulation_steps", 1),
+        "per_device_train_batch_size": (p.per_device_train_batch_size if p.per_device_train_batch_size is not None
+                                        else d.get("per_device_train_batch_size", 8)),
+        "gradient_accumulation_steps": (p.gradient_accumulation_steps if p.gradient_accumulation_steps is not None
+                                        else d.get("gradient_accumulation_steps", 1)),
         "max_grad_norm": p.max_grad_norm if p.max_grad_norm is not None else d.get("max_grad_norm", 1.0),
         "lr_scheduler_type": p.lr_scheduler_type or d.get("lr_scheduler_type", "linear"),
         "warmup_ratio": p.warmup_ratio if p.warmup_ratio is not None else d.get("warmup_ratio", 0.0),
-        "max_length": p.max_length or d.get("max_length", 2048),
+        "max_length": p.max_length if p.max_length is not None else d.get("max_length", 2048),
         "batching": p.batching or d.get("batching", "padded"),
         "gradient_checkpointing": (p.gradient_checkpointing.lower() in ("1", "true", "yes") if p.gradient_checkpointing
                                    else bool(d.get("gradient_checkpointing", True))),
         "seed": p.seed,
     }
-    if h["learning_rate"] <= 0:
-        raise DistillError(f"learning_rate must be > 0 (got {h['learning_rate']})")
-    if not 0 <= h["warmup_ratio"] < 1:
-        raise DistillError(f"warmup_ratio must be in [0, 1) (got {h['warmup_ratio']})")
-    if h["num_train_epochs"] <= 0:
-        raise DistillError(f"num_train_epochs must be > 0 (got {h['num_train_epochs']})")
-    check_positive("per_device_train_batch_size", h["per_device_train_batch_size"])
-    check_positive("gradient_accumulation_steps", h["gradient_accumulation_steps"])
+    for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                 "max_grad_norm", "warmup_ratio", "max_length", "seed"):
+        h[name] = check(name, h[name])  # the preset's values too, by the rules of distill/checks.py
     if h["batching"] not in BATCHING:
         raise DistillError(f"unknown batching {h['batching']!r}; choose one of {', '.join(BATCHING)}")
     if h["batching"] == "padding_free":
@@ -136,12 +133,12 @@ def find_select_run(p: SftParams, teachers: list[str], preset: dict):
 def load_training_rows(p: SftParams, teachers: list[str], preset: dict) -> tuple[list[dict], dict[str, str], str, object]:
     """Training rows, upstream run ids, a description of the data's source, and the select run."""
     if p.train_file:
-        from distill.data import read_jsonl
+        from distill.data import read_train_file
 
-        path = Path(p.train_file)
+        path = Path(p.train_file).expanduser().absolute()
         if not path.is_file():
-            raise DistillError(f"train_file not found: {p.train_file}")
-        return read_jsonl(path), {}, str(path.resolve()), None
+            raise DistillError(f"train_file not found: {path}")
+        return read_train_file(path), {}, str(path.resolve()), None
     run = find_select_run(p, teachers, preset)
     run_ids = json.loads(run.data.tags.get("distill.teacher_run_ids", "{}"))
     sets = {t: tracking.read_jsonl_artifact(run.info.run_id, f"train/{t}.jsonl") for t in teachers}
@@ -191,9 +188,10 @@ def run(p: SftParams) -> str:
     for t in teachers:
         resolve_role(t, preset, "teacher") if not p.train_file else None
     student = resolve_role(p.student, preset, "student")
-    h = resolved_hparams(p, preset)                       # bad numbers stop here, before any model loads
+    check_params(p)                                       # bad numbers stop here, before any model loads
+    h = resolved_hparams(p, preset)
     rows, upstream, source, select_run = load_training_rows(p, teachers, preset)
-    rows = rows[:p.limit] if p.limit else rows
+    rows = rows[:p.limit] if p.limit is not None else rows
     if not rows:
         raise DistillError(f"the training set for {p.teacher} is empty ({source})")
     # The setting, not its outcome, goes into the parameters: resolving `auto` needs torch, and a reused
@@ -240,7 +238,7 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
 
     from distill.generation.hf import load_tokenizer
     from distill.models import materialize
-    from distill.sft_callbacks import MlflowLogger, PaddingCounter
+    from distill.sft_callbacks import MlflowLogger, NonFiniteGuard, PaddingCounter
 
     loadable = materialize(student)
     tokenizer = tokenizer or load_tokenizer(loadable.tokenizer)
@@ -271,7 +269,9 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
         train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
         gradient_checkpointing=h["gradient_checkpointing"],
         completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
-        save_strategy=("steps" if p.save_steps else "epoch") if save else "no", save_steps=p.save_steps or 500, save_total_limit=2,
+        logging_nan_inf_filter=False,  # a NaN loss must reach NonFiniteGuard, not be averaged away
+        save_strategy=("steps" if p.save_steps is not None else "epoch") if save else "no",
+        save_steps=p.save_steps if p.save_steps is not None else 500, save_total_limit=2,
         disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
@@ -280,19 +280,69 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
     trainer.data_collator = counter
     logger = MlflowLogger(counter, upload_checkpoints=run_id is not None and p.checkpoints_to_run)
     trainer.add_callback(logger)
+    trainer.add_callback(NonFiniteGuard())
     for callback in callbacks:
         trainer.add_callback(callback)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
+    check_finite_weights(trainer.model, trainer.state.global_step)
     stats = {"train_seconds": seconds, "train_tokens": counter.real_tokens,
              "train_tokens_per_second": counter.real_tokens / seconds if seconds else 0.0,
              "padding_fraction": counter.padding_fraction, "final_train_loss": logger.last_loss or float("nan")}
     return trainer.model, tokenizer, stats
 
 
+def check_finite_weights(model, step: int) -> None:
+    """Weights with NaN or inf make a model that 'works' and answers garbage: fail the run instead."""
+    import torch
+
+    from distill.sft_callbacks import TrainingDiverged
+
+    bad = [n for n, w in model.named_parameters() if not torch.isfinite(w).all()]
+    if bad:
+        raise TrainingDiverged(f"training diverged: {len(bad)} weight tensor(s) hold NaN or inf after step {step} "
+                               f"(first: {bad[0]}); the run failed and nothing was registered")
+
+
+def verify_logged_model(model_uri: str) -> None:
+    """Load the logged model back the way users will and generate a few tokens; the registry and the
+    aliases only ever point at a version that passed."""
+    import mlflow
+    import torch
+
+    try:
+        pipe = mlflow.transformers.load_model(model_uri)
+        inputs = pipe.tokenizer("問題: 1+1は？\n", return_tensors="pt")
+        with torch.no_grad():
+            logits = pipe.model(**inputs).logits
+            out = pipe.model.generate(**inputs, max_new_tokens=4, do_sample=False,
+                                      pad_token_id=pipe.tokenizer.pad_token_id or pipe.tokenizer.eos_token_id)
+    except Exception as e:
+        raise DistillError(f"the logged model {model_uri} does not load and generate "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); nothing was registered")
+    if not torch.isfinite(logits).all() or out.shape[-1] <= inputs["input_ids"].shape[-1]:
+        raise DistillError(f"the logged model {model_uri} loads but its output is not finite; nothing was registered")
+
+
+def register_once(model_uri: str, name: str, run_id: str) -> str:
+    """The version of `name` made from this run, registering it only if there is none (idempotent)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:  # no such registered model yet
+        found = []
+    if found:
+        return str(min(int(v.version) for v in found))
+    return str(mlflow.register_model(model_uri, name).version)
+
+
 def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run_id: str) -> None:
-    """Log the student (transformers flavour), register it, tag the version, point the aliases at it."""
+    """Log the student (transformers flavour), check that it loads and generates, register it once,
+    tag the version, then point the aliases at it."""
     import mlflow
     import transformers
     from mlflow.tracking import MlflowClient
@@ -304,12 +354,13 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
                     f"mlflow=={mlflow.__version__}", "accelerate", "safetensors"]
     info = mlflow.transformers.log_model(
         transformers_model={"model": model.to("cpu"), "tokenizer": tokenizer}, name="model", task="text-generation",
-        pip_requirements=requirements, registered_model_name=name if p.register else None,
+        pip_requirements=requirements,
     )
     if not p.register:
         return
+    verify_logged_model(info.model_uri)
     client = MlflowClient()
-    version = str(info.registered_model_version)
+    version = register_once(info.model_uri, name, run_id)
     for k, v in {"teacher": p.teacher, "seed": str(p.seed), "student": student, "sft_run_id": run_id,
                  "preset": preset["name"]}.items():
         client.set_model_version_tag(name, version, k, v)

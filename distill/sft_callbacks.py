@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
 from transformers import TrainerCallback
+
+from distill import DistillError
+
+
+class TrainingDiverged(DistillError):
+    """Loss, gradients or weights became NaN or inf: the run fails, a sweep trial fails alone."""
 
 
 class PaddingCounter:
@@ -75,3 +82,16 @@ class MlflowLogger(TrainerCallback):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder) and mlflow.active_run():
             mlflow.log_artifacts(folder, artifact_path=f"checkpoints/checkpoint-{state.global_step}")
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops training at the first non-finite loss or gradient norm, before a checkpoint of the broken
+    weights is saved: the run fails with the step, and nothing is registered."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise TrainingDiverged(f"training diverged: {key} is {value} at step {state.global_step} "
+                                   f"(learning_rate {args.learning_rate}); the run failed and nothing was "
+                                   "registered; lower learning_rate")

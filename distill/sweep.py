@@ -100,10 +100,10 @@ def run(p: SweepParams) -> str:
                                  [p.teacher], preset)
     rows = tracking.read_jsonl_artifact(select_run.info.run_id, f"train/{p.teacher}.jsonl")
     dev = tracking.read_jsonl_artifact(select_run.info.run_id, "dev.jsonl")
-    dev = dev[:p.dev_limit] if p.dev_limit else dev
+    dev = dev[:p.dev_limit] if p.dev_limit is not None else dev
     if not dev:
         raise DistillError(f"select run {select_run.info.run_id} has an empty dev split; run select with dev_size > 0")
-    max_new = p.max_new_tokens or preset.get("generation", {}).get("max_new_tokens", 1024)
+    max_new = p.max_new_tokens if p.max_new_tokens is not None else preset.get("generation", {}).get("max_new_tokens", 1024)
     study_name = p.study_name or f"sft-{preset['name']}-{p.teacher}-{student.name}"
     params = {"preset": preset["name"], "teacher": p.teacher, "student": student.name, "n_trials": n_trials,
               "space": ",".join(space), "storage": p.storage.split("://")[0], "study_name": study_name,
@@ -161,7 +161,9 @@ def run(p: SweepParams) -> str:
                 mlflow.set_tag("optuna.state", "COMPLETE")
                 return score
 
-        study.optimize(objective, n_trials=n_trials, catch=())
+        from distill.sft_callbacks import TrainingDiverged
+
+        study.optimize(objective, n_trials=n_trials, catch=(TrainingDiverged,))  # a diverged trial fails alone
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
             raise DistillError("no trial completed; see the trial runs")

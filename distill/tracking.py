@@ -11,6 +11,8 @@ import json
 import os
 import sys
 import tempfile
+import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,6 +100,35 @@ def ensure_tracking_reachable() -> None:
         ) from None
 
 
+def ensure_tracking_store() -> None:
+    """Create a SQLite tracking store once, under a file lock: two processes that start at once on a
+    brand-new file otherwise both run MLflow's table setup and one of them crashes."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+    import logging
+
+    from mlflow.tracking._model_registry.utils import _get_store as registry_store
+    from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
+
+    db = os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
+    lock = Path(tempfile.gettempdir()) / f"distill-store-{hashlib.sha256(db.encode()).hexdigest()[:16]}.lock"
+    quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
+    level = quiet.level
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            quiet.setLevel(logging.WARNING)
+            tracking_store(uri)
+            registry_store(uri)
+        finally:
+            quiet.setLevel(level)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _escape(value: str) -> str:
     return value.replace("'", "\\'")
 
@@ -146,10 +177,120 @@ def find_reusable(key: str) -> str | None:
 
 
 def find_unfinished(key: str) -> list:
-    """Earlier tries of the same work that did not finish (killed, failed, still marked running, or
-    finished with some items left undone), whose finished items a new try takes over."""
+    """Earlier tries of the same work that did not finish (killed, failed, dead while marked running,
+    or finished with some items left undone), whose finished items a new try takes over. A run that is
+    still alive (a fresh heartbeat) is not taken over."""
     runs = search_phase_runs(extra=f"tags.`{TAG_KEY}` = '{key}'")
-    return [r for r in runs if not _complete(r)]
+    now = time.time()
+    return [r for r in runs if not _complete(r) and not is_live(r, now)]
+
+
+# Who holds a cache key. A run working on a key carries TAG_CLAIMED (when it claimed the key) and
+# TAG_HEARTBEAT, renewed by a daemon thread every DISTILL_HEARTBEAT_S seconds. A RUNNING run whose
+# heartbeat is older than DISTILL_HEARTBEAT_TIMEOUT_S is dead (kill -9, a lost machine): the next try
+# marks it KILLED and takes over its shards or checkpoints. A second try of live work waits for it and
+# reuses its result. Two tries that claim at the same moment both see each other after a short settle
+# time (DISTILL_CLAIM_SETTLE_S) and the earlier claim wins; this assumes the clocks of the machines
+# agree to within that time.
+TAG_HEARTBEAT = "distill.heartbeat"
+TAG_CLAIMED = "distill.claimed_at"
+TAG_KILLED = "distill.killed_reason"
+
+
+def _env_seconds(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
+def heartbeat_interval() -> float:
+    return _env_seconds("DISTILL_HEARTBEAT_S", 15.0)
+
+
+def heartbeat_timeout() -> float:
+    return _env_seconds("DISTILL_HEARTBEAT_TIMEOUT_S", 4 * heartbeat_interval())
+
+
+def _last_beat(run) -> float:
+    try:
+        return float(run.data.tags[TAG_HEARTBEAT])
+    except (KeyError, ValueError):
+        return run.info.start_time / 1000  # a run from before heartbeats: its start counts
+
+
+def is_live(run, now: float | None = None) -> bool:
+    return run.info.status == "RUNNING" and (now or time.time()) - _last_beat(run) < heartbeat_timeout()
+
+
+def _claim_order(run) -> tuple[float, str]:
+    try:
+        return float(run.data.tags[TAG_CLAIMED]), run.info.run_id
+    except (KeyError, ValueError):
+        return run.info.start_time / 1000, run.info.run_id
+
+
+def _running_with_key(key: str) -> list:
+    return search_phase_runs(status="RUNNING", extra=f"tags.`{TAG_KEY}` = '{key}'")
+
+
+class Heartbeat:
+    """A daemon thread that renews the run's heartbeat tag until stopped."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"distill-heartbeat-{run_id[:8]}", daemon=True)
+
+    def _beat(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        while not self._stop.wait(heartbeat_interval()):
+            try:
+                client.set_tag(self.run_id, TAG_HEARTBEAT, f"{time.time():.3f}")
+            except Exception:  # a short outage of the server: the next beat tries again
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+
+def wait_for_holders(phase: str, key: str, me: tuple[float, str] | None = None) -> str | None:
+    """Wait while a live run holds the key (claimed before `me`, when given); then the id of a FINISHED
+    run of the work to reuse, or None when there is none and the work is ours."""
+    announced = False
+    while True:
+        prior = find_reusable(key)
+        if prior:
+            return prior
+        now = time.time()
+        holders = [r for r in _running_with_key(key) if is_live(r, now)
+                   and (me is None or (r.info.run_id != me[1] and _claim_order(r) < me))]
+        if not holders:
+            return None
+        if not announced:
+            print(f"[distill] {phase}: waiting for RUNNING run {holders[0].info.run_id} (same work, heartbeat "
+                  f"{now - _last_beat(holders[0]):.0f}s ago)", file=sys.stderr)
+            announced = True
+        time.sleep(min(heartbeat_interval(), 5.0))
+
+
+def mark_dead(key: str, me: str) -> list[str]:
+    """RUNNING tries of the key whose heartbeat stopped: KILLED, with the reason and who took over."""
+    from mlflow.tracking import MlflowClient
+
+    client, now, dead = MlflowClient(), time.time(), []
+    for r in _running_with_key(key):
+        if r.info.run_id != me and not is_live(r, now):
+            client.set_tag(r.info.run_id, TAG_KILLED, f"no heartbeat for {now - _last_beat(r):.0f}s; "
+                                                      f"taken over by run {me}")
+            client.set_terminated(r.info.run_id, "KILLED")
+            dead.append(r.info.run_id)
+    if dead:
+        print(f"[distill] marked {', '.join(dead)} KILLED (no heartbeat); run {me} takes over", file=sys.stderr)
+    return dead
 
 
 @dataclass
@@ -182,7 +323,7 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     upstream = {k: v for k, v in (upstream or {}).items() if v}
     tags = {k: str(v) for k, v in (tags or {}).items() if v not in (None, "")}
     key = cache_key(phase, params, upstream)
-    prior = find_reusable(key) if reuse else None
+    prior = wait_for_holders(phase, key) if reuse else None
     nested = mlflow.active_run() is not None
     if prior:
         print(f"[distill] {phase}: reusing FINISHED run {prior} (same parameters, inputs and code)", file=sys.stderr)
@@ -194,12 +335,36 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
         EVENTS.append(PhaseRun(prior, True, key))
         yield EVENTS[-1]
         return
-    all_tags = {TAG_PHASE: phase, TAG_KEY: key, TAG_CODE: code_version(phase), **tags,
+    claimed = f"{time.time():.3f}"
+    all_tags = {TAG_PHASE: phase, TAG_KEY: key, TAG_CODE: code_version(phase), TAG_CLAIMED: claimed,
+                TAG_HEARTBEAT: claimed, **tags,
                 **{f"distill.{k}" if not k.startswith("distill.") else k: v for k, v in upstream.items()}}
-    with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, tags=all_tags) as run:
+    with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, tags=all_tags) as run, \
+            Heartbeat(run.info.run_id):
+        if reuse:  # another try claimed the same work at the same moment: the earlier claim does it
+            time.sleep(_env_seconds("DISTILL_CLAIM_SETTLE_S", 0.25))
+            prior = wait_for_holders(phase, key, me=(float(claimed), run.info.run_id))
+            if prior:
+                _become_pointer(run.info.run_id, prior, phase)
+                EVENTS.append(PhaseRun(prior, True, key))
+                yield EVENTS[-1]
+                return
+        mark_dead(key, run.info.run_id)
         log_params_merged(run, params)
         EVENTS.append(PhaseRun(run.info.run_id, False, key))
         yield EVENTS[-1]
+
+
+def _become_pointer(run_id: str, prior: str, phase: str) -> None:
+    """A try that lost the claim to a run that then finished: a pointer to it, out of phase searches."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for tag in (TAG_PHASE, TAG_KEY, TAG_CLAIMED, TAG_HEARTBEAT):
+        client.delete_tag(run_id, tag)
+    client.set_tag(run_id, TAG_REUSED, prior)
+    client.set_tag(run_id, "distill.reused_phase", phase)
+    print(f"[distill] {phase}: reusing FINISHED run {prior} (it claimed the same work first)", file=sys.stderr)
 
 
 def _same_value(a: str, b: str) -> bool:

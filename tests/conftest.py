@@ -17,6 +17,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DISTILL_HOME", str(ROOT / ".distill" / "test-home"))
+os.environ.setdefault("DISTILL_HEARTBEAT_S", "1")        # a killed run is seen dead in seconds, not minutes
+os.environ.setdefault("DISTILL_CLAIM_SETTLE_S", "0.1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLFLOW_RUN_ID", None)
 

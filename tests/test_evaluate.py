@@ -146,16 +146,16 @@ def _jsonl(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "qwen3-0.6b"], "known names: 7B, 14B, 32B, 72B, qwen2.5-0.5b"),
-    (["--model", "./no/such/model"], "model path not found: ./no/such/model"),
+    (["--model", "./no/such/model"], "model path not found: {tmp_path}/no/such/model"),  # where it was typed
     (["--model", "7B", "--eval_set", "gsm8k-jp"], "unknown eval set 'gsm8k-jp'"),
-    (["--model", "7B", "--limit", "0"], "limit must be > 0"),
+    (["--model", "7B", "--limit", "0"], "limit must be an integer >= 1"),
     (["--model", "7B", "--preset", "tiny"], "unknown preset 'tiny'; known presets: offline, paper"),
 ])
 def test_bad_input_gets_one_clear_message(tracking, tmp_path, args, message):
     proc = run_entry("evaluate", "--preset", "offline", *args, check=False, cwd=tmp_path,
                      env={"MLFLOW_TRACKING_URI": tracking})
     assert proc.returncode == 2
-    assert message in proc.stderr
+    assert message.format(tmp_path=tmp_path) in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
