@@ -33,6 +33,8 @@ class MainParams:
     judge_model: str = ""
     judge_base_url: str = ""
     reuse: bool = True
+    executor: str = "sequential"    # sequential | ray: independent steps at once as Ray tasks (distill/executors.py)
+    ray_address: str = ""           # a Ray cluster to join; empty: $RAY_ADDRESS, else a local Ray
 
 
 def _names(text: str, default: list) -> list[str]:
@@ -84,6 +86,10 @@ def run(p: MainParams) -> str:
     from distill.tokens import TokensParams, run as tokens
     from distill.translate import TranslateParams, run as translate
 
+    if p.executor != "sequential":
+        from distill.executors import run_concurrent
+
+        return run_concurrent(p)
     preset = load_preset(p.preset)
     grid = preset.get("grid", {})
     teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))

@@ -196,7 +196,8 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
         return
     all_tags = {TAG_PHASE: phase, TAG_KEY: key, TAG_CODE: code_version(phase), **tags,
                 **{f"distill.{k}" if not k.startswith("distill.") else k: v for k, v in upstream.items()}}
-    with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, tags=all_tags) as run:
+    parent = None if nested else os.environ.get("DISTILL_PARENT_RUN_ID") or None  # a Ray task of `main`
+    with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, parent_run_id=parent, tags=all_tags) as run:
         log_params_merged(run, params)
         EVENTS.append(PhaseRun(run.info.run_id, False, key))
         yield EVENTS[-1]
