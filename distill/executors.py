@@ -137,6 +137,11 @@ def execute_step(phase: str, params: Any, env: dict[str, str]) -> dict:
             "seconds": round(time.perf_counter() - t0, 2), "pid": os.getpid()}
 
 
+def execute_step_in_fresh_worker(phase: str, params: Any, env: dict[str, str]) -> dict:
+    """execute_step in a worker that exits afterwards (max_calls=1): the GPU memory it held is freed."""
+    return execute_step(phase, params, env)
+
+
 class LoopbackServer:
     """`mlflow server` on 127.0.0.1 over a local store, so that concurrent tasks write through one process."""
 
@@ -273,7 +278,7 @@ def run_concurrent(p) -> str:
 def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str) -> str:
     import mlflow
 
-    remote = ray.remote(execute_step)
+    remote = {False: ray.remote(execute_step), True: ray.remote(max_calls=1)(execute_step_in_fresh_worker)}
     t0 = time.perf_counter()
     with mlflow.start_run(run_name=f"main-{preset['name']}", tags={tracking.TAG_PHASE: "main"}) as main_run:
         tracking.log_params_merged(main_run, params)
@@ -294,9 +299,7 @@ def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str
                 elif all(d in done for d in step.needs):
                     filled = {f: ",".join(done[d]["run_id"] for d in deps) for f, deps in step.inputs.items()}
                     options = {"num_gpus": step.gpus, "num_cpus": 1, "name": step.name}
-                    if step.gpus:
-                        options["max_calls"] = 1  # the worker exits after the task: its GPU memory is freed
-                    ref = remote.options(**options).remote(step.phase, replace(step.params, **filled), env)
+                    ref = remote[step.gpus > 0].options(**options).remote(step.phase, replace(step.params, **filled), env)
                     running[ref] = step.name
                     pending.remove(step)
             if not running:

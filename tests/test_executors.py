@@ -148,3 +148,24 @@ def test_ray_main_on_a_postgresql_server_names_a_failed_step_finishes_the_rest_a
             assert "distill.report_run_id" in main.data.tags
         finally:
             mlflow.set_tracking_uri(None)
+
+
+def test_a_gpu_steps_worker_exits_after_its_task(tmp_path):
+    ray = pytest.importorskip("ray")
+    from distill.executors import execute_step, execute_step_in_fresh_worker
+    from distill.select import SelectParams
+
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=1)
+    try:
+        fresh = ray.remote(max_calls=1)(execute_step_in_fresh_worker)
+        kept = ray.remote(execute_step)
+        bad = SelectParams(teacher_runs="0" * 32)
+        fresh_runs = [ray.get(fresh.remote("select", bad, env)) for _ in range(2)]
+        kept_runs = [ray.get(kept.remote("select", bad, env)) for _ in range(2)]
+    finally:
+        ray.shutdown()
+    # the phase's own error comes back as a value, for the driver to name the step
+    assert all("no MLflow run with id '000" in r["error"] and r["run_id"] is None for r in fresh_runs + kept_runs)
+    assert fresh_runs[0]["pid"] != fresh_runs[1]["pid"]      # max_calls=1: a new process for every GPU task
+    assert kept_runs[0]["pid"] == kept_runs[1]["pid"]        # CPU steps keep their worker (imports paid once)
