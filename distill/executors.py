@@ -163,7 +163,8 @@ class LoopbackServer:
                "--backend-store-uri", self.store_uri, "--default-artifact-root", artifacts.as_uri(),
                "--no-serve-artifacts", "--workers", "1"]
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"distill-mlflow-server-{port}.log"
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        # its own process group: the server starts uvicorn, a job runner and queue consumers, stopped together
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         self.uri = f"http://127.0.0.1:{port}"
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -181,15 +182,33 @@ class LoopbackServer:
         raise DistillError(f"the mlflow server over {self.store_uri} did not answer within 180 s (log: {self.log})")
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+        if self.proc:
+            stop_process_group(self.proc)
+            if self.proc.returncode in (0, -15):
+                self.log.unlink(missing_ok=True)
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM to the group a `start_new_session=True` child leads, SIGKILL to whatever outlives the grace."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.time() + grace
+        while time.time() < deadline:
             try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc and self.proc.returncode in (0, -15):
-            self.log.unlink(missing_ok=True)
+                os.killpg(proc.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                break
+            proc.poll()
+            time.sleep(0.2)
+        else:
+            continue
+        break
+    proc.wait()
 
 
 def _start_ray(address: str):

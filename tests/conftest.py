@@ -39,7 +39,7 @@ def start_mlflow_server(root: Path, backend_store_uri: str | None = None):
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root,
+        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,  # uvicorn, job runner, consumers
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -53,13 +53,14 @@ def start_mlflow_server(root: Path, backend_store_uri: str | None = None):
             raise RuntimeError((root / "server.log").read_text())
         time.sleep(0.5)
     else:
-        proc.kill()
+        os.killpg(proc.pid, 9)
         raise RuntimeError("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
     try:
         yield uri
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        from distill.executors import stop_process_group
+
+        stop_process_group(proc)
         log.close()
 
 
