@@ -150,10 +150,9 @@ class LoopbackServer:
         self.proc = None
         self.uri = ""
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> "LoopbackServer":
+        """Starts the server and returns at once (Ray starts meanwhile); `wait()` gives its URI once it answers."""
         import socket
-
-        import requests
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -166,6 +165,11 @@ class LoopbackServer:
         # its own process group: the server starts uvicorn, a job runner and queue consumers, stopped together
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         self.uri = f"http://127.0.0.1:{port}"
+        return self
+
+    def wait(self) -> str:
+        import requests
+
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -232,14 +236,28 @@ def _start_ray(address: str):
     raise AssertionError("unreachable")
 
 
-def tracking_for_tasks(uri: str, address: str):
-    """(context manager yielding the URI the tasks use) for the current tracking URI."""
-    import contextlib
+class Served:
+    """A tracking URI that many processes may write to as it is."""
 
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self) -> "Served":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def wait(self) -> str:
+        return self.uri
+
+
+def tracking_for_tasks(uri: str, address: str):
+    """A context manager whose `wait()` gives the tracking URI the tasks use, for the current one."""
     if uri.startswith(("http://", "https://")):
-        return contextlib.nullcontext(uri)
+        return Served(uri)
     if uri.startswith("databricks") or "://" in uri and not uri.startswith(("sqlite:", "file:")):
-        return contextlib.nullcontext(uri)  # a database URL (postgresql://, mysql://): made for many writers
+        return Served(uri)  # a database URL (postgresql://, mysql://): made for many writers
     if address:
         raise DistillError(f"executor=ray on the Ray cluster {address} needs a tracking server every node reaches "
                            f"(MLFLOW_TRACKING_URI=http://...); the local store {uri} is served only on this machine")
@@ -278,9 +296,10 @@ def run_concurrent(p) -> str:
 
     address = p.ray_address or os.environ.get("RAY_ADDRESS", "")
     store = mlflow.get_tracking_uri()
-    with tracking_for_tasks(store, address) as task_uri:
+    with tracking_for_tasks(store, address) as server:
         ray, started_ray = _start_ray(p.ray_address)
         try:
+            task_uri = server.wait()
             need = max(s.gpus for s in steps)
             have = ray.cluster_resources().get("GPU", 0)
             if need > have:
