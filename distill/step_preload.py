@@ -8,10 +8,13 @@ import os
 
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # torch.cuda.is_available() without initialising CUDA
 
-# transformers and TRL import lazily: name the modules a step reaches (model loading pulls in
-# torch._dynamo and sympy, ~5 s here), or each step process would import them again.
+# MLflow, transformers and TRL import lazily: name the modules a step reaches (model loading pulls in
+# torch._dynamo and sympy, ~5 s here; MLflow's sqlite store ~6 s), or each step process imports them again.
 MODULES = (
-    "mlflow", "mlflow.transformers", "torch", "datasets", "transformers", "transformers.modeling_utils",
+    "mlflow", "mlflow.transformers", "mlflow.store.tracking.sqlalchemy_store",  # the sqlite store: ~6 s to import
+    "mlflow.store.model_registry.sqlalchemy_store", "mlflow.store.tracking.file_store", "mlflow.store.tracking.rest_store",
+    "mlflow.store.artifact.local_artifact_repo", "mlflow.store.artifact.mlflow_artifacts_repo", "mlflow.pyfunc",
+    "sqlalchemy.dialects.sqlite", "alembic.command", "git", "netrc", "torch", "datasets", "transformers", "transformers.modeling_utils",
     "transformers.masking_utils", "transformers.activations", "transformers.modeling_layers",
     "transformers.generation.utils", "transformers.models.auto.modeling_auto",
     "transformers.models.auto.tokenization_auto", "transformers.models.qwen2.modeling_qwen2",
