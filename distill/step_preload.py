@@ -28,3 +28,14 @@ for _name in MODULES:
         importlib.import_module(_name)
     except Exception:  # noqa: BLE001 - the step that needs it reports the error in its own process
         pass
+
+try:
+    import torch
+
+    if torch.cuda.is_initialized():  # a preloaded library made a CUDA context: children could not use the GPU
+        import sys
+
+        print("[distill] warning: CUDA was initialised while preloading the step processes; if steps fail to use "
+              "the GPU, set DISTILL_STEP_START_METHOD=spawn", file=sys.stderr)
+except Exception:  # noqa: BLE001
+    pass
