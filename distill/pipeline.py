@@ -54,19 +54,23 @@ def _names(text: str, default: list) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else [str(x) for x in default]
 
 
+def _has_gpu() -> bool:
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # ask without making a CUDA context here
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def check_hardware(preset: dict, backend: str, rehearsal: bool = False) -> None:
     if not preset.get("needs_gpu") or backend == "openai":
         return
     if rehearsal:
-        if backend == "vllm":
+        if backend == "vllm" and not _has_gpu():  # with a GPU, vLLM itself can be rehearsed on the stand-ins
             raise DistillError("rehearsal=true runs on stand-in models without a GPU: add backend=transformers")
         print(f"[distill] main: rehearsal of preset {preset['name']!r}: no GPU check; every run is tagged "
               f"{tracking.TAG_REHEARSAL}=true", file=sys.stderr)
         return
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # ask without making a CUDA context here
-    import torch
-
-    if not torch.cuda.is_available():
+    if not _has_gpu():
         raise DistillError(f"preset {preset['name']!r} needs a GPU (vLLM generation, 70B-class models) and this "
                            "machine has none; use preset=offline here, or backend=openai with a served model "
                            "(rehearsal=true backend=transformers runs it on stand-ins: see the README)")
@@ -154,7 +158,8 @@ def run(p: MainParams) -> str:
 
     t0 = time.perf_counter()
     main_tags = {tracking.TAG_PHASE: "main", **({tracking.TAG_REHEARSAL: "true"} if p.rehearsal else {})}
-    with _rehearsal(p.rehearsal), step_server() as ctx, mlflow.start_run(run_name=f"main-{preset['name']}", tags=main_tags) as main_run:
+    with (_rehearsal(p.rehearsal), step_server() as ctx,
+          mlflow.start_run(run_name=f"main-{preset['name']}", tags=main_tags) as main_run):
         tracking.log_params_merged(main_run, params)
         step = Steps(ctx, main_run.info.run_id)
         common = dict(preset=p.preset, reuse=p.reuse)
