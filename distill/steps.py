@@ -51,8 +51,9 @@ def start_method() -> str:
 
 @contextmanager
 def step_server():
-    """The context step processes start from; a fork server lives as long as this `main` (it keeps the
-    environment it started with, so a later `main` in the same interpreter gets its own)."""
+    """The context step processes start from. The fork server starts with the first step that needs a
+    process (a `main` that reuses every step starts none) and lives as long as this `main`: it keeps the
+    environment it started with, so a later `main` in the same interpreter gets its own."""
     method = start_method()
     ctx = multiprocessing.get_context(method)
     if method != "forkserver":
@@ -61,12 +62,11 @@ def step_server():
     from multiprocessing import forkserver
 
     ctx.set_forkserver_preload(["distill.step_preload"])
-    forkserver.ensure_running()  # preloads while the parent gets on with its own work
     try:
         yield ctx
     finally:
         stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
-        if stop:
+        if stop:  # a no-op where none was started
             stop()
 
 
