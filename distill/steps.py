@@ -70,9 +70,10 @@ def step_server():
             stop()
 
 
-def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking_uri: str, env: dict,
+def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking_uri: str, env: dict, cwd: str,
            rehearsal: bool, conn) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the fork server ignores ^C; a step must not
+    os.chdir(cwd)  # the fork server's is the parent's when it started; a relative sqlite:///mlflow.db needs this one
     os.environ.clear()
     os.environ.update(env)
     os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s main run: a phase would take it for its own
@@ -103,7 +104,7 @@ def run_in_process(ctx, module: str, params, parent_run_id: str) -> str:
     experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
     proc = ctx.Process(target=_child, name=f"distill-{module.rsplit('.', 1)[-1]}",
                        args=(module, params, parent_run_id, experiment_id, mlflow.get_tracking_uri(),
-                             dict(os.environ), tracking.REHEARSAL, send))
+                             dict(os.environ), os.getcwd(), tracking.REHEARSAL, send))
     sys.stdout.flush()
     sys.stderr.flush()
     proc.start()
