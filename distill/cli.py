@@ -47,12 +47,23 @@ def _converter(tp):
     return convert
 
 
+def _reuse(text: str):
+    """`reuse`: true, false, or ignore_code (see tracking.reuse_mode)."""
+    from distill.tracking import reuse_mode
+
+    try:
+        return reuse_mode(text)
+    except DistillError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_params(params_cls, argv: list[str] | None = None):
     hints = typing.get_type_hints(params_cls)
     parser = argparse.ArgumentParser(description=(params_cls.__doc__ or "").strip() or None)
     for f in dataclasses.fields(params_cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        parser.add_argument(f"--{f.name}", type=_converter(hints[f.name]), required=required,
+        convert = _reuse if f.name == "reuse" else _converter(hints[f.name])
+        parser.add_argument(f"--{f.name}", type=convert, required=required,
                             default=None if required else argparse.SUPPRESS)
     ns = vars(parser.parse_args(argv))
     return params_cls(**ns)

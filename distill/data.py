@@ -9,6 +9,7 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.answers import parse_gold
+from distill.jsonl import read_jsonl, write_jsonl  # noqa: F401  (re-exported for older imports)
 
 RESOURCES = Path(__file__).parent / "resources"
 GSM8K_JA_HUB_ID = "SakanaAI/gsm8k-ja-test_250-1319"
@@ -176,17 +177,6 @@ def gsm8k_test_references() -> dict[str, str]:
     except FileNotFoundError:
         return {}
     return {f"gsm8k-test-{i:04d}": r["answer"] for i, r in enumerate(rows)}
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_jsonl(path: str | Path, rows) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def reference_solutions(ids: list[str]) -> dict[str, str]:

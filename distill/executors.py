@@ -31,7 +31,7 @@ EXECUTORS = ("sequential", "ray")
 # Passed to every task (a local Ray's workers inherit the rest of the environment; a cluster's nodes have their own).
 PASSED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "DISTILL_HOME",
               "TOKENIZERS_PARALLELISM", "OPENAI_BASE_URL")
-PARENT_ENV = "DISTILL_PARENT_RUN_ID"  # read by tracking.phase_run: nest the phase run under this run
+PARENT_ENV = "DISTILL_PARENT_RUN_ID"  # the main run, which each task's phase run nests under
 
 
 @dataclass
@@ -72,7 +72,7 @@ def plan(p, preset: dict, teachers: list[str], students: list[str], seeds: list[
     from distill.translate import TranslateParams
 
     common = dict(preset=p.preset, reuse=p.reuse)
-    gen = dict(backend=p.backend)
+    gen = dict(backend=p.backend, max_new_tokens=p.max_new_tokens)
     default_tp = int(preset.get("tensor_parallel_size") or 1)
     tp = {t: resolve_role(t, preset, "teacher").tensor_parallel_size for t in teachers}
     tp |= {s: resolve_role(s, preset, "student").tensor_parallel_size for s in students}
@@ -115,6 +115,7 @@ def execute_step(phase: str, params: Any, env: dict[str, str]) -> dict:
     """Runs in a Ray worker: one phase under the main run; returns what happened, errors included."""
     os.environ.update(env)
     os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that is the main run: never log into it
+    tracking.PARENT_RUN_ID = env[PARENT_ENV]  # the phase run nests under `main`
     import mlflow
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
@@ -270,6 +271,8 @@ def run_concurrent(p) -> str:
 
     if p.executor not in EXECUTORS:
         raise DistillError(f"unknown executor {p.executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if p.rehearsal:
+        raise DistillError("rehearsal=true runs with executor=sequential only")
     preset = load_preset(p.preset)
     grid = preset.get("grid", {})
     teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))
@@ -291,7 +294,7 @@ def run_concurrent(p) -> str:
               file=sys.stderr)
     params = {"preset": preset["name"], "teachers": ",".join(teachers), "students": ",".join(students),
               "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "n": p.n,
-              "backend": backend, "judge": judge, "executor": p.executor}
+              "backend": backend, "judge": judge, "max_new_tokens": p.max_new_tokens, "executor": p.executor}
     import mlflow
 
     address = p.ray_address or os.environ.get("RAY_ADDRESS", "")
