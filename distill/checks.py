@@ -68,6 +68,7 @@ RULES: dict[str, Rule] = {
     "n": Rule(int, 1, note="questions to select"),
     "dev_size": Rule(int, 0, note="0: no dev split"),
     "n_trials": COUNT,
+    "worker": Rule(int, 0, note="index of this worker in a shared study"),
     # generation
     "max_new_tokens": COUNT,
     "translate_max_new_tokens": COUNT,

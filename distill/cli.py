@@ -106,6 +106,16 @@ def _pop_arg(argv: list[str], name: str) -> tuple[list[str], str | None]:
     return out, value
 
 
+def _reuse(text: str):
+    """`reuse`: true, false, or ignore_code (see tracking.reuse_mode)."""
+    from distill.tracking import reuse_mode
+
+    try:
+        return reuse_mode(text)
+    except DistillError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_params(params_cls, argv: list[str] | None = None):
     """Text -> the phase's dataclass: file parameters made absolute, every number checked (distill/checks.py)."""
     from distill.checks import check_params
@@ -116,7 +126,8 @@ def parse_params(params_cls, argv: list[str] | None = None):
     parser = _Parser(description=(params_cls.__doc__ or "").strip() or None)
     for f in dataclasses.fields(params_cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        parser.add_argument(f"--{f.name}", type=_converter(hints[f.name]), required=required,
+        convert = _reuse if f.name == "reuse" else _converter(hints[f.name])
+        parser.add_argument(f"--{f.name}", type=convert, required=required,
                             default=None if required else argparse.SUPPRESS)
     ns = {k: resolve_file_param(k, v, base) for k, v in vars(parser.parse_args(argv)).items()}
     params = params_cls(**ns)

@@ -26,6 +26,10 @@ REQUIRED = {"name": (), "backend": (), "translator": ("model",), "teachers": (),
             "data": ("train", "eval_set")}
 
 
+# name -> file of every preset loaded in this process: the reuse key covers the preset in use (tracking).
+_PRESET_FILES: dict[str, str] = {}
+
+
 @lru_cache(maxsize=None)
 def _load_preset_file(path: str) -> dict[str, Any]:
     try:
@@ -63,20 +67,34 @@ def check_preset_shape(data: dict[str, Any], path: str) -> None:
     check_preset(data, path)
 
 
+def _loaded(path: str) -> dict[str, Any]:
+    data = _load_preset_file(path)
+    _PRESET_FILES[str(data.get("name"))] = path
+    return data
+
+
+def preset_file(name: str) -> Path | None:
+    """The file a preset of this name was loaded from in this process, else the shipped one."""
+    if name in _PRESET_FILES:
+        return Path(_PRESET_FILES[name])
+    shipped = PRESET_DIR / f"{name}.yaml"
+    return shipped if shipped.is_file() else None
+
+
 def load_preset(name_or_path: str) -> dict[str, Any]:
     """A preset by name (`paper`, `offline`) or by the path of a YAML file of the same shape."""
     candidate = Path(name_or_path).expanduser()
     if name_or_path.endswith((".yaml", ".yml")) or candidate.is_file():
         if not candidate.is_file():
             raise DistillError(f"preset file not found: {os.path.abspath(candidate)}")
-        return _load_preset_file(str(candidate.resolve()))
+        return _loaded(str(candidate.resolve()))
     path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise DistillError(
             f"unknown preset {name_or_path!r}; known presets: {', '.join(preset_names())} "
             "(or the path of a YAML file)"
         )
-    return _load_preset_file(str(path))
+    return _loaded(str(path))
 
 
 def distill_home() -> Path:

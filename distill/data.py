@@ -9,6 +9,7 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.answers import parse_gold
+from distill.jsonl import read_jsonl, text_lines, write_jsonl  # noqa: F401  (re-exported for older imports)
 
 RESOURCES = Path(__file__).parent / "resources"
 GSM8K_JA_HUB_ID = "SakanaAI/gsm8k-ja-test_250-1319"
@@ -37,19 +38,6 @@ def _gold_or_fail(value, where: str) -> float:
     if gold is None:
         raise DistillError(f"{where}: no numeric gold answer (got {value!r})")
     return gold
-
-
-def text_lines(path: str | Path) -> list[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file; anything else is one error naming the file and line."""
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise DistillError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                           "save the file as UTF-8") from None
-    return list(enumerate((line.removesuffix("\r") for line in text.split("\n")), 1))
 
 
 def read_mgsm_ja(path: Path = RESOURCES / "mgsm_ja.tsv") -> list[Example]:
@@ -192,32 +180,6 @@ def gsm8k_test_references() -> dict[str, str]:
     except FileNotFoundError:
         return {}
     return {f"gsm8k-test-{i:04d}": r["answer"] for i, r in enumerate(rows)}
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for _, line in text_lines(path) if line.strip()]
-
-
-def read_train_file(path: Path) -> list[dict]:
-    """The user's own training set for `sft`: JSON objects with text `prompt` and `completion`."""
-    rows = []
-    for lineno, line in text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DistillError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k] for k in ("prompt", "completion"))):
-            raise DistillError(f"{path}:{lineno}: needs non-empty text 'prompt' and 'completion' fields")
-        rows.append(row)
-    return rows
-
-
-def write_jsonl(path: str | Path, rows) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def reference_solutions(ids: list[str]) -> dict[str, str]:

@@ -3,7 +3,9 @@
 translate -> each teacher -> teachers' eval accuracy -> select -> sft for every teacher x student x
 seed -> evaluate each student -> 4-shot baselines -> errors (when a judge is configured) -> tokens
 -> report. A step whose FINISHED run already exists (same entry point, parameters, upstream run ids
-and code version) is reused, so typing the command again costs seconds.
+and code version) is reused, so typing the command again costs seconds. Every step that loads a model
+runs in a process of its own (distill.steps); `rehearsal=true` runs a GPU preset on a CPU, on stand-ins
+(distill.rehearsal).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from distill import DistillError
@@ -32,7 +35,21 @@ class MainParams:
     backend: str = ""
     judge_model: str = ""
     judge_base_url: str = ""
+    max_new_tokens: int | None = None  # generation length of every step; empty: the preset's
+    rehearsal: bool = False        # let a GPU preset run on a CPU (stand-in models: distill.rehearsal)
     reuse: bool = True
+    executor: str = "sequential"    # sequential | ray: independent steps at once as Ray tasks (distill/executors.py)
+    ray_address: str = ""           # a Ray cluster to join; empty: $RAY_ADDRESS, else a local Ray
+
+
+@contextmanager
+def _rehearsal(on: bool):
+    """Every phase run of this `main`, here and in its step processes, tagged (and keyed) as a rehearsal."""
+    tracking.REHEARSAL = on
+    try:
+        yield
+    finally:
+        tracking.REHEARSAL = False
 
 
 def _names(text: str, default: list) -> list[str]:
@@ -53,31 +70,66 @@ def parse_seeds(text: str, default: list) -> list[int]:
     return seeds
 
 
-def check_hardware(preset: dict, backend: str) -> None:
-    if not preset.get("needs_gpu") or backend == "openai":
-        return
+def _has_gpu() -> bool:
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # ask without making a CUDA context here
     import torch
 
-    if not torch.cuda.is_available():
+    return torch.cuda.is_available()
+
+
+def check_hardware(preset: dict, backend: str, rehearsal: bool = False) -> None:
+    if not preset.get("needs_gpu") or backend == "openai":
+        return
+    if rehearsal:
+        if backend == "vllm" and not _has_gpu():  # with a GPU, vLLM itself can be rehearsed on the stand-ins
+            raise DistillError("rehearsal=true runs on stand-in models without a GPU: add backend=transformers")
+        print(f"[distill] main: rehearsal of preset {preset['name']!r}: no GPU check; every run is tagged "
+              f"{tracking.TAG_REHEARSAL}=true", file=sys.stderr)
+        return
+    if not _has_gpu():
         raise DistillError(f"preset {preset['name']!r} needs a GPU (vLLM generation, 70B-class models) and this "
-                           "machine has none; use preset=offline here, or backend=openai with a served model")
+                           "machine has none; use preset=offline here, or backend=openai with a served model "
+                           "(rehearsal=true backend=transformers runs it on stand-ins: see the README)")
+
+
+# Phases that load a model or a tokenizer: each runs in a process of its own (distill.steps). select,
+# errors (HTTP only) and report load none and run here.
+ISOLATED = {"distill.translate", "distill.teacher", "distill.evaluate", "distill.sft", "distill.tokens"}
 
 
 class Steps:
     """Runs steps in order, records what was reused, and names the step that failed."""
 
-    def __init__(self):
+    def __init__(self, ctx=None, main_run_id: str | None = None):
         self.log: list[dict] = []
+        self.ctx, self.main_run_id = ctx, main_run_id
+
+    def _run(self, fn, params):
+        if self.ctx is None or fn.__module__ not in ISOLATED:
+            return fn(params)
+        # A step that is reused loads nothing: ask here first, start a process only for real work.
+        tracking.REUSE_ONLY = True
+        try:
+            return fn(params)
+        except tracking.NotReused:
+            pass
+        finally:
+            tracking.REUSE_ONLY = False
+        from distill.steps import run_in_process
+
+        return run_in_process(self.ctx, fn.__module__, params, self.main_run_id)
 
     def __call__(self, name: str, fn, params):
+        from distill.steps import StepError
+
         start = len(tracking.EVENTS)
         t0 = time.perf_counter()
         try:
-            run_id = fn(params)
+            run_id = self._run(fn, params)
         except Exception as e:
             started = tracking.EVENTS[start:]
             where = f" (run {started[-1].run_id})" if started else ""
-            detail = str(e) if isinstance(e, DistillError) else f"{type(e).__name__}: {e}"
+            detail = str(e) if isinstance(e, (DistillError, StepError)) else f"{type(e).__name__}: {e}"
             raise DistillError(f"step {name} failed{where}: {detail}; type the same command again to continue "
                                "from there") from e
         event = tracking.EVENTS[-1] if len(tracking.EVENTS) > start else None
@@ -98,6 +150,10 @@ def run(p: MainParams) -> str:
     from distill.tokens import TokensParams, run as tokens
     from distill.translate import TranslateParams, run as translate
 
+    if p.executor != "sequential":
+        from distill.executors import run_concurrent
+
+        return run_concurrent(p)
     preset = load_preset(p.preset)
     grid = preset.get("grid", {})
     teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))
@@ -110,24 +166,28 @@ def run(p: MainParams) -> str:
     if len(teachers) < 2:
         raise DistillError(f"main needs at least two teachers to select questions on (got {teachers})")
     backend = p.backend or preset["backend"]
-    check_hardware(preset, backend)
+    check_hardware(preset, backend, p.rehearsal)
     limit = p.limit if p.limit is not None else grid.get("eval_limit")
     judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.get("judge", {}).get("base_url"))
     params = {"preset": preset["name"], "teachers": ",".join(teachers), "students": ",".join(students),
               "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "n": p.n, "backend": backend,
-              "judge": judge}
+              "judge": judge, "max_new_tokens": p.max_new_tokens, "rehearsal": p.rehearsal}
     import mlflow
+
+    from distill.steps import step_server
 
     t0 = time.perf_counter()
     key = tracking.cache_key("pipeline", params)  # lets the next `main` mark a killed one KILLED
-    with mlflow.start_run(run_name=f"main-{preset['name']}", tags={tracking.TAG_PHASE: "main", tracking.TAG_KEY: key,
-                                                                   tracking.TAG_HEARTBEAT: f"{time.time():.3f}"}) as main_run, \
-            tracking.Heartbeat(main_run.info.run_id):
+    main_tags = {tracking.TAG_PHASE: "main", tracking.TAG_KEY: key, tracking.TAG_HEARTBEAT: f"{time.time():.3f}",
+                 **({tracking.TAG_REHEARSAL: "true"} if p.rehearsal else {})}
+    with (_rehearsal(p.rehearsal), step_server() as ctx,
+          mlflow.start_run(run_name=f"main-{preset['name']}", tags=main_tags) as main_run,
+          tracking.Heartbeat(main_run.info.run_id)):
         tracking.mark_dead(key, main_run.info.run_id)
         tracking.log_params_merged(main_run, params)
-        step = Steps()
+        step = Steps(ctx, main_run.info.run_id)
         common = dict(preset=p.preset, reuse=p.reuse)
-        gen = dict(backend=p.backend)
+        gen = dict(backend=p.backend, max_new_tokens=p.max_new_tokens)
         translation = step("translate", translate, TranslateParams(limit=p.train_limit, **gen, **common))
         teacher_runs = {t: step(f"teacher {t}", teacher, TeacherParams(teacher=t, translation_run=translation, **gen, **common))
                         for t in teachers}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.config import load_preset
-from distill.data import write_jsonl
+from distill.jsonl import write_jsonl
 from distill.prompts import plain_prompt
 from distill.checks import check_positive
 from distill import tracking

@@ -133,7 +133,7 @@ def find_select_run(p: SftParams, teachers: list[str], preset: dict):
 def load_training_rows(p: SftParams, teachers: list[str], preset: dict) -> tuple[list[dict], dict[str, str], str, object]:
     """Training rows, upstream run ids, a description of the data's source, and the select run."""
     if p.train_file:
-        from distill.data import read_train_file
+        from distill.jsonl import read_train_file
 
         path = Path(p.train_file).expanduser().absolute()
         if not path.is_file():

@@ -27,12 +27,13 @@ class SweepParams:
     student: str
     preset: str = "offline"
     select_run: str = ""
-    n_trials: int | None = None          # empty: the preset's
+    n_trials: int | None = None          # empty: the preset's; trials of the study, all workers together
     space: str = "all"                   # comma-separated subset of learning_rate, num_train_epochs,
                                          # per_device_train_batch_size, warmup_ratio
     storage: str = "sqlite:///optuna.db" # an RDB URL (postgresql://...) lets several workers share the study
     study_name: str = ""                 # empty: sft-<preset>-<teacher>-<student>
     seed: int = 42
+    worker: int = 0                      # this worker's index when several share a study (sampler seed + worker)
     dev_limit: int | None = None         # score on the first N dev questions
     max_new_tokens: int | None = None
     pruning: bool = True
@@ -113,7 +114,8 @@ def run(p: SweepParams) -> str:
 
     with tracking.phase_run("sweep", params, {"select_run_id": select_run.info.run_id},
                             tags={"distill.teacher": p.teacher, "distill.student": student.name}, reuse=False) as pr:
-        sampler = optuna.samplers.TPESampler(seed=p.seed)
+        # Workers seeded alike would try the same settings in the same order.
+        sampler = optuna.samplers.TPESampler(seed=p.seed + p.worker)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0) if p.pruning else optuna.pruners.NopPruner()
         study = optuna.create_study(study_name=study_name, storage=p.storage, direction="maximize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
@@ -161,9 +163,8 @@ def run(p: SweepParams) -> str:
                 mlflow.set_tag("optuna.state", "COMPLETE")
                 return score
 
-        from distill.sft_callbacks import TrainingDiverged
-
-        study.optimize(objective, n_trials=n_trials, catch=(TrainingDiverged,))  # a diverged trial fails alone
+        ran = run_trials(study, objective, n_trials)
+        mlflow.log_metric("n_trials_this_worker", ran)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
             raise DistillError("no trial completed; see the trial runs")
@@ -179,6 +180,45 @@ def run(p: SweepParams) -> str:
                                          select_run=select_run.info.run_id, **best.params))
             mlflow.set_tag("distill.best_sft_run_id", best_run)
         return pr.run_id
+
+
+COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # a FAILed trial is tried again
+
+
+def run_trials(study, objective, n_trials: int) -> int:
+    """Trials until the study holds n_trials that finished or are under way, whoever runs them (several
+    workers may share the study); returns how many this worker ran.
+
+    Between counting and asking, another worker may take the last trial: a trial whose number is not
+    among the n_trials lowest of the counted ones is surplus, marked FAIL with `surplus`, and not run.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from distill.sft_callbacks import TrainingDiverged
+
+    states = tuple(TrialState[s] for s in COUNTED)
+    ran = 0
+    while len(study.get_trials(deepcopy=False, states=states)) < n_trials:
+        trial = study.ask()
+        numbers = sorted(t.number for t in study.get_trials(deepcopy=False, states=states))
+        if trial.number not in numbers[:n_trials]:
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except TrainingDiverged:  # a diverged trial fails alone (its run says where); the study goes on
+            study.tell(trial, state=TrialState.FAIL)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        else:
+            study.tell(trial, value)
+        ran += 1
+    return ran
 
 
 def _log_plots(study) -> None:

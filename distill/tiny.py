@@ -74,15 +74,21 @@ def build_tokenizer(vocab_size: int = 1000):
     return fast
 
 
-def build_model(out_dir: str | Path, name: str = "tiny", size: str = "small", vocab_size: int = 1000) -> Path:
-    """Build and save a tiny Qwen2 causal LM with its tokenizer; weights seeded by `name`."""
+def build_model(out_dir: str | Path, name: str = "tiny", size: str = "small", vocab_size: int = 1000,
+                arch: str = "qwen2", tokenizer=None, chat_template: bool = True) -> Path:
+    """Build and save a tiny causal LM (Qwen2 or Llama) with its tokenizer; weights seeded by `name`."""
+    import copy
+
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(vocab_size)
+    tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else build_tokenizer(vocab_size)
+    if not chat_template:
+        tokenizer.chat_template = None
+    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[arch]
     hidden, layers, heads, kv_heads, inter = SIZES[size]
-    config = Qwen2Config(
+    config = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -98,7 +104,7 @@ def build_model(out_dir: str | Path, name: str = "tiny", size: str = "small", vo
     )
     seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = model_cls(config)
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")],
         pad_token_id=tokenizer.pad_token_id,

@@ -27,19 +27,64 @@ TAG_KEY = "distill.cache_key"
 TAG_CODE = "distill.code_version"
 TAG_REUSED = "distill.reused_run_id"
 TAG_RESUMED = "distill.resumed_from"
+TAG_WORK = "distill.work_key"             # the cache key without the code
+TAG_CODE_FILES = "distill.code_files"     # JSON path -> hash of what code_version covers
+TAG_CODE_CHANGED = "distill.not_reused_code_changed"
+TAG_IGNORED_CODE = "distill.reused_ignoring_code"
+TAG_REHEARSAL = "distill.rehearsal"
+IGNORE_CODE = "ignore_code"
+
+# Set by `main` (and in its step processes): the main run that phase runs nest under when none is
+# active in this process; a rehearsal (stand-in models under real ids); and the parent's reuse probe.
+PARENT_RUN_ID: str | None = None
+REHEARSAL = False
+REUSE_ONLY = False
+
+
+class NotReused(Exception):
+    """Raised by phase_run under REUSE_ONLY where the work would have to be done."""
 PACKAGE_DIR = Path(__file__).parent
+
+
+# The module each generation backend lives in. `generation.base.make_generator` picks one by name,
+# so an import walk would tie every phase that touches generation to all three; instead a phase's
+# key covers the backend it runs with (its `backend` parameter) and no other.
+BACKEND_MODULES = {"transformers": "distill.generation.hf", "vllm": "distill.generation.vllm_backend",
+                   "openai": "distill.generation.openai_backend"}
+_DISPATCH_FUNCTIONS = {"make_generator"}
+RESOURCE_DIR = "resources"
+
+
+def _module_file(module: str) -> Path | None:
+    path = PACKAGE_DIR / (module.removeprefix("distill").lstrip(".").replace(".", "/") or "__init__")
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _walk(tree):
+    """ast.walk that does not enter the backend dispatch (see BACKEND_MODULES)."""
+    import ast
+
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in _DISPATCH_FUNCTIONS:
+            continue
+        todo.extend(ast.iter_child_nodes(node))
 
 
 def _distill_imports(module: str) -> set[str]:
     """The distill modules a module imports, anywhere in its body (lazy imports included)."""
     import ast
 
-    path = PACKAGE_DIR / (module.removeprefix("distill").lstrip(".").replace(".", "/") or "__init__")
-    file = path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py"
-    if not file.is_file():
+    file = _module_file(module)
+    if file is None:
         return set()
     found = set()
-    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+    for node in _walk(ast.parse(file.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("distill"):
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)  # `from distill import tracking`
@@ -48,38 +93,101 @@ def _distill_imports(module: str) -> set[str]:
     return found
 
 
+def _resources_read(file: Path) -> set[Path]:
+    """Shipped data files a module names: string constants, and f-strings as patterns
+    (`f"gsm8k_{split}_sample.jsonl"` names both samples)."""
+    import ast
+    import fnmatch
+
+    names, patterns = set(), set()
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)
+        elif isinstance(node, ast.JoinedStr):
+            pattern = "".join(v.value if isinstance(v, ast.Constant) else "*" for v in node.values)
+            if "." in pattern and not pattern.startswith("*") and not any(c.isspace() for c in pattern):
+                patterns.add(pattern)  # a file name, not a message
+    found = set()
+    for data in (PACKAGE_DIR / RESOURCE_DIR).rglob("*"):
+        if data.is_file() and (data.name in names or any(fnmatch.fnmatchcase(data.name, p) for p in patterns)):
+            found.add(data)
+    return found
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def _preset_digest(name: str) -> tuple[str, str] | None:
+    """The preset in use, by its parsed content: a comment or a reordering changes nothing."""
+    import yaml
+
+    from distill.config import preset_file
+
+    path = preset_file(name)
+    if path is None or not path.is_file():
+        return None
+    content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    label = str(path.relative_to(PACKAGE_DIR.parent)) if path.is_relative_to(PACKAGE_DIR) else str(path)
+    return label, _digest(json.dumps(content, sort_keys=True, default=str).encode())
+
+
 @lru_cache(maxsize=None)
-def code_version(phase: str | None = None) -> str:
-    """Hash of the code that decides a phase's results: its module and every distill module it
-    imports (transitively), plus presets and shipped data. Editing the report does not
-    invalidate finished teacher runs; editing the scoring code does."""
-    files = {p for p in PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix in {".yaml", ".json", ".tsv", ".jsonl"}}
-    if phase is None:
-        files |= set(PACKAGE_DIR.rglob("*.py"))
+def _code_files(phase: str | None, preset: str | None, backend: str | None) -> tuple[tuple[str, str], ...]:
+    if phase is None:  # everything: for callers that want one version of the whole package
+        files = {p for p in PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix in {".py", ".yaml", ".json", ".tsv", ".jsonl"}}
     else:
-        seen, todo = set(), [f"distill.{phase}", "distill"]
+        seen, todo = set(), [f"distill.{phase}", "distill"] + ([BACKEND_MODULES[backend]] if backend in BACKEND_MODULES else [])
         while todo:
             module = todo.pop()
             if module in seen:
                 continue
             seen.add(module)
             todo.extend(_distill_imports(module))
-        for module in seen:
-            path = PACKAGE_DIR / module.removeprefix("distill").lstrip(".").replace(".", "/")
-            for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-                if candidate.is_file():
-                    files.add(candidate)
-    h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(str(path.relative_to(PACKAGE_DIR)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
+        files = {f for f in map(_module_file, seen) if f is not None}
+        files |= {data for f in list(files) for data in _resources_read(f)}
+    out = {str(f.relative_to(PACKAGE_DIR.parent)): _digest(f.read_bytes()) for f in files}
+    if phase is not None and preset:
+        entry = _preset_digest(preset)
+        if entry:
+            out[entry[0]] = entry[1]
+    return tuple(sorted(out.items()))
+
+
+def code_files(phase: str | None = None, preset: str | None = None, backend: str | None = None) -> dict[str, str]:
+    """Path -> content hash of exactly what decides a phase's results: its module and the distill
+    modules it imports (transitively; of the generation backends only the one it runs with), the
+    shipped data those modules name, and the preset in use (not the other presets)."""
+    return dict(_code_files(phase, preset, backend))
+
+
+def code_version(phase: str | None = None, preset: str | None = None, backend: str | None = None) -> str:
+    """One hash of code_files: editing the report does not invalidate finished teacher runs,
+    editing the scoring code does, editing the vLLM backend does not retrain a student."""
+    return _digest(json.dumps(code_files(phase, preset, backend), sort_keys=True).encode())
+
+
+def _work_payload(phase: str, params: dict[str, Any], upstream: dict[str, str] | None) -> dict:
+    payload = {"phase": phase, "params": {k: str(v) for k, v in sorted(params.items())},
+               "upstream": dict(sorted((upstream or {}).items()))}
+    if REHEARSAL:  # stand-in models under real ids: never mistaken for (or reused as) real work
+        payload["rehearsal"] = True
+    return payload
+
+
+def work_key(phase: str, params: dict[str, Any], upstream: dict[str, str] | None = None) -> str:
+    """The cache key without the code: the same work done by any version of the code."""
+    return hashlib.sha256(json.dumps(_work_payload(phase, params, upstream), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_key(phase: str, params: dict[str, Any], upstream: dict[str, str] | None = None) -> str:
-    payload = {"phase": phase, "params": {k: str(v) for k, v in sorted(params.items())},
-               "upstream": dict(sorted((upstream or {}).items())), "code": code_version(phase)}
+    payload = {**_work_payload(phase, params, upstream),
+               "code": code_version(phase, _opt(params.get("preset")), _opt(params.get("backend")))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _opt(value) -> str | None:
+    return str(value) if value not in (None, "") else None
 
 
 def ensure_tracking_reachable() -> None:
@@ -174,6 +282,36 @@ def find_reusable(key: str) -> str | None:
     """A FINISHED run of the same work that left nothing undone (see TAG_INCOMPLETE)."""
     runs = search_phase_runs(status="FINISHED", extra=f"tags.`{TAG_KEY}` = '{key}'", max_results=20)
     return next((r.info.run_id for r in runs if _complete(r)), None)
+
+
+def find_same_work(work: str, files: dict[str, str]) -> tuple[str, list[str]] | None:
+    """A FINISHED, complete run of the same work (parameters, inputs) done with other code, and the
+    files whose content differs (from the per-file hashes every run carries)."""
+    runs = search_phase_runs(status="FINISHED", extra=f"tags.`{TAG_WORK}` = '{work}'", max_results=20)
+    for run in runs:
+        if not _complete(run):
+            continue
+        try:
+            old = json.loads(run.data.tags.get(TAG_CODE_FILES, ""))
+        except ValueError:
+            old = {}
+        changed = sorted(f for f in set(old) | set(files) if old.get(f) != files.get(f))
+        return run.info.run_id, changed or ["(unknown)"]
+    return None
+
+
+def reuse_mode(value) -> bool | str:
+    """`reuse`: true, false, or ignore_code (accept a finished run of the same work whose code changed)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "y", "on"):
+        return True
+    if text in ("0", "false", "no", "n", "off", ""):
+        return False
+    if text == IGNORE_CODE:
+        return IGNORE_CODE
+    raise DistillError(f"reuse must be true, false or {IGNORE_CODE} (got {value!r})")
 
 
 def find_unfinished(key: str) -> list:
@@ -320,28 +458,59 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     import mlflow
 
     ensure_tracking_reachable()
+    mode = reuse_mode(reuse)
     upstream = {k: v for k, v in (upstream or {}).items() if v}
     tags = {k: str(v) for k, v in (tags or {}).items() if v not in (None, "")}
+    preset, backend = _opt(params.get("preset")), _opt(params.get("backend"))
     key = cache_key(phase, params, upstream)
-    prior = wait_for_holders(phase, key) if reuse else None
-    nested = mlflow.active_run() is not None
+    work = work_key(phase, params, upstream)
+    files = code_files(phase, preset, backend)
+    prior = wait_for_holders(phase, key) if mode else None
+    stale = find_same_work(work, files) if mode and not prior else None
+    ignored = None
+    if stale and mode == IGNORE_CODE:
+        prior, ignored = stale
+    active = mlflow.active_run() is not None
+    nested = active or PARENT_RUN_ID is not None
     if prior:
-        print(f"[distill] {phase}: reusing FINISHED run {prior} (same parameters, inputs and code)", file=sys.stderr)
-        if os.environ.get("MLFLOW_RUN_ID") and not nested:
-            # `mlflow run` already made a run: leave a pointer, without the phase tag, so that
-            # searches by phase find only the real run.
+        if ignored is None:
+            print(f"[distill] {phase}: reusing FINISHED run {prior} (same parameters, inputs and code)", file=sys.stderr)
+        else:
+            print(f"[distill] {phase}: reusing FINISHED run {prior} although the code changed since "
+                  f"({', '.join(ignored)}): reuse={IGNORE_CODE}", file=sys.stderr)
+        note = {f"{TAG_IGNORED_CODE}.{prior}": f"{phase}: {', '.join(ignored)}"[:5000]} if ignored else {}
+        if note and nested:  # the run that reused it: `main`
+            if active:
+                mlflow.set_tags(note)
+            else:
+                from mlflow.tracking import MlflowClient
+
+                for k, v in note.items():
+                    MlflowClient().set_tag(PARENT_RUN_ID, k, v)
+        elif (os.environ.get("MLFLOW_RUN_ID") or note) and not nested:
+            # `mlflow run` already made a run (or the acceptance must be on record): leave a pointer,
+            # without the phase tag, so that searches by phase find only the real run.
             with mlflow.start_run():
-                mlflow.set_tags({TAG_REUSED: prior, "distill.reused_phase": phase})
+                mlflow.set_tags({TAG_REUSED: prior, "distill.reused_phase": phase, **note})
         EVENTS.append(PhaseRun(prior, True, key))
         yield EVENTS[-1]
         return
+    if REUSE_ONLY:
+        raise NotReused(phase)
     claimed = f"{time.time():.3f}"
-    all_tags = {TAG_PHASE: phase, TAG_KEY: key, TAG_CODE: code_version(phase), TAG_CLAIMED: claimed,
-                TAG_HEARTBEAT: claimed, **tags,
-                **{f"distill.{k}" if not k.startswith("distill.") else k: v for k, v in upstream.items()}}
-    with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, tags=all_tags) as run, \
+    all_tags = {TAG_PHASE: phase, TAG_KEY: key, TAG_CODE: code_version(phase, preset, backend), TAG_WORK: work,
+                TAG_CODE_FILES: json.dumps(files, separators=(",", ":")), TAG_CLAIMED: claimed, TAG_HEARTBEAT: claimed,
+                **tags, **{f"distill.{k}" if not k.startswith("distill.") else k: v for k, v in upstream.items()}}
+    if REHEARSAL:
+        all_tags[TAG_REHEARSAL] = "true"
+    if stale:
+        print(f"[distill] {phase}: FINISHED run {stale[0]} did the same work with other code (changed: "
+              f"{', '.join(stale[1])}); running again. reuse={IGNORE_CODE} would accept it", file=sys.stderr)
+        all_tags[TAG_CODE_CHANGED] = f"{stale[0]}: {', '.join(stale[1])}"[:5000]
+    parent = PARENT_RUN_ID if not active else None
+    with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, parent_run_id=parent, tags=all_tags) as run, \
             Heartbeat(run.info.run_id):
-        if reuse:  # another try claimed the same work at the same moment: the earlier claim does it
+        if mode:  # another try claimed the same work at the same moment: the earlier claim does it
             time.sleep(_env_seconds("DISTILL_CLAIM_SETTLE_S", 0.25))
             prior = wait_for_holders(phase, key, me=(float(claimed), run.info.run_id))
             if prior:
@@ -360,7 +529,7 @@ def _become_pointer(run_id: str, prior: str, phase: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    for tag in (TAG_PHASE, TAG_KEY, TAG_CLAIMED, TAG_HEARTBEAT):
+    for tag in (TAG_PHASE, TAG_KEY, TAG_WORK, TAG_CODE_FILES, TAG_CLAIMED, TAG_HEARTBEAT):
         client.delete_tag(run_id, tag)
     client.set_tag(run_id, TAG_REUSED, prior)
     client.set_tag(run_id, "distill.reused_phase", phase)
@@ -410,7 +579,7 @@ def log_params_merged(run, params: dict[str, Any]) -> None:
 def log_jsonl(records: list[dict], filename: str, artifact_path: str | None = None) -> None:
     import mlflow
 
-    from distill.data import write_jsonl
+    from distill.jsonl import write_jsonl
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / filename
@@ -504,6 +673,6 @@ def require_run(run_id: str | None, phase: str, what: str, **search):
 
 def read_jsonl_artifact(run_id: str, path: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        from distill.data import read_jsonl
+        from distill.jsonl import read_jsonl
 
         return read_jsonl(download_artifact(run_id, path, tmp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -29,19 +30,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real tracking server with a sqlite backend and a proxied artifact store."""
+@contextlib.contextmanager
+def start_mlflow_server(root: Path, backend_store_uri: str | None = None):
+    """A real `mlflow server` on 127.0.0.1 with a proxied artifact store under root; yields its URI."""
     import requests
 
-    root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root,
+         "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,  # uvicorn, job runner, consumers
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -55,12 +55,35 @@ def mlflow_server(tmp_path_factory):
             raise RuntimeError((root / "server.log").read_text())
         time.sleep(0.5)
     else:
-        proc.kill()
+        os.killpg(proc.pid, 9)
         raise RuntimeError("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    try:
+        yield uri
+    finally:
+        from distill.executors import stop_process_group
+
+        stop_process_group(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real tracking server with a sqlite backend and a proxied artifact store."""
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL on 127.0.0.1 (tests/postgres_server.py), or a skip that says why none can start."""
+    from tests.postgres_server import Unavailable, start
+
+    try:
+        server = start()
+    except Unavailable as e:
+        pytest.skip(f"PostgreSQL cannot start here: {e}")
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,141 @@
+"""Each model-loading step of `main` in a fresh child process that exits when the step ends.
+
+A vLLM engine (the 70B translator at tensor parallel 4, then each teacher) does not give its GPU
+memory back reliably inside a process; a process that exits does. So `main` runs every step that
+loads a model or tokenizer (translate, teacher, evaluate, sft, tokens) in a child of its own and never
+loads one itself. Children are forked from a fork server started once per `main`, after the
+environment is set, that has already imported torch, transformers, TRL and MLflow (and touched no
+GPU): a step starts in milliseconds, not the seconds of a fresh interpreter or the `mlflow` CLI's ~5 s.
+`DISTILL_STEP_START_METHOD=spawn` starts each step in a fresh interpreter instead.
+
+The child's phase run nests under the main run (tracking.PARENT_RUN_ID), and every run it starts or
+reuses is reported back as it happens, so `main` names the run of a step that failed or died.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import multiprocessing
+import os
+import signal
+import sys
+from contextlib import contextmanager
+
+from distill import DistillError, tracking
+
+
+class StepError(Exception):
+    """A step that failed in its process with something other than a DistillError; str() is the detail."""
+
+
+class _Reporting(list):
+    """tracking.EVENTS in a step process: every run started or reused goes to the parent at once."""
+
+    def __init__(self, conn):
+        super().__init__()
+        self.conn = conn
+
+    def append(self, item):
+        super().append(item)
+        self.conn.send(("event", dataclasses.asdict(item)))
+
+
+def start_method() -> str:
+    method = os.environ.get("DISTILL_STEP_START_METHOD", "forkserver")
+    if method not in multiprocessing.get_all_start_methods():
+        raise DistillError(f"DISTILL_STEP_START_METHOD={method!r} is not available here; "
+                           f"use one of {', '.join(multiprocessing.get_all_start_methods())}")
+    return method
+
+
+@contextmanager
+def step_server():
+    """The context step processes start from. The fork server starts with the first step that needs a
+    process (a `main` that reuses every step starts none) and lives as long as this `main`: it keeps the
+    environment it started with, so a later `main` in the same interpreter gets its own."""
+    method = start_method()
+    ctx = multiprocessing.get_context(method)
+    if method != "forkserver":
+        yield ctx
+        return
+    from multiprocessing import forkserver
+
+    ctx.set_forkserver_preload(["distill.step_preload"])
+    try:
+        yield ctx
+    finally:
+        stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+        if stop:  # a no-op where none was started
+            stop()
+
+
+def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking_uri: str, env: dict, cwd: str,
+           rehearsal: bool, conn) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the fork server ignores ^C; a step must not
+    os.chdir(cwd)  # the fork server's is the parent's when it started; a relative sqlite:///mlflow.db needs this one
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s main run: a phase would take it for its own
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    tracking.PARENT_RUN_ID, tracking.REHEARSAL = parent_run_id, rehearsal
+    tracking.EVENTS = _Reporting(conn)
+    try:
+        conn.send(("done", importlib.import_module(module).run(params)))
+    except DistillError as e:
+        conn.send(("error", True, str(e)))
+    except KeyboardInterrupt:
+        conn.send(("interrupted",))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which names the step
+        conn.send(("error", False, f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def run_in_process(ctx, module: str, params, parent_run_id: str) -> str:
+    """`module.run(params)` in a fresh process nested under the main run; its run id, or the step's
+    error raised here (DistillError as it was, anything else as StepError)."""
+    import mlflow
+
+    recv, send = ctx.Pipe(duplex=False)
+    experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
+    proc = ctx.Process(target=_child, name=f"distill-{module.rsplit('.', 1)[-1]}",
+                       args=(module, params, parent_run_id, experiment_id, mlflow.get_tracking_uri(),
+                             dict(os.environ), os.getcwd(), tracking.REHEARSAL, send))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    proc.start()
+    send.close()
+    outcome = None
+    try:
+        while True:
+            try:
+                message = recv.recv()
+            except EOFError:
+                break
+            if message[0] == "event":
+                tracking.EVENTS.append(tracking.PhaseRun(**message[1]))
+            else:
+                outcome = message
+        proc.join()
+    except KeyboardInterrupt:  # the child got the ^C too: let it mark its run and exit
+        proc.join(60)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
+        raise
+    finally:
+        recv.close()
+    if outcome is None:
+        code = proc.exitcode
+        why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        raise StepError(f"its process ended ({why}) before the step finished")
+    if outcome[0] == "done":
+        return outcome[1]
+    if outcome[0] == "interrupted":
+        raise KeyboardInterrupt
+    _, is_distill, detail = outcome
+    raise DistillError(detail) if is_distill else StepError(detail)

@@ -1,0 +1,151 @@
+"""The reuse key covers exactly what decides a phase's results (tracking.code_files), and a finished run
+that differs only in its code is named, and accepted with reuse=ignore_code."""
+
+import shutil
+
+import pytest
+
+from distill import DistillError, config, tracking
+
+PHASES = ("translate", "teacher", "evaluate", "select", "sft", "errors", "tokens", "report", "sweep")
+GENERATING = {"translate", "teacher", "evaluate"}
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A copy of the package that the key is computed from, so files can be edited freely."""
+    copy = tmp_path / "distill"
+    shutil.copytree(tracking.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(tracking, "PACKAGE_DIR", copy)
+    monkeypatch.setattr(config, "PRESET_DIR", copy / "presets")
+    monkeypatch.setattr(config, "_PRESET_FILES", {})
+    tracking._code_files.cache_clear()
+    yield copy
+    tracking._code_files.cache_clear()
+
+
+def keys(preset: str, backend: str = "vllm") -> dict[str, str]:
+    tracking._code_files.cache_clear()
+    config.load_preset(preset)
+    out = {}
+    for phase in PHASES:
+        params = {"preset": preset, "x": 1, **({"backend": backend} if phase in GENERATING else {})}
+        out[phase] = tracking.cache_key(phase, params, {"up": "abc"})
+    return out
+
+
+def edit(path, old, new):
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_editing_offline_yaml_leaves_paper_keys_unchanged(package):
+    paper, offline = keys("paper"), keys("offline", "transformers")
+    edit(package / "presets" / "offline.yaml", "  n: 32\n", "  n: 33\n")
+    assert keys("paper") == paper
+    assert all(keys("offline", "transformers")[p] != offline[p] for p in PHASES)  # the preset in use counts
+
+
+def test_a_comment_in_the_preset_in_use_changes_nothing(package):
+    paper = keys("paper")
+    edit(package / "presets" / "paper.yaml", "name: paper\n", "name: paper   # a comment\n")
+    assert keys("paper") == paper
+
+
+def test_editing_the_vllm_backend_leaves_non_generating_phases_unchanged(package):
+    vllm, hf = keys("paper", "vllm"), keys("paper", "transformers")
+    edit(package / "generation" / "vllm_backend.py", '"""vLLM backend', '"""Edited vLLM backend')
+    after_vllm, after_hf = keys("paper", "vllm"), keys("paper", "transformers")
+    for phase in ("select", "sft", "tokens", "report", "errors"):
+        assert after_vllm[phase] == vllm[phase], phase
+    assert after_hf == hf  # a run on the transformers backend does not use vLLM either
+    for phase in GENERATING:
+        assert after_vllm[phase] != vllm[phase], phase
+
+
+def test_editing_the_scoring_code_changes_evaluate(package):
+    before = keys("paper")
+    edit(package / "answers.py", "import math\n", "import math  # edited\n")
+    after = keys("paper")
+    for phase in ("evaluate", "teacher", "tokens"):
+        assert after[phase] != before[phase], phase
+    for phase in ("select", "sft", "report"):  # they move records around and never score
+        assert after[phase] == before[phase], phase
+
+
+def test_shipped_data_counts_only_where_it_is_read(package):
+    before = keys("paper")
+    path = package / "resources" / "mgsm_ja.tsv"
+    path.write_text(path.read_text(encoding="utf-8") + "追加の問題\t1\n", encoding="utf-8")
+    after = keys("paper")
+    assert after["evaluate"] != before["evaluate"]
+    assert after["select"] == before["select"] and after["report"] == before["report"]
+
+
+def test_code_files_names_what_changed(package):
+    config.load_preset("paper")
+    before = tracking.code_files("evaluate", "paper", "transformers")
+    assert "distill/answers.py" in before and "distill/presets/paper.yaml" in before
+    assert "distill/presets/offline.yaml" not in before and "distill/generation/vllm_backend.py" not in before
+    assert "distill/generation/hf.py" in before
+
+
+@pytest.mark.parametrize("text,expected", [("true", True), ("False", False), ("ignore_code", "ignore_code")])
+def test_reuse_mode(text, expected):
+    assert tracking.reuse_mode(text) == expected
+
+
+def test_reuse_mode_rejects_other_values():
+    with pytest.raises(DistillError, match="reuse must be true, false or ignore_code"):
+        tracking.reuse_mode("sometimes")
+
+
+def _phase(params, reuse=True):
+    with tracking.phase_run("select", params, reuse=reuse) as pr:
+        if not pr.reused:
+            import mlflow
+
+            mlflow.log_metric("work", 1)
+        return pr
+
+
+def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(tracking_store, package, capsys):
+    import mlflow
+
+    config.load_preset("paper")
+    params = {"preset": "paper", "n": 5}
+    first = _phase(params)
+    assert not first.reused and _phase(params).reused
+
+    edit(package / "select.py", '"""The `select` phase', '"""The edited `select` phase')
+    tracking._code_files.cache_clear()
+    second = _phase(params)
+    err = capsys.readouterr().err
+    assert not second.reused and f"FINISHED run {first.run_id} did the same work with other code" in err
+    assert "distill/select.py" in err and "reuse=ignore_code" in err
+    tags = mlflow.get_run(second.run_id).data.tags
+    assert tags[tracking.TAG_CODE_CHANGED] == f"{first.run_id}: distill/select.py"
+
+    edit(package / "select.py", '"""The edited `select` phase', '"""The twice edited `select` phase')
+    tracking._code_files.cache_clear()
+    with mlflow.start_run(run_name="main") as main:
+        third = _phase(params, reuse="ignore_code")
+    assert third.reused and third.run_id == second.run_id
+    assert "although the code changed since (distill/select.py): reuse=ignore_code" in capsys.readouterr().err
+    main_tags = mlflow.get_run(main.info.run_id).data.tags
+    assert main_tags[f"{tracking.TAG_IGNORED_CODE}.{second.run_id}"] == "select: distill/select.py"
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
