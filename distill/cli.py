@@ -141,23 +141,43 @@ def _preset_of(argv: list[str]) -> str | None:
     return resolve_file_param("preset", preset, base or os.getcwd()) if preset else None
 
 
+# Progress bars of work that takes no time worth watching (MLflow's artifact up- and downloads, the
+# Hub's and transformers' "Writing model shards"); generation and training keep theirs.
+QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def quiet_console(argv: list[str]) -> list[str]:
+    """argv without `--verbose`; unless it is true, the quiet environment (what the user set wins).
+    Set before MLflow or transformers is imported: they read it then; step processes inherit it."""
+    argv, verbose = _pop_arg(argv, "verbose")
+    if verbose is not None and verbose.strip().lower() not in TRUE | FALSE:
+        raise DistillError(f"verbose: expected true or false, got {verbose!r}")
+    if not (verbose and verbose.strip().lower() in TRUE):
+        for k, v in QUIET_ENV.items():
+            os.environ.setdefault(k, v)
+    return argv
+
+
 def run_phase(phase: str, argv: list[str] | None = None) -> None:
     """Parse, set the offline environment before any Hub library loads, run, report errors plainly."""
     argv = sys.argv[1:] if argv is None else argv
     try:
+        argv = quiet_console(list(argv))
         from distill.config import apply_offline_env, load_preset
 
         preset_name = _preset_of(argv)
-        if preset_name:
-            apply_offline_env(load_preset(preset_name))
+        preset = load_preset(preset_name or "offline")
+        apply_offline_env(preset)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         module = importlib.import_module(f"distill.{phase}")
         params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
         params = parse_params(params_cls, argv)
-        from distill.tracking import ensure_tracking_reachable, ensure_tracking_store
+        from distill.tracking import ensure_tracking_reachable, ensure_tracking_store, use_preset_experiment
 
         ensure_tracking_reachable()
         ensure_tracking_store()
+        use_preset_experiment(preset)
         module.run(params)
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)

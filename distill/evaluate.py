@@ -50,7 +50,10 @@ def _lineage_from_run(run_id: str) -> dict[str, str]:
         raise DistillError(f"run {run_id} is not an sft run (phase {tags.get(tracking.TAG_PHASE)!r}); "
                            "give an sft run id, a models:/ URI or a model name")
     return {"distill.student": tags.get("distill.student", ""), "distill.teacher": tags.get("distill.teacher", ""),
-            "distill.sft_run_id": run_id, "distill.seed": tags.get("distill.seed", "")}
+            "distill.sft_run_id": run_id, "distill.seed": tags.get("distill.seed", ""),
+            "distill.logged_model": tags.get("distill.logged_model", ""), "distill.model_id": tags.get("distill.model_id", ""),
+            "distill.registered_model": tags.get("distill.registered_model", ""),
+            "distill.registered_version": tags.get("distill.registered_version", "")}
 
 
 def _lineage_from_registry(uri: str) -> dict[str, str]:
@@ -74,7 +77,8 @@ def _lineage_from_registry(uri: str) -> dict[str, str]:
 def resolve_eval_model(name: str, preset: dict, backend: str = "") -> tuple[ModelRef, dict[str, str]]:
     """The model to evaluate and the lineage tags that say what it is (for Table 1 from tags alone)."""
     if RUN_ID_RE.match(name):
-        return ModelRef(name, f"runs:/{name}/model", "student"), _lineage_from_run(name)
+        lineage = _lineage_from_run(name)
+        return ModelRef(name, f"runs:/{name}/{lineage.get('distill.logged_model') or 'model'}", "student"), lineage
     if name.startswith("runs:/"):
         run_id = name.removeprefix("runs:/").split("/", 1)[0]
         return ModelRef(name, name, "student"), _lineage_from_run(run_id)
@@ -85,6 +89,44 @@ def resolve_eval_model(name: str, preset: dict, backend: str = "") -> tuple[Mode
     if ref.role == "student":
         tags["distill.student"] = ref.name
     return ref, tags
+
+
+def describe(ref: ModelRef, lineage: dict[str, str], few_shot: bool, shots) -> dict[str, str]:
+    """The columns a compare view needs: `role` (teacher / student / baseline), `teacher`, `student`,
+    `seed`, and a `model` name a person can read (a student's is not its sft run id, which stays a tag)."""
+    teacher, student, seed = lineage.get("distill.teacher", ""), lineage.get("distill.student", ""), lineage.get("distill.seed", "")
+    if lineage.get("distill.sft_run_id"):
+        role = "student"
+        name = f"student-{student}-{teacher}" + (f"-seed{seed}" if seed else "")
+    elif ref.role == "teacher":
+        role, name = "teacher", f"teacher-{ref.name}"
+    else:
+        role = "baseline"
+        name = f"baseline-{ref.name}" + (f"-{shots}shot" if few_shot else "-zeroshot")
+    return {"role": role, "teacher": teacher if role != "baseline" else "", "student": student,
+            "seed": seed, "model_name": name}
+
+
+def note_version(lineage: dict[str, str], metrics: dict, run_id: str, eval_set: str) -> None:
+    """The registered version of an evaluated student says how good it is: tag `accuracy`, and a
+    description with the interval and a link to this evaluation."""
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    name, version = lineage["distill.registered_model"], lineage["distill.registered_version"]
+    client = MlflowClient()
+    exp = mlflow.get_run(run_id).info.experiment_id
+    acc = f"{metrics['accuracy']:.2f}"
+    client.set_model_version_tag(name, version, "accuracy", acc)
+    client.set_model_version_tag(name, version, "eval_run_id", run_id)
+    client.update_model_version(name, version, description=(
+        f"Student **{lineage['distill.student']}** distilled from teacher **{lineage['distill.teacher']}**, seed "
+        f"{lineage['distill.seed']}; trained in run [{lineage['distill.sft_run_id']}]"
+        f"(#/experiments/{exp}/runs/{lineage['distill.sft_run_id']}).\n\n"
+        f"**Accuracy {acc}%** on `{eval_set}` (95% interval {metrics['accuracy_ci_low']:.2f} to "
+        f"{metrics['accuracy_ci_high']:.2f}; {metrics['n_correct']:.0f}/{metrics['n_total']:.0f}), "
+        f"evaluation run [{run_id}](#/experiments/{exp}/runs/{run_id})."))
 
 
 def build_prompts(questions: list[str], mode: str, prompt_format: str, shots: int) -> list:
@@ -125,7 +167,11 @@ def run(p: EvaluateParams) -> str:
     check_positive("repetition_penalty", rep)
     # No stop string beyond EOS, as in the paper: the few-shot output is scored whole, its cut beside it.
     config = generation_config(preset, p.max_new_tokens, p.batch_size, repetition_penalty=rep)
-    params = {"preset": preset["name"], "model": p.model, "model_source": ref.source, "eval_set": eval_set,
+    who = describe(ref, lineage, few_shot, shots)
+    # `model` is the readable name (a student's sft run id is `model_source` and the tag distill.sft_run_id);
+    # under `mlflow run -P model=<run id>` the typed value stays and the name goes to `model.resolved`.
+    params = {"preset": preset["name"], "model": who["model_name"], "model_source": ref.source,
+              "role": who["role"], "teacher": who["teacher"], "student": who["student"], "seed": who["seed"], "eval_set": eval_set,
               "mode": p.mode, "shots": shots if few_shot else 0, "prompt_format": prompt_format,
               "backend": backend, "limit": p.limit, "max_new_tokens": config.max_new_tokens,
               "repetition_penalty": rep, "temperature": config.temperature, "stop": "eos",
@@ -134,9 +180,10 @@ def run(p: EvaluateParams) -> str:
     tags["distill.model"] = ref.name
     tags["distill.eval_set"] = eval_set
     tags["distill.mode"] = p.mode
+    tags["distill.role"] = who["role"]
     if few_shot:
         tags["distill.baseline"] = f"{shots}-shot"
-    with tracking.phase_run("evaluate", params, tags=tags, reuse=p.reuse) as pr:
+    with tracking.phase_run("evaluate", params, tags=tags, reuse=p.reuse, run_name=f"evaluate-{who['model_name']}") as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
@@ -165,8 +212,10 @@ def run(p: EvaluateParams) -> str:
                    "tokens_per_second": timing["tokens_per_second"]}
         if few_shot:
             metrics.update(accuracy_metrics([r[f"correct_{CUT}"] for r in records], CUT))
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics(metrics, model_id=lineage.get("distill.model_id") or None)
         tracking.log_records(records, "predictions")
+        if lineage.get("distill.registered_model"):
+            note_version(lineage, metrics, pr.run_id, eval_set)
         line = (f"[distill] evaluate {ref.name} on {eval_set}: accuracy {metrics['accuracy']:.2f}% "
                 f"[{metrics['accuracy_ci_low']:.2f}, {metrics['accuracy_ci_high']:.2f}] ({sum(correct)}/{len(correct)}; "
                 f"answer line {metrics['accuracy_answer_line']:.2f}%")

@@ -97,6 +97,17 @@ def check_hardware(preset: dict, backend: str, rehearsal: bool = False) -> None:
 ISOLATED = {"distill.translate", "distill.teacher", "distill.evaluate", "distill.sft", "distill.tokens"}
 
 
+def _result(run_id: str) -> str:
+    """What a step found, for its one console line: an evaluation's accuracy."""
+    import mlflow
+
+    try:
+        acc = mlflow.get_run(run_id).data.metrics.get("accuracy")
+    except Exception:  # noqa: BLE001 - the line is a courtesy
+        return ""
+    return f": accuracy {acc:.2f}%" if acc is not None else ""
+
+
 class Steps:
     """Runs steps in order, records what was reused, and names the step that failed."""
 
@@ -136,8 +147,36 @@ class Steps:
         reused = bool(event and event.reused)
         self.log.append({"step": name, "run_id": run_id, "reused": reused, "seconds": round(time.perf_counter() - t0, 2)})
         print(f"[distill] main: {name}: {'reused' if reused else 'ran'} {run_id} "
-              f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+              f"({time.perf_counter() - t0:.1f}s){_result(run_id)}", file=sys.stderr)
         return run_id
+
+
+def _link(text: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """A link the MLflow UI follows from any host: a hash route of its run page (or an artifact in it)."""
+    tail = f"/artifactPath/{artifact}" if artifact else ""
+    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id}{tail})"
+
+
+def main_note(preset: str, params: dict, log: list[dict], report_run: str, experiment_id: str) -> str:
+    """The main run's description (Markdown): the grid, Table 1 inline with links to the report, and
+    every step's run, reused or not."""
+    reused = sum(s["reused"] for s in log)
+    try:
+        table = tracking.read_text_artifact(report_run, "tables/table1.md").strip()
+    except Exception as e:  # noqa: BLE001 - the description still links the report
+        table = f"(Table 1 could not be read: {type(e).__name__})"
+    out = [f"**distill `main`, preset `{preset}`**: teachers {params['teachers']} x students {params['students']} "
+           f"x seeds {params['seeds']}; {params['limit'] or 'all'} evaluation questions each.", "",
+           f"**Table 1** below; the full report: {_link('report run', experiment_id, report_run)}, "
+           f"{_link('report.md', experiment_id, report_run, 'report.md')}, "
+           f"{_link('Fig. 1', experiment_id, report_run, 'figures/fig1_accuracy.html')}.", "",
+           "### Table 1: student accuracy by teacher (%)", "", table, "",
+           f"### Steps: {len(log)}, " + (f"reused {reused} of {len(log)}" if reused else "none reused"), "",
+           "| step | run | |", "|---|---|---|"]
+    for s in log:
+        what = "reused (an earlier run)" if s["reused"] else f"ran, {s['seconds']:.0f}s"
+        out.append(f"| {s['step']} | {_link(s['run_id'][:8], experiment_id, s['run_id'])} | {what} |")
+    return "\n".join(out)
 
 
 def run(p: MainParams) -> str:
@@ -216,12 +255,17 @@ def run(p: MainParams) -> str:
             print("[distill] main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)",
                   file=sys.stderr)
         step("tokens", tokens, TokensParams(select_run=selection, **common))
-        report_run = step("report", report, ReportParams(preset=p.preset, reuse=p.reuse))
+        report_run = step("report", report, ReportParams(preset=p.preset, teachers=",".join(teachers),
+                                                         students=",".join(students), seeds=",".join(map(str, seeds)),
+                                                         reuse=p.reuse))
         reused = sum(s["reused"] for s in step.log)
         seconds = time.perf_counter() - t0
         mlflow.log_metrics({"steps": len(step.log), "steps_reused": reused, "main_seconds": seconds})
         mlflow.log_dict({"steps": step.log}, "steps.json")
         mlflow.set_tag("distill.report_run_id", report_run)
+        name = f"main-{preset['name']}" + (f" (reused {reused} of {len(step.log)} steps)" if reused else "")
+        mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(
+            preset["name"], params, step.log, report_run, main_run.info.experiment_id)})
         print(f"[distill] main: {len(step.log)} steps, {reused} reused, {seconds:.0f}s; report run {report_run}",
               file=sys.stderr)
         if reused:

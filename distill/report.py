@@ -57,6 +57,9 @@ class ReportParams:
     eval_set: str = ""             # empty: the preset's data.eval_set
     error_teachers: str = ""       # comma-separated, Fig. 2; empty: the preset's judge.teachers
     tokens_run: str = ""           # a tokens run id for Fig. 3; empty: the newest FINISHED one
+    teachers: str = ""             # comma-separated grid Table 1, the figures and Missing cover; empty: the preset's
+    students: str = ""
+    seeds: str = ""                # seeds Missing expects; empty: the preset's sft.seeds
     reuse: bool = False            # true: reuse a report of exactly the same input runs and code
 
 
@@ -254,6 +257,8 @@ def table1(cells, inputs: Inputs, teachers: list[str], preset_teachers: list[str
 
     best = {s: np.nanmax(wide.loc[teachers, s].to_numpy(dtype=float)) if teachers and
             np.isfinite(wide.loc[teachers, s].to_numpy(dtype=float)).any() else math.nan for s in students}
+    n_best = {s: sum(abs(wide.loc[t, s] - best[s]) < 1e-9 for t in teachers if np.isfinite(wide.loc[t, s]))
+              for s in students}
     rows, partial = [], False
     for teacher in teachers:
         row = [teacher]
@@ -265,7 +270,7 @@ def table1(cells, inputs: Inputs, teachers: list[str], preset_teachers: list[str
             text = _fmt(c.accuracy_mean)
             if c.n_seeds > 1:
                 text += f" ± {_fmt(c.accuracy_std)} (n={c.n_seeds})"
-            if np.isfinite(best[s]) and abs(c.accuracy_mean - best[s]) < 1e-9:
+            if np.isfinite(best[s]) and abs(c.accuracy_mean - best[s]) < 1e-9 and n_best[s] == 1:
                 text = f"**{text}**"
             row.append(text)
         n_present = sum((teacher, s) in by_cell for s in students)
@@ -290,8 +295,8 @@ def table1(cells, inputs: Inputs, teachers: list[str], preset_teachers: list[str
     md = md_table(["teacher \\ student"] + students + ["mean"], rows)
     notes = ["Accuracy (%) on the evaluation set. A cell with several seeds shows the mean over seeds ± their "
              "sample standard deviation (n = seeds); the newest evaluation wins where a (teacher, student, seed) "
-             "was evaluated twice. Bold: best teacher for the student. " + DASH + ": no evaluation.",
-             "Row `mean`: over the preset's teachers (" + ", ".join(preset_teachers) + "; mixes excluded); "
+             "was evaluated twice. Bold: best teacher for the student (none on a tie). " + DASH + ": no evaluation.",
+             "Row `mean`: over the teachers of this grid (" + ", ".join(preset_teachers) + "; mixes excluded); "
              f"the row `{baseline_label}` is the untrained student with the few-shot prompt as the paper ran it "
              "(greedy, the preset's repetition penalty, no stop string beyond EOS: the output runs on into invented "
              "questions and its last number is scored)."]
@@ -664,7 +669,7 @@ def figure_accuracy(cells, inputs: Inputs, teachers: list[str], students: list[s
         fig.add_trace(go.Bar(x=teachers, y=ys, name=student, marker_color=[colors[t] for t in teachers],
                              error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo, thickness=1.5,
                                           width=4, color="#333"),
-                             text=texts, textposition="inside", insidetextanchor="start", textfont_color="white",
+                             text=texts, textposition="outside", textfont_color="#222", cliponaxis=False,
                              textangle=0,
                              hovertext=hover, hoverinfo="text", showlegend=False), row=row, col=col)
         sx, sy = [], []
@@ -697,7 +702,7 @@ def figure_accuracy(cells, inputs: Inputs, teachers: list[str], students: list[s
                           row=row, col=col)
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=categories, title_text="teacher",
                          row=row, col=col)
-    fig.update_yaxes(rangemode="tozero", range=[0, top * 1.1], col=1, title_text="accuracy (%)")
+    fig.update_yaxes(range=[0, percent_axis_top(top)], col=1, title_text="accuracy (%)")
     fig.update_layout(title=f"Fig. 1: student accuracy by teacher ({inputs.eval_set})<br><sup>error bars: bootstrap 95% "
                             "interval; circles: single seeds; grey bar and dashed line: the untrained student, "
                             "few-shot</sup>",
@@ -785,14 +790,43 @@ def figure_tokens(rows: list[dict], teachers: list[str], tokenizers: list[str], 
     return fig
 
 
+def percent_axis_top(top: float) -> float:
+    """An accuracy axis in %: 0-100 once the data reach past 60, else up to the data (at least 10%)
+    with room for the labels above the bars; never 0-1 on all-zero data."""
+    return 100.0 if top > 60 else max(10.0, math.ceil(top * 1.25 / 5) * 5)
+
+
 def _say(fig, text: str) -> None:
     fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
                        font=dict(size=16, color="#666"), bgcolor="white")
 
 
-def write_figure(fig, path: Path) -> None:
-    """Standalone HTML with plotly.js inlined (opens offline), and the figure's JSON beside it."""
-    fig.write_html(str(path.with_suffix(".html")), include_plotlyjs=True, full_html=True)
+# `.mjs`: the MLflow server sends it as text/javascript (a `.js` artifact goes out as text/plain with
+# nosniff, which no browser runs); loaded as a classic script all the same.
+PLOTLY_JS = "plotly.min.mjs"
+# The MLflow UI shows an HTML artifact from a blob: URL, where `plotly.min.mjs` resolves to nothing:
+# there the figure fetches the shared copy from the server it was opened from.
+_UI_LOADER = ('<script>if(!window.Plotly&&location.protocol==="blob:"){{document.write(\'<script charset="utf-8" '
+              'src="\'+new URL(location.href.slice(5)).origin+\'/get-artifact?path=figures%2F{js}&run_uuid={run}">'
+              '<\\/script>\')}}</script>')
+
+
+def write_plotlyjs(folder: Path) -> None:
+    """plotly.js once, from the installed plotly package, for every figure beside it (no network needed)."""
+    from plotly.offline import get_plotlyjs
+
+    (folder / PLOTLY_JS).write_text(get_plotlyjs(), encoding="utf-8")
+
+
+def write_figure(fig, path: Path, run_id: str = "") -> None:
+    """HTML that loads the shared plotly.js beside it (opens offline once downloaded; in the MLflow UI
+    from the run's artifacts), and the figure's JSON beside it."""
+    html = fig.to_html(include_plotlyjs=False, full_html=True)  # plotly takes only a `.js` name as a path
+    tag = f'<script charset="utf-8" src="{PLOTLY_JS}"></script>'
+    if run_id:
+        tag += _UI_LOADER.format(js=PLOTLY_JS, run=run_id)
+    html = html.replace("</head>", tag + "\n</head>", 1)
+    path.with_suffix(".html").write_text(html, encoding="utf-8")
     fig.write_json(str(path.with_suffix(".json")))
 
 
@@ -800,32 +834,33 @@ def write_figure(fig, path: Path) -> None:
 # missing
 
 
-def missing_items(inputs: Inputs, preset: dict, teachers: list[str], students: list[str], error_teachers: list[str],
+def missing_items(inputs: Inputs, grid: dict, teachers: list[str], students: list[str], error_teachers: list[str],
                   baseline_label: str, token_rows: list[dict], predictions: Predictions) -> list[dict]:
+    """What the grid (`teachers`, `students`, `seeds`, `tokenizers`: the run's, else the preset's) lacks."""
     out = []
 
     def add(kind, what, detail=""):
         out.append({"kind": kind, "what": what, "detail": detail})
 
-    seeds_wanted = [str(s) for s in (preset.get("sft", {}).get("seeds") or [])]
-    for t in preset_list(preset, "teachers"):
-        for s in preset_list(preset, "students"):
+    seeds_wanted = grid["seeds"]
+    for t in grid["teachers"]:
+        for s in grid["students"]:
             seeds = inputs.cells.get((t, s))
             if not seeds:
                 add("cell", f"{t} / {s}", "no FINISHED evaluate run of the student trained on this teacher")
             elif [x for x in seeds_wanted if x not in seeds]:
                 add("seed", f"{t} / {s}", "seeds missing: " + ", ".join(x for x in seeds_wanted if x not in seeds))
-    for t in preset_list(preset, "teachers"):
+    for t in grid["teachers"]:
         if t not in inputs.teacher_evals:
             add("teacher_eval", t, "no zero-shot evaluate run of the teacher itself (Table 3)")
-    for s in preset_list(preset, "students"):
+    for s in grid["students"]:
         if s not in inputs.baselines.get(baseline_label, {}):
             add("baseline", s, f"no {baseline_label} evaluate run of the untrained student")
     for t in error_teachers:
         for s in students:
             seeds = inputs.cells.get((t, s), {})
             if not seeds:
-                if s in preset_list(preset, "students"):
+                if s in grid["students"]:
                     add("errors", f"{t} / {s}", "no evaluation to judge")
                 continue
             unjudged = [f"seed {k or '?'} (evaluate run {r.run_id})" for k, r in seeds.items()
@@ -841,14 +876,27 @@ def missing_items(inputs: Inputs, preset: dict, teachers: list[str], students: l
         else:
             have_t = {r.get("teacher") for r in token_rows}
             have_k = {r.get("tokenizer") for r in token_rows}
-            for t in preset_list(preset, "teachers"):
+            for t in grid["teachers"]:
                 if t not in have_t:
                     add("tokens", t, f"tokens run {rid} has no answers of this teacher")
-            for k in preset_list(preset, "tokenizers"):
+            for k in grid["tokenizers"]:
                 if k not in have_k:
                     add("tokens", f"tokenizer {k}", f"tokens run {rid} did not count with this tokenizer")
     for run_id, why in predictions.unreadable.items():
         add("predictions", run_id, why)
+    return out
+
+
+def grid_names(text: str, known: list[str], what: str) -> list[str]:
+    """`7B,72B` -> the preset's spelling of each; empty: all of the preset's."""
+    if not text:
+        return known
+    out = []
+    for name in (x.strip() for x in text.split(",") if x.strip()):
+        match = next((k for k in known if k.lower() == name.lower()), None)
+        if match is None:
+            raise DistillError(f"unknown name {name!r} in {what}; known {what}: {', '.join(known)}")
+        out.append(match)
     return out
 
 
@@ -870,8 +918,14 @@ def _summary_lines(wide, cells, paired, preset_teachers, students, missing) -> l
     for s in students:
         sub = cells[cells["student"] == s]
         if not sub.empty:
-            best = sub.loc[sub["accuracy_mean"].idxmax()]
-            lines.append(f"{s}: best teacher {best['teacher']} ({best['accuracy_mean']:.2f}%).")
+            top = sub["accuracy_mean"].max()
+            at_top = sub[(sub["accuracy_mean"] - top).abs() < 1e-9]["teacher"].tolist()
+            if len(sub) == 1:
+                lines.append(f"{s}: one teacher evaluated, {at_top[0]} ({top:.2f}%).")
+            elif len(at_top) > 1:
+                lines.append(f"{s}: tie between {', '.join(at_top)} ({top:.2f}%).")
+            else:
+                lines.append(f"{s}: best teacher {at_top[0]} ({top:.2f}%).")
     present = [t for t in preset_teachers if t in wide.index and np.isfinite(wide.loc[t, "mean"])]
     if len(present) >= 2:
         small, large = present[0], present[-1]
@@ -891,6 +945,16 @@ def _summary_lines(wide, cells, paired, preset_teachers, students, missing) -> l
     return lines
 
 
+def _artifact_link(meta: dict, path: str) -> str:
+    """A link that opens the artifact in the MLflow UI from whatever host serves it (a hash route of
+    the run page; a link relative to report.md would 404 there), with the path for a downloaded copy."""
+    if not meta.get("run_id"):
+        return f"`{path}` (beside this file)"
+    return (f"[{path}](#/experiments/{meta['experiment_id']}/runs/{meta['run_id']}/artifactPath/{path}) "
+            f"in this run's artifacts (`{path}` beside this file once downloaded; it needs `figures/{PLOTLY_JS}` "
+            "beside it)")
+
+
 def render_report(meta: dict, summary: list[str], sections: dict[str, str], missing: list[dict], notes: list[str]) -> str:
     out = [f"# Report: does a bigger teacher make a better student? ({meta['eval_set']})", "",
            f"Preset `{meta['preset']}`, evaluation set `{meta['eval_set']}`, experiment `{meta['experiment']}`, "
@@ -905,12 +969,12 @@ def render_report(meta: dict, summary: list[str], sections: dict[str, str], miss
             "CSV: `tables/robustness.csv`, `tables/robustness_rankings.csv`.", "",
             "## Table 3: the teachers' own accuracy", "", sections["table3"], "",
             "## Paired tests between teachers (per student)", "", sections["paired"], "",
-            "## Fig. 1: accuracy by teacher", "", "[figures/fig1_accuracy.html](figures/fig1_accuracy.html)", "",
-            "## Fig. 2: error categories", "", "[figures/fig2_errors.html](figures/fig2_errors.html)", "",
+            "## Fig. 1: accuracy by teacher", "", _artifact_link(meta, "figures/fig1_accuracy.html"), "",
+            "## Fig. 2: error categories", "", _artifact_link(meta, "figures/fig2_errors.html"), "",
             sections["errors"], "",
             "Shares are of the wrong answers the judge categorised (`judged`); counts are summed over the listed "
             "seeds.", "",
-            "## Fig. 3: tokens per teacher answer", "", "[figures/fig3_tokens.html](figures/fig3_tokens.html)", "",
+            "## Fig. 3: tokens per teacher answer", "", _artifact_link(meta, "figures/fig3_tokens.html"), "",
             sections["tokens"], "", "## Missing", ""]
     if not missing:
         out.append("Nothing: every expected input is present.")
@@ -928,6 +992,14 @@ def render_report(meta: dict, summary: list[str], sections: dict[str, str], miss
     if notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(out).rstrip() + "\n"
+
+
+def report_note(meta: dict, summary: list[str], md1: str) -> str:
+    """The report run's description (Markdown): the summary and Table 1, with report.md one click away."""
+    return "\n".join([f"**Report** on `{meta['eval_set']}` (preset `{meta['preset']}`): the full text is "
+                      + _artifact_link(meta, "report.md").split(" in this run's")[0] + ".", ""]
+                     + [f"- {line}" for line in summary]
+                     + ["", "### Table 1: student accuracy by teacher (%)", "", md1])
 
 
 def _known(name: str, teachers: list[str]) -> str:
@@ -951,20 +1023,29 @@ def run(p: ReportParams) -> str:
     """Write the report and return its run id (an earlier report of identical inputs when reused)."""
     preset = load_preset(p.preset)
     eval_set = p.eval_set or preset["data"]["eval_set"]
-    preset_teachers = preset_list(preset, "teachers")
-    preset_students = preset_list(preset, "students")
+    preset_teachers = grid_names(p.teachers, preset_list(preset, "teachers"), "teachers")
+    preset_students = grid_names(p.students, preset_list(preset, "students"), "students")
+    seeds_wanted = ([x.strip() for x in p.seeds.split(",") if x.strip()] if p.seeds
+                    else [str(x) for x in (preset.get("sft", {}).get("seeds") or [])])
     error_teachers = ([t.strip() for t in p.error_teachers.split(",") if t.strip()] if p.error_teachers
                       else [str(t) for t in (preset.get("judge", {}).get("teachers") or preset_teachers[:1] + preset_teachers[-1:])])
     baseline = preset.get("baseline", {})
     baseline_label = f"{baseline['shots']}-shot" if baseline.get("shots") else "few-shot"  # as evaluate tags it
 
     inputs = collect_inputs(eval_set, p.tokens_run)
-    teachers = ordered_names(preset_teachers, {t for t, _ in inputs.cells})
-    students = ordered_names(preset_students, {s for _, s in inputs.cells}
-                             | {s for b in inputs.baselines.values() for s in b})
-    table3_teachers = ordered_names(preset_teachers, inputs.teacher_evals)
+    narrowed = bool(p.teachers or p.students)
+    found_t = {t for t, _ in inputs.cells}
+    found_s = {s for _, s in inputs.cells} | {s for b in inputs.baselines.values() for s in b}
+    if narrowed:  # the grid a `main` ran: nothing of the experiment outside it
+        found_t &= set(preset_teachers)
+        found_s &= set(preset_students)
+    teachers = ordered_names(preset_teachers, found_t)
+    students = ordered_names(preset_students, found_s)
+    table3_teachers = ordered_names(preset_teachers, set(inputs.teacher_evals) & set(preset_teachers)
+                                    if narrowed else inputs.teacher_evals)
     error_teachers = [_known(t, teachers) for t in error_teachers]
     params = {"preset": preset["name"], "eval_set": eval_set, "error_teachers": ",".join(error_teachers),
+              "teachers": ",".join(preset_teachers), "students": ",".join(preset_students), "seeds": ",".join(seeds_wanted),
               "tokens_run": p.tokens_run, "inputs_digest": inputs.digest()}
     upstream = {"tokens_run_id": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
     tags = {"distill.eval_set": eval_set}
@@ -988,7 +1069,9 @@ def run(p: ReportParams) -> str:
         token_teachers = ordered_names(preset_teachers, {r.get("teacher") for r in token_rows} - {None})
         token_teachers = [t for t in token_teachers if any(r.get("teacher") == t for r in token_rows)]
         tok_df, md_tokens = tokens_summary(token_rows, token_teachers, tokenizers)
-        missing = missing_items(inputs, preset, teachers, students, error_teachers, baseline_label, token_rows,
+        grid = {"teachers": preset_teachers, "students": preset_students, "seeds": seeds_wanted,
+                "tokenizers": preset_list(preset, "tokenizers")}
+        missing = missing_items(inputs, grid, teachers, students, error_teachers, baseline_label, token_rows,
                                 predictions)
 
         colors = teacher_colors(ordered_names(teachers, set(error_teachers) | set(token_teachers)))
@@ -1018,12 +1101,14 @@ def run(p: ReportParams) -> str:
             _save(paired, md_paired, root / "tables", "paired_tests")
             _save(errors_df, md_errors, root / "tables", "errors")
             _save(tok_df, md_tokens, root / "tables", "tokens")
+            write_plotlyjs(root / "figures")
             write_figure(figure_accuracy(cells, inputs, teachers, students, baseline_label),
-                         root / "figures" / "fig1_accuracy")
-            write_figure(figure_errors(errors_df, error_teachers, students, colors), root / "figures" / "fig2_errors")
-            write_figure(figure_tokens(token_rows, token_teachers, tokenizers, colors), root / "figures" / "fig3_tokens")
+                         root / "figures" / "fig1_accuracy", pr.run_id)
+            write_figure(figure_errors(errors_df, error_teachers, students, colors), root / "figures" / "fig2_errors", pr.run_id)
+            write_figure(figure_tokens(token_rows, token_teachers, tokenizers, colors), root / "figures" / "fig3_tokens", pr.run_id)
             experiment = mlflow.get_experiment(mlflow.get_run(pr.run_id).info.experiment_id)
             meta = {"preset": preset["name"], "eval_set": eval_set, "experiment": experiment.name,
+                    "experiment_id": experiment.experiment_id, "run_id": pr.run_id,
                     "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     "n_eval_runs": inputs.n_eval_runs, "n_errors_runs": len(inputs.errors),
                     "tokens_run": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
@@ -1050,7 +1135,8 @@ def run(p: ReportParams) -> str:
         for r in cells.itertuples():
             metrics[_metric_name(f"accuracy.{r.teacher}.{r.student}")] = float(r.accuracy_mean)
         mlflow.log_metrics(metrics)
-        mlflow.set_tags({"distill.missing_cells": str(n_missing_cells), "distill.missing": str(len(missing))})
+        mlflow.set_tags({"distill.missing_cells": str(n_missing_cells), "distill.missing": str(len(missing)),
+                         "mlflow.note.content": report_note(meta, summary, md1)})
         print(f"[distill] report on {eval_set}: {len(cells)} cells, {n_missing_cells} missing, "
               f"{len(missing)} missing item(s) in all; run {pr.run_id}", file=sys.stderr)
         return pr.run_id

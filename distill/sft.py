@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -148,6 +149,31 @@ def load_training_rows(p: SftParams, teachers: list[str], preset: dict) -> tuple
     return rows, upstream, source, run
 
 
+def sft_note(p: SftParams, student: str, source: str, n_rows: int, digest: str, run_id: str) -> str:
+    """The sft run's description (Markdown): what was trained on what, and where the model is."""
+    import mlflow
+
+    tags = mlflow.get_run(run_id).data.tags
+    lines = [f"Student **{student}** fine-tuned on the answers of teacher **{p.teacher}**, seed {p.seed}.", "",
+             f"- training data: `{source}` ({n_rows} examples, dataset digest `{digest}`)",
+             f"- logged model: `{tags.get('distill.logged_model', 'model')}` in this run"]
+    if tags.get("distill.registered_model"):
+        lines.append(f"- registered: `{tags['distill.model_uri']}` (version {tags['distill.registered_version']}); "
+                     "its version says the accuracy once `main` (or `evaluate`) has scored it")
+    return "\n".join(lines)
+
+
+def version_note(tags: dict[str, str], teacher: str, seed, student: str) -> str:
+    """A registered version's description before it is evaluated."""
+    return (f"Student **{student}** distilled from teacher **{teacher}**, seed {seed}; trained in run "
+            f"`{tags.get('sft_run_id', '')}` on `{tags.get('train_source', '')}`. Not evaluated yet.")
+
+
+def logged_model_name(student: str, teacher: str, seed) -> str:
+    """What the logged model is, as its name: `student-qwen2.5-0.5b-7B-seed42`."""
+    return re.sub(r"[^\w.\-]", "-", f"student-{student}-{teacher}-seed{seed}")
+
+
 def registered_name(student: str, preset_name: str) -> str:
     base = f"student-{student}".replace("/", "-")
     return base if preset_name == "paper" else f"{preset_name}-{base}"
@@ -220,7 +246,8 @@ def run(p: SftParams) -> str:
         mlflow.log_param("bf16_used", bf16)
         model, tokenizer, stats = _train(p, preset, student, h, bf16, rows, pr.key, pr.run_id, earlier)
         mlflow.log_metrics(stats)
-        _log_student(model, tokenizer, p, preset, student.name, pr.run_id)
+        _log_student(model, tokenizer, p, preset, student.name, pr.run_id, source)
+        mlflow.set_tag("mlflow.note.content", sft_note(p, student.name, source, len(rows), digest, pr.run_id))
         if not p.output_dir:  # the run holds the model (and, unless turned off, the checkpoints)
             shutil.rmtree(checkpoint_root() / pr.key, ignore_errors=True)
         print(f"[distill] sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
@@ -340,7 +367,8 @@ def register_once(model_uri: str, name: str, run_id: str) -> str:
     return str(mlflow.register_model(model_uri, name).version)
 
 
-def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run_id: str) -> None:
+def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run_id: str,
+                 train_source: str = "") -> None:
     """Log the student (transformers flavour), check that it loads and generates, register it once,
     tag the version, then point the aliases at it."""
     import mlflow
@@ -352,18 +380,23 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
     name = registered_name(student, preset["name"])
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
                     f"mlflow=={mlflow.__version__}", "accelerate", "safetensors"]
+    model_name = logged_model_name(student, p.teacher, p.seed)
     info = mlflow.transformers.log_model(
-        transformers_model={"model": model.to("cpu"), "tokenizer": tokenizer}, name="model", task="text-generation",
+        transformers_model={"model": model.to("cpu"), "tokenizer": tokenizer}, name=model_name, task="text-generation",
         pip_requirements=requirements,
     )
+    # evaluate finds the model by this name (runs:/<run>/<name>) and links its metrics to the model id
+    mlflow.set_tags({"distill.logged_model": model_name, "distill.model_id": info.model_id or ""})
     if not p.register:
         return
     verify_logged_model(info.model_uri)
     client = MlflowClient()
     version = register_once(info.model_uri, name, run_id)
-    for k, v in {"teacher": p.teacher, "seed": str(p.seed), "student": student, "sft_run_id": run_id,
-                 "preset": preset["name"]}.items():
+    vtags = {"teacher": p.teacher, "seed": str(p.seed), "student": student, "sft_run_id": run_id,
+             "preset": preset["name"], "train_source": train_source}
+    for k, v in vtags.items():
         client.set_model_version_tag(name, version, k, v)
+    client.update_model_version(name, version, description=version_note(vtags, p.teacher, p.seed, student))
     alias = alias_for(p.teacher)
     client.set_registered_model_alias(name, alias, version)
     client.set_registered_model_alias(name, f"{alias}-seed{p.seed}", version)

@@ -68,7 +68,8 @@ class MlflowLogger(TrainerCallback):
                 metrics[dst] = float(logs[src])
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
-        if self._t is not None and now > self._t:
+        # a log at epoch end saw no new tokens: a 0 there would read as a stall
+        if self._t is not None and now > self._t and self.counter.real_tokens > self._tokens:
             metrics["tokens_per_second"] = (self.counter.real_tokens - self._tokens) / (now - self._t)
         self._t, self._tokens = now, self.counter.real_tokens
         if metrics and mlflow.active_run():

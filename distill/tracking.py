@@ -271,6 +271,38 @@ def _active_experiment_id() -> str:
     return mlflow.tracking.fluent._get_experiment_id()
 
 
+def experiment_name(preset_name: str) -> str:
+    """Every preset's runs in an experiment of their own: `distill-offline`, `distill-paper`."""
+    return f"distill-{preset_name}"
+
+
+def use_preset_experiment(preset: dict) -> str | None:
+    """Make `distill-<preset>` the active experiment (created with a description) unless the user chose
+    one (MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID, `mlflow run --experiment-name`, whose run is
+    MLFLOW_RUN_ID). Reuse lookups, report inputs and step processes all search the active experiment."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if any(os.environ.get(v) for v in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")) \
+            or mlflow.active_run():
+        return None
+    name = experiment_name(preset["name"])
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        note = (f"**distill**, preset `{preset['name']}`: {preset.get('description', '').strip()}\n\n"
+                "Every step of `main` is a nested run under its `main-...` run; the main run's description "
+                "has Table 1 and a link to the report run (`report.md`). Compare student evaluations with "
+                "the params `teacher`, `student`, `seed`, `role`; `accuracy` is in percent.")
+        try:
+            client.create_experiment(name, tags={"mlflow.note.content": note})
+        except Exception:  # noqa: BLE001 - another process created it first
+            pass
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = name  # step processes and Ray tasks inherit it
+    mlflow.set_experiment(name)
+    return name
+
+
 TAG_INCOMPLETE = "distill.incomplete"
 
 
@@ -449,7 +481,7 @@ def _run_name(phase: str, tags: dict[str, str]) -> str:
 
 @contextmanager
 def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | None = None,
-              tags: dict[str, str] | None = None, reuse: bool = True) -> Iterator[PhaseRun]:
+              tags: dict[str, str] | None = None, reuse: bool = True, run_name: str | None = None) -> Iterator[PhaseRun]:
     """Start (or reuse) the run of one phase.
 
     Yields PhaseRun; when `reused` is True the body must not do the work again. Under
@@ -508,7 +540,7 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
               f"{', '.join(stale[1])}); running again. reuse={IGNORE_CODE} would accept it", file=sys.stderr)
         all_tags[TAG_CODE_CHANGED] = f"{stale[0]}: {', '.join(stale[1])}"[:5000]
     parent = PARENT_RUN_ID if not active else None
-    with mlflow.start_run(run_name=_run_name(phase, tags), nested=nested, parent_run_id=parent, tags=all_tags) as run, \
+    with mlflow.start_run(run_name=run_name or _run_name(phase, tags), nested=nested, parent_run_id=parent, tags=all_tags) as run, \
             Heartbeat(run.info.run_id):
         if mode:  # another try claimed the same work at the same moment: the earlier claim does it
             time.sleep(_env_seconds("DISTILL_CLAIM_SETTLE_S", 0.25))
@@ -669,6 +701,11 @@ def require_run(run_id: str | None, phase: str, what: str, **search):
         raise DistillError(f"no FINISHED {phase} run found in this experiment for {what}; run `{phase}` first "
                            f"or name one")
     return run
+
+
+def read_text_artifact(run_id: str, path: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        return download_artifact(run_id, path, tmp).read_text(encoding="utf-8")
 
 
 def read_jsonl_artifact(run_id: str, path: str) -> list[dict]:

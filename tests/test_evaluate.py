@@ -13,7 +13,7 @@ from tests.conftest import ROOT, free_port, run_entry
 from tests.openai_server import OpenAIStub
 
 
-def _last_run(uri, experiment="Default"):
+def _last_run(uri, experiment="distill-offline"):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0], client
@@ -30,6 +30,12 @@ def test_evaluate_logs_metrics_tags_dataset_and_table(mlflow_server, tmp_path):
     assert 0 <= m["n_truncated"] <= 12 and "accuracy_cut_at_next_question" not in m  # zero-shot: no cut variant
     assert tags["distill.phase"] == "evaluate" and tags["distill.student"] == "qwen2.5-0.5b"
     assert params["prompt_format"] == "plain" and params["mode"] == "zero-shot" and params["limit"] == "12"
+    # columns a compare view can put on an axis, and a readable model name
+    assert params["role"] == "baseline" and params["student"] == "qwen2.5-0.5b" and params["teacher"] == ""
+    assert params["model"] == "baseline-qwen2.5-0.5b-zeroshot" and params["model_source"] == "tiny:student-qwen2.5-0.5b"
+    assert run.info.run_name == "evaluate-baseline-qwen2.5-0.5b-zeroshot"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "distill-offline" and "preset `offline`" in exp.tags["mlflow.note.content"]
     inputs = run.inputs.dataset_inputs
     assert inputs[0].dataset.name == "mgsm-ja" and inputs[0].dataset.digest
     assert inputs[0].tags[0].value == "evaluation"
@@ -52,6 +58,8 @@ def test_teacher_few_shot_and_reuse(mlflow_server, tmp_path):
               env=env, cwd=tmp_path)
     run, _ = _last_run(mlflow_server)
     assert run.data.params["prompt_format"] == "chat" and run.data.tags["distill.teacher"] == "7B"
+    assert run.data.params["role"] == "teacher" and run.data.params["teacher"] == "7B"
+    assert run.info.run_name == "evaluate-teacher-7B"
     run_entry("evaluate", "--model", "qwen2.5-1.5b", "--preset", "offline", "--mode", "few-shot", "--limit", "3",
               "--max_new_tokens", "8", env=env, cwd=tmp_path)
     run, _ = _last_run(mlflow_server)
@@ -68,7 +76,7 @@ def test_evaluate_through_an_openai_compatible_server(tracking, tmp_path, monkey
         proc = run_entry("evaluate", "--model", "7B", "--preset", "offline", "--limit", "4", "--backend", "openai",
                          "--base_url", server.base_url, "--eval_set", str(_jsonl(tmp_path)),
                          env={"MLFLOW_TRACKING_URI": tracking, "OPENAI_API_KEY": "sk-secret"}, cwd=tmp_path)
-    run = mlflow.search_runs(output_format="list")[0]
+    run = mlflow.search_runs(experiment_names=["distill-offline"], output_format="list")[0]
     assert run.data.metrics["accuracy"] == pytest.approx(50.0)  # the stub always answers 7; gold 7, 7, 8, 9
     assert server.requests[0]["body"]["model"] == "7B"  # a tiny model has no Hub id: the server knows it by name
     assert "sk-secret" not in json.dumps(run.data.params) + json.dumps(run.data.tags) + proc.stderr
@@ -190,3 +198,30 @@ def test_mlflow_run_entry_point(mlflow_server, tmp_path):
     run, _ = _last_run(mlflow_server, "cli")
     assert run.info.status == "FINISHED" and run.data.metrics["n_total"] == 5
     assert run.data.tags["mlflow.project.entryPoint"] == "evaluate"
+
+
+def test_student_evaluations_pivot_by_teacher_and_student_params(tracking, tmp_path):
+    """The compare view's question, asked of the params alone: accuracy by teacher x student."""
+    from distill.evaluate import EvaluateParams, run as evaluate
+
+    client = MlflowClient()
+    exp = mlflow.get_experiment_by_name("Default").experiment_id
+    sft_runs = {}
+    for t in ("7B", "72B"):
+        for s in ("qwen2.5-0.5b", "llm-jp-3.1-1.8b"):
+            run = client.create_run(exp, tags={"distill.phase": "sft", "distill.teacher": t, "distill.student": s,
+                                               "distill.seed": "42"})
+            client.set_terminated(run.info.run_id)
+            sft_runs[(t, s)] = run.info.run_id
+    answers = {"7B": "7", "72B": "8"}  # gold 7, 7, 8, 9: the 7B students score 50%, the 72B students 25%
+    for (t, s), sft_id in sft_runs.items():
+        with OpenAIStub(lambda kind, body, a=answers[t]: f"解答: {a}") as server:
+            evaluate(EvaluateParams(model=sft_id, backend="openai", base_url=server.base_url,
+                                    eval_set=str(_jsonl(tmp_path))))
+    df = mlflow.search_runs([exp], filter_string="params.role = 'student'")
+    assert len(df) == 4 and set(df["params.seed"]) == {"42"}
+    table = df.pivot_table(index="params.teacher", columns="params.student", values="metrics.accuracy")
+    assert table.loc["7B", "qwen2.5-0.5b"] == pytest.approx(50.0) and table.loc["72B", "llm-jp-3.1-1.8b"] == pytest.approx(25.0)
+    row = df[df["tags.distill.sft_run_id"] == sft_runs[("72B", "qwen2.5-0.5b")]].iloc[0]
+    assert row["params.model"] == "student-qwen2.5-0.5b-72B-seed42"   # readable; the run id stays a tag
+    assert row["tags.mlflow.runName"] == "evaluate-student-qwen2.5-0.5b-72B-seed42"

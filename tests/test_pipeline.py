@@ -15,9 +15,9 @@ def test_main_runs_the_grid_then_reuses_everything(tmp_path):
     first = run_entry("main", *args, env=env, cwd=tmp_path)
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
-        mains = mlflow.search_runs(filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
         assert len(mains) == 1
-        children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{mains[0].info.run_id}'",
+        children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{mains[0].info.run_id}'",
                                       output_format="list")
         phases = sorted(c.data.tags["distill.phase"] for c in children)
         assert phases == sorted(["translate", "teacher", "teacher", "evaluate", "evaluate", "select", "sft", "sft",
@@ -27,7 +27,7 @@ def test_main_runs_the_grid_then_reuses_everything(tmp_path):
         assert not any(s["reused"] for s in steps)
 
         second = run_entry("main", *args, env=env, cwd=tmp_path)
-        mains = mlflow.search_runs(filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
         assert mains[0].data.metrics["steps_reused"] == mains[0].data.metrics["steps"] == len(steps)
         assert "reusing FINISHED run" in second.stderr
     finally:

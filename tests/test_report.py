@@ -189,15 +189,20 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
         (20, 5, 9, 34, 35)
     assert e72.errors_calculation_frac == pytest.approx(9 / 34)
 
-    # figures: standalone HTML with plotly.js inside, and a JSON twin holding the data
+    # figures: HTML that loads the one shared plotly.js beside it (offline), and a JSON twin holding the data
+    shared = os.path.join(local, "figures", "plotly.min.mjs")
+    assert os.path.getsize(shared) > 1_000_000 and "Plotly" in open(shared, encoding="utf-8").read(2000)
     for name in ("fig1_accuracy", "fig2_errors", "fig3_tokens"):
         html = open(os.path.join(local, "figures", f"{name}.html"), encoding="utf-8").read()
-        assert not re.search(r"<script[^>]*\bsrc=", html) and len(html) > 1_000_000   # plotly.js inlined: offline
+        assert re.search(r'<script[^>]*\bsrc="plotly\.min\.mjs"', html) and len(html) < 200_000
+        assert f"run_uuid={run_id}" in html   # the MLflow UI's blob: viewer fetches the shared copy from the server
     fig1 = json.load(open(os.path.join(local, "figures", "fig1_accuracy.json")))
     bar = next(t for t in fig1["data"] if t["type"] == "bar" and t["name"] == "qwen2.5-0.5b")
     assert bar["x"] == ["7B", "14B", "32B", "72B", "7B+72B"]
     assert bar["y"][:2] == pytest.approx([40.0, 32.0]) and bar["y"][2] is None and bar["y"][3] == pytest.approx(30.0)
     assert bar["error_y"]["array"][0] > 0 and bar["error_y"]["arrayminus"][0] > 0
+    assert bar["textposition"] == "outside" and bar["textfont"]["color"] == "#222"   # readable on any bar
+    assert fig1["layout"]["yaxis"]["range"][0] == 0 and fig1["layout"]["yaxis"]["range"][1] > 40
     base = [t for t in fig1["data"] if t.get("name") == "4-shot baseline"]
     assert len(base) == 1 and base[0]["x"] == ["4-shot"] and base[0]["y"] == pytest.approx([4.0])
     dots = [t for t in fig1["data"] if t.get("name") == "one seed"]    # seed dots where a cell has several
@@ -226,7 +231,8 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
     assert ("tokens", "14B") in kinds and ("seed", "7B / qwen2.5-0.5b") not in kinds
     md = open(os.path.join(local, "report.md"), encoding="utf-8").read()
     for text in ("## Table 1", "## Table 3", "## Paired tests", "## Missing", "32B / qwen2.5-0.5b",
-                 "figures/fig1_accuracy.html", "left out (the newest wins)", "qwen2.5-0.5b: best teacher 7B",
+                 f"(#/experiments/{run.info.experiment_id}/runs/{run_id}/artifactPath/figures/fig1_accuracy.html)",
+                 "left out (the newest wins)", "qwen2.5-0.5b: best teacher 7B",
                  "## Scoring robustness", "The teacher ranking changes under the answer-line rule for: qwen2.5-0.5b, mean.",
                  "4-shot, cut at next question"):
         assert text in md, text
@@ -253,8 +259,8 @@ def test_empty_experiment_gives_a_finished_report_and_bad_input_a_clear_error(tr
     assert "no FINISHED tokens run" in md and "No paired test could be made" in md
     t1 = pd.read_csv(os.path.join(local, "tables", "table1.csv"), index_col=0)
     assert t1.drop(columns="mean").isna().all().all() and "| 72B | — | — | — | — |" in md
-    for name in ("fig1_accuracy", "fig2_errors", "fig3_tokens"):
-        assert os.path.getsize(os.path.join(local, "figures", f"{name}.html")) > 1_000_000
+    fig1 = json.load(open(os.path.join(local, "figures", "fig1_accuracy.json")))
+    assert fig1["layout"]["yaxis"]["range"] == [0, 10.0]   # in %, not 0-1, with nothing to show
 
 
 def test_unreadable_predictions_and_reuse(tracking, tmp_path):
@@ -273,6 +279,28 @@ def test_unreadable_predictions_and_reuse(tracking, tmp_path):
     assert report(ReportParams()) != first_id                      # the default makes a new report
     s.evaluate(first(30), "14B", "qwen2.5-0.5b")
     assert report(ReportParams(reuse=True)) != first_id           # a new evaluation arrived
+
+
+def test_a_narrowed_grid_and_a_tie(tracking, tmp_path):
+    """A `main` of 2 teachers x 1 student: Table 1, Missing and the summary cover that grid, and a tie names no best."""
+    s = Store()
+    s.evaluate(first(10), "7B", "qwen2.5-0.5b")
+    s.evaluate(first(10), "72B", "qwen2.5-0.5b")
+    s.evaluate(first(30), "14B", "qwen2.5-1.5b")      # another study in the same experiment: not this grid
+    run_id = report(ReportParams(teachers="7B,72b", students="qwen2.5-0.5b", seeds="42"))
+    run = mlflow.get_run(run_id)
+    assert run.data.metrics["n_missing_cells"] == 0 and run.data.params["teachers"] == "7B,72B"
+    local = artifacts(run_id, tmp_path)
+    t1 = pd.read_csv(os.path.join(local, "tables", "table1.csv"), index_col=0)
+    assert list(t1.columns) == ["qwen2.5-0.5b", "mean"] and {"7B", "72B"} <= set(t1.index) and "14B" not in t1.index
+    md = open(os.path.join(local, "report.md"), encoding="utf-8").read()
+    assert "qwen2.5-0.5b: tie between 7B, 72B (20.00%)" in md and "best teacher" not in md.split("## Table 1")[0]
+    assert "**20.00**" not in md and "over the teachers of this grid (7B, 72B" in md
+    missing = json.load(open(os.path.join(local, "missing.json")))
+    assert {m["what"] for m in missing if m["kind"] == "cell"} == set()
+    assert {m["what"] for m in missing if m["kind"] == "teacher_eval"} == {"7B", "72B"}
+    with pytest.raises(DistillError, match="unknown name '3B' in teachers; known teachers: 7B, 14B, 32B, 72B"):
+        report(ReportParams(teachers="3B"))
 
 
 def test_holm():
