@@ -55,6 +55,21 @@ def summary(values: list[int]) -> dict[str, float]:
             "tokens_min": a.min(), "tokens_max": a.max()}
 
 
+def token_figure(rows: list[dict], tokenizers: list[str], teachers: list[str]):
+    """Tokens per answer, a box per teacher in a panel per tokenizer."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=max(len(tokenizers), 1), subplot_titles=tokenizers or ["(none)"], shared_yaxes=True)
+    for c, name in enumerate(tokenizers, start=1):
+        for t in teachers:
+            fig.add_trace(go.Box(y=[r["tokens"] for r in rows if r["tokenizer"] == name and r["teacher"] == t],
+                                 name=t, boxmean=True, showlegend=False), row=1, col=c)
+    fig.update_yaxes(title_text="tokens per answer", rangemode="tozero", col=1)
+    fig.update_layout(title="Tokens per teacher answer, by tokenizer", template="plotly_white")
+    return fig
+
+
 def run(p: TokensParams) -> str:
     preset = load_preset(p.preset)
     available = preset.get("tokenizers") or {}
@@ -81,15 +96,19 @@ def run(p: TokensParams) -> str:
                     rows.append({"teacher": teacher, "tokenizer": name, "id": a["id"], "tokens": n,
                                  "steps": calculation_steps(a["completion"]), "uses_decimal": uses_decimal(a["completion"])})
                 stats = summary(counts) if counts else {}
-                metrics.update({f"{k}.{name}.{teacher}": v for k, v in stats.items()})
-                table.append({"tokenizer": name, "teacher": teacher, "n": len(counts), **stats})
-        for teacher, answers in sets.items():
-            steps = [calculation_steps(a["completion"]) for a in answers]
-            metrics[f"steps_mean.{teacher}"] = float(np.mean(steps)) if steps else 0.0
-            metrics[f"decimal_frac.{teacher}"] = float(np.mean([uses_decimal(a["completion"]) for a in answers])) if answers else 0.0
+                steps = [calculation_steps(a["completion"]) for a in answers]
+                table.append({"tokenizer": name, "teacher": teacher, "n": len(counts), **stats,
+                              "steps_mean": float(np.mean(steps)) if steps else 0.0,
+                              "decimal_frac": float(np.mean([uses_decimal(a["completion"]) for a in answers]))
+                              if answers else 0.0})
+        # A table and one figure, not a metric per tokenizer x teacher x statistic (dozens of columns
+        # in the runs view); the two numbers a comparison sorts by stay metrics.
+        metrics["n_answers"] = len(rows)
+        metrics["n_tokenizers"] = len(names)
         mlflow.log_metrics(metrics)
         tracking.log_records(rows, "token_counts")
         tracking.log_records(table, "token_summary")
+        mlflow.log_figure(token_figure(rows, names, teachers), "token_counts.html")
         for t in table:
             print(f"[distill] tokens {t['tokenizer']:>14} {t['teacher']:>8}: mean {t.get('tokens_mean', float('nan')):.1f}, "
                   f"median {t.get('tokens_median', float('nan')):.0f}", file=sys.stderr)
