@@ -170,8 +170,8 @@ def version_note(tags: dict[str, str], teacher: str, seed, student: str) -> str:
 
 
 def logged_model_name(student: str, teacher: str, seed) -> str:
-    """What the logged model is, as its name: `student-qwen2.5-0.5b-7B-seed42`."""
-    return re.sub(r"[^\w.\-]", "-", f"student-{student}-{teacher}-seed{seed}")
+    """What the logged model is, as its name: `student-qwen2_5-0_5b-7B-seed42` (MLflow allows no `.`, `/`, `:`)."""
+    return re.sub(r"[^\w\-]", "_", f"student-{student}-{teacher}-seed{seed}")
 
 
 def registered_name(student: str, preset_name: str) -> str:

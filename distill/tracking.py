@@ -283,11 +283,19 @@ def use_preset_experiment(preset: dict) -> str | None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    name = experiment_name(preset["name"])
+    client = MlflowClient()
+    cli_run = os.environ.get("MLFLOW_RUN_ID")
+    if cli_run and os.environ.get("MLFLOW_EXPERIMENT_ID") == "0" and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        # `mlflow run` without --experiment-name made its run in Default: that run says where the work went
+        client.set_tag(cli_run, "distill.experiment", name)
+        client.set_tag(cli_run, "mlflow.note.content", f"This `mlflow run` logged its runs into the experiment "
+                       f"`{name}` (one per preset); `--experiment-name` chooses another.")
+        os.environ.pop("MLFLOW_RUN_ID")
+        os.environ.pop("MLFLOW_EXPERIMENT_ID")
     if any(os.environ.get(v) for v in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")) \
             or mlflow.active_run():
         return None
-    name = experiment_name(preset["name"])
-    client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is None:
         note = (f"**distill**, preset `{preset['name']}`: {preset.get('description', '').strip()}\n\n"
