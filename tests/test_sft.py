@@ -63,10 +63,28 @@ def test_lineage_registry_round_trip_and_evaluate(study):
     out = pipe("問題: 1+1は？\n", max_new_tokens=4, do_sample=False)
     assert out[0]["generated_text"].startswith("問題: 1+1は？")
 
+    # the logged model is named after what it is; the run and the version say what was trained on what
+    assert tags["distill.logged_model"] == "student-qwen2_5-0_5b-7B-seed42"
+    logged = mlflow.get_logged_model(tags["distill.model_id"])
+    assert logged.name == "student-qwen2_5-0_5b-7B-seed42" and logged.source_run_id == run_id
+    assert "teacher **7B**, seed 42" in tags["mlflow.note.content"] and "training data" in tags["mlflow.note.content"]
+    assert "Not evaluated yet" in version.description and version.tags["train_source"].startswith("runs:/")
+    hist = MlflowClient().get_metric_history(run_id, "tokens_per_second")
+    assert hist and hist[-1].value > 0          # no 0 from the epoch-end log
+
     for model in (f"models:/{name}@teacher-7b", run_id):
         eval_run = mlflow.get_run(evaluate(EvaluateParams(model=model, limit=3, max_new_tokens=4)))
         t = eval_run.data.tags
         assert (t["distill.student"], t["distill.teacher"], t["distill.sft_run_id"]) == ("qwen2.5-0.5b", "7B", run_id)
+        assert eval_run.data.params["model"] == "student-qwen2.5-0.5b-7B-seed42"
+    assert eval_run.data.params["model_source"] == f"runs:/{run_id}/student-qwen2_5-0_5b-7B-seed42"
+    # the evaluation's metrics are linked to the model it scored; the version says how good it is
+    linked = mlflow.get_logged_model(tags["distill.model_id"]).metrics
+    assert any(m.key == "accuracy" and m.run_id == eval_run.info.run_id for m in linked or [])
+    version = MlflowClient().get_model_version(name, version.version)
+    acc = eval_run.data.metrics["accuracy"]
+    assert version.tags["accuracy"] == f"{acc:.2f}" and version.tags["eval_run_id"] == eval_run.info.run_id
+    assert f"**Accuracy {acc:.2f}%**" in version.description and eval_run.info.run_id in version.description
 
 
 def test_mix_of_two_teachers(study):
