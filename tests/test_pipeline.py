@@ -25,10 +25,24 @@ def test_main_runs_the_grid_then_reuses_everything(tmp_path):
         assert "errors skipped: no judge configured" in first.stderr
         steps = json.loads(mlflow.artifacts.load_text(f"runs:/{mains[0].info.run_id}/steps.json"))["steps"]
         assert not any(s["reused"] for s in steps)
+        # the preset's experiment; Table 1 on the main run's page, the report one click away
+        main = mains[0]
+        assert mlflow.get_experiment(main.info.experiment_id).name == "distill-offline"
+        note = main.data.tags["mlflow.note.content"]
+        report_run = main.data.tags["distill.report_run_id"]
+        assert "### Table 1" in note and "| 7B |" in note and "none reused" in note
+        assert f"(#/experiments/{main.info.experiment_id}/runs/{report_run}/artifactPath/report.md)" in note
+        assert all(s["run_id"] in note for s in steps) and main.info.run_name == "main-offline"
+        report_tags = mlflow.get_run(report_run).data.tags
+        assert "Table 1" in report_tags["mlflow.note.content"] and report_tags.get("distill.missing_cells") == "0"
+        assert "Downloading artifacts" not in first.stderr and "Writing model shards" not in first.stderr
 
         second = run_entry("main", *args, env=env, cwd=tmp_path)
         mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
         assert mains[0].data.metrics["steps_reused"] == mains[0].data.metrics["steps"] == len(steps)
+        n = len(steps)
+        assert mains[0].info.run_name == f"main-offline (reused {n} of {n} steps)"
+        assert f"reused {n} of {n}" in mains[0].data.tags["mlflow.note.content"]
         assert "reusing FINISHED run" in second.stderr
     finally:
         mlflow.set_tracking_uri(None)
