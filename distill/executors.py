@@ -106,7 +106,9 @@ def plan(p, preset: dict, teachers: list[str], students: list[str], seeds: list[
                        ErrorsParams(eval_run="", judge_model=p.judge_model, judge_base_url=p.judge_base_url, **common),
                        inputs={"eval_run": [ev]}) for t, s, seed, ev in cells if t in judged]
     steps.append(Step("tokens", "tokens", TokensParams(select_run="", **common), inputs={"select_run": ["select"]}))
-    steps.append(Step("report", "report", ReportParams(preset=p.preset, reuse=p.reuse),
+    steps.append(Step("report", "report", ReportParams(preset=p.preset, teachers=",".join(teachers),
+                                                       students=",".join(students), seeds=",".join(map(str, seeds)),
+                                                       reuse=p.reuse),
                       after=[s.name for s in steps]))
     return steps
 
@@ -377,6 +379,11 @@ def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str
                                "type the same command again to continue from there")
         report_run = done["report"]["run_id"]
         mlflow.set_tag("distill.report_run_id", report_run)
+        from distill.pipeline import main_note
+
+        name = f"main-{preset['name']}" + (f" (reused {reused} of {len(log)} steps)" if reused else "")
+        mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(
+            preset["name"], params, log, report_run, main_run.info.experiment_id)})
         print(f"[distill] main: {len(log)} steps as Ray tasks, {reused} reused, {seconds:.0f}s; report run "
               f"{report_run}", file=sys.stderr)
         return main_run.info.run_id
