@@ -111,8 +111,8 @@ def main() -> int:
             if not ok:
                 failures.append(f"{page}: {why}")
 
-        check("main_run", "Table 1", "Table 1 in the main run's description")
-        check("main_run", "report.md", "a link to report.md")
+        check("main_run", "<h3>Table 1", "Table 1 rendered in the main run's description")
+        check("main_run", "/artifactPath/report.md\"", "a link to report.md that opens it in the UI")
         check("main_run", main_run.data.tags["distill.report_run_id"], "a link to the report run")
         for p in ("teacher", "student", "seed", "role"):
             check("compare", p, f"param {p} in the compare view")
@@ -121,8 +121,8 @@ def main() -> int:
         if not evaluated:
             failures.append("version: no registered version carries an accuracy tag")
         else:
-            check("version", "accuracy", "the version's accuracy tag")
-            check("version", "Accuracy", "the version's description with its accuracy")
+            check("version", v.tags["accuracy"], "the version's accuracy tag")
+            check("version", f"Accuracy {v.tags['accuracy']}%", "the version's description with its accuracy")
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
