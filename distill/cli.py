@@ -153,7 +153,9 @@ def quiet_console(argv: list[str]) -> list[str]:
     argv, verbose = _pop_arg(argv, "verbose")
     if verbose is not None and verbose.strip().lower() not in TRUE | FALSE:
         raise DistillError(f"verbose: expected true or false, got {verbose!r}")
-    if not (verbose and verbose.strip().lower() in TRUE):
+    if verbose and verbose.strip().lower() in TRUE:
+        os.environ["DISTILL_VERBOSE"] = "1"
+    else:
         for k, v in QUIET_ENV.items():
             os.environ.setdefault(k, v)
     return argv

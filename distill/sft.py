@@ -303,6 +303,10 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
     )
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    if os.environ.get("DISTILL_VERBOSE") != "1":  # the loss of every step is in MLflow, not a dict per line here
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     counter = PaddingCounter(trainer.data_collator, tokenizer.pad_token_id)
     trainer.data_collator = counter
     logger = MlflowLogger(counter, upload_checkpoints=run_id is not None and p.checkpoints_to_run)
