@@ -198,6 +198,25 @@ def test_mlflow_run_entry_point(mlflow_server, tmp_path):
     run, _ = _last_run(mlflow_server, "cli")
     assert run.info.status == "FINISHED" and run.data.metrics["n_total"] == 5
     assert run.data.tags["mlflow.project.entryPoint"] == "evaluate"
+    assert run.data.params["model"] == "qwen2.5-0.5b"          # as typed; MLflow forbids changing a logged param
+    assert run.data.params["model.resolved"] == "baseline-qwen2.5-0.5b-zeroshot" and run.data.params["role"] == "baseline"
+
+
+@pytest.mark.slow
+def test_plain_mlflow_run_logs_into_the_presets_experiment(tmp_path):
+    """`mlflow run` without --experiment-name makes its run in Default: that run points at distill-offline."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "evaluate", "--env-manager", "local",
+         "-P", "model=qwen2.5-0.5b", "-P", "limit=3", "-P", "max_new_tokens=4"],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri,
+             "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli_run, _ = _last_run(uri, "Default")
+    assert cli_run.data.tags["distill.experiment"] == "distill-offline" and "distill.phase" not in cli_run.data.tags
+    run, _ = _last_run(uri)
+    assert run.data.tags["distill.phase"] == "evaluate" and run.data.params["model"] == "baseline-qwen2.5-0.5b-zeroshot"
 
 
 def test_student_evaluations_pivot_by_teacher_and_student_params(tracking, tmp_path):

@@ -80,7 +80,7 @@ def test_phases_write_to_a_postgresql_backed_server_and_reuse_from_it(postgres, 
 def test_two_sweep_workers_share_one_study_in_postgresql(postgres, pg_mlflow, selected_on_server, on_server, tmp_path):
     storage = postgres.create_database("optuna")
     n_trials = 4
-    env = {**os.environ, "MLFLOW_TRACKING_URI": on_server, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": on_server, "PYTHONPATH": str(ROOT), "MLFLOW_EXPERIMENT_NAME": "Default"}
     common = ["--preset", "offline", "--teacher", "7B", "--student", "qwen2.5-0.5b", "--n_trials", str(n_trials),
               "--storage", storage, "--max_new_tokens", "6", "--space", "learning_rate,num_train_epochs",
               "--select_run", selected_on_server["select"]]

@@ -127,10 +127,10 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
-        (main,) = mlflow.search_runs(filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        (main,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
         assert main.info.status == "FINISHED" and main.data.tags["distill.rehearsal"] == "true"
         assert main.data.metrics["steps"] == 56 and main.data.metrics["steps_reused"] == 0
-        children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{main.info.run_id}'",
+        children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{main.info.run_id}'",
                                       output_format="list")
         assert all(c.info.status == "FINISHED" and c.data.tags["distill.rehearsal"] == "true" for c in children)
         by = {}
@@ -172,7 +172,7 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
         assert all(source in tokens.data.params["tokenizers"] for source in PAPER["tokenizers"].values())
         (report,) = by["report"]
         assert "tables/table1.md" in {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id, "tables")}
-        (sweep_run,) = mlflow.search_runs(filter_string="tags.`distill.phase` = 'sweep'", output_format="list")
+        (sweep_run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'sweep'", output_format="list")
         assert sweep_run.data.params["space"] == ",".join(k for k in PAPER["sweep"] if k != "n_trials")
         assert "main: errors skipped" not in proc.stderr
         steps = json.loads(mlflow.artifacts.load_text(f"runs:/{main.info.run_id}/steps.json"))["steps"]

@@ -138,7 +138,7 @@ def test_killed_sft_resumes_from_its_last_checkpoint(study):
     args = [sys.executable, str(ROOT / "entrypoints" / "sft.py"), "--teacher", "72B", "--student", "qwen2.5-0.5b",
             "--per_device_train_batch_size", "1", "--num_train_epochs", "3", "--save_steps", "4", "--seed", "3",
             "--register", "false"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": study["uri"]}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": study["uri"], "MLFLOW_EXPERIMENT_NAME": "Default"}  # the study's
     pattern = "mlruns/*/*/artifacts/checkpoints/checkpoint-*/trainer_state.json"
     before = set(study["root"].glob(pattern))  # other tests' runs have checkpoints too
     proc = subprocess.Popen(args, cwd=study["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -168,7 +168,8 @@ def test_accelerate_launch_single_process(study):
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
          str(ROOT / "entrypoints" / "sft.py"), "--teacher", "7B", "--student", "sarashina2.2-1b",
          "--num_train_epochs", "1", "--register", "false"],
-        cwd=study["root"], env={**os.environ, "MLFLOW_TRACKING_URI": study["uri"]}, capture_output=True, text=True,
+        cwd=study["root"], env={**os.environ, "MLFLOW_TRACKING_URI": study["uri"], "MLFLOW_EXPERIMENT_NAME": "Default"},
+        capture_output=True, text=True,
         timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = mlflow.search_runs(filter_string="tags.`distill.student` = 'sarashina2.2-1b'", output_format="list")[0]

@@ -133,7 +133,7 @@ def test_select_bad_input(translated):
 def test_teacher_killed_halfway_resumes_and_holds_each_answer_once(translated, tracking, tmp_path):
     args = [sys.executable, str(ROOT / "entrypoints" / "teacher.py"), "--teacher", "7B", "--shard_size", "2",
             "--batch_size", "1", "--max_new_tokens", "48"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+    proc = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "Default"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     shards = []
@@ -148,7 +148,7 @@ def test_teacher_killed_halfway_resumes_and_holds_each_answer_once(translated, t
     killed = mlflow.search_runs(filter_string="tags.`distill.phase` = 'teacher'", output_format="list")[0]
     assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to mark it
 
-    done = subprocess.run(args, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+    done = subprocess.run(args, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "Default"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming:" in done.stderr
