@@ -117,7 +117,7 @@ def execute_step(phase: str, params: Any, env: dict[str, str]) -> dict:
     """Runs in a Ray worker: one phase under the main run; returns what happened, errors included."""
     os.environ.update(env)
     os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that is the main run: never log into it
-    tracking.PARENT_RUN_ID = env[PARENT_ENV]  # the phase run nests under `main`
+    tracking.PARENT_RUN_ID = env.get(PARENT_ENV)  # the phase run nests under `main`
     import mlflow
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
