@@ -49,7 +49,7 @@ KEYS = {
     "data.eval_set": "evaluate params.eval_set, dataset input",
     "generation.max_new_tokens": "overridden: max_new_tokens", "generation.batch_size": "params.batch_size",
     "generation.translate_max_new_tokens": "overridden: max_new_tokens",
-    **{f"select.{k}": "select params" for k in ("n", "seed", "filter", "dev_size")},
+    **{f"select.{k}": "select params" for k in ("n", "seed", "filter", "dev_size", "keep_truncated")},
     **{f"sft.{k}": "sft params" for k in ("bf16", "learning_rate", "lr_scheduler_type", "num_train_epochs",
                                           "per_device_train_batch_size", "gradient_accumulation_steps",
                                           "max_grad_norm", "warmup_ratio", "max_length", "batching",
@@ -155,8 +155,8 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
         assert _params(baselines, "model_source") == STUDENT_IDS
         assert _params(baselines, "shots") == {"4"} and _params(baselines, "repetition_penalty") == {"1.1"}
         (select,) = by["select"]
-        assert {k: select.data.params[k] for k in ("filter", "seed", "dev_size", "n")} == {
-            "filter": "all_correct", "seed": "42", "dev_size": "200", "n": "3"}
+        assert {k: select.data.params[k] for k in ("filter", "seed", "dev_size", "n", "keep_truncated")} == {
+            "filter": "all_correct", "seed": "42", "dev_size": "200", "n": "3", "keep_truncated": "False"}
         assert select.data.metrics["n_qualifying"] == 6  # the even stand-in questions, which every teacher got right
         sft = by["sft"]
         assert _params(sft, "student_source") == STUDENT_IDS and len({c.data.params["teacher"] for c in sft}) == 4
