@@ -268,28 +268,13 @@ def tracking_for_tasks(uri: str, address: str):
 
 
 def run_concurrent(p) -> str:
-    from distill.config import load_preset, resolve_role
-    from distill.pipeline import _names, check_hardware
+    from distill.pipeline import resolve_grid
 
     if p.executor not in EXECUTORS:
         raise DistillError(f"unknown executor {p.executor!r}; choose one of {', '.join(EXECUTORS)}")
     if p.rehearsal:
         raise DistillError("rehearsal=true runs with executor=sequential only")
-    preset = load_preset(p.preset)
-    grid = preset.get("grid", {})
-    teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))
-    students = _names(p.students, grid.get("students") or list(preset["students"]))
-    seeds = [int(s) for s in _names(p.seeds, grid.get("seeds") or [42])]
-    for t in teachers:
-        resolve_role(t, preset, "teacher")
-    for s in students:
-        resolve_role(s, preset, "student")
-    if len(teachers) < 2:
-        raise DistillError(f"main needs at least two teachers to select questions on (got {teachers})")
-    backend = p.backend or preset["backend"]
-    check_hardware(preset, backend)
-    limit = p.limit if p.limit is not None else grid.get("eval_limit")
-    judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.get("judge", {}).get("base_url"))
+    preset, teachers, students, seeds, backend, limit, judge = resolve_grid(p)
     steps = plan(p, preset, teachers, students, seeds, backend, limit, judge)
     if not judge:
         print("[distill] main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)",

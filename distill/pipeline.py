@@ -108,6 +108,27 @@ def _result(run_id: str) -> str:
     return f": accuracy {acc:.2f}%" if acc is not None else ""
 
 
+def resolve_grid(p: "MainParams") -> tuple[dict, list[str], list[str], list[int], str, int | None, bool]:
+    """The grid `main` runs, checked before any step starts (both executors): the preset, teachers,
+    students, seeds, backend, eval limit and whether a judge is configured."""
+    preset = load_preset(p.preset)
+    grid = preset.get("grid", {})
+    teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))
+    students = _names(p.students, grid.get("students") or list(preset["students"]))
+    seeds = parse_seeds(p.seeds, grid.get("seeds") or [42])
+    for t in teachers:
+        resolve_role(t, preset, "teacher")
+    for s in students:
+        resolve_role(s, preset, "student")
+    if len(teachers) < 2:
+        raise DistillError(f"main needs at least two teachers to select questions on (got {teachers})")
+    backend = p.backend or preset["backend"]
+    check_hardware(preset, backend, p.rehearsal)
+    limit = p.limit if p.limit is not None else grid.get("eval_limit")
+    judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.get("judge", {}).get("base_url"))
+    return preset, teachers, students, seeds, backend, limit, judge
+
+
 class Steps:
     """Runs steps in order, records what was reused, and names the step that failed."""
 
@@ -193,21 +214,7 @@ def run(p: MainParams) -> str:
         from distill.executors import run_concurrent
 
         return run_concurrent(p)
-    preset = load_preset(p.preset)
-    grid = preset.get("grid", {})
-    teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))
-    students = _names(p.students, grid.get("students") or list(preset["students"]))
-    seeds = parse_seeds(p.seeds, grid.get("seeds") or [42])
-    for t in teachers:
-        resolve_role(t, preset, "teacher")
-    for s in students:
-        resolve_role(s, preset, "student")
-    if len(teachers) < 2:
-        raise DistillError(f"main needs at least two teachers to select questions on (got {teachers})")
-    backend = p.backend or preset["backend"]
-    check_hardware(preset, backend, p.rehearsal)
-    limit = p.limit if p.limit is not None else grid.get("eval_limit")
-    judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.get("judge", {}).get("base_url"))
+    preset, teachers, students, seeds, backend, limit, judge = resolve_grid(p)
     params = {"preset": preset["name"], "teachers": ",".join(teachers), "students": ",".join(students),
               "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "n": p.n, "backend": backend,
               "judge": judge, "max_new_tokens": p.max_new_tokens, "rehearsal": p.rehearsal}

@@ -110,7 +110,8 @@ def _phase(params, reuse=True):
         return pr
 
 
-def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(tracking_store, package, capsys):
+@pytest.mark.usefixtures("tracking")  # conftest's store; the name `tracking` is the module here
+def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(package, capsys):
     import mlflow
 
     config.load_preset("paper")
@@ -135,17 +136,3 @@ def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(trackin
     assert "although the code changed since (distill/select.py): reuse=ignore_code" in capsys.readouterr().err
     main_tags = mlflow.get_run(main.info.run_id).data.tags
     assert main_tags[f"{tracking.TAG_IGNORED_CODE}.{second.run_id}"] == "select: distill/select.py"
-
-
-@pytest.fixture
-def tracking_store(tmp_path, monkeypatch):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
