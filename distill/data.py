@@ -9,7 +9,7 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.answers import parse_gold
-from distill.jsonl import read_jsonl, text_lines, write_jsonl  # noqa: F401  (re-exported for older imports)
+from distill.jsonl import json_lines, read_jsonl, text_lines, write_jsonl  # noqa: F401  (re-exported for older imports)
 
 RESOURCES = Path(__file__).parent / "resources"
 GSM8K_JA_HUB_ID = "SakanaAI/gsm8k-ja-test_250-1319"
@@ -62,14 +62,8 @@ def read_jsonl_examples(path: Path, id_prefix: str | None = None) -> list[Exampl
     """The user's own eval set: one JSON object per line with `question` and `answer_number`."""
     prefix = id_prefix or path.stem
     examples = []
-    for lineno, line in text_lines(path):
-        if not line.strip():
-            continue
+    for lineno, row in json_lines(path):
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DistillError(f"{where}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
             got = type(row.get("question")).__name__ if isinstance(row, dict) else type(row).__name__
             raise DistillError(f"{where}: needs a non-empty text 'question' field (got {got})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Iterator
 
 from distill import DistillError
 
@@ -34,9 +35,9 @@ def text_lines(path: str | Path) -> list[tuple[int, str]]:
     return list(enumerate((line.removesuffix("\r") for line in text.split("\n")), 1))
 
 
-def read_train_file(path: Path) -> list[dict]:
-    """The user's own training set for `sft`: JSON objects with text `prompt` and `completion`."""
-    rows = []
+def json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a user's UTF-8 JSON Lines file; a line that is not
+    JSON is one error naming the file and the line."""
     for lineno, line in text_lines(path):
         if not line.strip():
             continue
@@ -44,6 +45,13 @@ def read_train_file(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DistillError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        yield lineno, row
+
+
+def read_train_file(path: Path) -> list[dict]:
+    """The user's own training set for `sft`: JSON objects with text `prompt` and `completion`."""
+    rows = []
+    for lineno, row in json_lines(path):
         if not (isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k] for k in ("prompt", "completion"))):
             raise DistillError(f"{path}:{lineno}: needs non-empty text 'prompt' and 'completion' fields")
         rows.append(row)
