@@ -78,40 +78,60 @@ def _walk(tree):
 
 def _distill_imports(module: str) -> set[str]:
     """The distill modules a module imports, anywhere in its body (lazy imports included)."""
+    file = _module_file(module)
+    return set() if file is None else set(_imports_in(file.read_text(encoding="utf-8")))
+
+
+@lru_cache(maxsize=None)
+def _imports_in(source: str) -> frozenset[str]:
+    """Cached by the source text itself: an edited module is parsed again, an unchanged one never."""
     import ast
 
-    file = _module_file(module)
-    if file is None:
-        return set()
     found = set()
-    for node in _walk(ast.parse(file.read_text(encoding="utf-8"))):
+    for node in _walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("distill"):
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)  # `from distill import tracking`
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("distill"))
-    return found
+    return frozenset(found)
 
 
-def _resources_read(file: Path) -> set[Path]:
-    """Shipped data files a module names: string constants, and f-strings as patterns
-    (`f"gsm8k_{split}_sample.jsonl"` names both samples)."""
+@lru_cache(maxsize=None)
+def _file_names_in(source: str) -> tuple[frozenset[str], frozenset[str]]:
+    """String constants, and f-strings as patterns (`f"gsm8k_{split}_sample.jsonl"` names both samples)."""
     import ast
-    import fnmatch
 
     names, patterns = set(), set()
-    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             names.add(node.value)
         elif isinstance(node, ast.JoinedStr):
             pattern = "".join(v.value if isinstance(v, ast.Constant) else "*" for v in node.values)
             if "." in pattern and not pattern.startswith("*") and not any(c.isspace() for c in pattern):
                 patterns.add(pattern)  # a file name, not a message
+    return frozenset(names), frozenset(patterns)
+
+
+def _resources_read(file: Path) -> set[Path]:
+    """Shipped data files a module names."""
+    import fnmatch
+
+    names, patterns = _file_names_in(file.read_text(encoding="utf-8"))
     found = set()
     for data in (PACKAGE_DIR / RESOURCE_DIR).rglob("*"):
         if data.is_file() and (data.name in names or any(fnmatch.fnmatchcase(data.name, p) for p in patterns)):
             found.add(data)
     return found
+
+
+def warm_code_cache() -> None:
+    """Parse every module of the package once, so that processes forked afterwards (distill.steps) compute
+    their reuse keys by hashing files only (parsing them costs each step ~0.7 s)."""
+    for file in PACKAGE_DIR.rglob("*.py"):
+        source = file.read_text(encoding="utf-8")
+        _imports_in(source)
+        _file_names_in(source)
 
 
 def _digest(data: bytes) -> str:
