@@ -6,7 +6,7 @@ tiny BPE tokenizer of `distill.tiny`; the data are the shipped GSM8K training qu
 solutions in the study's prompt format (~320 tokens each, cycled to `--examples`).
 
 Measured, each through the package's public functions, in a throw-away MLflow store:
-- `distill.sft.run` with the `paper` preset's settings (bf16, batch 8, lr 1e-5, one epoch here) for each
+- `distill.phases.sft.run` with the `paper` preset's settings (bf16, batch 8, lr 1e-5, one epoch here) for each
   batching (`padded`, `group_by_length`, `padding_free`) with gradient checkpointing on and off;
   `padding_free` is recorded as refused, with the phase's message, where FlashAttention is missing;
 - plain TRL `SFTTrainer` with its default settings (only `output_dir`, one epoch, no checkpoints and
@@ -168,7 +168,7 @@ def sft_case(name: str, params, gpu: Gpu) -> dict:
     import mlflow
 
     from distill import DistillError
-    from distill.sft import run as sft_run
+    from distill.phases.sft import run as sft_run
 
     gpu.reset()
     t = now()
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
 
         from distill.generation.hf import load_tokenizer
         from distill.prompts import plain_prompt
-        from distill.sft import SftParams
+        from distill.phases.sft import SftParams
 
         gpu = Gpu()
         device = torch.cuda.get_device_name() if gpu.cuda else f"cpu ({os.cpu_count()} cores)"

@@ -78,7 +78,7 @@ def simulate(steps, durations: dict, gpus: int, sequential: bool) -> float | Non
 def main() -> int:
     from distill.config import load_preset
     from distill.executors import plan
-    from distill.pipeline import MainParams
+    from distill.phases.main import MainParams
 
     preset = load_preset("paper")
     grid = preset["grid"]

@@ -6,7 +6,7 @@ the process chdirs there), then the real upstream phases of the offline preset: 
 tiny random teachers stop at EOS at scattered points), `select` (`n=--n`, `dev_size=0`, filter `none` as the preset
 has it, `allow_fewer` so that every usable question is taken).
 
-Timed: `distill.sft.run(SftParams(teacher="7B", student="qwen2.5-0.5b", preset="offline", batching=b, register=False,
+Timed: `distill.phases.sft.run(SftParams(teacher="7B", student="qwen2.5-0.5b", preset="offline", batching=b, register=False,
 reuse=False, num_train_epochs=1, checkpoints_to_run=False, output_dir=<tmp>/ckpt-...))` for each batching mode,
 interleaved over `--repeats`, at the paper's batch size 8 (the preset's `per_device_train_batch_size`). Figures are the
 run's own metrics (`train_tokens_per_second`, `padding_fraction`, `train_seconds`, `train_tokens`: real tokens,
@@ -142,14 +142,14 @@ def main(argv=None) -> int:
         from distill.config import load_preset, resolve_role
         from distill.generation.hf import load_tokenizer
         from distill.models import materialize
-        from distill.select import SelectParams
-        from distill.select import run as select_run
-        from distill.sft import SftParams, resolved_hparams
-        from distill.sft import run as sft_run
-        from distill.teacher import TeacherParams
-        from distill.teacher import run as teacher_run
-        from distill.translate import TranslateParams
-        from distill.translate import run as translate_run
+        from distill.phases.select import SelectParams
+        from distill.phases.select import run as select_run
+        from distill.phases.sft import SftParams, resolved_hparams
+        from distill.phases.sft import run as sft_run
+        from distill.phases.teacher import TeacherParams
+        from distill.phases.teacher import run as teacher_run
+        from distill.phases.translate import TranslateParams
+        from distill.phases.translate import run as translate_run
 
         log(f"tracking store {mlflow.get_tracking_uri()}; load average {load_before[0]:.2f}")
         t = now()

@@ -7,7 +7,7 @@ Timed, interleaved per repeat (raw, phase shard A, phase shard B, raw, ...), bes
 - raw: `make_generator("transformers", tiny_model_dir("tiny:teacher-7b"))` (load counted) and one
   `gen.generate([chat_messages(q["question_ja"]) ...], GenerationConfig(max_new_tokens=M, batch_size=16))` over
   the translate run's `translations.jsonl`, exactly the prompts the phase sends.
-- phase: `distill.teacher.run(TeacherParams(teacher="7B", preset="offline", max_new_tokens=M, reuse=False,
+- phase: `distill.phases.teacher.run(TeacherParams(teacher="7B", preset="offline", max_new_tokens=M, reuse=False,
   shard_size=S))` end-to-end, in-process.
 
 overhead = phase_seconds / raw_seconds - 1 (goal: < 10%). Tokens are `Generation.n_tokens` (the records'
@@ -79,10 +79,11 @@ class Timers:
 
 @contextlib.contextmanager
 def instrumented(timers: Timers, captured: dict):
-    """Wrap what `distill.teacher.run` calls; restore everything afterwards."""
+    """Wrap what `distill.phases.teacher.run` calls; restore everything afterwards."""
     import mlflow
 
-    from distill import shards, teacher, tracking
+    from distill import shards, tracking
+    from distill.phases import teacher
 
     patches = []
 
@@ -240,7 +241,7 @@ def raw_pass(questions: list[dict], max_new_tokens: int, batch_size: int, chunk:
 def phase_pass(max_new_tokens: int, shard_size: int) -> dict:
     import mlflow
 
-    from distill.teacher import TeacherParams, run
+    from distill.phases.teacher import TeacherParams, run
 
     timers, captured = Timers(), {}
     cpu0, t0 = time.process_time(), now()
@@ -292,8 +293,8 @@ def main(argv=None) -> int:
         from distill.generation import GenerationConfig, make_generator
         from distill.prompts import chat_messages
         from distill.tiny import tiny_model_dir
-        from distill.translate import TranslateParams
-        from distill.translate import run as translate_run
+        from distill.phases.translate import TranslateParams
+        from distill.phases.translate import run as translate_run
 
         log(f"tracking store {mlflow.get_tracking_uri()}; load average {load_before[0]:.2f}")
         t = now()

@@ -16,6 +16,7 @@ import sys
 import typing
 
 from distill import DistillError
+from distill.phases import module_name
 
 TRUE = {"1", "true", "yes", "y", "on"}
 FALSE = {"0", "false", "no", "n", "off"}
@@ -172,7 +173,7 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         preset = load_preset(preset_name or "offline")
         apply_offline_env(preset)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        module = importlib.import_module(f"distill.{phase}")
+        module = importlib.import_module(module_name(phase))
         params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
         params = parse_params(params_cls, argv)
         from distill.tracking import ensure_tracking_reachable, ensure_tracking_store, use_preset_experiment

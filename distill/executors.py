@@ -1,6 +1,6 @@
 """`main -P executor=ray`: the grid's independent steps at once, as Ray tasks.
 
-The same steps as the sequential executor (distill/pipeline.py), as a graph: the teachers side by
+The same steps as the sequential executor (distill/phases/main.py), as a graph: the teachers side by
 side after the translation, the teachers' own evaluations and the 4-shot baselines at once, every
 SFT cell after `select`, each evaluation as soon as its student exists, the judge after its
 evaluation, `report` last. Each task asks Ray for what its step needs, from the preset: the
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import DistillError
+from distill.phases import module_name
 from distill import tracking
 
 EXECUTORS = ("sequential", "ray")
@@ -62,14 +63,14 @@ def plan(p, preset: dict, teachers: list[str], students: list[str], seeds: list[
          judge: bool) -> list[Step]:
     """The sequential executor's steps, in its order, with their dependencies and resources."""
     from distill.config import resolve_role
-    from distill.errors import ErrorsParams
-    from distill.evaluate import EvaluateParams
-    from distill.report import ReportParams
-    from distill.select import SelectParams
-    from distill.sft import SftParams
-    from distill.teacher import TeacherParams
-    from distill.tokens import TokensParams
-    from distill.translate import TranslateParams
+    from distill.phases.judge import ErrorsParams
+    from distill.phases.evaluate import EvaluateParams
+    from distill.phases.report import ReportParams
+    from distill.phases.select import SelectParams
+    from distill.phases.sft import SftParams
+    from distill.phases.teacher import TeacherParams
+    from distill.phases.tokens import TokensParams
+    from distill.phases.translate import TranslateParams
 
     common = dict(preset=p.preset, reuse=p.reuse)
     gen = dict(backend=p.backend, max_new_tokens=p.max_new_tokens)
@@ -126,7 +127,7 @@ def execute_step(phase: str, params: Any, env: dict[str, str]) -> dict:
     apply_offline_env(load_preset(params.preset))
     import importlib
 
-    fn = importlib.import_module(f"distill.{phase}").run
+    fn = importlib.import_module(module_name(phase)).run
     start = len(tracking.EVENTS)
     t0 = time.perf_counter()
     try:
@@ -268,7 +269,7 @@ def tracking_for_tasks(uri: str, address: str):
 
 
 def run_concurrent(p) -> str:
-    from distill.pipeline import resolve_grid
+    from distill.phases.main import resolve_grid
 
     if p.executor not in EXECUTORS:
         raise DistillError(f"unknown executor {p.executor!r}; choose one of {', '.join(EXECUTORS)}")
@@ -364,7 +365,7 @@ def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str
                                "type the same command again to continue from there")
         report_run = done["report"]["run_id"]
         mlflow.set_tag("distill.report_run_id", report_run)
-        from distill.pipeline import main_note
+        from distill.phases.main import main_note
 
         name = f"main-{preset['name']}" + (f" (reused {reused} of {len(log)} steps)" if reused else "")
         mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(

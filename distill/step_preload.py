@@ -19,8 +19,8 @@ MODULES = (
     "transformers.generation.utils", "transformers.models.auto.modeling_auto",
     "transformers.models.auto.tokenization_auto", "transformers.models.qwen2.modeling_qwen2",
     "transformers.models.llama.modeling_llama", "transformers.trainer", "trl", "trl.trainer.sft_trainer",
-    "trl.trainer.sft_config", "distill.models", "distill.generation.hf", "distill.translate", "distill.teacher",
-    "distill.evaluate", "distill.sft", "distill.sft_callbacks", "distill.tokens", "plotly.graph_objects", "plotly.io",
+    "trl.trainer.sft_config", "distill.models", "distill.generation.hf", "distill.phases.translate", "distill.phases.teacher",
+    "distill.phases.evaluate", "distill.phases.sft", "distill.sft_callbacks", "distill.phases.tokens", "plotly.graph_objects", "plotly.io",
 )
 
 for _name in MODULES:

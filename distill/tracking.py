@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distill import DistillError
+from distill.phases import module_name
 
 TAG_PHASE = "distill.phase"
 TAG_KEY = "distill.cache_key"
@@ -157,7 +158,7 @@ def _code_files(phase: str | None, preset: str | None, backend: str | None) -> t
     if phase is None:  # everything: for callers that want one version of the whole package
         files = {p for p in PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix in {".py", ".yaml", ".json", ".tsv", ".jsonl"}}
     else:
-        seen, todo = set(), [f"distill.{phase}", "distill"] + ([BACKEND_MODULES[backend]] if backend in BACKEND_MODULES else [])
+        seen, todo = set(), [module_name(phase), "distill"] + ([BACKEND_MODULES[backend]] if backend in BACKEND_MODULES else [])
         while todo:
             module = todo.pop()
             if module in seen:

@@ -1,4 +1,4 @@
-"""Entry point `evaluate`: see distill/evaluate.py for what it does and its parameters."""
+"""Entry point `evaluate`: see distill/phases/evaluate.py for what it does and its parameters."""
 
 from distill.cli import run_phase
 

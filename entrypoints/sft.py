@@ -1,4 +1,4 @@
-"""Entry point `sft`: see distill/sft.py for what it does and its parameters."""
+"""Entry point `sft`: see distill/phases/sft.py for what it does and its parameters."""
 
 from distill.cli import run_phase
 

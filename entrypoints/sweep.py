@@ -1,4 +1,4 @@
-"""Entry point `sweep`: see distill/sweep.py for what it does and its parameters."""
+"""Entry point `sweep`: see distill/phases/sweep.py for what it does and its parameters."""
 
 from distill.cli import run_phase
 

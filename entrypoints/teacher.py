@@ -1,4 +1,4 @@
-"""Entry point `teacher`: see distill/teacher.py for what it does and its parameters."""
+"""Entry point `teacher`: see distill/phases/teacher.py for what it does and its parameters."""
 
 from distill.cli import run_phase
 

@@ -1,4 +1,4 @@
-"""Entry point `tokens`: see distill/tokens.py for what it does and its parameters."""
+"""Entry point `tokens`: see distill/phases/tokens.py for what it does and its parameters."""
 
 from distill.cli import run_phase
 

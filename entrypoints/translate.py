@@ -1,4 +1,4 @@
-"""Entry point `translate`: see distill/translate.py for what it does and its parameters."""
+"""Entry point `translate`: see distill/phases/translate.py for what it does and its parameters."""
 
 from distill.cli import run_phase
 

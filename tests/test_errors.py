@@ -6,10 +6,10 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.errors import ErrorsParams, parse_judgment
-from distill.errors import run as errors
-from distill.evaluate import EvaluateParams
-from distill.evaluate import run as evaluate
+from distill.phases.judge import ErrorsParams, parse_judgment
+from distill.phases.judge import run as errors
+from distill.phases.evaluate import EvaluateParams
+from distill.phases.evaluate import run as evaluate
 from tests.openai_server import OpenAIStub
 
 

@@ -88,7 +88,7 @@ def _runs_on(kind, body):
 
 
 def test_few_shot_baseline_runs_on_as_the_paper_did_and_logs_the_cut_beside(tracking, tmp_path, monkeypatch):
-    from distill.evaluate import EvaluateParams, run as evaluate
+    from distill.phases.evaluate import EvaluateParams, run as evaluate
 
     with OpenAIStub(_runs_on) as server:
         run_id = evaluate(EvaluateParams(model="qwen2.5-0.5b", mode="few-shot", backend="openai",
@@ -111,7 +111,7 @@ def test_few_shot_baseline_runs_on_as_the_paper_did_and_logs_the_cut_beside(trac
 
 def test_shots_come_from_the_preset(tracking, tmp_path):
     from distill import DistillError
-    from distill.evaluate import EvaluateParams, run as evaluate
+    from distill.phases.evaluate import EvaluateParams, run as evaluate
 
     preset = tmp_path / "two-shot.yaml"
     text = (ROOT / "distill" / "presets" / "offline.yaml").read_text()
@@ -132,7 +132,7 @@ def test_shots_come_from_the_preset(tracking, tmp_path):
 
 def test_a_served_model_name_without_a_slash(tracking, tmp_path):
     from distill import DistillError
-    from distill.evaluate import EvaluateParams, run as evaluate
+    from distill.phases.evaluate import EvaluateParams, run as evaluate
 
     with OpenAIStub() as server:
         run_id = evaluate(EvaluateParams(model="gpt-4o-mini", backend="openai", base_url=server.base_url,
@@ -221,7 +221,7 @@ def test_plain_mlflow_run_logs_into_the_presets_experiment(tmp_path):
 
 def test_student_evaluations_pivot_by_teacher_and_student_params(tracking, tmp_path):
     """The compare view's question, asked of the params alone: accuracy by teacher x student."""
-    from distill.evaluate import EvaluateParams, run as evaluate
+    from distill.phases.evaluate import EvaluateParams, run as evaluate
 
     client = MlflowClient()
     exp = mlflow.get_experiment_by_name("Default").experiment_id

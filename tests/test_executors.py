@@ -12,7 +12,7 @@ import yaml
 from distill import DistillError
 from distill.config import PRESET_DIR, load_preset
 from distill.executors import plan, run_concurrent
-from distill.pipeline import MainParams
+from distill.phases.main import MainParams
 from tests.conftest import run_entry
 
 SEQUENTIAL_PHASES = sorted(["translate", "teacher", "teacher", "evaluate", "evaluate", "select", "sft", "sft",
@@ -153,7 +153,7 @@ def test_ray_main_on_a_postgresql_server_names_a_failed_step_finishes_the_rest_a
 def test_a_gpu_steps_worker_exits_after_its_task(tmp_path):
     ray = pytest.importorskip("ray")
     from distill.executors import execute_step, execute_step_in_fresh_worker
-    from distill.select import SelectParams
+    from distill.phases.select import SelectParams
 
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     ray.init(include_dashboard=False, log_to_driver=False, num_cpus=1)

@@ -130,7 +130,7 @@ def test_vllm_request_building_without_a_gpu():
 
 
 def test_vllm_is_imported_only_when_chosen():
-    code = ("import sys, distill.generation, distill.evaluate, distill.runner; "
+    code = ("import sys, distill.generation, distill.phases.evaluate, distill.runner; "
             "assert 'vllm' not in sys.modules; print('ok')")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
 

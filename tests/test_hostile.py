@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from distill.phases import module_name
 from tests.conftest import ROOT, free_port, run_entry
 
 STUDENT = ("--teacher", "7B", "--student", "qwen2.5-0.5b")
@@ -149,7 +150,7 @@ def test_a_version_is_registered_once_and_only_after_it_loads_and_generates(trac
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distill import DistillError
-    from distill.sft import register_once, verify_logged_model
+    from distill.phases.sft import register_once, verify_logged_model
 
     def log(folder):
         with mlflow.start_run() as run:
@@ -245,7 +246,7 @@ def test_every_numeric_parameter_of_every_phase_has_a_rule():
 
     missing = []
     for phase in ("translate", "teacher", "select", "sft", "evaluate", "errors", "tokens", "report", "sweep", "pipeline"):
-        module = importlib.import_module(f"distill.{phase}")
+        module = importlib.import_module(module_name(phase))
         for cls in (v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v)):
             for name, tp in typing.get_type_hints(cls).items():
                 if {int, float} & {tp, *typing.get_args(tp)} and name not in RULES:

@@ -11,12 +11,12 @@ import optuna
 import pytest
 
 from distill import tracking as tr
-from distill.select import SelectParams
-from distill.select import run as select
-from distill.teacher import TeacherParams
-from distill.teacher import run as teacher
-from distill.translate import TranslateParams
-from distill.translate import run as translate
+from distill.phases.select import SelectParams
+from distill.phases.select import run as select
+from distill.phases.teacher import TeacherParams
+from distill.phases.teacher import run as teacher
+from distill.phases.translate import TranslateParams
+from distill.phases.translate import run as translate
 from tests.conftest import ROOT, start_mlflow_server
 
 

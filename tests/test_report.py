@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 
 from distill import DistillError
-from distill.report import ReportParams, holm
-from distill.report import run as report
+from distill.phases.report import ReportParams, holm
+from distill.phases.report import run as report
 from distill.stats import accuracy_with_ci
 from tests.conftest import run_entry
 

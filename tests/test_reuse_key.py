@@ -119,20 +119,20 @@ def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(package
     first = _phase(params)
     assert not first.reused and _phase(params).reused
 
-    edit(package / "select.py", '"""The `select` phase', '"""The edited `select` phase')
+    edit(package / "phases" / "select.py", '"""The `select` phase', '"""The edited `select` phase')
     tracking._code_files.cache_clear()
     second = _phase(params)
     err = capsys.readouterr().err
     assert not second.reused and f"FINISHED run {first.run_id} did the same work with other code" in err
-    assert "distill/select.py" in err and "reuse=ignore_code" in err
+    assert "distill/phases/select.py" in err and "reuse=ignore_code" in err
     tags = mlflow.get_run(second.run_id).data.tags
-    assert tags[tracking.TAG_CODE_CHANGED] == f"{first.run_id}: distill/select.py"
+    assert tags[tracking.TAG_CODE_CHANGED] == f"{first.run_id}: distill/phases/select.py"
 
-    edit(package / "select.py", '"""The edited `select` phase', '"""The twice edited `select` phase')
+    edit(package / "phases" / "select.py", '"""The edited `select` phase', '"""The twice edited `select` phase')
     tracking._code_files.cache_clear()
     with mlflow.start_run(run_name="main") as main:
         third = _phase(params, reuse="ignore_code")
     assert third.reused and third.run_id == second.run_id
-    assert "although the code changed since (distill/select.py): reuse=ignore_code" in capsys.readouterr().err
+    assert "although the code changed since (distill/phases/select.py): reuse=ignore_code" in capsys.readouterr().err
     main_tags = mlflow.get_run(main.info.run_id).data.tags
-    assert main_tags[f"{tracking.TAG_IGNORED_CODE}.{second.run_id}"] == "select: distill/select.py"
+    assert main_tags[f"{tracking.TAG_IGNORED_CODE}.{second.run_id}"] == "select: distill/phases/select.py"

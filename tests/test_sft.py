@@ -12,16 +12,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from distill import DistillError
-from distill.evaluate import EvaluateParams
-from distill.evaluate import run as evaluate
-from distill.select import SelectParams
-from distill.select import run as select
-from distill.sft import SftParams, checkpoint_root, mix
-from distill.sft import run as sft
-from distill.teacher import TeacherParams
-from distill.teacher import run as teacher
-from distill.translate import TranslateParams
-from distill.translate import run as translate
+from distill.phases.evaluate import EvaluateParams
+from distill.phases.evaluate import run as evaluate
+from distill.phases.select import SelectParams
+from distill.phases.select import run as select
+from distill.phases.sft import SftParams, checkpoint_root, mix
+from distill.phases.sft import run as sft
+from distill.phases.teacher import TeacherParams
+from distill.phases.teacher import run as teacher
+from distill.phases.translate import TranslateParams
+from distill.phases.translate import run as translate
 from tests.conftest import ROOT
 
 

@@ -7,7 +7,8 @@ import os
 import mlflow
 import pytest
 
-from distill import DistillError, pipeline, tracking
+from distill import DistillError, tracking
+from distill.phases import main as pipeline
 from tests import step_fixtures
 from tests.step_fixtures import FixtureParams
 

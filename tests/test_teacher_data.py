@@ -11,12 +11,12 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.select import SelectParams, choose, qualifying_ids
-from distill.select import run as select
-from distill.teacher import TeacherParams
-from distill.teacher import run as teacher
-from distill.translate import TranslateParams, clean_translation, missing_numbers, translation_flag
-from distill.translate import run as translate
+from distill.phases.select import SelectParams, choose, qualifying_ids
+from distill.phases.select import run as select
+from distill.phases.teacher import TeacherParams
+from distill.phases.teacher import run as teacher
+from distill.phases.translate import TranslateParams, clean_translation, missing_numbers, translation_flag
+from distill.phases.translate import run as translate
 from tests.conftest import ROOT
 
 

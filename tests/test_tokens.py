@@ -4,14 +4,14 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.select import SelectParams
-from distill.select import run as select
-from distill.teacher import TeacherParams
-from distill.teacher import run as teacher
-from distill.tokens import TokensParams, calculation_steps, uses_decimal
-from distill.tokens import run as tokens
-from distill.translate import TranslateParams
-from distill.translate import run as translate
+from distill.phases.select import SelectParams
+from distill.phases.select import run as select
+from distill.phases.teacher import TeacherParams
+from distill.phases.teacher import run as teacher
+from distill.phases.tokens import TokensParams, calculation_steps, uses_decimal
+from distill.phases.tokens import run as tokens
+from distill.phases.translate import TranslateParams
+from distill.phases.translate import run as translate
 
 
 def test_style_measures():

@@ -87,8 +87,8 @@ def dev_accuracy(model, tokenizer, dev: list[dict], max_new_tokens: int) -> floa
 def run(p: SweepParams) -> str:
     import optuna
 
-    from distill.sft import SftParams, find_select_run, resolved_hparams, use_bf16
-    from distill.sft import run as sft_run
+    from distill.phases.sft import SftParams, find_select_run, resolved_hparams, use_bf16
+    from distill.phases.sft import run as sft_run
 
     preset = load_preset(p.preset)
     n_trials = p.n_trials if p.n_trials is not None else preset.get("sweep", {}).get("n_trials", 20)
@@ -138,7 +138,7 @@ def run(p: SweepParams) -> str:
         def objective(trial):
             from distill.generation.hf import load_tokenizer
             from distill.models import materialize
-            from distill.sft import _train
+            from distill.phases.sft import _train
 
             hp = suggest(trial, space)
             sp = SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed, register=False, **hp)

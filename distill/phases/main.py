@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from distill import DistillError
+from distill.phases import module_name
 from distill.config import load_preset, resolve_role
 from distill import tracking
 
@@ -94,7 +95,7 @@ def check_hardware(preset: dict, backend: str, rehearsal: bool = False) -> None:
 
 # Phases that load a model or a tokenizer: each runs in a process of its own (distill.steps). select,
 # errors (HTTP only) and report load none and run here.
-ISOLATED = {"distill.translate", "distill.teacher", "distill.evaluate", "distill.sft", "distill.tokens"}
+ISOLATED = {module_name(p) for p in ("translate", "teacher", "evaluate", "sft", "tokens")}
 
 
 def _result(run_id: str) -> str:
@@ -201,14 +202,14 @@ def main_note(preset: str, params: dict, log: list[dict], report_run: str, exper
 
 
 def run(p: MainParams) -> str:
-    from distill.errors import ErrorsParams, run as errors
-    from distill.evaluate import EvaluateParams, run as evaluate
-    from distill.report import ReportParams, run as report
-    from distill.select import SelectParams, run as select
-    from distill.sft import SftParams, run as sft
-    from distill.teacher import TeacherParams, run as teacher
-    from distill.tokens import TokensParams, run as tokens
-    from distill.translate import TranslateParams, run as translate
+    from distill.phases.judge import ErrorsParams, run as errors
+    from distill.phases.evaluate import EvaluateParams, run as evaluate
+    from distill.phases.report import ReportParams, run as report
+    from distill.phases.select import SelectParams, run as select
+    from distill.phases.sft import SftParams, run as sft
+    from distill.phases.teacher import TeacherParams, run as teacher
+    from distill.phases.tokens import TokensParams, run as tokens
+    from distill.phases.translate import TranslateParams, run as translate
 
     if p.executor != "sequential":
         from distill.executors import run_concurrent
