@@ -1,4 +1,4 @@
-"""Entry point `report`: see distill/phases/report.py for what it does and its parameters."""
+"""Entry point `report`: see distill/phases/report/ for what it does and its parameters."""
 
 from distill.cli import run_phase
 
