@@ -199,7 +199,9 @@ def test_two_identical_steps_at_once_one_works_the_other_reuses(mlflow_server, t
     assert len(work) == 1 and work[0].info.status == "FINISHED"
     assert all(r.info.status == "FINISHED" for r in runs)  # a losing claim became a pointer, nothing RUNNING
     assert sum(f"reusing FINISHED run {work[0].info.run_id}" in e for e in errs) == 1
-    assert sum("waiting for RUNNING run" in e for e in errs) == 1
+    # Which try waits depends on timing: under load the second may start after the first finished (then it
+    # reuses without waiting); never may both wait, or both work.
+    assert sum("waiting for RUNNING run" in e for e in errs) <= 1
 
 
 def test_a_killed_run_is_marked_killed_by_the_next_try_which_takes_over(mlflow_server, tmp_path):
