@@ -7,10 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from distill import DistillError
 from distill.checks import check
 from distill.config import ModelRef
-from distill.generation import BACKENDS, GenerationConfig, Generator, Prompt, make_generator
+from distill.generation import GenerationConfig, Generator, Prompt, check_backend, make_generator
 
 
 @dataclass(kw_only=True)
@@ -22,12 +21,6 @@ class GenerationOptions:
     batch_size: int | None = None
     base_url: str | None = None            # the server for backend=openai (else OPENAI_BASE_URL)
     tensor_parallel_size: int | None = None
-
-
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise DistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return backend
 
 
 def generation_config(preset: dict, max_new_tokens: int | None, batch_size: int | None,

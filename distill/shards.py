@@ -3,6 +3,9 @@
 A rerun of the same work (same cache key) first collects the shards of earlier tries that did not
 finish, copies them into its own run, and generates only what is missing. The finished run holds
 every record exactly once.
+
+A phase calls `generate_in_shards` with its per-item functions (`per_item`: the prompt of an item,
+the record of an item and its output); translate, teacher and errors share this one skeleton.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 SHARD_DIR = "shards"
 
@@ -79,3 +82,28 @@ def run_sharded(items: Sequence[dict], work: Callable[[list[dict]], list[dict]],
         for r in records:
             done[r[key]] = r
     return [done[item[key]] for item in items], reused
+
+
+def per_item(generate: Callable[[list], list], prompt: Callable[[dict], Any],
+             record: Callable[[dict, Any], dict]) -> Callable[[list[dict]], list[dict]]:
+    """A `work` for run_sharded from per-item functions: `generate` gets one prompt per item of a
+    chunk, and each item with its output becomes one record."""
+
+    def work(chunk: list[dict]) -> list[dict]:
+        outputs = generate([prompt(item) for item in chunk])
+        return [record(item, output) for item, output in zip(chunk, outputs)]
+
+    return work
+
+
+def generate_in_shards(pr, items: Sequence[dict], work: Callable[[list[dict]], list[dict]], shard_size: int,
+                       artifact: str, keep: Callable[[dict], bool] = lambda record: True) -> tuple[list[dict], int]:
+    """The skeleton every sharded phase shares, inside its phase run `pr`: take over the finished
+    items of earlier unfinished tries (tagged `distill.resumed_from`), do the rest shard by shard,
+    log all records as `<artifact>.jsonl` and a table; returns them and how many were taken over."""
+    from distill import tracking
+
+    earlier = tracking.earlier_tries(pr)
+    records, reused = run_sharded(items, work, shard_size, earlier, keep=keep)
+    tracking.log_records(records, artifact)
+    return records, reused

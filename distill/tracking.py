@@ -47,12 +47,11 @@ class NotReused(Exception):
 PACKAGE_DIR = Path(__file__).parent
 
 
-# The module each generation backend lives in. `generation.base.make_generator` picks one by name,
-# so an import walk would tie every phase that touches generation to all three; instead a phase's
+# The module each generation backend lives in (as in generation/registry.py, checked by a test). The
+# registry names backends as strings, so an import walk ties no phase to them; instead a phase's
 # key covers the backend it runs with (its `backend` parameter) and no other.
 BACKEND_MODULES = {"transformers": "distill.generation.hf", "vllm": "distill.generation.vllm_backend",
                    "openai": "distill.generation.openai_backend"}
-_DISPATCH_FUNCTIONS = {"make_generator"}
 RESOURCE_DIR = "resources"
 
 
@@ -62,19 +61,6 @@ def _module_file(module: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def _walk(tree):
-    """ast.walk that does not enter the backend dispatch (see BACKEND_MODULES)."""
-    import ast
-
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in _DISPATCH_FUNCTIONS:
-            continue
-        todo.extend(ast.iter_child_nodes(node))
 
 
 def _distill_imports(module: str) -> set[str]:
@@ -89,7 +75,7 @@ def _imports_in(source: str) -> frozenset[str]:
     import ast
 
     found = set()
-    for node in _walk(ast.parse(source)):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("distill"):
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)  # `from distill import tracking`

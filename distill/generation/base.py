@@ -8,7 +8,6 @@ from typing import Protocol, Sequence, Union
 from distill import DistillError
 
 Prompt = Union[str, list]  # plain text, or chat messages [{"role": ..., "content": ...}]
-BACKENDS = ("transformers", "vllm", "openai")
 
 
 @dataclass(frozen=True)
@@ -49,19 +48,3 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
 
-
-def make_generator(backend: str, model_source: str, **options) -> Generator:
-    """The backend by name; `model_source` is a local folder or Hub id (or a served model name)."""
-    if backend == "transformers":
-        from distill.generation.hf import TransformersGenerator
-
-        return TransformersGenerator(model_source, **options)
-    if backend == "vllm":
-        from distill.generation.vllm_backend import VLLMGenerator
-
-        return VLLMGenerator(model_source, **options)
-    if backend == "openai":
-        from distill.generation.openai_backend import OpenAIGenerator
-
-        return OpenAIGenerator(model_source, **options)
-    raise DistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -180,10 +180,9 @@ def run(p: ErrorsParams) -> str:
             with ThreadPoolExecutor(max_workers=p.concurrency) as pool:
                 return list(pool.map(judge.judge, chunk))
 
-        earlier = tracking.earlier_tries(pr)
-        try:
-            records, reused = shards.run_sharded(wrong, work, p.shard_size, earlier,
-                                                 keep=lambda r: r.get("category") is not None)
+        try:  # a record without a category (the judge failed) is asked again by the next try
+            records, reused = shards.generate_in_shards(pr, wrong, work, p.shard_size, "judgments",
+                                                        keep=lambda r: r.get("category") is not None)
         finally:
             if p.trace:
                 mlflow.openai.autolog(disable=True)
@@ -204,7 +203,6 @@ def run(p: ErrorsParams) -> str:
         for status, n in judge.statuses.items():
             metrics[f"judge_http_{status}"] = n
         mlflow.log_metrics(metrics)
-        tracking.log_records(records, "judgments")
         if failures:
             mlflow.set_tag(tracking.TAG_INCOMPLETE, "true")
             print(f"[distill] errors: {sum(failures.values())} answers could not be judged "

@@ -1,25 +1,24 @@
 """The `sft` phase: full-parameter SFT of one base student on one teacher's answers, with TRL.
 
-Prompt -> completion, loss on the completion only, EOS appended (TRL does both for a
-prompt/completion dataset). Defaults are the paper's Table 2. Under `accelerate launch` every rank
-trains and only rank 0 talks to MLflow.
+The training itself is `distill.training.train` (shared with `sweep`); this phase finds the data,
+makes the run, logs, checks and registers the student. Defaults are the paper's Table 2. Under
+`accelerate launch` every rank trains and only rank 0 talks to MLflow.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
-from distill.config import distill_home, load_preset, resolve_role
+from distill.config import load_preset, resolve_role
 from distill.checks import check, check_params
+from distill.training import TrainConfig, checkpoint_root, is_main_process, train
 from distill import tracking
 
 BATCHING = ("padded", "group_by_length", "padding_free")
@@ -52,10 +51,6 @@ class SftParams:
     reuse: bool = True
     train_file: str = ""                     # a JSONL of prompt/completion instead of a select run (sweep)
     output_dir: str = ""                     # checkpoints; empty: $DISTILL_HOME/checkpoints/<cache key>
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def resolved_hparams(p: SftParams, preset: dict) -> dict:
@@ -183,29 +178,11 @@ def alias_for(teacher: str) -> str:
     return "teacher-" + "-".join(t.lower() for t in teacher_names(teacher))
 
 
-def checkpoint_root() -> Path:
-    return distill_home() / "checkpoints"
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    found = [d for d in folder.glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
-    return max(found, key=lambda d: int(d.name.split("-")[-1])) if found else None
-
-
-def checkpoint_from_runs(run_ids: list[str], dst: Path) -> Path | None:
-    """The newest checkpoint an earlier unfinished try uploaded, downloaded into dst."""
-    import mlflow
-
-    for run_id in run_ids:
-        try:
-            names = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="checkpoints")]
-        except Exception:
-            continue
-        if names:
-            newest = max(names, key=lambda n: int(n.rsplit("-", 1)[-1]))
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=newest, dst_path=str(dst))
-            return Path(local)
-    return None
+def train_config(p: SftParams, h: dict, bf16: bool, key: str, run_id: str | None, earlier: list[str]) -> TrainConfig:
+    """How this phase trains: checkpoints in output_dir (else under the work's cache key), resumed from
+    earlier tries, uploaded to run_id."""
+    return TrainConfig(hparams=h, bf16=bf16, output_dir=Path(p.output_dir) if p.output_dir else checkpoint_root() / key,
+                       run_id=run_id, earlier=earlier, save_steps=p.save_steps, checkpoints_to_run=p.checkpoints_to_run)
 
 
 def run(p: SftParams) -> str:
@@ -232,7 +209,7 @@ def run(p: SftParams) -> str:
         if prior:
             return prior
         earlier = [r.info.run_id for r in tracking.find_unfinished(key)]
-        _train(p, preset, student, h, use_bf16(p.bf16, preset), rows, key, None, earlier=earlier)
+        train(student, rows, train_config(p, h, use_bf16(p.bf16, preset), key, None, earlier))
         return ""
     with tracking.phase_run("sft", params, upstream, tags=tags, reuse=p.reuse) as pr:
         if pr.reused:
@@ -244,7 +221,7 @@ def run(p: SftParams) -> str:
         earlier = tracking.earlier_tries(pr, tag=False)  # tagged with the checkpoint it resumes from
         bf16 = use_bf16(p.bf16, preset)
         mlflow.log_param("bf16_used", bf16)
-        model, tokenizer, stats = _train(p, preset, student, h, bf16, rows, pr.key, pr.run_id, earlier)
+        model, tokenizer, stats = train(student, rows, train_config(p, h, bf16, pr.key, pr.run_id, earlier))
         mlflow.log_metrics(stats)
         _log_student(model, tokenizer, p, preset, student.name, pr.run_id, source)
         mlflow.set_tag("mlflow.note.content", sft_note(p, student.name, source, len(rows), digest, pr.run_id))
@@ -253,87 +230,6 @@ def run(p: SftParams) -> str:
         print(f"[distill] sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
               f"padding {100 * stats['padding_fraction']:.1f}%, run {pr.run_id}", file=sys.stderr)
         return pr.run_id
-
-
-def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[dict], key: str,
-           run_id: str | None, earlier: list[str], callbacks=(), save: bool = True, tokenizer=None):
-    """Train and return (model, tokenizer, stats); `save=False` keeps no checkpoints (sweep trials)."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
-
-    from distill.generation.hf import load_tokenizer
-    from distill.models import materialize
-    from distill.sft_callbacks import MlflowLogger, NonFiniteGuard, PaddingCounter
-
-    loadable = materialize(student)
-    tokenizer = tokenizer or load_tokenizer(loadable.tokenizer)
-    tokenizer.padding_side = "right"
-    # Only FlashAttention keeps the sequences of one flattened row apart (checked before the run started).
-    attention = {"attn_implementation": "flash_attention_2"} if h["batching"] == "padding_free" else {}
-    model = AutoModelForCausalLM.from_pretrained(loadable.model, dtype=torch.float32, use_safetensors=True, **attention)
-    out_dir = Path(p.output_dir) if p.output_dir else checkpoint_root() / key
-    resume = None
-    if earlier:  # an unfinished try of the same work: continue from its last checkpoint, here or in its run
-        resume = latest_checkpoint(out_dir) or checkpoint_from_runs(earlier, out_dir / "from-run")
-    elif out_dir.exists() and is_main_process():
-        shutil.rmtree(out_dir)  # left by a finished run of the same work (reuse=false): start clean
-    if resume is not None and run_id:
-        import mlflow
-
-        mlflow.set_tag(tracking.TAG_RESUMED, f"{','.join(earlier) or 'local'}:{resume.name}")
-        print(f"[distill] sft: resuming from {resume}", file=sys.stderr)
-    config = SFTConfig(
-        output_dir=str(out_dir),
-        learning_rate=h["learning_rate"], num_train_epochs=h["num_train_epochs"],
-        per_device_train_batch_size=h["per_device_train_batch_size"],
-        gradient_accumulation_steps=h["gradient_accumulation_steps"], max_grad_norm=h["max_grad_norm"],
-        lr_scheduler_type=h["lr_scheduler_type"], warmup_steps=float(h["warmup_ratio"]),  # a float < 1 is a ratio
-        seed=h["seed"],
-        data_seed=h["seed"], bf16=bf16, max_length=h["max_length"],
-        padding_free=h["batching"] == "padding_free",
-        train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
-        gradient_checkpointing=h["gradient_checkpointing"],
-        completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
-        logging_nan_inf_filter=False,  # a NaN loss must reach NonFiniteGuard, not be averaged away
-        save_strategy=("steps" if p.save_steps is not None else "epoch") if save else "no",
-        save_steps=p.save_steps if p.save_steps is not None else 500, save_total_limit=2,
-        disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-    )
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    if os.environ.get("DISTILL_VERBOSE") != "1":  # the loss of every step is in MLflow, not a dict per line here
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    counter = PaddingCounter(trainer.data_collator, tokenizer.pad_token_id)
-    trainer.data_collator = counter
-    logger = MlflowLogger(counter, upload_checkpoints=run_id is not None and p.checkpoints_to_run)
-    trainer.add_callback(logger)
-    trainer.add_callback(NonFiniteGuard())
-    for callback in callbacks:
-        trainer.add_callback(callback)
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - t0
-    check_finite_weights(trainer.model, trainer.state.global_step)
-    stats = {"train_seconds": seconds, "train_tokens": counter.real_tokens,
-             "train_tokens_per_second": counter.real_tokens / seconds if seconds else 0.0,
-             "padding_fraction": counter.padding_fraction, "final_train_loss": logger.last_loss or float("nan")}
-    return trainer.model, tokenizer, stats
-
-
-def check_finite_weights(model, step: int) -> None:
-    """Weights with NaN or inf make a model that 'works' and answers garbage: fail the run instead."""
-    import torch
-
-    from distill.sft_callbacks import TrainingDiverged
-
-    bad = [n for n, w in model.named_parameters() if not torch.isfinite(w).all()]
-    if bad:
-        raise TrainingDiverged(f"training diverged: {len(bad)} weight tensor(s) hold NaN or inf after step {step} "
-                               f"(first: {bad[0]}); the run failed and nothing was registered")
 
 
 def verify_logged_model(model_uri: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from distill import DistillError
 from distill.config import load_preset, resolve_role
@@ -138,7 +139,7 @@ def run(p: SweepParams) -> str:
         def objective(trial):
             from distill.generation.hf import load_tokenizer
             from distill.models import materialize
-            from distill.phases.sft import _train
+            from distill.training import TrainConfig, train
 
             hp = suggest(trial, space)
             sp = SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed, register=False, **hp)
@@ -150,10 +151,9 @@ def run(p: SweepParams) -> str:
                 box = [load_tokenizer(materialize(student).tokenizer)]
                 callback = PruneOnDev(trial, box)
                 with tempfile.TemporaryDirectory() as out:
-                    sp.output_dir = out
-                    model, tokenizer, stats = _train(sp, preset, student, h, use_bf16("auto", preset), rows,
-                                                     key=f"sweep-{trial.number}", run_id=None, earlier=[],
-                                                     callbacks=[callback], save=False, tokenizer=box[0])
+                    config = TrainConfig(hparams=h, bf16=use_bf16("auto", preset), output_dir=Path(out), save=False,
+                                         callbacks=[callback], tokenizer=box[0])
+                    model, tokenizer, stats = train(student, rows, config)
                 mlflow.log_metrics(stats)
                 if callback.pruned:
                     mlflow.set_tag("optuna.state", "PRUNED")

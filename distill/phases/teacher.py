@@ -54,20 +54,14 @@ def run(p: TeacherParams) -> str:
         tracking.log_dataset([{k: q[k] for k in ("id", "question_ja", "answer_number", "flag")} for q in questions],
                              name="gsm8k-train-ja", source=f"runs:/{translation.info.run_id}/translations.jsonl",
                              context="training-questions")
-        generate = lazy_generate(ref, backend, p, config)
 
-        def work(chunk: list[dict]) -> list[dict]:
-            outs = generate([chat_messages(q["question_ja"]) for q in chunk])
-            records = []
-            for q, out in zip(chunk, outs):
-                records.append({"id": q["id"], "prompt": paper_prompt(q["question_ja"]), "output": out.text,
-                                **score(out.text, q["answer_number"]), "gold": format_number(q["answer_number"]),
-                                "output_tokens": out.n_tokens, "finish_reason": out.finish_reason})
-            return records
+        def answer(q: dict, out) -> dict:
+            return {"id": q["id"], "prompt": paper_prompt(q["question_ja"]), "output": out.text,
+                    **score(out.text, q["answer_number"]), "gold": format_number(q["answer_number"]),
+                    "output_tokens": out.n_tokens, "finish_reason": out.finish_reason}
 
-        earlier = tracking.earlier_tries(pr)
-        records, reused = shards.run_sharded(questions, work, p.shard_size, earlier)
-        tracking.log_records(records, "answers")
+        work = shards.per_item(lazy_generate(ref, backend, p, config), lambda q: chat_messages(q["question_ja"]), answer)
+        records, reused = shards.generate_in_shards(pr, questions, work, p.shard_size, "answers")
         correct = [r["correct"] for r in records]
         acc, lo, hi = accuracy_with_ci(correct)
         n_truncated = sum(r["finish_reason"] == "length" for r in records)

@@ -90,21 +90,16 @@ def run(p: TranslateParams) -> str:
         tracking.log_dataset([{k: r[k] for k in ("id", "question", "answer_number")} for r in rows],
                              name="gsm8k-train-en", source="hf://datasets/openai/gsm8k" if source in ("hub", "openai/gsm8k") else source,
                              context="source")
-        generate = lazy_generate(ref, backend, p, config)
 
-        def work(chunk: list[dict]) -> list[dict]:
-            outs = generate([translation_messages(r["question"]) for r in chunk])
-            records = []
-            for r, out in zip(chunk, outs):
-                ja = clean_translation(out.text)
-                records.append({"id": r["id"], "question_en": r["question"], "question_ja": ja,
-                                "answer_en": r["answer"], "answer_number": r["answer_number"],
-                                "flag": translation_flag(r["question"], ja), "raw_output": out.text})
-            return records
+        def translation(r: dict, out) -> dict:
+            ja = clean_translation(out.text)
+            return {"id": r["id"], "question_en": r["question"], "question_ja": ja,
+                    "answer_en": r["answer"], "answer_number": r["answer_number"],
+                    "flag": translation_flag(r["question"], ja), "raw_output": out.text}
 
-        earlier = tracking.earlier_tries(pr)
-        records, reused = shards.run_sharded(rows, work, p.shard_size, earlier)
-        tracking.log_records(records, "translations")
+        work = shards.per_item(lazy_generate(ref, backend, p, config), lambda r: translation_messages(r["question"]),
+                               translation)
+        records, reused = shards.generate_in_shards(pr, rows, work, p.shard_size, "translations")
         flags = [r["flag"] for r in records]
         mlflow.log_metrics({"n_total": len(records), "n_flagged_empty": flags.count("empty"),
                             "n_flagged_missing_numbers": flags.count("missing_numbers"),
