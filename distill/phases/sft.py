@@ -294,7 +294,7 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
         data_seed=h["seed"], bf16=bf16, max_length=h["max_length"],
         padding_free=h["batching"] == "padding_free",
         train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
-        gradient_checkpointing=h["gradient_checkpointing"],
+        activation_checkpointing=h["gradient_checkpointing"],  # transformers 5's name (the old one warns)
         completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
         logging_nan_inf_filter=False,  # a NaN loss must reach NonFiniteGuard, not be averaged away
         save_strategy=("steps" if p.save_steps is not None else "epoch") if save else "no",
@@ -362,13 +362,16 @@ def register_once(model_uri: str, name: str, run_id: str) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from distill.cli import quiet_mlflow_prints
+
     try:
         found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except MlflowException:  # no such registered model yet
         found = []
     if found:
         return str(min(int(v.version) for v in found))
-    return str(mlflow.register_model(model_uri, name).version)
+    with quiet_mlflow_prints():
+        return str(mlflow.register_model(model_uri, name).version)
 
 
 def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run_id: str,
