@@ -15,8 +15,8 @@ note, without it), with every non-loopback host name unresolvable, and asserts o
 - Fig. 1-3 of the report run and the tokens run's figure, opened in the UI's artifact viewer: plotly drew the
   plot (`svg.main-svg`) inside the viewer's sandboxed iframe, with plotly.js from the run's artifacts;
 - no page requested anything from a non-loopback host (no CDN, no font, no telemetry).
-Exit status 1 with the failed checks listed; the rendered DOMs and a PNG of each page are
-kept in bench/out/ui_check/.
+Exit status 1 with the failed checks listed; the rendered DOMs, a PNG of each page and every URL
+requested (requests.txt) are kept in bench/out/ui_check/.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ PLOT_DRAWN = "!!document.querySelector('.plot-container svg.main-svg')"
 # three params by name), as a researcher would pick them.
 CLOSE_ASSISTANT = """(() => { const b = document.querySelector('[data-component-id="mlflow.assistant.chat_panel.close"]');
   if (b) b.click(); return !!b; })()"""
-SHOW_DESCRIPTION = """(() => { const h = [...document.querySelectorAll('h4')]
+SHOW_DESCRIPTION = """(() => {
+  const more = document.querySelector('[data-testid="show-comment-toggle"][aria-label="Expand description"]');
+  if (more) more.click();
+  const h = [...document.querySelectorAll('h4')]
   .find(e => e.textContent.startsWith('Description') && e.offsetParent);
   if (h) h.scrollIntoView({block: 'start'}); return !!h; })()"""
 COMPARE_AXES = """(async () => {
@@ -82,6 +85,15 @@ SCREENSHOTS = {"main_run": "ui-main-run.png", "compare": "ui-compare.png", "vers
                "fig1": "ui-figure.png"}
 
 
+def small_png(path: Path) -> None:
+    """A UI screenshot in 256 colours (a third of the size, no visible loss) when Pillow is at hand."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
+
+
 async def visit(browser: str, pages: dict[str, str], out: Path, shots: Path | None):
     """Each page's DOM, whether its figure was drawn, every URL requested; screenshots into `shots`."""
     doms, drawn = {}, {}
@@ -104,8 +116,10 @@ async def visit(browser: str, pages: dict[str, str], out: Path, shots: Path | No
             if shots is not None and name in SCREENSHOTS:
                 shots.mkdir(parents=True, exist_ok=True)
                 await b.screenshot(shots / SCREENSHOTS[name])
+                small_png(shots / SCREENSHOTS[name])
             log(f"{name}: {'ready' if ok else 'NOT ready'}, {len(doms[name])} characters of DOM in "
                 f"{time.perf_counter() - t0:.1f}s ({url})")
+        (out / "requests.txt").write_text("\n".join(b.requests) + "\n", encoding="utf-8")
         return doms, drawn, list(b.requests)
 
 
