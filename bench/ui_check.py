@@ -106,7 +106,8 @@ async def visit(browser: str, pages: dict[str, str], out: Path, shots: Path | No
             if name == "main_run":
                 await b.evaluate(SHOW_DESCRIPTION)
             if name == "compare":
-                log(f"compare: parallel coordinates over {await b.evaluate(COMPARE_AXES)}")
+                drawn["compare_axes"] = await b.evaluate(COMPARE_AXES)
+                log(f"compare: parallel coordinates over {drawn['compare_axes']}")
             await asyncio.sleep(1.0)
             doms[name] = await b.evaluate("document.documentElement.outerHTML") or ""
             drawn[name] = ok
@@ -197,6 +198,11 @@ def main() -> int:
             log(f"{'ok  ' if ok else 'FAIL'} {name}: the plot is drawn inside the UI's artifact frame ({pages.get(name)})")
             if not ok:
                 failures.append(f"{name}: no plotly plot (svg.main-svg) drawn in the artifact viewer")
+        axes = drawn.get("compare_axes") or []
+        ok = sorted(axes) == ["student", "teacher"] and "<text" in doms.get("compare", "")
+        log(f"{'ok  ' if ok else 'FAIL'} compare: teacher and student as the parallel-coordinates axes ({axes})")
+        if not ok:
+            failures.append(f"compare: could not put teacher and student on the plot's axes (got {axes})")
         outside = outside_requests(requests)
         log(f"{'ok  ' if not outside else 'FAIL'} {len(requests)} requests, {len(outside)} to a non-loopback host"
             + (f": {sorted(set(outside))[:5]}" if outside else ""))
