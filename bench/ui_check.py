@@ -3,53 +3,132 @@
     python bench/ui_check.py --store DIR      # DIR: where `main` ran (its mlflow.db and mlruns/)
     python bench/ui_check.py                  # runs `main --preset offline` in a temp folder first (minutes)
 
-Starts `mlflow ui` on a free loopback port over that store, renders pages with `chromium --headless
---dump-dom` (Debian: `apt-get install chromium`; the check is skipped, exit 0 with a note, without it) and
-asserts on:
+    python bench/ui_check.py --store DIR --screenshots docs/   # also the README's PNGs
+
+Starts `mlflow ui` on a free loopback port over that store, opens pages in headless Chromium driven over
+its DevTools protocol (bench/_cdp.py; Debian: `apt-get install chromium`; the check is skipped, exit 0 with a
+note, without it), with every non-loopback host name unresolvable, and asserts on:
 - the main run's page: its description shows Table 1 and links the report run and report.md;
 - the compare page of the student evaluations: the params `teacher`, `student`, `seed`, `role` and readable
   model names are there to put on an axis;
-- the registered model version: its accuracy tag and description.
-Exit status 1 with the failed checks listed; the rendered DOMs are kept in bench/out/ui_check/.
+- the registered model version: its accuracy tag and description;
+- Fig. 1-3 of the report run and the tokens run's figure, opened in the UI's artifact viewer: plotly drew the
+  plot (`svg.main-svg`) inside the viewer's sandboxed iframe, with plotly.js from the run's artifacts;
+- no page requested anything from a non-loopback host (no CDN, no font, no telemetry).
+Exit status 1 with the failed checks listed; the rendered DOMs, a PNG of each page and every URL
+requested (requests.txt) are kept in bench/out/ui_check/.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _cdp import Browser, free_port, outside_requests
 from _common import OUT_DIR, ROOT, log
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _chromium() -> str | None:
     return next((shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
 
 
-def render(browser: str, url: str, budget_ms: int = 25000) -> str:
-    """The DOM after the single-page app has fetched and drawn (virtual time lets it settle)."""
-    proc = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           f"--virtual-time-budget={budget_ms}", "--window-size=1600,2000", "--dump-dom", url],
-                          capture_output=True, text=True, timeout=180)
-    return proc.stdout
+# What each page shows once the single-page app has fetched and drawn it; a figure is drawn when plotly
+# made its SVG inside the artifact's iframe.
+READY = {"main_run": "document.body && document.body.innerText.includes('Table 1')",
+         "compare": "document.body && document.body.innerText.includes('teacher')",
+         "version": "document.body && document.body.innerText.includes('accuracy')"}
+PLOT_DRAWN = "!!document.querySelector('.plot-container svg.main-svg')"
+# Before a screenshot: the MLflow Assistant's side panel closed (it takes a third of the page), and on the
+# compare page the parallel-coordinates plot set to teacher and student (MLflow's default: the first
+# three params by name), as a researcher would pick them.
+CLOSE_ASSISTANT = """(() => { const b = document.querySelector('[data-component-id="mlflow.assistant.chat_panel.close"]');
+  if (b) b.click(); return !!b; })()"""
+SHOW_DESCRIPTION = """(() => {
+  const more = document.querySelector('[data-testid="show-comment-toggle"][aria-label="Expand description"]');
+  if (more) more.click();
+  const h = [...document.querySelectorAll('h4')]
+  .find(e => e.textContent.startsWith('Description') && e.offsetParent);
+  if (h) h.scrollIntoView({block: 'start'}); return !!h; })()"""
+COMPARE_AXES = """(async () => {
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const click = (el, type) => el.dispatchEvent(new MouseEvent(type || 'click', {bubbles: true, cancelable: true}));
+  const sel = document.querySelector('.du-bois-light-select');
+  if (!sel) return [];
+  const names = () => [...sel.querySelectorAll('.du-bois-light-select-selection-item-content')].map(e => e.textContent);
+  for (const item of [...sel.querySelectorAll('.du-bois-light-select-selection-item')]) {
+    const name = item.querySelector('.du-bois-light-select-selection-item-content').textContent;
+    if (name !== 'teacher') { click(item.querySelector('.du-bois-light-select-selection-item-remove')); await sleep(300); }
+  }
+  for (const want of ['teacher', 'student']) {
+    if (names().includes(want)) continue;
+    click(sel.querySelector('.du-bois-light-select-selector'), 'mousedown');
+    await sleep(800);
+    const opt = [...document.querySelectorAll('.du-bois-light-select-item-option')]
+      .find(o => (o.getAttribute('title') || o.textContent).trim() === want);
+    if (opt) click(opt);
+    await sleep(500);
+  }
+  const input = sel.querySelector('input');
+  if (input) { input.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', keyCode: 27, bubbles: true})); input.blur(); }
+  await sleep(1000);
+  return names();
+})()"""
+SCREENSHOTS = {"main_run": "ui-main-run.png", "compare": "ui-compare.png", "version": "ui-model-version.png",
+               "fig1": "ui-figure.png"}
+
+
+def small_png(path: Path) -> None:
+    """A UI screenshot in 256 colours (a third of the size, no visible loss) when Pillow is at hand."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
+
+
+async def visit(browser: str, pages: dict[str, str], out: Path, shots: Path | None):
+    """Each page's DOM, whether its figure was drawn, every URL requested; screenshots into `shots`."""
+    doms, drawn = {}, {}
+    async with Browser(browser) as b:
+        for name, url in pages.items():
+            t0 = time.perf_counter()
+            figure = name not in READY
+            ok = await b.open(url, PLOT_DRAWN if figure else READY[name], anywhere=figure)
+            await b.evaluate(CLOSE_ASSISTANT)
+            if name == "main_run":
+                await b.evaluate(SHOW_DESCRIPTION)
+            if name == "compare":
+                drawn["compare_axes"] = await b.evaluate(COMPARE_AXES)
+                log(f"compare: parallel coordinates over {drawn['compare_axes']}")
+            await asyncio.sleep(1.0)
+            doms[name] = await b.evaluate("document.documentElement.outerHTML") or ""
+            drawn[name] = ok
+            (out / f"{name}.html").write_text(doms[name], encoding="utf-8")
+            (out / f"{name}.png").unlink(missing_ok=True)
+            await b.screenshot(out / f"{name}.png")
+            if shots is not None and name in SCREENSHOTS:
+                shots.mkdir(parents=True, exist_ok=True)
+                await b.screenshot(shots / SCREENSHOTS[name])
+                small_png(shots / SCREENSHOTS[name])
+            log(f"{name}: {'ready' if ok else 'NOT ready'}, {len(doms[name])} characters of DOM in "
+                f"{time.perf_counter() - t0:.1f}s ({url})")
+        (out / "requests.txt").write_text("\n".join(b.requests) + "\n", encoding="utf-8")
+        return doms, drawn, list(b.requests)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", help="folder where an offline main ran (mlflow.db, mlruns/)")
+    ap.add_argument("--screenshots", help="folder for PNGs of the main run, the compare view, a model version and "
+                                          "Fig. 1 in the artifact viewer (the README's are in docs/)")
     args = ap.parse_args()
     browser = _chromium()
     if browser is None:
@@ -70,10 +149,14 @@ def main() -> int:
     exp = client.get_experiment_by_name("distill-offline")
     main_run = client.search_runs([exp.experiment_id], "tags.`distill.phase` = 'main'",
                                   order_by=["attributes.start_time DESC"])[0]
+    report_run = main_run.data.tags.get("distill.report_run_id", "")
+    tokens = client.search_runs([exp.experiment_id], "tags.`distill.phase` = 'tokens' and attributes.status = 'FINISHED'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    tokens_run = tokens[0].info.run_id if tokens else ""
     students = client.search_runs([exp.experiment_id], "params.role = 'student' and attributes.status = 'FINISHED'")
     out = OUT_DIR / "ui_check"
     out.mkdir(parents=True, exist_ok=True)
-    port = _port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                                "--port", str(port)], cwd=store, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
@@ -98,19 +181,33 @@ def main() -> int:
         if evaluated:
             v = evaluated[0]
             pages["version"] = f"{base}/#/models/{v.name}/versions/{v.version}"
-        doms = {}
-        for name, url in pages.items():
-            t0 = time.perf_counter()
-            doms[name] = render(browser, url)
-            (out / f"{name}.html").write_text(doms[name], encoding="utf-8")
-            log(f"{name}: {len(doms[name])} characters of DOM in {time.perf_counter() - t0:.1f}s ({url})")
-
+        figures = {"fig1": (report_run, "figures/fig1_accuracy.html"), "fig2": (report_run, "figures/fig2_errors.html"),
+                   "fig3": (report_run, "figures/fig3_tokens.html"), "tokens_fig": (tokens_run, "figures/token_counts.html")}
+        for name, (run_id, path) in figures.items():
+            if run_id:
+                pages[name] = f"{base}/#/experiments/{exp.experiment_id}/runs/{run_id}/artifactPath/{path}"
+        doms, drawn, requests = asyncio.run(visit(browser, pages, out, Path(args.screenshots) if args.screenshots else None))
         def check(page: str, text: str, why: str) -> None:
             ok = text in doms.get(page, "")
             log(f"{'ok  ' if ok else 'FAIL'} {page}: {why} ({text!r})")
             if not ok:
                 failures.append(f"{page}: {why}")
 
+        for name in figures:
+            ok = drawn.get(name, False)
+            log(f"{'ok  ' if ok else 'FAIL'} {name}: the plot is drawn inside the UI's artifact frame ({pages.get(name)})")
+            if not ok:
+                failures.append(f"{name}: no plotly plot (svg.main-svg) drawn in the artifact viewer")
+        axes = drawn.get("compare_axes") or []
+        ok = sorted(axes) == ["student", "teacher"] and "<text" in doms.get("compare", "")
+        log(f"{'ok  ' if ok else 'FAIL'} compare: teacher and student as the parallel-coordinates axes ({axes})")
+        if not ok:
+            failures.append(f"compare: could not put teacher and student on the plot's axes (got {axes})")
+        outside = outside_requests(requests)
+        log(f"{'ok  ' if not outside else 'FAIL'} {len(requests)} requests, {len(outside)} to a non-loopback host"
+            + (f": {sorted(set(outside))[:5]}" if outside else ""))
+        if outside:
+            failures.append(f"{len(outside)} request(s) left this machine: {sorted(set(outside))[:5]}")
         check("main_run", "<h3>Table 1", "Table 1 rendered in the main run's description")
         check("main_run", "/artifactPath/report.md\"", "a link to report.md that opens it in the UI")
         check("main_run", main_run.data.tags["distill.report_run_id"], "a link to the report run")

@@ -118,6 +118,9 @@ def execute_step(phase: str, params: Any, env: dict[str, str]) -> dict:
     """Runs in a Ray worker: one phase under the main run; returns what happened, errors included."""
     os.environ.update(env)
     os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that is the main run: never log into it
+    from distill.cli import quiet_loggers
+
+    quiet_loggers()  # per worker process, as in a step process
     tracking.PARENT_RUN_ID = env.get(PARENT_ENV)  # the phase run nests under `main`
     import mlflow
 

@@ -106,7 +106,7 @@ def train(student: ModelRef, rows: list[dict], config: TrainConfig):
         data_seed=h["seed"], bf16=config.bf16, max_length=h["max_length"],
         padding_free=h["batching"] == "padding_free",
         train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
-        gradient_checkpointing=h["gradient_checkpointing"],
+        activation_checkpointing=h["gradient_checkpointing"],  # transformers 5's name (the old one warns)
         completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
         logging_nan_inf_filter=False,  # a NaN loss must reach NonFiniteGuard, not be averaged away
         save_strategy=("steps" if config.save_steps is not None else "epoch") if config.save else "no",

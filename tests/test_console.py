@@ -30,3 +30,53 @@ def test_verbose_shows_everything(clean_env):
     assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ and os.environ["DISTILL_VERBOSE"] == "1"
     with pytest.raises(DistillError, match="verbose: expected true or false, got 'loud'"):
         quiet_console(["--verbose=loud"])
+
+
+def test_quiet_hides_library_chatter_and_verbose_keeps_it(clean_env):
+    """TRL's dataset-map bars, mlflow.transformers' model-card/license/`resolved as` lines, transformers'
+    checkpoint-sorting note and MLflow's registry prints are off by default; verbose shows them."""
+    import io
+    import logging
+    import os
+
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM, eprint
+
+    from distill.cli import QUIET_LOGGERS, quiet_loggers, quiet_mlflow_prints
+
+    levels = {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
+    try:
+        quiet_console([])
+        assert os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
+        quiet_loggers()
+        assert logging.getLogger("mlflow.transformers").getEffectiveLevel() == logging.ERROR
+        assert not logging.getLogger("transformers.trainer_utils").isEnabledFor(logging.WARNING)
+        err = io.StringIO()
+        clean_env.setattr("sys.stderr", err)
+        with quiet_mlflow_prints():
+            eprint("Successfully registered model 'x'.")
+        assert err.getvalue() == "" and MLFLOW_LOGGING_STREAM.enabled  # back on after the block
+
+        for k in QUIET_ENV:
+            clean_env.delenv(k, raising=False)
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+        quiet_console(["--verbose", "true"])
+        quiet_loggers()
+        assert "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ
+        assert logging.getLogger("mlflow.transformers").isEnabledFor(logging.WARNING)
+        with quiet_mlflow_prints():
+            eprint("Created version '1' of model 'x'.")
+        assert "Created version" in err.getvalue()
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def test_sft_uses_the_non_deprecated_checkpointing_name():
+    """transformers 5 warns (FutureWarning) at `gradient_checkpointing=`; sft passes `activation_checkpointing`."""
+    import inspect
+
+    from distill.phases import sft
+
+    source = inspect.getsource(sft)
+    assert "activation_checkpointing=h[" in source and "\n        gradient_checkpointing=" not in source

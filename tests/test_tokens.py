@@ -39,7 +39,11 @@ def test_tokens_per_teacher_and_tokenizer(tracking):
     for row in table["data"]:
         r = dict(zip(cols, row))
         assert r["tokens_q1"] <= r["tokens_median"] <= r["tokens_q3"]
-    assert "Plotly" in mlflow.artifacts.load_text(f"runs:/{run_id}/token_counts.html")
+    html = mlflow.artifacts.load_text(f"runs:/{run_id}/figures/token_counts.html")
+    assert "Plotly" in html and "cdn" not in html.lower()  # no network: the shared plotly.js beside it
+    assert 'src="plotly.min.mjs"' in html and f"run_uuid={run_id}" in html
+    assert {"figures/plotly.min.mjs", "figures/token_counts.json"} <= {
+        f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "figures")}
     rows = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{run_id}/token_counts.jsonl").splitlines()]
     assert len(rows) == 3 * 2 * 6 and all(r["tokens"] > 0 for r in rows)
     with pytest.raises(DistillError, match="unknown tokenizer"):

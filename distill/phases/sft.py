@@ -258,13 +258,16 @@ def register_once(model_uri: str, name: str, run_id: str) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from distill.cli import quiet_mlflow_prints
+
     try:
         found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except MlflowException:  # no such registered model yet
         found = []
     if found:
         return str(min(int(v.version) for v in found))
-    return str(mlflow.register_model(model_uri, name).version)
+    with quiet_mlflow_prints():
+        return str(mlflow.register_model(model_uri, name).version)
 
 
 def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run_id: str,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -70,6 +72,21 @@ def token_figure(rows: list[dict], tokenizers: list[str], teachers: list[str]):
     return fig
 
 
+def log_figure(fig, name: str, run_id: str) -> None:
+    """`figures/<name>.html` with the report's shared plotly.js beside it (opens without a network, in
+    the MLflow UI too), not `mlflow.log_figure`'s HTML that loads plotly.js from a CDN."""
+    import mlflow
+
+    from distill.phases.report.figures import write_figure, write_plotlyjs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "figures"
+        folder.mkdir()
+        write_plotlyjs(folder)
+        write_figure(fig, folder / name, run_id)
+        mlflow.log_artifacts(tmp)
+
+
 def run(p: TokensParams) -> str:
     preset = load_preset(p.preset)
     available = preset.get("tokenizers") or {}
@@ -108,7 +125,7 @@ def run(p: TokensParams) -> str:
         mlflow.log_metrics(metrics)
         tracking.log_records(rows, "token_counts")
         tracking.log_records(table, "token_summary")
-        mlflow.log_figure(token_figure(rows, names, teachers), "token_counts.html")
+        log_figure(token_figure(rows, names, teachers), "token_counts", pr.run_id)
         for t in table:
             print(f"[distill] tokens {t['tokenizer']:>14} {t['teacher']:>8}: mean {t.get('tokens_mean', float('nan')):.1f}, "
                   f"median {t.get('tokens_median', float('nan')):.0f}", file=sys.stderr)
