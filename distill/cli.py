@@ -16,6 +16,7 @@ import sys
 import typing
 
 from distill import DistillError
+from distill.log import setup_logging
 from distill.phases import module_name
 
 TRUE = {"1", "true", "yes", "y", "on"}
@@ -167,6 +168,7 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         argv = quiet_console(list(argv))
+        setup_logging()  # the level `--verbose` and the launcher's rank ask for
         from distill.config import apply_offline_env, load_preset
 
         preset_name = _preset_of(argv)

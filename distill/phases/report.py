@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,6 +38,8 @@ from distill import DistillError
 from distill.config import load_preset
 from distill.stats import mcnemar, paired_bootstrap
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 DASH = "—"
 CUT = "cut_at_next_question"
@@ -1137,6 +1139,6 @@ def run(p: ReportParams) -> str:
         mlflow.log_metrics(metrics)
         mlflow.set_tags({"distill.missing_cells": str(n_missing_cells), "distill.missing": str(len(missing)),
                          "mlflow.note.content": report_note(meta, summary, md1)})
-        print(f"[distill] report on {eval_set}: {len(cells)} cells, {n_missing_cells} missing, "
-              f"{len(missing)} missing item(s) in all; run {pr.run_id}", file=sys.stderr)
+        console.info(f"report on {eval_set}: {len(cells)} cells, {n_missing_cells} missing, "
+                     f"{len(missing)} missing item(s) in all; run {pr.run_id}")
         return pr.run_id

@@ -8,6 +8,7 @@ trains and only rank 0 talks to MLflow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -21,6 +22,8 @@ from distill import DistillError
 from distill.config import distill_home, load_preset, resolve_role
 from distill.checks import check, check_params
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 BATCHING = ("padded", "group_by_length", "padding_free")
 
@@ -250,8 +253,8 @@ def run(p: SftParams) -> str:
         mlflow.set_tag("mlflow.note.content", sft_note(p, student.name, source, len(rows), digest, pr.run_id))
         if not p.output_dir:  # the run holds the model (and, unless turned off, the checkpoints)
             shutil.rmtree(checkpoint_root() / pr.key, ignore_errors=True)
-        print(f"[distill] sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
-              f"padding {100 * stats['padding_fraction']:.1f}%, run {pr.run_id}", file=sys.stderr)
+        console.info(f"sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
+                     f"padding {100 * stats['padding_fraction']:.1f}%, run {pr.run_id}")
         return pr.run_id
 
 
@@ -283,7 +286,7 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
         import mlflow
 
         mlflow.set_tag(tracking.TAG_RESUMED, f"{','.join(earlier) or 'local'}:{resume.name}")
-        print(f"[distill] sft: resuming from {resume}", file=sys.stderr)
+        console.info(f"sft: resuming from {resume}")
     config = SFTConfig(
         output_dir=str(out_dir),
         learning_rate=h["learning_rate"], num_train_epochs=h["num_train_epochs"],
@@ -406,4 +409,4 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
     client.set_registered_model_alias(name, f"{alias}-seed{p.seed}", version)
     mlflow.set_tags({"distill.registered_model": name, "distill.registered_version": version,
                      "distill.model_uri": f"models:/{name}@{alias}"})
-    print(f"[distill] registered models:/{name}@{alias} (version {version})", file=sys.stderr)
+    console.info(f"registered models:/{name}@{alias} (version {version})")
