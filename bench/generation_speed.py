@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     from distill.generation import make_generator
 
-    res_out = Results("generation_speed", args)
+    report = Results("generation_speed", args)
     results = []
     models = ["tiny", "smollm2"] if args.models == "both" else [args.models]
     for name in models:
@@ -251,34 +251,34 @@ def main(argv=None) -> int:
 
     # ---- report
     base = batch_sizes[0]
-    res_out.table(["model", "batch", "prompts", "new tok", "seconds", "tok/s", "speed-up", "mismatches"],
-                  [[res["model"], row["batch_size"], row["prompts"], row["new_tokens"], f"{row['seconds_best']:.2f}",
-                    f"{row['tokens_per_s']:.1f}", f"{row['speedup']:.2f}x",
-                    "-" if row["batch_size"] == base else f"{row[f'mismatches_vs_batch{base}']}/{row['prompts']}"]
-                   for res in results for row in res["rows"]])
+    report.table(["model", "batch", "prompts", "new tok", "seconds", "tok/s", "speed-up", "mismatches"],
+                 [[res["model"], row["batch_size"], row["prompts"], row["new_tokens"], f"{row['seconds_best']:.2f}",
+                   f"{row['tokens_per_s']:.1f}", f"{row['speedup']:.2f}x",
+                   "-" if row["batch_size"] == base else f"{row[f'mismatches_vs_batch{base}']}/{row['prompts']}"]
+                  for res in results for row in res["rows"]])
     ok_all = True
     for res in results:
         last = res["rows"][-1]
         mm = last[f"mismatches_vs_batch{base}"]
         goal = last["speedup"] >= GOAL_SPEEDUP
         ok_all &= goal and mm == 0
-        res_out.say(f"{res['model']}: batch {last['batch_size']} speed-up {last['speedup']:.2f}x "
-                    f"({'meets' if goal else 'MISSES'} the {GOAL_SPEEDUP:g}x goal); greedy outputs "
-                    + ('identical' if mm == 0 else f"DIFFER for {mm} of {last['prompts']} prompts"))
+        report.say(f"{res['model']}: batch {last['batch_size']} speed-up {last['speedup']:.2f}x "
+                   f"({'meets' if goal else 'MISSES'} the {GOAL_SPEEDUP:g}x goal); greedy outputs "
+                   + ('identical' if mm == 0 else f"DIFFER for {mm} of {last['prompts']} prompts"))
         for row in res["rows"][1:]:
             if row["first_mismatch"]:
                 m, k = row["first_mismatch"], row["first_mismatch"]["diverges_at_char"]
-                res_out.say(f"  first mismatch (batch {row['batch_size']}): prompt #{m['index']}, diverges at char {k}")
-                res_out.say(f"    prompt : {m['prompt'][:120]!r}")
-                res_out.say(f"    common : {m['common_prefix'][-80:]!r}")
+                report.say(f"  first mismatch (batch {row['batch_size']}): prompt #{m['index']}, diverges at char {k}")
+                report.say(f"    prompt : {m['prompt'][:120]!r}")
+                report.say(f"    common : {m['common_prefix'][-80:]!r}")
                 for bs, side in ((base, m["batch1"]), (row["batch_size"], m["batchN"])):
-                    res_out.say(f"    batch {bs:<2}: {side['text'][k:][:100]!r} ({side['n_tokens']} tok, "
-                                f"{side['finish_reason']})")
+                    report.say(f"    batch {bs:<2}: {side['text'][k:][:100]!r} ({side['n_tokens']} tok, "
+                               f"{side['finish_reason']})")
             if row["repeats_disagreeing_with_first"]:
-                res_out.say(f"  note: {row['repeats_disagreeing_with_first']} repeat(s) at batch {row['batch_size']} "
-                            "disagreed with its own first run (non-deterministic)")
-    res_out.note_load(args.repeats)
-    res_out.write({"goal_speedup": GOAL_SPEEDUP, "goal_met_and_outputs_identical": ok_all, "results": results}, args.out)
+                report.say(f"  note: {row['repeats_disagreeing_with_first']} repeat(s) at batch {row['batch_size']} "
+                           "disagreed with its own first run (non-deterministic)")
+    report.note_load(args.repeats)
+    report.write({"goal_speedup": GOAL_SPEEDUP, "goal_met_and_outputs_identical": ok_all, "results": results}, args.out)
     return 0 if ok_all or args.dry else 1  # a dry run checks the code paths; its speed-up means nothing
 
 

@@ -265,8 +265,8 @@ def main(argv=None) -> int:
     max_new = args.max_new_tokens or (4 if args.dry else 256)
     gen_prompts = {1: 4, 16: 32, 64: 128} if not args.dry else {1: 2, 16: 16, 64: 64}
 
-    res = Results("gpu_check", args)
-    t_all = res.t0
+    report = Results("gpu_check", args)
+    t_all = report.t0
     skipped: list[str] = []
 
     def in_time(what: str) -> bool:
@@ -381,14 +381,14 @@ def main(argv=None) -> int:
     trl_default = ok.get("trl SFTTrainer defaults")
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     gb = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
-    res.table(["case", "status", "tokens/s", "MFU", "padding", "peak GB", "estimate GB"],
-              [[r["case"], r["status"], f"{r.get('train_tokens_per_second') or 0:.0f}", pct(r.get("mfu")),
-                pct(r.get("padding_fraction")), gb(r.get("peak_allocated_gb")),
-                gb(r.get("estimate_gb", {}).get("allocated"))] for r in sft_results])
-    res.table(["generation batch", "prompts", "new tokens", "tokens/s", "peak GB", "estimate GB"],
-              [[g["batch_size"], g["prompts"], g["new_tokens"], f"{g['tokens_per_second']:.0f}",
-                gb(g["peak_allocated_gb"]), gb(g["estimate_gb"]["allocated"])] for g in gen_results])
-    res.write({
+    report.table(["case", "status", "tokens/s", "MFU", "padding", "peak GB", "estimate GB"],
+                 [[r["case"], r["status"], f"{r.get('train_tokens_per_second') or 0:.0f}", pct(r.get("mfu")),
+                   pct(r.get("padding_fraction")), gb(r.get("peak_allocated_gb")),
+                   gb(r.get("estimate_gb", {}).get("allocated"))] for r in sft_results])
+    report.table(["generation batch", "prompts", "new tokens", "tokens/s", "peak GB", "estimate GB"],
+                 [[g["batch_size"], g["prompts"], g["new_tokens"], f"{g['tokens_per_second']:.0f}",
+                   gb(g["peak_allocated_gb"]), gb(g["estimate_gb"]["allocated"])] for g in gen_results])
+    report.write({
         "device": device, "peak_bf16_tflops": peak,
         "model": {**model, "shape": "dry (tiny)" if args.dry else "Qwen2.5-0.5B", "random_weights": True},
         "data": {"examples": examples, "tokens": sum(lengths), "min": min(lengths), "max": max(lengths),

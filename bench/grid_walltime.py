@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, "grid_walltime")
     args = ap.parse_args(argv)
-    res = Results("grid_walltime", args)
+    report = Results("grid_walltime", args)
     from distill.config import load_preset
     from distill.executors import plan
     from distill.phases.main import MainParams
@@ -104,12 +104,12 @@ def main(argv=None) -> int:
     rows[0]["without_4gpu_steps_hours"] = simulate(cut, one, 1, True) / 3600
     rows[0]["without_4gpu_steps_ray_hours"] = simulate(cut, one, 1, False) / 3600
     f = lambda h: "n/a" if h is None else f"{h:.1f} h"  # noqa: E731
-    res.table(["GPUs", "sequential", "executor=ray"], [[r["gpus"], f(r["sequential_hours"]), f(r["ray_hours"])]
-                                                       for r in rows])
-    res.say(f"1 GPU without the 4-GPU steps (70B translator, 72B teacher): {rows[0]['without_4gpu_steps_hours']:.1f} h "
-            f"sequential, {rows[0]['without_4gpu_steps_ray_hours']:.1f} h executor=ray")
-    res.write({"estimate": True, "rows": rows, "step_seconds": durations, "step_gpus": {s.name: s.gpus for s in steps}},
-              args.out)
+    report.table(["GPUs", "sequential", "executor=ray"], [[r["gpus"], f(r["sequential_hours"]), f(r["ray_hours"])]
+                                                          for r in rows])
+    report.say(f"1 GPU without the 4-GPU steps (70B translator, 72B teacher): {rows[0]['without_4gpu_steps_hours']:.1f} h "
+               f"sequential, {rows[0]['without_4gpu_steps_ray_hours']:.1f} h executor=ray")
+    report.write({"estimate": True, "rows": rows, "step_seconds": durations, "step_gpus": {s.name: s.gpus for s in steps}},
+                 args.out)
     return 0
 
 

@@ -246,7 +246,7 @@ def main(argv=None) -> int:
         ap.set_defaults(**DRY)
         args = ap.parse_args(argv)
     shard_sizes = [int(s) for s in args.shard_sizes.split(",")]
-    res = Results("teacher_overhead", args)
+    report = Results("teacher_overhead", args)
 
     with temp_tracking_store("teacher-overhead-", keep=args.keep):
         import mlflow
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
         from distill.phases.translate import TranslateParams
         from distill.phases.translate import run as translate_run
 
-        log(f"tracking store {mlflow.get_tracking_uri()}; load average {res.load_before[0]:.2f}")
+        log(f"tracking store {mlflow.get_tracking_uri()}; load average {report.load_before[0]:.2f}")
         t = now()
         translation_run = translate_run(TranslateParams(preset="offline", limit=args.limit))
         questions = tracking.read_jsonl_artifact(translation_run, "translations.jsonl")
@@ -331,43 +331,43 @@ def main(argv=None) -> int:
 
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     phase_rows = [r for r in rows if r["shard_size"] is not None]
-    res.table(["config", "tokens", "seconds", "tok/s", "load", "generate", "non-gen", "overhead", "paired",
-               "same-chunk", "non-gen %", "outputs vs raw"],
-              [[r["config"], r["tokens"], f"{r['seconds_best']:.2f}", f"{r['tokens_per_s']:.0f}",
-                f"{r['model_load']:.2f}", f"{r['generation']:.2f}", f"{r['non_generation']:.2f}",
-                pct(r["overhead"]) if r is not rows[0] else "-",
-                *((pct(r["overhead_paired_median"]), pct(r["overhead_vs_raw_same_chunks"]),
-                   pct(r["overhead_excluding_generation_noise"])) if r["shard_size"] else ("-", "-", "-")),
-                "-" if r is rows[0] else ("identical" if r["output_mismatches_vs_raw"] == 0
-                                          else f"{r['output_mismatches_vs_raw']} differ")]
-               for r in rows])
-    res.say("overhead: best phase / best raw (all) - 1; paired: median over repeats of phase / raw of the same repeat - 1; "
-            "same-chunk: against raw generation chunked like the shards; non-gen %: the phase's time outside generate, "
-            "less raw's model load, over the raw pass (the phase's bookkeeping, free of generation-speed noise)")
-    res.table(["bucket", *(f"shard {r['shard_size']}" for r in phase_rows)],
-              [*([b, *(f"{r['split'][b]:.2f} {100 * r['split'][b] / r['seconds_best']:.1f}%" for r in phase_rows)]
-                 for b in SPLIT),
-               ["total", *(f"{r['seconds_best']:.2f}" for r in phase_rows)],
-               ["shards written", *(r["n_shards"] for r in phase_rows)]],
-              title="phase time split (seconds, best pass):")
-    res.say(f"raw: load + generate {raw['model_load']:.3f} + {raw['generation']:.3f} = {raw['seconds']:.3f}")
+    report.table(["config", "tokens", "seconds", "tok/s", "load", "generate", "non-gen", "overhead", "paired",
+                  "same-chunk", "non-gen %", "outputs vs raw"],
+                 [[r["config"], r["tokens"], f"{r['seconds_best']:.2f}", f"{r['tokens_per_s']:.0f}",
+                   f"{r['model_load']:.2f}", f"{r['generation']:.2f}", f"{r['non_generation']:.2f}",
+                   pct(r["overhead"]) if r is not rows[0] else "-",
+                   *((pct(r["overhead_paired_median"]), pct(r["overhead_vs_raw_same_chunks"]),
+                      pct(r["overhead_excluding_generation_noise"])) if r["shard_size"] else ("-", "-", "-")),
+                   "-" if r is rows[0] else ("identical" if r["output_mismatches_vs_raw"] == 0
+                                             else f"{r['output_mismatches_vs_raw']} differ")]
+                  for r in rows])
+    report.say("overhead: best phase / best raw (all) - 1; paired: median over repeats of phase / raw of the same repeat - 1; "
+               "same-chunk: against raw generation chunked like the shards; non-gen %: the phase's time outside generate, "
+               "less raw's model load, over the raw pass (the phase's bookkeeping, free of generation-speed noise)")
+    report.table(["bucket", *(f"shard {r['shard_size']}" for r in phase_rows)],
+                 [*([b, *(f"{r['split'][b]:.2f} {100 * r['split'][b] / r['seconds_best']:.1f}%" for r in phase_rows)]
+                    for b in SPLIT),
+                  ["total", *(f"{r['seconds_best']:.2f}" for r in phase_rows)],
+                  ["shards written", *(r["n_shards"] for r in phase_rows)]],
+                 title="phase time split (seconds, best pass):")
+    report.say(f"raw: load + generate {raw['model_load']:.3f} + {raw['generation']:.3f} = {raw['seconds']:.3f}")
     ok_all = True
     for row in phase_rows:
         goal = max(row["overhead"], row["overhead_paired_median"]) < GOAL_OVERHEAD
         ok_all &= goal
-        res.say(f"shard_size {row['shard_size']}: overhead {100 * row['overhead']:.1f}% best-of, "
-                f"{100 * row['overhead_paired_median']:.1f}% paired ({'meets' if goal else 'MISSES'} the "
-                f"{100 * GOAL_OVERHEAD:.0f}% goal); non-generation work alone "
-                f"{100 * row['overhead_excluding_generation_noise']:.1f}% of the raw pass; outputs "
-                + ("identical to raw" if row["output_mismatches_vs_raw"] == 0
-                   else f"DIFFER from raw for {row['output_mismatches_vs_raw']} of {len(raw['outputs'])}"))
-    res.note_load(args.repeats)
+        report.say(f"shard_size {row['shard_size']}: overhead {100 * row['overhead']:.1f}% best-of, "
+                   f"{100 * row['overhead_paired_median']:.1f}% paired ({'meets' if goal else 'MISSES'} the "
+                   f"{100 * GOAL_OVERHEAD:.0f}% goal); non-generation work alone "
+                   f"{100 * row['overhead_excluding_generation_noise']:.1f}% of the raw pass; outputs "
+                   + ("identical to raw" if row["output_mismatches_vs_raw"] == 0
+                      else f"DIFFER from raw for {row['output_mismatches_vs_raw']} of {len(raw['outputs'])}"))
+    report.note_load(args.repeats)
     for x in [*raws, *(p for ps in [*raw_chunks.values(), *phases.values()] for p in ps)]:
         x.pop("outputs", None)
-    res.write({"goal_overhead": GOAL_OVERHEAD, "goal_met": ok_all,
-               "prompt_tokens": {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)},
-               "rows": rows, "passes": {"raw": raws, **{f"raw_chunks{c}": raw_chunks[c] for c in chunked},
-                                        **{f"phase_shard{s}": phases[s] for s in shard_sizes}}}, args.out)
+    report.write({"goal_overhead": GOAL_OVERHEAD, "goal_met": ok_all,
+                  "prompt_tokens": {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)},
+                  "rows": rows, "passes": {"raw": raws, **{f"raw_chunks{c}": raw_chunks[c] for c in chunked},
+                                           **{f"phase_shard{s}": phases[s] for s in shard_sizes}}}, args.out)
     # a dry run checks that every path runs and the outputs agree; its timings mean nothing
     identical = all(r["output_mismatches_vs_raw"] == 0 for r in phase_rows)
     return 0 if (identical if args.dry else ok_all) else 1
