@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPERS = {"_common.py", "results.py"}  # imported by the scripts, not scripts themselves
+HELPERS = {"_common.py", "results.py", "gpu_estimates.py"}  # imported by the scripts, not scripts themselves
 ELSEWHERE = {"gpu_check.py": "tests/test_gpu_check.py"}
 
 
