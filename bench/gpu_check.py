@@ -28,71 +28,27 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-from _common import OUT_DIR, ROOT, log, now, temp_tracking_store  # noqa: E402  (sets the offline environment first)
+from _common import log, now, temp_tracking_store  # noqa: E402  (sets the offline environment first)
+from gpu_estimates import (GB, flops_per_token, generation_memory_estimate, peak_tflops,
+                           sft_memory_estimate)
+from results import Results, add_common_args
 
-GB = 1e9
 # Qwen/Qwen2.5-0.5B's config.json
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0,
                   rms_norm_eps=1e-6, tie_word_embeddings=True)
 DRY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
            max_position_embeddings=2048, tie_word_embeddings=True)  # vocabulary: the tokenizer's
-# Dense bf16 peak, from NVIDIA's data sheets (without sparsity), matched against torch.cuda.get_device_name().
-PEAK_TFLOPS = (("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
-               ("L40S", 362.0), ("A10G", 70.0))
 BATCHINGS = ("padded", "group_by_length", "padding_free")
 GEN_BATCHES = (1, 16, 64)
-CONTEXT_GB = 1.5  # CUDA context and workspace: outside torch's allocator, so not in max_memory_allocated
-
-
-# --------------------------------------------------------------------------- estimates (the README's formula)
-
-
-def sft_memory_estimate(n_params: float, hidden: int, layers: int, vocab: int, tokens: int,
-                        checkpointing: bool) -> dict:
-    """Peak memory of full-parameter SFT in GB, the README's formula: fp32 weights, gradients and AdamW
-    moments (16 B per parameter); activations ~34 x hidden bytes per token per layer (Korthikanti et al.
-    2022, attention scores not stored), with checkpointing one bf16 layer input per layer plus one layer
-    recomputed; logits and their gradient ~10 B per token per vocabulary entry; the CUDA context."""
-    act = (2 * hidden * tokens * layers + 34 * hidden * tokens) if checkpointing else 34 * hidden * tokens * layers
-    parts = {"weights": 4 * n_params, "gradients": 4 * n_params, "adamw": 8 * n_params, "activations": act,
-             "logits": 10 * tokens * vocab}
-    out = {k: v / GB for k, v in parts.items()}
-    out["allocated"] = sum(out.values())          # what torch.cuda.max_memory_allocated can see
-    out["context"] = CONTEXT_GB
-    out["peak"] = out["allocated"] + CONTEXT_GB
-    return out
-
-
-def generation_memory_estimate(n_params: float, layers: int, kv_heads: int, head_dim: int, vocab: int, batch: int,
-                               seq: int) -> dict:
-    """Greedy generation in bf16: the weights, the KV cache (keys and values, every layer, bf16), and the
-    fp32 logits of the last position of the batch (a few copies: logits, processors, argmax)."""
-    parts = {"weights": 2 * n_params, "kv_cache": 2 * layers * kv_heads * head_dim * 2 * batch * seq,
-             "logits": 3 * 4 * batch * vocab}
-    out = {k: v / GB for k, v in parts.items()}
-    out["allocated"] = sum(out.values())
-    out["context"] = CONTEXT_GB
-    out["peak"] = out["allocated"] + CONTEXT_GB
-    return out
-
-
-def flops_per_token(n_matmul: float, layers: int, hidden: int, mean_seq: float) -> float:
-    """Training FLOPs per token, forward and backward (PaLM appendix B)."""
-    return 6 * n_matmul + 12 * layers * hidden * mean_seq
-
-
-def peak_tflops(name: str) -> float | None:
-    return next((v for k, v in PEAK_TFLOPS if k.lower() in name.lower()), None)
 
 
 # --------------------------------------------------------------------------- set-up
@@ -255,19 +211,18 @@ def generation_case(model_dir: Path, prompts: list[str], batch: int, max_new_tok
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dry", action="store_true", help="tiny config on any device, every code path, seconds")
     ap.add_argument("--examples", type=int, default=None, help="training examples (default 1024; dry 16)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default 256; dry 4)")
     ap.add_argument("--budget", type=float, default=420, help="seconds after which remaining parts are skipped (420)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of this GPU (default: by name)")
-    ap.add_argument("--out", type=Path, default=None, help="JSON result (default bench/out/gpu_check-<time>.json)")
+    add_common_args(ap, "gpu_check")
     args = ap.parse_args(argv)
     examples = args.examples or (16 if args.dry else 1024)
     max_new = args.max_new_tokens or (4 if args.dry else 256)
     gen_prompts = {1: 4, 16: 32, 64: 128} if not args.dry else {1: 2, 16: 16, 64: 64}
 
-    started = datetime.now(timezone.utc)
-    t_all = now()
+    report = Results("gpu_check", args)
+    t_all = report.t0
     skipped: list[str] = []
 
     def in_time(what: str) -> bool:
@@ -280,8 +235,6 @@ def main(argv=None) -> int:
     with temp_tracking_store("gpu-check-") as tmp:
         import mlflow
         import torch
-        import transformers
-        import trl
 
         from distill.generation.hf import load_tokenizer
         from distill.prompts import plain_prompt
@@ -382,10 +335,17 @@ def main(argv=None) -> int:
     ok = {r["case"]: r for r in sft_results if r["status"] == "ok"}
     paper = ok.get("sft padded, gradient checkpointing on")
     trl_default = ok.get("trl SFTTrainer defaults")
-    total = now() - t_all
-    payload = {
-        "started_utc": started.isoformat(), "dry": args.dry, "device": device, "peak_bf16_tflops": peak,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    gb = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
+    report.table(["case", "status", "tokens/s", "MFU", "padding", "peak GB", "estimate GB"],
+                 [[r["case"], r["status"], f"{r.get('train_tokens_per_second') or 0:.0f}", pct(r.get("mfu")),
+                   pct(r.get("padding_fraction")), gb(r.get("peak_allocated_gb")),
+                   gb(r.get("estimate_gb", {}).get("allocated"))] for r in sft_results])
+    report.table(["generation batch", "prompts", "new tokens", "tokens/s", "peak GB", "estimate GB"],
+                 [[g["batch_size"], g["prompts"], g["new_tokens"], f"{g['tokens_per_second']:.0f}",
+                   gb(g["peak_allocated_gb"]), gb(g["estimate_gb"]["allocated"])] for g in gen_results])
+    report.write({
+        "device": device, "peak_bf16_tflops": peak,
         "model": {**model, "shape": "dry (tiny)" if args.dry else "Qwen2.5-0.5B", "random_weights": True},
         "data": {"examples": examples, "tokens": sum(lengths), "min": min(lengths), "max": max(lengths),
                  "mean": mean_seq, "source": "shipped GSM8K questions + reference solutions, prompt format of the study"},
@@ -395,22 +355,8 @@ def main(argv=None) -> int:
                                         if paper and trl_default else None),
         "generation": gen_results,
         "skipped": skipped,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                        "transformers": transformers.__version__, "trl": trl.__version__, "mlflow": mlflow.__version__,
-                        "flash_attn": _has("flash_attn"), "platform": platform.platform()},
-        "total_seconds": total,
-    }
-    out = args.out or OUT_DIR / f"gpu_check-{'dry-' if args.dry else ''}{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    log(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} (total {total:.0f} s)")
+    }, args.out, cuda=torch.version.cuda, flash_attn=importlib.util.find_spec("flash_attn") is not None)
     return 0
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":

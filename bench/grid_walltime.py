@@ -16,16 +16,18 @@ Assumptions (H100 80 GB, bf16; replace them with measured figures when there are
   checkpointing, the preset's setting); 5,000 examples x 2 epochs x 400 tokens; 60 s to load and log the model.
 - select, tokens, report: 60 s each on CPU; no judge (GPT-4o is an API whose speed is not the GPUs').
 
-    python bench/grid_walltime.py          # prints the table and writes bench/out/grid_walltime.json
+    python bench/grid_walltime.py          # prints the table and writes bench/out/grid_walltime-<time>.json
+    python bench/grid_walltime.py --dry    # the same estimate (it takes seconds anyway), written as a dry result
 """
 
 from __future__ import annotations
 
+import argparse
 import heapq
-import json
 import sys
 
-from _common import OUT_DIR, log  # noqa: E402  (sets the offline environment first)
+import _common  # noqa: F401  (sets the offline environment first)
+from results import Results, add_common_args
 
 PARAMS_B = {"7B": 7.6, "14B": 14.7, "32B": 32.8, "72B": 72.7, "translator": 70.6, "qwen2.5-0.5b": 0.49,
             "qwen2.5-1.5b": 1.54, "sarashina2.2-1b": 1.4, "llm-jp-3.1-1.8b": 1.87}
@@ -75,7 +77,11 @@ def simulate(steps, durations: dict, gpus: int, sequential: bool) -> float | Non
     return t
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap, "grid_walltime")
+    args = ap.parse_args(argv)
+    report = Results("grid_walltime", args)
     from distill.config import load_preset
     from distill.executors import plan
     from distill.phases.main import MainParams
@@ -97,17 +103,13 @@ def main() -> int:
     one = {s.name: durations[s.name] for s in cut}
     rows[0]["without_4gpu_steps_hours"] = simulate(cut, one, 1, True) / 3600
     rows[0]["without_4gpu_steps_ray_hours"] = simulate(cut, one, 1, False) / 3600
-    print(f"{'GPUs':>5} {'sequential':>12} {'executor=ray':>13}")
-    for r in rows:
-        f = lambda h: "n/a" if h is None else f"{h:.1f} h"  # noqa: E731
-        print(f"{r['gpus']:>5} {f(r['sequential_hours']):>12} {f(r['ray_hours']):>13}")
-    print(f"1 GPU without the 4-GPU steps (70B translator, 72B teacher): {rows[0]['without_4gpu_steps_hours']:.1f} h "
-          f"sequential, {rows[0]['without_4gpu_steps_ray_hours']:.1f} h executor=ray")
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out = OUT_DIR / "grid_walltime.json"
-    out.write_text(json.dumps({"estimate": True, "rows": rows, "step_seconds": durations,
-                               "step_gpus": {s.name: s.gpus for s in steps}}, indent=2))
-    log(f"wrote {out}")
+    f = lambda h: "n/a" if h is None else f"{h:.1f} h"  # noqa: E731
+    report.table(["GPUs", "sequential", "executor=ray"], [[r["gpus"], f(r["sequential_hours"]), f(r["ray_hours"])]
+                                                          for r in rows])
+    report.say(f"1 GPU without the 4-GPU steps (70B translator, 72B teacher): {rows[0]['without_4gpu_steps_hours']:.1f} h "
+               f"sequential, {rows[0]['without_4gpu_steps_ray_hours']:.1f} h executor=ray")
+    report.write({"estimate": True, "rows": rows, "step_seconds": durations, "step_gpus": {s.name: s.gpus for s in steps}},
+                 args.out)
     return 0
 
 

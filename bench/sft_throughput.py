@@ -28,26 +28,26 @@ Finally `batching=padding_free` is tried once and must be refused on a CPU with 
 
     python bench/sft_throughput.py                       # 128 questions, teachers at 96 new tokens, 3 repeats (~1-2 min)
     python bench/sft_throughput.py --teacher-max-new-tokens 512 --max-length 1024   # longer, spread-out answers
+    python bench/sft_throughput.py --dry                 # 8 questions, 8 new tokens, 1 repeat (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
-from _common import OUT_DIR, ROOT, log, now, temp_tracking_store  # noqa: E402  (sets the offline environment first)
+from _common import log, now, temp_tracking_store  # noqa: E402  (sets the offline environment first)
+from results import Results, add_common_args
+
 TEACHERS = ("7B", "72B")
 TRAIN_TEACHER = "7B"
 STUDENT = "qwen2.5-0.5b"
 PAPER_N = 5000
 METRICS = ("train_tokens_per_second", "padding_fraction", "train_seconds", "train_tokens", "final_train_loss")
+DRY = {"limit": 8, "teacher_max_new_tokens": 8, "repeats": 1, "seeds": 4}  # and no warm-up run
 
 
 # --------------------------------------------------------------------------- lengths and padding, analytically
@@ -124,18 +124,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--skip-padding-free", action="store_true", help="do not check that padding_free is refused")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (tracking store) for inspection")
-    ap.add_argument("--out", type=Path, default=None, help="JSON result (default bench/out/sft_throughput-<time>.json)")
+    add_common_args(ap, "sft_throughput")
     args = ap.parse_args(argv)
+    if args.dry:
+        ap.set_defaults(**DRY)
+        args = ap.parse_args(argv)
     batchings = [b.strip() for b in args.batchings.split(",") if b.strip()]
 
-    started = datetime.now(timezone.utc)
-    t_all = now()
-    load_before = os.getloadavg()
+    report = Results("sft_throughput", args)
     with temp_tracking_store("sft-throughput-", keep=args.keep) as tmp:
         import mlflow
         import torch
-        import transformers
-        import trl
 
         torch.set_num_threads(args.threads)
         from distill import DistillError, tracking
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
         from distill.phases.translate import TranslateParams
         from distill.phases.translate import run as translate_run
 
-        log(f"tracking store {mlflow.get_tracking_uri()}; load average {load_before[0]:.2f}")
+        log(f"tracking store {mlflow.get_tracking_uri()}; load average {report.load_before[0]:.2f}")
         t = now()
         translate_id = translate_run(TranslateParams(preset="offline", limit=args.limit))
         teacher_ids = {t_: teacher_run(TeacherParams(teacher=t_, preset="offline",
@@ -194,9 +193,9 @@ def main(argv=None) -> int:
 
         # ---- warm-up: one short sft run (first-use costs of the Trainer, autograd and the MLflow model logging)
         t = now()
-        sft_run(SftParams(teacher=TRAIN_TEACHER, student=STUDENT, preset="offline", batching=batchings[0], limit=16,
+        args.dry or sft_run(SftParams(teacher=TRAIN_TEACHER, student=STUDENT, preset="offline", batching=batchings[0], limit=16,
                           register=False, reuse=False, num_train_epochs=args.epochs, max_length=args.max_length,
-                          checkpoints_to_run=False, output_dir=str(tmp / "ckpt-warmup")))
+                          checkpoints_to_run=False, output_dir=str(tmp / "ckpt-warmup")))  # not in a dry run
         log(f"warm-up sft run (16 examples) {now() - t:.1f} s")
 
         # ---- timed sft runs
@@ -245,70 +244,55 @@ def main(argv=None) -> int:
                          "tokens_per_second_median": statistics.median(x["train_tokens_per_second"] for x in runs[b]),
                          "padding_fraction_all": [x["padding_fraction"] for x in runs[b]],
                          "simulated_padding": sim.get(b)})
-    print()
-    print(f"training set: {len(rows)} examples ({TRAIN_TEACHER}'s answers), batch {batch_size}, max_length {max_length}, "
+    report.say(f"training set: {len(rows)} examples ({TRAIN_TEACHER}'s answers), batch {batch_size}, max_length {max_length}, "
           f"{args.epochs:g} epoch(s), {args.repeats} repeat(s), best tok/s shown")
-    print(f"{'tokens per example':<26} {'min':>5} {'p10':>5} {'median':>6} {'p90':>5} {'max':>5} {'mean':>6}")
+    report.say(f"{'tokens per example':<26} {'min':>5} {'p10':>5} {'median':>6} {'p90':>5} {'max':>5} {'mean':>6}")
     for key, label in (("prompt", "prompt"), ("completion", "completion (+EOS)"), ("full", "prompt+completion"),
                        ("train", f"after cut at {max_length}")):
         d = describe(lens[key])
-        print(f"{label:<26} {d['min']:>5} {d['p10']:>5} {d['median']:>6.0f} {d['p90']:>5} {d['max']:>5} {d['mean']:>6.1f}")
+        report.say(f"{label:<26} {d['min']:>5} {d['p10']:>5} {d['median']:>6.0f} {d['p90']:>5} {d['max']:>5} {d['mean']:>6.1f}")
     n_cut = sum(f > max_length for f in lens["full"])
-    print(f"sequences cut at max_length: {n_cut}/{len(rows)}; analytic sum of tokens per epoch "
+    report.say(f"sequences cut at max_length: {n_cut}/{len(rows)}; analytic sum of tokens per epoch "
           f"{sum(lens['train'])}")
-    print()
-    head = (f"{'batching':<16} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'median':>7} {'tok/s incl pad':>14} {'padding':>8} "
-            f"{'simulated padding (mean ± sd)':>30} {'phase s':>8}")
-    print(head)
-    print("-" * len(head))
-    for row in rows_out:
-        s = row["simulated_padding"]
-        print(f"{row['batching']:<16} {row['train_tokens']:>7.0f} {row['train_seconds']:>8.2f} "
-              f"{row['train_tokens_per_second']:>7.0f} {row['tokens_per_second_median']:>7.0f} "
-              f"{row['padded_tokens_per_second']:>14.0f} "
-              f"{100 * row['padding_fraction']:>7.1f}% "
-              + (f"{100 * s['mean']:>20.1f}% ± {100 * s['sd']:.1f}" if s else f"{'-':>30}")
-              + f" {row['phase_seconds']:>8.1f}")
+    report.table(["batching", "tokens", "seconds", "tok/s", "median", "tok/s incl pad", "padding",
+               "simulated padding (mean ± sd)", "phase s"],
+              [[r["batching"], f"{r['train_tokens']:.0f}", f"{r['train_seconds']:.2f}", f"{r['train_tokens_per_second']:.0f}",
+                f"{r['tokens_per_second_median']:.0f}", f"{r['padded_tokens_per_second']:.0f}",
+                f"{100 * r['padding_fraction']:.1f}%",
+                f"{100 * r['simulated_padding']['mean']:.1f}% ± {100 * r['simulated_padding']['sd']:.1f}"
+                if r["simulated_padding"] else "-", f"{r['phase_seconds']:.1f}"] for r in rows_out])
     if len(rows_out) >= 2:
         a, b = rows_out[0], rows_out[1]
-        print(f"\n{b['batching']} vs {a['batching']}: {b['train_tokens_per_second'] / a['train_tokens_per_second']:.2f}x "
+        report.say(f"\n{b['batching']} vs {a['batching']}: {b['train_tokens_per_second'] / a['train_tokens_per_second']:.2f}x "
               f"tokens/s best-of, {b['tokens_per_second_median'] / a['tokens_per_second_median']:.2f}x median; padding "
               f"{100 * a['padding_fraction']:.1f}% -> {100 * b['padding_fraction']:.1f}% (alone worth "
               f"{(1 - b['padding_fraction']) / (1 - a['padding_fraction']):.2f}x at equal compute per token)")
-    print(f"\nsimulated padding fraction, batch {batch_size}:")
-    print(f"{'sampler':<22} {'this set (N=%d, mega-batch %d)' % (len(rows), sim['megabatch_size']):>36} "
+    report.say(f"\nsimulated padding fraction, batch {batch_size}:")
+    report.say(f"{'sampler':<22} {'this set (N=%d, mega-batch %d)' % (len(rows), sim['megabatch_size']):>36} "
           f"{'resampled N=%d (mega-batch %d)' % (PAPER_N, sim_paper['megabatch_size']):>36}")
     for k in ("padded", "group_by_length", "sorted (lower bound)"):
-        print(f"{k:<22} {100 * sim[k]['mean']:>29.1f}% ± {100 * sim[k]['sd']:3.1f} "
+        report.say(f"{k:<22} {100 * sim[k]['mean']:>29.1f}% ± {100 * sim[k]['sd']:3.1f} "
               f"{100 * sim_paper[k]['mean']:>29.1f}% ± {100 * sim_paper[k]['sd']:3.1f}")
     d = describe(proxy_lens["train"])
-    print(f"\nproxy, GSM8K reference solutions ({len(proxy_lens['train'])} shipped, student tokenizer, cut at {max_length}): "
+    report.say(f"\nproxy, GSM8K reference solutions ({len(proxy_lens['train'])} shipped, student tokenizer, cut at {max_length}): "
           f"tokens min {d['min']} / median {d['median']:.0f} / max {d['max']}, "
           f"{sum(f > max_length for f in proxy_lens['full'])} cut")
-    print(f"{'sampler':<22} {'N=%d (mega-batch %d)' % (len(proxy_lens['train']), sim_proxy['megabatch_size']):>36} "
+    report.say(f"{'sampler':<22} {'N=%d (mega-batch %d)' % (len(proxy_lens['train']), sim_proxy['megabatch_size']):>36} "
           f"{'resampled N=%d (mega-batch %d)' % (PAPER_N, sim_proxy_paper['megabatch_size']):>36}")
     for k in ("padded", "group_by_length", "sorted (lower bound)"):
-        print(f"{k:<22} {100 * sim_proxy[k]['mean']:>29.1f}% ± {100 * sim_proxy[k]['sd']:3.1f} "
+        report.say(f"{k:<22} {100 * sim_proxy[k]['mean']:>29.1f}% ± {100 * sim_proxy[k]['sd']:3.1f} "
               f"{100 * sim_proxy_paper[k]['mean']:>29.1f}% ± {100 * sim_proxy_paper[k]['sd']:3.1f}")
     tokens_match = all(abs(r["train_tokens"] - sum(lens["train"]) * args.epochs) < 0.5 for rs in runs.values() for r in rs)
-    print(f"\ncross-check: measured train_tokens {'==' if tokens_match else '!='} analytic "
+    report.say(f"\ncross-check: measured train_tokens {'==' if tokens_match else '!='} analytic "
           f"{sum(lens['train']) * args.epochs:g} per run")
     if refusal is not None:
-        print(f"batching=padding_free: {'refused' if refusal['refused'] else 'NOT refused'} "
+        report.say(f"batching=padding_free: {'refused' if refusal['refused'] else 'NOT refused'} "
               f"({refusal.get('error', '-')}) after {refusal['seconds_to_refusal']:.1f} s: {refusal['message']}")
         if refusal["runs_left_behind"]:
-            print(f"  left in the tracking store: {', '.join(r['run_id'] + ' ' + r['status'] for r in refusal['runs_left_behind'])}")
+            report.say(f"  left in the tracking store: {', '.join(r['run_id'] + ' ' + r['status'] for r in refusal['runs_left_behind'])}")
 
-    load_after = os.getloadavg()
-    if max(load_before[0], load_after[0]) > 0.5:
-        print(f"\nnote: 1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.")
-    total = now() - t_all
-    out = args.out or OUT_DIR / f"sft_throughput-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "started_utc": started.isoformat(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    report.note_load(args.repeats)
+    report.write({
         "n_train": len(rows), "batch_size": batch_size, "max_length": max_length,
         "teacher_output_tokens": teacher_tokens, "teacher_stopped_at_eos": stopped,
         "lengths": {k: describe(v) for k, v in lens.items()}, "lengths_raw": lens, "n_cut": n_cut,
@@ -317,16 +301,7 @@ def main(argv=None) -> int:
                                   "simulated_padding": sim_proxy, "simulated_padding_paper_scale": sim_proxy_paper},
         "train_tokens_match_analytic": tokens_match,
         "rows": rows_out, "runs": runs, "padding_free": refusal,
-        "environment": {
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__, "mlflow": mlflow.__version__, "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "loadavg_before": load_before, "loadavg_after": load_after,
-        },
-        "total_seconds": total,
-    }
-    out.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}  (total {total:.0f} s)")
+    }, args.out)
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python bench/ui_check.py --store DIR      # DIR: where `main` ran (its mlflow.db and mlruns/)
     python bench/ui_check.py                  # runs `main --preset offline` in a temp folder first (minutes)
+    python bench/ui_check.py --dry            # the page checks on a saved page (bench/fixtures/), seconds
 
     python bench/ui_check.py --store DIR --screenshots docs/   # also the README's PNGs
 
@@ -17,6 +18,8 @@ note, without it), with every non-loopback host name unresolvable, and asserts o
 - no page requested anything from a non-loopback host (no CDN, no font, no telemetry).
 Exit status 1 with the failed checks listed; the rendered DOMs, a PNG of each page and every URL
 requested (requests.txt) are kept in bench/out/ui_check/.
+`--dry` renders the saved page bench/fixtures/ui_check_main_run.html in the same headless Chromium (or reads
+it, with the reason said, where chromium is missing) and runs the same page checks on it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from pathlib import Path
 
 from _cdp import Browser, free_port, outside_requests
 from _common import OUT_DIR, ROOT, log
+
+FIXTURE = ROOT / "bench" / "fixtures" / "ui_check_main_run.html"
 
 
 def _chromium() -> str | None:
@@ -124,13 +129,53 @@ async def visit(browser: str, pages: dict[str, str], out: Path, shots: Path | No
         return doms, drawn, list(b.requests)
 
 
+def page_checks(doms: dict[str, str], expected: list[tuple[str, str, str]]) -> list[str]:
+    """Each (page, text, why) whose text is not in the page's DOM, as 'page: why'; every check logged."""
+    failures = []
+    for page, text, why in expected:
+        ok = text in doms.get(page, "")
+        log(f"{'ok  ' if ok else 'FAIL'} {page}: {why} ({text!r})")
+        if not ok:
+            failures.append(f"{page}: {why}")
+    return failures
+
+
+async def _render_saved(browser: str, url: str) -> str:
+    async with Browser(browser) as b:
+        await b.open(url, READY["main_run"], timeout=30.0)
+        return await b.evaluate("document.documentElement.outerHTML") or ""
+
+
+def dry_run(browser: str | None) -> int:
+    """The checks of the main run's page on a saved page; one check must fail, or a FAIL would go unseen."""
+    if browser:
+        dom = asyncio.run(_render_saved(browser, FIXTURE.as_uri()))
+    else:
+        log("no chromium on this machine (apt-get install chromium): the saved page is read, not rendered")
+        dom = FIXTURE.read_text(encoding="utf-8")
+    run_id = "0123456789abcdef0123456789abcdef"
+    failures = page_checks({"main_run": dom}, [
+        ("main_run", "<h3>Table 1", "Table 1 rendered in the main run's description"),
+        ("main_run", "/artifactPath/report.md\"", "a link to report.md that opens it in the UI"),
+        ("main_run", run_id, "a link to the report run"),
+        ("main_run", "no such text", "a check that must fail")])
+    if failures != ["main_run: a check that must fail"]:
+        log(f"dry run: the page checks went wrong: {failures}")
+        return 1
+    log("dry run: the page checks pass on the saved page and catch a missing text")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", help="folder where an offline main ran (mlflow.db, mlruns/)")
     ap.add_argument("--screenshots", help="folder for PNGs of the main run, the compare view, a model version and "
                                           "Fig. 1 in the artifact viewer (the README's are in docs/)")
+    ap.add_argument("--dry", action="store_true", help="the page checks on a saved page, seconds (CI runs it)")
     args = ap.parse_args()
     browser = _chromium()
+    if args.dry:
+        return dry_run(browser)
     if browser is None:
         log("no chromium on this machine (apt-get install chromium): check skipped")
         return 0
@@ -188,10 +233,7 @@ def main() -> int:
                 pages[name] = f"{base}/#/experiments/{exp.experiment_id}/runs/{run_id}/artifactPath/{path}"
         doms, drawn, requests = asyncio.run(visit(browser, pages, out, Path(args.screenshots) if args.screenshots else None))
         def check(page: str, text: str, why: str) -> None:
-            ok = text in doms.get(page, "")
-            log(f"{'ok  ' if ok else 'FAIL'} {page}: {why} ({text!r})")
-            if not ok:
-                failures.append(f"{page}: {why}")
+            failures.extend(page_checks(doms, [(page, text, why)]))
 
         for name in figures:
             ok = drawn.get(name, False)

@@ -17,6 +17,7 @@ import sys
 import typing
 
 from distill import DistillError
+from distill.log import setup_logging
 from distill.phases import module_name
 
 TRUE = {"1", "true", "yes", "y", "on"}
@@ -196,6 +197,7 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
     try:
         argv = quiet_console(list(argv))
         quiet_loggers()
+        setup_logging()  # the level `--verbose` and the launcher's rank ask for
         from distill.config import apply_offline_env, load_preset
 
         preset_name = _preset_of(argv)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from distill import DistillError
 from distill.answers import parse_gold
 from distill.jsonl import json_lines, read_jsonl, text_lines, write_jsonl  # noqa: F401  (re-exported for older imports)
+
+console = logging.getLogger(__name__)
 
 RESOURCES = Path(__file__).parent / "resources"
 GSM8K_JA_HUB_ID = "SakanaAI/gsm8k-ja-test_250-1319"
@@ -186,5 +188,5 @@ def reference_solutions(ids: list[str]) -> dict[str, str]:
             by_id = {r["id"]: r["answer"] for r in rows}
             found.update({i: by_id[i] for i in missing if i in by_id})
         except DistillError as e:
-            print(f"[distill] no reference solutions for {len(missing)} questions: {e}", file=sys.stderr)
+            console.warning(f"no reference solutions for {len(missing)} questions: {e}")
     return found

@@ -16,6 +16,7 @@ the tasks and stops it afterwards; an http(s) tracking URI is used as it is.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from typing import Any
 from distill import DistillError
 from distill.phases import module_name
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 EXECUTORS = ("sequential", "ray")
 # Passed to every task (a local Ray's workers inherit the rest of the environment; a cluster's nodes have their own).
@@ -184,7 +187,7 @@ class LoopbackServer:
                                    f"{self.log.read_text()[-300:].strip()}")
             try:
                 if requests.get(self.uri + "/health", timeout=1).ok:
-                    print(f"[distill] main: serving {self.store_uri} at {self.uri} for the Ray tasks", file=sys.stderr)
+                    console.info(f"main: serving {self.store_uri} at {self.uri} for the Ray tasks")
                     return self.uri
             except requests.RequestException:
                 pass
@@ -281,8 +284,7 @@ def run_concurrent(p) -> str:
     preset, teachers, students, seeds, backend, limit, judge = resolve_grid(p)
     steps = plan(p, preset, teachers, students, seeds, backend, limit, judge)
     if not judge:
-        print("[distill] main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)",
-              file=sys.stderr)
+        console.info("main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)")
     params = {"preset": preset["name"], "teachers": ",".join(teachers), "students": ",".join(students),
               "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "n": p.n,
               "backend": backend, "judge": judge, "max_new_tokens": p.max_new_tokens, "executor": p.executor}
@@ -347,11 +349,11 @@ def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str
             if result["error"]:
                 failed[name] = result
                 where = f" (run {result['run_id']})" if result["run_id"] else ""
-                print(f"[distill] main: {name}: FAILED{where}: {result['error']}", file=sys.stderr)
+                console.error(f"main: {name}: FAILED{where}: {result['error']}")
             else:
                 done[name] = result
-                print(f"[distill] main: {name}: {'reused' if result['reused'] else 'ran'} {result['run_id']} "
-                      f"({result['seconds']:.1f}s)", file=sys.stderr)
+                console.info(f"main: {name}: {'reused' if result['reused'] else 'ran'} {result['run_id']} "
+                             f"({result['seconds']:.1f}s)")
         log = [{"step": s.name, "run_id": done[s.name]["run_id"], "reused": done[s.name]["reused"],
                 "seconds": done[s.name]["seconds"], "finished_at": done[s.name]["finished_at"], "gpus": s.gpus}
                for s in steps if s.name in done]
@@ -373,7 +375,7 @@ def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str
         name = f"main-{preset['name']}" + (f" (reused {reused} of {len(log)} steps)" if reused else "")
         mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(
             preset["name"], params, log, report_run, main_run.info.experiment_id)})
-        print(f"[distill] main: {len(log)} steps as Ray tasks, {reused} reused, {seconds:.0f}s; report run "
-              f"{report_run}", file=sys.stderr)
+        console.info(f"main: {len(log)} steps as Ray tasks, {reused} reused, {seconds:.0f}s; report run "
+                     f"{report_run}")
         return main_run.info.run_id
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -10,6 +10,8 @@ from typing import Any, Sequence
 from distill.checks import check
 from distill.config import ModelRef
 from distill.generation import GenerationConfig, Generator, Prompt, check_backend, make_generator
+
+console = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -50,8 +52,7 @@ def open_generator(ref: ModelRef, backend: str, base_url: str | None = None,
     gen = make_generator(backend, loadable.model, tokenizer_source=loadable.tokenizer,
                          tensor_parallel_size=tensor_parallel_size or ref.tensor_parallel_size,
                          trust_remote_code=trust_remote_code)
-    print(f"[distill] loaded {ref.name} ({loadable.model}) with {backend} in {time.perf_counter() - t0:.1f}s",
-          file=sys.stderr)
+    console.info(f"loaded {ref.name} ({loadable.model}) with {backend} in {time.perf_counter() - t0:.1f}s")
     return gen
 
 

@@ -11,11 +11,13 @@ the record of an item and its output); translate, teacher and errors share this 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+console = logging.getLogger(__name__)
 
 SHARD_DIR = "shards"
 
@@ -69,8 +71,8 @@ def run_sharded(items: Sequence[dict], work: Callable[[list[dict]], list[dict]],
             done[record[key]] = record
     reused = len(done)
     if reused:
-        print(f"[distill] resuming: {reused} of {len(items)} answers come from earlier unfinished runs "
-              f"{', '.join(earlier_runs)}", file=sys.stderr)
+        console.info(f"resuming: {reused} of {len(items)} answers come from earlier unfinished runs "
+                     f"{', '.join(earlier_runs)}")
         carried = [done[item[key]] for item in items if item[key] in done]
         for i in range(0, len(carried), max(shard_size, 1000)):
             log_shard(carried[i:i + max(shard_size, 1000)], index=i // max(shard_size, 1000))

@@ -52,10 +52,10 @@ try:
     import torch
 
     if torch.cuda.is_initialized():  # a preloaded library made a CUDA context: children could not use the GPU
-        import sys
+        import logging
 
-        print("[distill] warning: CUDA was initialised while preloading the step processes; if steps fail to use "
-              "the GPU, set DISTILL_STEP_START_METHOD=spawn", file=sys.stderr)
+        logging.getLogger(__name__).warning("warning: CUDA was initialised while preloading the step processes; if "
+                                            "steps fail to use the GPU, set DISTILL_STEP_START_METHOD=spawn")
 except Exception:  # noqa: BLE001
     pass
 

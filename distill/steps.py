@@ -23,6 +23,7 @@ import sys
 from contextlib import contextmanager
 
 from distill import DistillError, tracking
+from distill.log import setup_logging
 
 
 class StepError(Exception):
@@ -86,6 +87,7 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
     mlflow.set_tracking_uri(tracking_uri)
     tracking.PARENT_RUN_ID, tracking.REHEARSAL = parent_run_id, rehearsal
     tracking.EVENTS = _Reporting(conn)
+    setup_logging()  # this step's environment (verbosity, rank) sets its level; lines go to its stderr
     try:
         conn.send(("done", importlib.import_module(module).run(params)))
     except DistillError as e:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 from distill import DistillError
 from distill.phases import module_name
+
+console = logging.getLogger(__name__)
 
 TAG_PHASE = "distill.phase"
 TAG_KEY = "distill.cache_key"
@@ -456,8 +458,8 @@ def wait_for_holders(phase: str, key: str, me: tuple[float, str] | None = None) 
         if not holders:
             return None
         if not announced:
-            print(f"[distill] {phase}: waiting for RUNNING run {holders[0].info.run_id} (same work, heartbeat "
-                  f"{now - _last_beat(holders[0]):.0f}s ago)", file=sys.stderr)
+            console.info(f"{phase}: waiting for RUNNING run {holders[0].info.run_id} (same work, heartbeat "
+                         f"{now - _last_beat(holders[0]):.0f}s ago)")
             announced = True
         time.sleep(min(heartbeat_interval(), 5.0))
 
@@ -474,7 +476,7 @@ def mark_dead(key: str, me: str) -> list[str]:
             client.set_terminated(r.info.run_id, "KILLED")
             dead.append(r.info.run_id)
     if dead:
-        print(f"[distill] marked {', '.join(dead)} KILLED (no heartbeat); run {me} takes over", file=sys.stderr)
+        console.warning(f"marked {', '.join(dead)} KILLED (no heartbeat); run {me} takes over")
     return dead
 
 
@@ -521,10 +523,10 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     nested = active or PARENT_RUN_ID is not None
     if prior:
         if ignored is None:
-            print(f"[distill] {phase}: reusing FINISHED run {prior} (same parameters, inputs and code)", file=sys.stderr)
+            console.info(f"{phase}: reusing FINISHED run {prior} (same parameters, inputs and code)")
         else:
-            print(f"[distill] {phase}: reusing FINISHED run {prior} although the code changed since "
-                  f"({', '.join(ignored)}): reuse={IGNORE_CODE}", file=sys.stderr)
+            console.warning(f"{phase}: reusing FINISHED run {prior} although the code changed since "
+                            f"({', '.join(ignored)}): reuse={IGNORE_CODE}")
         note = {f"{TAG_IGNORED_CODE}.{prior}": f"{phase}: {', '.join(ignored)}"[:5000]} if ignored else {}
         if note and nested:  # the run that reused it: `main`
             if active:
@@ -551,8 +553,8 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     if REHEARSAL:
         all_tags[TAG_REHEARSAL] = "true"
     if stale:
-        print(f"[distill] {phase}: FINISHED run {stale[0]} did the same work with other code (changed: "
-              f"{', '.join(stale[1])}); running again. reuse={IGNORE_CODE} would accept it", file=sys.stderr)
+        console.warning(f"{phase}: FINISHED run {stale[0]} did the same work with other code (changed: "
+                        f"{', '.join(stale[1])}); running again. reuse={IGNORE_CODE} would accept it")
         all_tags[TAG_CODE_CHANGED] = f"{stale[0]}: {', '.join(stale[1])}"[:5000]
     parent = PARENT_RUN_ID if not active else None
     with mlflow.start_run(run_name=run_name or _run_name(phase, tags), nested=nested, parent_run_id=parent, tags=all_tags) as run, \
@@ -580,7 +582,7 @@ def _become_pointer(run_id: str, prior: str, phase: str) -> None:
         client.delete_tag(run_id, tag)
     client.set_tag(run_id, TAG_REUSED, prior)
     client.set_tag(run_id, "distill.reused_phase", phase)
-    print(f"[distill] {phase}: reusing FINISHED run {prior} (it claimed the same work first)", file=sys.stderr)
+    console.info(f"{phase}: reusing FINISHED run {prior} (it claimed the same work first)")
 
 
 def _same_value(a: str, b: str) -> bool:

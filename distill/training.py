@@ -7,6 +7,7 @@ prompt/completion dataset). `sft` adds what makes a run (lineage, the logged and
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -17,6 +18,8 @@ from typing import Any, Sequence
 
 from distill.config import ModelRef, distill_home
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 
 def is_main_process() -> bool:
@@ -95,7 +98,7 @@ def train(student: ModelRef, rows: list[dict], config: TrainConfig):
         import mlflow
 
         mlflow.set_tag(tracking.TAG_RESUMED, f"{','.join(earlier) or 'local'}:{resume.name}")
-        print(f"[distill] sft: resuming from {resume}", file=sys.stderr)
+        console.info(f"sft: resuming from {resume}")
     args = SFTConfig(
         output_dir=str(out_dir),
         learning_rate=h["learning_rate"], num_train_epochs=h["num_train_epochs"],

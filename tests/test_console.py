@@ -73,10 +73,41 @@ def test_quiet_hides_library_chatter_and_verbose_keeps_it(clean_env):
 
 
 def test_sft_uses_the_non_deprecated_checkpointing_name():
-    """transformers 5 warns (FutureWarning) at `gradient_checkpointing=`; sft passes `activation_checkpointing`."""
+    """transformers 5 warns (FutureWarning) at `gradient_checkpointing=`; training passes `activation_checkpointing`."""
     import inspect
 
-    from distill.phases import sft
+    from distill import training
 
-    source = inspect.getsource(sft)
+    source = inspect.getsource(training)
     assert "activation_checkpointing=h[" in source and "\n        gradient_checkpointing=" not in source
+
+
+def test_console_lines_go_through_logging_at_a_rank_aware_level(clean_env, capsys):
+    import logging
+
+    from distill.log import setup_logging
+
+    log = logging.getLogger("distill.phases.main")
+    for k in ("RANK", "LOCAL_RANK"):
+        clean_env.delenv(k, raising=False)
+    try:
+        setup_logging()
+        log.info("main: translate: ran abc (1.0s)")
+        log.debug("hidden unless verbose")
+        assert capsys.readouterr().err == "[distill] main: translate: ran abc (1.0s)\n"
+        clean_env.setenv("RANK", "1")  # another process of a distributed launch: warnings only
+        setup_logging()
+        log.info("not on rank 1")
+        log.warning("warning: on every rank")
+        assert capsys.readouterr().err == "[distill] warning: on every rank\n"
+        clean_env.delenv("RANK")
+        quiet_console(["--verbose", "true"])
+        setup_logging()
+        log.debug("shown with verbose")
+        assert capsys.readouterr().err == "[distill] shown with verbose\n"
+        ours = [h for h in logging.getLogger("distill").handlers if type(h).__module__ == "distill.log"]
+        assert len(ours) == 1  # set up again, never a second handler
+    finally:
+        clean_env.delenv("DISTILL_VERBOSE", raising=False)
+        clean_env.delenv("RANK", raising=False)
+        setup_logging()

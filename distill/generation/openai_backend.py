@@ -13,14 +13,16 @@ field dropped, and a penalty other than 1.0 such a server cannot honour is an er
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from distill import DistillError
 from distill.generation.base import Generation, GenerationConfig, Prompt, truncate_at_stop
+
+console = logging.getLogger(__name__)
 
 
 def make_client(base_url: str | None = None, max_retries: int = 6, timeout: float = 600.0, http_client=None):
@@ -77,8 +79,8 @@ class OpenAIGenerator:
             with self._lock:
                 if self.send_repetition_penalty:
                     self.send_repetition_penalty = False
-                    print(f"[distill] {self.client.base_url} does not take repetition_penalty; it applies none "
-                          "(= 1.0, as asked), so the field is left out from now on", file=sys.stderr)
+                    console.warning(f"{self.client.base_url} does not take repetition_penalty; it applies none "
+                                    "(= 1.0, as asked), so the field is left out from now on")
             return self._request(prompt, config, False)
 
     def _request(self, prompt: Prompt, config: GenerationConfig, repetition_penalty: bool) -> Generation:

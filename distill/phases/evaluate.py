@@ -8,7 +8,7 @@ baseline, which runs on past its answer as the paper's did (no stop string, repe
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 
 from distill import DistillError
@@ -20,6 +20,8 @@ from distill.checks import check_positive
 from distill.runner import GenerationOptions, check_backend, generation_config, open_generator, timed_generate
 from distill.stats import accuracy_metrics
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 MODES = ("zero-shot", "few-shot")
 FORMATS = ("auto", "chat", "plain")
@@ -216,10 +218,10 @@ def run(p: EvaluateParams) -> str:
         tracking.log_records(records, "predictions")
         if lineage.get("distill.registered_model"):
             note_version(lineage, metrics, pr.run_id, eval_set)
-        line = (f"[distill] evaluate {ref.name} on {eval_set}: accuracy {metrics['accuracy']:.2f}% "
+        line = (f"evaluate {ref.name} on {eval_set}: accuracy {metrics['accuracy']:.2f}% "
                 f"[{metrics['accuracy_ci_low']:.2f}, {metrics['accuracy_ci_high']:.2f}] ({sum(correct)}/{len(correct)}; "
                 f"answer line {metrics['accuracy_answer_line']:.2f}%")
         if few_shot:
             line += f"; cut at the next question {metrics['accuracy_' + CUT]:.2f}%"
-        print(line + f"), run {pr.run_id}", file=sys.stderr)
+        console.info(line + f"), run {pr.run_id}")
         return pr.run_id

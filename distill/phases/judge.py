@@ -9,9 +9,9 @@ what is missing. The API key comes from OPENAI_API_KEY and is never logged.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +24,8 @@ from distill.generation.openai_backend import make_client
 from distill.prompts import judge_messages
 from distill.checks import check_positive
 from distill import shards, tracking
+
+console = logging.getLogger(__name__)
 
 CATEGORIES = {"A": "semantic", "B": "step_missing", "C": "calculation"}
 JUDGE_SCHEMA = {
@@ -205,8 +207,8 @@ def run(p: ErrorsParams) -> str:
         mlflow.log_metrics(metrics)
         if failures:
             mlflow.set_tag(tracking.TAG_INCOMPLETE, "true")
-            print(f"[distill] errors: {sum(failures.values())} answers could not be judged "
-                  f"({dict(failures)}); run the same command again to ask only those", file=sys.stderr)
-        print(f"[distill] errors: {len(judged)}/{len(wrong)} wrong answers judged: A {counts['A']}, "
-              f"B {counts['B']}, C {counts['C']}; run {pr.run_id}", file=sys.stderr)
+            console.info(f"errors: {sum(failures.values())} answers could not be judged "
+                         f"({dict(failures)}); run the same command again to ask only those")
+        console.info(f"errors: {len(judged)}/{len(wrong)} wrong answers judged: A {counts['A']}, "
+                     f"B {counts['B']}, C {counts['C']}; run {pr.run_id}")
         return pr.run_id

@@ -10,8 +10,8 @@ runs in a process of its own (distill.steps); `rehearsal=true` runs a GPU preset
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ from distill import DistillError
 from distill.phases import module_name
 from distill.config import load_preset, resolve_role
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,8 +86,8 @@ def check_hardware(preset: dict, backend: str, rehearsal: bool = False) -> None:
     if rehearsal:
         if backend == "vllm" and not _has_gpu():  # with a GPU, vLLM itself can be rehearsed on the stand-ins
             raise DistillError("rehearsal=true runs on stand-in models without a GPU: add backend=transformers")
-        print(f"[distill] main: rehearsal of preset {preset['name']!r}: no GPU check; every run is tagged "
-              f"{tracking.TAG_REHEARSAL}=true", file=sys.stderr)
+        console.info(f"main: rehearsal of preset {preset['name']!r}: no GPU check; every run is tagged "
+                     f"{tracking.TAG_REHEARSAL}=true")
         return
     if not _has_gpu():
         raise DistillError(f"preset {preset['name']!r} needs a GPU (vLLM generation, 70B-class models) and this "
@@ -168,8 +170,8 @@ class Steps:
         event = tracking.EVENTS[-1] if len(tracking.EVENTS) > start else None
         reused = bool(event and event.reused)
         self.log.append({"step": name, "run_id": run_id, "reused": reused, "seconds": round(time.perf_counter() - t0, 2)})
-        print(f"[distill] main: {name}: {'reused' if reused else 'ran'} {run_id} "
-              f"({time.perf_counter() - t0:.1f}s){_result(run_id)}", file=sys.stderr)
+        console.info(f"main: {name}: {'reused' if reused else 'ran'} {run_id} "
+                     f"({time.perf_counter() - t0:.1f}s){_result(run_id)}")
         return run_id
 
 
@@ -260,8 +262,7 @@ def run(p: MainParams) -> str:
                          ErrorsParams(eval_run=eval_run, judge_model=p.judge_model, judge_base_url=p.judge_base_url,
                                       **common))
         else:
-            print("[distill] main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)",
-                  file=sys.stderr)
+            console.info("main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)")
         step("tokens", tokens, TokensParams(select_run=selection, **common))
         report_run = step("report", report, ReportParams(preset=p.preset, teachers=",".join(teachers),
                                                          students=",".join(students), seeds=",".join(map(str, seeds)),
@@ -274,8 +275,7 @@ def run(p: MainParams) -> str:
         name = f"main-{preset['name']}" + (f" (reused {reused} of {len(step.log)} steps)" if reused else "")
         mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(
             preset["name"], params, step.log, report_run, main_run.info.experiment_id)})
-        print(f"[distill] main: {len(step.log)} steps, {reused} reused, {seconds:.0f}s; report run {report_run}",
-              file=sys.stderr)
+        console.info(f"main: {len(step.log)} steps, {reused} reused, {seconds:.0f}s; report run {report_run}")
         if reused:
-            print("[distill] main: reused " + ", ".join(s["step"] for s in step.log if s["reused"]), file=sys.stderr)
+            console.info("main: reused " + ", ".join(s["step"] for s in step.log if s["reused"]))
         return main_run.info.run_id

@@ -9,8 +9,8 @@ would teach the student to stop mid-sentence: its question is left out unless ke
 from __future__ import annotations
 
 import json
+import logging
 import random
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,8 @@ from distill.jsonl import write_jsonl
 from distill.prompts import plain_prompt
 from distill.checks import check_positive
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 FILTERS = ("all_correct", "none")
 
@@ -117,8 +119,7 @@ def run(p: SelectParams) -> str:
             raise DistillError(f"only {len(ids)} questions qualify under filter={rule} ({per_teacher}), fewer than "
                                f"n={n}; lower n, or pass allow_fewer=true to take all {len(ids)}"
                                + (" (or keep_truncated=true)" if any(n_truncated.values()) and not keep_truncated else ""))
-        print(f"[distill] select: taking all {len(ids)} qualifying questions (n={n} asked, allow_fewer=true)",
-              file=sys.stderr)
+        console.info(f"select: taking all {len(ids)} qualifying questions (n={n} asked, allow_fewer=true)")
     chosen = choose(ids, min(n, len(ids)), seed)
     chosen_set = set(chosen)
     rest = [i for i in translations if i not in chosen_set and translations[i].get("flag") != "empty"]
@@ -161,8 +162,8 @@ def run(p: SelectParams) -> str:
                                 qualifying_ids(answers, translations, rule, True)) - len(ids),
                             "n_excluded_flagged": sum(t.get("flag") == "empty" for t in translations.values())})
         if any(n_truncated.values()):
-            print(f"[distill] select: answers cut at max_new_tokens ({', '.join(f'{t}: {k}' for t, k in n_truncated.items())})"
-                  f" {'kept (keep_truncated=true)' if keep_truncated else 'left out'}", file=sys.stderr)
-        print(f"[distill] select: {len(ids)} questions qualify, {len(chosen)} chosen, dev {len(dev_ids)}; "
-              f"teachers {', '.join(teachers)}; run {pr.run_id}", file=sys.stderr)
+            console.info(f"select: answers cut at max_new_tokens ({', '.join(f'{t}: {k}' for t, k in n_truncated.items())})"
+                         f" {'kept (keep_truncated=true)' if keep_truncated else 'left out'}")
+        console.info(f"select: {len(ids)} questions qualify, {len(chosen)} chosen, dev {len(dev_ids)}; "
+                     f"teachers {', '.join(teachers)}; run {pr.run_id}")
         return pr.run_id

@@ -8,6 +8,7 @@ makes the run, logs, checks and registers the student. Defaults are the paper's 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -20,6 +21,8 @@ from distill.config import load_preset, resolve_role
 from distill.checks import check, check_params
 from distill.training import TrainConfig, checkpoint_root, is_main_process, train
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 BATCHING = ("padded", "group_by_length", "padding_free")
 
@@ -227,8 +230,8 @@ def run(p: SftParams) -> str:
         mlflow.set_tag("mlflow.note.content", sft_note(p, student.name, source, len(rows), digest, pr.run_id))
         if not p.output_dir:  # the run holds the model (and, unless turned off, the checkpoints)
             shutil.rmtree(checkpoint_root() / pr.key, ignore_errors=True)
-        print(f"[distill] sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
-              f"padding {100 * stats['padding_fraction']:.1f}%, run {pr.run_id}", file=sys.stderr)
+        console.info(f"sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
+                     f"padding {100 * stats['padding_fraction']:.1f}%, run {pr.run_id}")
         return pr.run_id
 
 
@@ -305,4 +308,4 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
     client.set_registered_model_alias(name, f"{alias}-seed{p.seed}", version)
     mlflow.set_tags({"distill.registered_model": name, "distill.registered_version": version,
                      "distill.model_uri": f"models:/{name}@{alias}"})
-    print(f"[distill] registered models:/{name}@{alias} (version {version})", file=sys.stderr)
+    console.info(f"registered models:/{name}@{alias} (version {version})")

@@ -8,7 +8,7 @@ sqlite file by default, an RDB URL lets several workers share it).
 
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,8 @@ from pathlib import Path
 from distill import DistillError
 from distill.config import load_preset, resolve_role
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 SPACE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "warmup_ratio")
 
@@ -173,8 +175,7 @@ def run(p: SweepParams) -> str:
         mlflow.log_metrics({"best_dev_accuracy": best.value, "n_complete": len(complete),
                             "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)})
         _log_plots(study)
-        print(f"[distill] sweep: best dev accuracy {best.value:.2f}% with {best.params}; run {pr.run_id}",
-              file=sys.stderr)
+        console.info(f"sweep: best dev accuracy {best.value:.2f}% with {best.params}; run {pr.run_id}")
         if p.register_best:
             best_run = sft_run(SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed,
                                          select_run=select_run.info.run_id, **best.params))
@@ -233,7 +234,7 @@ def _log_plots(study) -> None:
             try:
                 fig = plot(study)
             except (ValueError, RuntimeError) as e:  # importances need two finished trials with varied params
-                print(f"[distill] sweep: no {name} plot ({e})", file=sys.stderr)
+                console.warning(f"sweep: no {name} plot ({e})")
                 continue
             path = f"{tmp}/{name}.html"
             fig.write_html(path, include_plotlyjs=True)

@@ -7,7 +7,7 @@ answer; `correct_answer_line` is recorded beside it. `finish_reason` says why ea
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 
 from distill.answers import format_number, score
@@ -17,6 +17,8 @@ from distill.checks import check_positive
 from distill.runner import GenerationOptions, check_backend, generation_config, lazy_generate
 from distill.stats import accuracy_metrics, accuracy_with_ci
 from distill import shards, tracking
+
+console = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -70,7 +72,6 @@ def run(p: TeacherParams) -> str:
                             **accuracy_metrics([r["correct_answer_line"] for r in records], "answer_line"),
                             "n_truncated": n_truncated,
                             "output_tokens_mean": sum(r["output_tokens"] for r in records) / max(len(records), 1)})
-        print(f"[distill] teacher {ref.name}: {sum(correct)}/{len(correct)} correct ({acc:.2f}%) on the "
-              f"training questions, {n_truncated} cut at max_new_tokens={config.max_new_tokens}; run {pr.run_id}",
-              file=sys.stderr)
+        console.info(f"teacher {ref.name}: {sum(correct)}/{len(correct)} correct ({acc:.2f}%) on the "
+                     f"training questions, {n_truncated} cut at max_new_tokens={config.max_new_tokens}; run {pr.run_id}")
         return pr.run_id

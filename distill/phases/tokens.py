@@ -6,8 +6,8 @@ points at: calculation steps per answer and answers that use decimals.
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,8 @@ from distill import DistillError
 from distill.answers import normalize
 from distill.config import ModelRef, load_preset
 from distill import tracking
+
+console = logging.getLogger(__name__)
 
 _EQUATION = re.compile(r"\d[\d,]*(?:\.\d+)?\s*[+\-×x*/÷]\s*\(?\d[\d,]*(?:\.\d+)?[^=\n]{0,40}?=\s*-?\d")
 _DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])")
@@ -127,6 +129,6 @@ def run(p: TokensParams) -> str:
         tracking.log_records(table, "token_summary")
         log_figure(token_figure(rows, names, teachers), "token_counts", pr.run_id)
         for t in table:
-            print(f"[distill] tokens {t['tokenizer']:>14} {t['teacher']:>8}: mean {t.get('tokens_mean', float('nan')):.1f}, "
-                  f"median {t.get('tokens_median', float('nan')):.0f}", file=sys.stderr)
+            console.info(f"tokens {t['tokenizer']:>14} {t['teacher']:>8}: mean {t.get('tokens_mean', float('nan')):.1f}, "
+                         f"median {t.get('tokens_median', float('nan')):.0f}")
         return pr.run_id

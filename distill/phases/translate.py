@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 from dataclasses import dataclass
 
 from distill.answers import normalize
@@ -13,6 +13,8 @@ from distill.prompts import translation_messages
 from distill.checks import check_positive
 from distill.runner import GenerationOptions, check_backend, generation_config, lazy_generate
 from distill import shards, tracking
+
+console = logging.getLogger(__name__)
 
 _PREAMBLE = re.compile(
     r"^\s*(?:(?:以下|これ)(?:は|が)[^\n]{0,30}?(?:翻訳|日本語訳)[^\n]{0,10}?[:：。]|"
@@ -104,6 +106,6 @@ def run(p: TranslateParams) -> str:
         mlflow.log_metrics({"n_total": len(records), "n_flagged_empty": flags.count("empty"),
                             "n_flagged_missing_numbers": flags.count("missing_numbers"),
                             "n_resumed": reused})
-        print(f"[distill] translate: {len(records)} questions, {flags.count('empty')} empty, "
-              f"{flags.count('missing_numbers')} missing numbers; run {pr.run_id}", file=sys.stderr)
+        console.info(f"translate: {len(records)} questions, {flags.count('empty')} empty, "
+                     f"{flags.count('missing_numbers')} missing numbers; run {pr.run_id}")
         return pr.run_id

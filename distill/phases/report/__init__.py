@@ -26,8 +26,8 @@ the run's description; this module resolves the parameters and logs it all as on
 from __future__ import annotations
 
 import json
+import logging
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,6 +46,8 @@ from distill.phases.report.missing import missing_items
 from distill.phases.report.paired import holm, paired_tests  # holm: tests import it from here
 from distill.phases.report.robustness import robustness, robustness_verdict
 from distill.phases.report.tables import cell_summary, error_summary, table1, table3, tokens_summary
+
+console = logging.getLogger(__name__)
 
 
 @dataclass
@@ -215,6 +217,6 @@ def run(p: ReportParams) -> str:
         mlflow.log_metrics(metrics)
         mlflow.set_tags({"distill.missing_cells": str(n_missing_cells), "distill.missing": str(len(missing)),
                          "mlflow.note.content": report_note(meta, summary, md1)})
-        print(f"[distill] report on {eval_set}: {len(cells)} cells, {n_missing_cells} missing, "
-              f"{len(missing)} missing item(s) in all; run {pr.run_id}", file=sys.stderr)
+        console.info(f"report on {eval_set}: {len(cells)} cells, {n_missing_cells} missing, "
+                     f"{len(missing)} missing item(s) in all; run {pr.run_id}")
         return pr.run_id
