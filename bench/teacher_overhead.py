@@ -82,7 +82,7 @@ def instrumented(timers: Timers, captured: dict):
     """Wrap what `distill.phases.teacher.run` calls; restore everything afterwards."""
     import mlflow
 
-    from distill import shards, tracking
+    from distill import claims, shards, tracking
     from distill.phases import teacher
 
     patches = []
@@ -145,15 +145,15 @@ def instrumented(timers: Timers, captured: dict):
 
     patch(mlflow, "log_table", log_table)  # log_records does `import mlflow; mlflow.log_table(...)`
 
-    for name, bucket in (("require_run", "setup"), ("read_jsonl_artifact", "setup"), ("log_dataset", "setup"),
-                         ("find_unfinished", "setup")):
-        orig = getattr(tracking, name)
+    for module, name, bucket in ((tracking, "require_run", "setup"), (tracking, "read_jsonl_artifact", "setup"),
+                                 (tracking, "log_dataset", "setup"), (claims, "find_unfinished", "setup")):
+        orig = getattr(module, name)
 
         def wrapped(*a, _orig=orig, _bucket=bucket, **k):
             with timers.time(_bucket):
                 return _orig(*a, **k)
 
-        patch(tracking, name, wrapped)
+        patch(module, name, wrapped)
 
     orig_ci = teacher.accuracy_with_ci
 

@@ -7,7 +7,6 @@ trains and only rank 0 talks to MLflow.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 from distill import DistillError
 from distill.config import distill_home, load_preset, resolve_role
 from distill.checks import check, check_params
-from distill import tracking
+from distill import cache_keys, claims, lineage, tracking
 
 BATCHING = ("padded", "group_by_length", "padding_free")
 
@@ -117,13 +116,11 @@ def find_select_run(p: SftParams, teachers: list[str], preset: dict):
     if p.select_run:
         run = tracking.require_run(p.select_run, "select", "sft")
     else:
-        candidates = tracking.search_phase_runs("select", status="FINISHED", extra=f"params.preset = '{preset['name']}'")
-        run = next((r for r in candidates
-                    if set(teachers) <= set(r.data.tags.get("distill.teachers", "").split(","))), None)
+        run = lineage.select_run_for(teachers, preset["name"])
         if run is None:
             raise DistillError(f"no FINISHED select run has a training set for {'+'.join(teachers)}; "
                                "run `select` with those teachers first or pass select_run=<id>")
-    have = [t for t in run.data.tags.get("distill.teachers", "").split(",") if t]
+    have = lineage.teachers_of(run)
     missing = [t for t in teachers if t not in have]
     if missing:
         raise DistillError(f"select run {run.info.run_id} has no training set for {', '.join(missing)}; "
@@ -141,7 +138,7 @@ def load_training_rows(p: SftParams, teachers: list[str], preset: dict) -> tuple
             raise DistillError(f"train_file not found: {path}")
         return read_train_file(path), {}, str(path.resolve()), None
     run = find_select_run(p, teachers, preset)
-    run_ids = json.loads(run.data.tags.get("distill.teacher_run_ids", "{}"))
+    run_ids = lineage.teacher_run_ids(run)
     sets = {t: tracking.read_jsonl_artifact(run.info.run_id, f"train/{t}.jsonl") for t in teachers}
     rows = sets[teachers[0]] if len(teachers) == 1 else mix(sets, p.seed)
     upstream = {"select_run_id": run.info.run_id, "teacher_run_id": ",".join(run_ids.get(t, "") for t in teachers)}
@@ -156,9 +153,9 @@ def sft_note(p: SftParams, student: str, source: str, n_rows: int, digest: str, 
     tags = mlflow.get_run(run_id).data.tags
     lines = [f"Student **{student}** fine-tuned on the answers of teacher **{p.teacher}**, seed {p.seed}.", "",
              f"- training data: `{source}` ({n_rows} examples, dataset digest `{digest}`)",
-             f"- logged model: `{tags.get('distill.logged_model', 'model')}` in this run"]
-    if tags.get("distill.registered_model"):
-        lines.append(f"- registered: `{tags['distill.model_uri']}` (version {tags['distill.registered_version']}); "
+             f"- logged model: `{tags.get(lineage.LOGGED_MODEL, 'model')}` in this run"]
+    if tags.get(lineage.REGISTERED_MODEL):
+        lines.append(f"- registered: `{tags[lineage.MODEL_URI]}` (version {tags[lineage.REGISTERED_VERSION]}); "
                      "its version says the accuracy once `main` (or `evaluate`) has scored it")
     return "\n".join(lines)
 
@@ -224,14 +221,14 @@ def run(p: SftParams) -> str:
     # run should be found without importing it. The outcome is logged as `bf16_used`.
     params = {"preset": preset["name"], "teacher": p.teacher, "student": student.name, "student_source": student.source,
               **h, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
-    tags = {"distill.teacher": p.teacher, "distill.student": student.name, "distill.seed": str(p.seed)}
+    tags = {lineage.TEACHER: p.teacher, lineage.STUDENT: student.name, lineage.SEED: str(p.seed)}
     main = is_main_process()
-    key = tracking.cache_key("sft", params, upstream)
+    key = cache_keys.cache_key("sft", params, upstream)
     if not main:  # other ranks only read the store, never write
-        prior = tracking.find_reusable(key) if p.reuse else None
+        prior = claims.find_reusable(key) if p.reuse else None
         if prior:
             return prior
-        earlier = [r.info.run_id for r in tracking.find_unfinished(key)]
+        earlier = [r.info.run_id for r in claims.find_unfinished(key)]
         _train(p, preset, student, h, use_bf16(p.bf16, preset), rows, key, None, earlier=earlier)
         return ""
     with tracking.phase_run("sft", params, upstream, tags=tags, reuse=p.reuse) as pr:
@@ -240,7 +237,7 @@ def run(p: SftParams) -> str:
         import mlflow
 
         digest = tracking.log_dataset(rows, name=f"train-{p.teacher}", source=source, context="training")
-        mlflow.set_tag("distill.train_digest", digest)
+        mlflow.set_tag(lineage.TRAIN_DIGEST, digest)
         earlier = tracking.earlier_tries(pr, tag=False)  # tagged with the checkpoint it resumes from
         bf16 = use_bf16(p.bf16, preset)
         mlflow.log_param("bf16_used", bf16)
@@ -282,7 +279,7 @@ def _train(p: SftParams, preset: dict, student, h: dict, bf16: bool, rows: list[
     if resume is not None and run_id:
         import mlflow
 
-        mlflow.set_tag(tracking.TAG_RESUMED, f"{','.join(earlier) or 'local'}:{resume.name}")
+        mlflow.set_tag(lineage.RESUMED_FROM, f"{','.join(earlier) or 'local'}:{resume.name}")
         print(f"[distill] sft: resuming from {resume}", file=sys.stderr)
     config = SFTConfig(
         output_dir=str(out_dir),
@@ -390,7 +387,7 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
         pip_requirements=requirements,
     )
     # evaluate finds the model by this name (runs:/<run>/<name>) and links its metrics to the model id
-    mlflow.set_tags({"distill.logged_model": model_name, "distill.model_id": info.model_id or ""})
+    mlflow.set_tags({lineage.LOGGED_MODEL: model_name, lineage.MODEL_ID: info.model_id or ""})
     if not p.register:
         return
     verify_logged_model(info.model_uri)
@@ -404,6 +401,6 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
     alias = alias_for(p.teacher)
     client.set_registered_model_alias(name, alias, version)
     client.set_registered_model_alias(name, f"{alias}-seed{p.seed}", version)
-    mlflow.set_tags({"distill.registered_model": name, "distill.registered_version": version,
-                     "distill.model_uri": f"models:/{name}@{alias}"})
+    mlflow.set_tags({lineage.REGISTERED_MODEL: name, lineage.REGISTERED_VERSION: version,
+                     lineage.MODEL_URI: f"models:/{name}@{alias}"})
     print(f"[distill] registered models:/{name}@{alias} (version {version})", file=sys.stderr)
