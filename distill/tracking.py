@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from distill import DistillError, cache_keys, claims, lineage
-from distill.store import ensure_tracking_reachable
+from distill import DistillError, cache_keys, claims, lineage, store
 
 IGNORE_CODE = "ignore_code"
 
@@ -47,13 +46,13 @@ def reuse_mode(value) -> bool | str:
     raise DistillError(f"reuse must be true, false or {IGNORE_CODE} (got {value!r})")
 
 
-
 @dataclass
 class PhaseRun:
+    """What phase_run did: the run that holds the phase's result, whether it was an earlier one, its key."""
+
     run_id: str
     reused: bool
     key: str
-
 
 
 _listeners: list[Callable[[PhaseRun], None]] = []
@@ -93,7 +92,7 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     """
     import mlflow
 
-    ensure_tracking_reachable()
+    store.ensure_tracking_reachable()
     mode = reuse_mode(reuse)
     upstream = {k: v for k, v in (upstream or {}).items() if v}
     tags = {k: str(v) for k, v in (tags or {}).items() if v not in (None, "")}
