@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        from distill import DistillError, tracking
+        from distill import DistillError, lineage, tracking
         from distill.config import load_preset, resolve_role
         from distill.generation.hf import load_tokenizer
         from distill.models import materialize
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         refusal = None
         if not args.skip_padding_free:
             t = now()
-            before = {r.info.run_id for r in tracking.search_phase_runs("sft")}
+            before = {r.info.run_id for r in lineage.search_phase_runs("sft")}
             try:
                 sft_run(SftParams(teacher=TRAIN_TEACHER, student=STUDENT, preset="offline", batching="padding_free",
                                   register=False, reuse=False, num_train_epochs=args.epochs, checkpoints_to_run=False,
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 - an unclear error is what this check is for
                 refusal = {"refused": True, "error": type(e).__name__, "message": str(e)[:500], "unclear": True}
             refusal["seconds_to_refusal"] = now() - t
-            left = [r for r in tracking.search_phase_runs("sft") if r.info.run_id not in before]
+            left = [r for r in lineage.search_phase_runs("sft") if r.info.run_id not in before]
             refusal["runs_left_behind"] = [{"run_id": r.info.run_id, "status": r.info.status} for r in left]
             log(f"padding_free: {refusal}")
 

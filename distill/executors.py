@@ -27,7 +27,7 @@ from typing import Any
 
 from distill import DistillError
 from distill.phases import module_name
-from distill import tracking
+from distill import lineage, tracking
 
 console = logging.getLogger(__name__)
 
@@ -134,14 +134,14 @@ def execute_step(phase: str, params: Any, env: dict[str, str]) -> dict:
     import importlib
 
     fn = importlib.import_module(module_name(phase)).run
-    start = len(tracking.EVENTS)
+    events: list[tracking.PhaseRun] = []
     t0 = time.perf_counter()
     try:
-        run_id = fn(params)
+        with tracking.on_phase_run(events.append):
+            run_id = fn(params)
         error = None
     except BaseException as e:  # noqa: BLE001 - reported to the driver, which names the step
         run_id, error = None, (str(e) if isinstance(e, DistillError) else f"{type(e).__name__}: {e}")
-    events = tracking.EVENTS[start:]
     return {"run_id": run_id if error is None else (events[-1].run_id if events else None),
             "reused": bool(error is None and events and events[-1].reused), "error": error,
             "seconds": round(time.perf_counter() - t0, 2), "pid": os.getpid()}
@@ -314,7 +314,7 @@ def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str
 
     remote = {False: ray.remote(execute_step), True: ray.remote(max_calls=1)(execute_step_in_fresh_worker)}
     t0 = time.perf_counter()
-    with mlflow.start_run(run_name=f"main-{preset['name']}", tags={tracking.TAG_PHASE: "main"}) as main_run:
+    with mlflow.start_run(run_name=f"main-{preset['name']}", tags={lineage.PHASE: "main"}) as main_run:
         tracking.log_params_merged(main_run, params)
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         env |= {"MLFLOW_TRACKING_URI": task_uri, "MLFLOW_EXPERIMENT_ID": main_run.info.experiment_id,
@@ -369,7 +369,7 @@ def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str
             raise DistillError(f"{what}; {len(done)} other steps finished, {len(skipped)} waited on the failed ones; "
                                "type the same command again to continue from there")
         report_run = done["report"]["run_id"]
-        mlflow.set_tag("distill.report_run_id", report_run)
+        mlflow.set_tag(lineage.REPORT_RUN_ID, report_run)
         from distill.phases.main import main_note
 
         name = f"main-{preset['name']}" + (f" (reused {reused} of {len(log)} steps)" if reused else "")

@@ -1,6 +1,6 @@
 """JSON Lines in and out: a module of its own so that phases which only move records around (select,
 sft, tracking) do not depend on the data loaders and the scoring code behind them (see
-tracking.code_files)."""
+cache_keys.code_files)."""
 
 from __future__ import annotations
 

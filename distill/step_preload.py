@@ -33,7 +33,7 @@ for _name in MODULES:
 # the reuse key's parse of the package (~0.7 s a step), transformers' table of checkpoint conversions
 # (~0.4 s at the first model load), and MLflow's map of installed packages (~1.2 s at each log_model).
 _WARM_UPS = (
-    ("distill.tracking", "warm_code_cache", ()),
+    ("distill.cache_keys", "warm_code_cache", ()),
     ("transformers.conversion_mapping", "get_checkpoint_conversion_mapping", ("qwen2",)),
     ("mlflow.utils.requirements_utils", "warn_dependency_requirement_mismatches", (["mlflow"],)),
 )

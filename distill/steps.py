@@ -9,7 +9,8 @@ GPU): a step starts in milliseconds, not the seconds of a fresh interpreter or t
 `DISTILL_STEP_START_METHOD=spawn` starts each step in a fresh interpreter instead.
 
 The child's phase run nests under the main run (tracking.PARENT_RUN_ID), and every run it starts or
-reuses is reported back as it happens, so `main` names the run of a step that failed or died.
+reuses is reported back as it happens (tracking.on_phase_run there, tracking.notify_phase_run here), so
+`main` names the run of a step that failed or died.
 """
 
 from __future__ import annotations
@@ -22,24 +23,12 @@ import signal
 import sys
 from contextlib import contextmanager
 
-from distill import DistillError, tracking
+from distill import DistillError, cache_keys, tracking
 from distill.log import setup_logging
 
 
 class StepError(Exception):
     """A step that failed in its process with something other than a DistillError; str() is the detail."""
-
-
-class _Reporting(list):
-    """tracking.EVENTS in a step process: every run started or reused goes to the parent at once."""
-
-    def __init__(self, conn):
-        super().__init__()
-        self.conn = conn
-
-    def append(self, item):
-        super().append(item)
-        self.conn.send(("event", dataclasses.asdict(item)))
 
 
 def start_method() -> str:
@@ -85,11 +74,13 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    tracking.PARENT_RUN_ID, tracking.REHEARSAL = parent_run_id, rehearsal
-    tracking.EVENTS = _Reporting(conn)
+    tracking.PARENT_RUN_ID, cache_keys.REHEARSAL = parent_run_id, rehearsal
     setup_logging()  # this step's environment (verbosity, rank) sets its level; lines go to its stderr
     try:
-        conn.send(("done", importlib.import_module(module).run(params)))
+        # every run started or reused goes to the parent at once: a step that dies is named with its run
+        with tracking.on_phase_run(lambda pr: conn.send(("event", dataclasses.asdict(pr)))):
+            result = importlib.import_module(module).run(params)
+        conn.send(("done", result))
     except DistillError as e:
         conn.send(("error", True, str(e)))
     except KeyboardInterrupt:
@@ -109,7 +100,7 @@ def run_in_process(ctx, module: str, params, parent_run_id: str) -> str:
     experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
     proc = ctx.Process(target=_child, name=f"distill-{module.rsplit('.', 1)[-1]}",
                        args=(module, params, parent_run_id, experiment_id, mlflow.get_tracking_uri(),
-                             dict(os.environ), os.getcwd(), tracking.REHEARSAL, send))
+                             dict(os.environ), os.getcwd(), cache_keys.REHEARSAL, send))
     sys.stdout.flush()
     sys.stderr.flush()
     proc.start()
@@ -122,7 +113,7 @@ def run_in_process(ctx, module: str, params, parent_run_id: str) -> str:
             except EOFError:
                 break
             if message[0] == "event":
-                tracking.EVENTS.append(tracking.PhaseRun(**message[1]))
+                tracking.notify_phase_run(tracking.PhaseRun(**message[1]))
             else:
                 outcome = message
         proc.join()

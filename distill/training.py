@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distill.config import ModelRef, distill_home
-from distill import tracking
+from distill import lineage
 
 console = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def train(student: ModelRef, rows: list[dict], config: TrainConfig):
     if resume is not None and config.run_id:
         import mlflow
 
-        mlflow.set_tag(tracking.TAG_RESUMED, f"{','.join(earlier) or 'local'}:{resume.name}")
+        mlflow.set_tag(lineage.RESUMED_FROM, f"{','.join(earlier) or 'local'}:{resume.name}")
         console.info(f"sft: resuming from {resume}")
     args = SFTConfig(
         output_dir=str(out_dir),

@@ -143,10 +143,10 @@ def test_unknown_backend():
 def test_the_registry_imports_no_backend_and_matches_the_reuse_key():
     """Backends import `base`; nothing imports a backend until it is chosen (no import circle), and the
     reuse key's backend modules are the registry's."""
-    from distill import tracking
+    from distill import cache_keys
     from distill.generation.registry import BACKENDS, backend_module
 
-    assert tracking.BACKEND_MODULES == {b: backend_module(b) for b in BACKENDS}
+    assert cache_keys.BACKEND_MODULES == {b: backend_module(b) for b in BACKENDS}
     code = ("import sys, distill.generation; "
             "print(sorted(m for m in sys.modules if m.startswith('distill.generation.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()

@@ -261,16 +261,16 @@ def test_live_tries_are_left_alone_and_dead_ones_marked_killed(tracking, monkeyp
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from distill import tracking as tr
+    from distill import claims
 
     monkeypatch.setenv("DISTILL_HEARTBEAT_TIMEOUT_S", "60")
     client, exp = MlflowClient(), mlflow.get_experiment_by_name("Default").experiment_id
     now = time.time()
-    runs = {age: client.create_run(exp, tags={tr.TAG_KEY: "k", tr.TAG_PHASE: "translate",
-                                              tr.TAG_HEARTBEAT: f"{now - age:.3f}"}).info.run_id for age in (5, 600)}
-    assert [r.info.run_id for r in tr.find_unfinished("k")] == [runs[600]]  # the live one is not taken over
+    runs = {age: client.create_run(exp, tags={"distill.cache_key": "k", "distill.phase": "translate",
+                                              "distill.heartbeat": f"{now - age:.3f}"}).info.run_id for age in (5, 600)}
+    assert [r.info.run_id for r in claims.find_unfinished("k")] == [runs[600]]  # the live one is not taken over
     me = client.create_run(exp).info.run_id
-    assert tr.mark_dead("k", me) == [runs[600]]
+    assert claims.mark_dead("k", me) == [runs[600]]
     dead, live = client.get_run(runs[600]), client.get_run(runs[5])
-    assert dead.info.status == "KILLED" and f"taken over by run {me}" in dead.data.tags[tr.TAG_KILLED]
+    assert dead.info.status == "KILLED" and f"taken over by run {me}" in dead.data.tags["distill.killed_reason"]
     assert live.info.status == "RUNNING"

@@ -10,6 +10,7 @@ import mlflow
 import optuna
 import pytest
 
+from distill import lineage
 from distill import tracking as tr
 from distill.phases.select import SelectParams
 from distill.phases.select import run as select
@@ -72,9 +73,10 @@ def test_phases_write_to_a_postgresql_backed_server_and_reuse_from_it(postgres, 
     assert run.data.tags["distill.phase"] == "select"
     assert tr.read_jsonl_artifact(selected_on_server["select"], "train/7B.jsonl")  # artifacts through the server
     # typing the same command again reuses the finished run found in PostgreSQL
-    n = len(tr.EVENTS)
-    assert translate(TranslateParams(limit=14)) == selected_on_server["translate"]
-    assert tr.EVENTS[n].reused
+    seen = []
+    with tr.on_phase_run(seen.append):
+        assert translate(TranslateParams(limit=14)) == selected_on_server["translate"]
+    assert seen[0].reused
 
 
 def test_two_sweep_workers_share_one_study_in_postgresql(postgres, pg_mlflow, selected_on_server, on_server, tmp_path):
@@ -99,8 +101,8 @@ def test_two_sweep_workers_share_one_study_in_postgresql(postgres, pg_mlflow, se
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))                  # no duplicate trial numbers
     # both workers took part, each a sweep run of its own, every trial a nested run of one of them
-    sweeps = tr.search_phase_runs("sweep", status="FINISHED",
-                                  extra=f"attributes.start_time >= {int(t0 * 1000)}")
+    sweeps = lineage.search_phase_runs("sweep", status="FINISHED",
+                                       extra=f"attributes.start_time >= {int(t0 * 1000)}")
     assert len(sweeps) == 2
     assert all(s.data.metrics["n_trials_this_worker"] >= 1 for s in sweeps)
     assert sum(s.data.metrics["n_trials_this_worker"] for s in sweeps) == n_trials

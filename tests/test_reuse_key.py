@@ -1,11 +1,11 @@
-"""The reuse key covers exactly what decides a phase's results (tracking.code_files), and a finished run
+"""The reuse key covers exactly what decides a phase's results (cache_keys.code_files), and a finished run
 that differs only in its code is named, and accepted with reuse=ignore_code."""
 
 import shutil
 
 import pytest
 
-from distill import DistillError, config, tracking
+from distill import DistillError, cache_keys, config, lineage, tracking
 
 PHASES = ("translate", "teacher", "evaluate", "select", "sft", "errors", "tokens", "report", "sweep")
 GENERATING = {"translate", "teacher", "evaluate"}
@@ -15,22 +15,22 @@ GENERATING = {"translate", "teacher", "evaluate"}
 def package(tmp_path, monkeypatch):
     """A copy of the package that the key is computed from, so files can be edited freely."""
     copy = tmp_path / "distill"
-    shutil.copytree(tracking.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(tracking, "PACKAGE_DIR", copy)
+    shutil.copytree(cache_keys.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache_keys, "PACKAGE_DIR", copy)
     monkeypatch.setattr(config, "PRESET_DIR", copy / "presets")
     monkeypatch.setattr(config, "_PRESET_FILES", {})
-    tracking._code_files.cache_clear()
+    cache_keys.clear_code_cache()
     yield copy
-    tracking._code_files.cache_clear()
+    cache_keys.clear_code_cache()
 
 
 def keys(preset: str, backend: str = "vllm") -> dict[str, str]:
-    tracking._code_files.cache_clear()
+    cache_keys.clear_code_cache()
     config.load_preset(preset)
     out = {}
     for phase in PHASES:
         params = {"preset": preset, "x": 1, **({"backend": backend} if phase in GENERATING else {})}
-        out[phase] = tracking.cache_key(phase, params, {"up": "abc"})
+        out[phase] = cache_keys.cache_key(phase, params, {"up": "abc"})
     return out
 
 
@@ -85,7 +85,7 @@ def test_shipped_data_counts_only_where_it_is_read(package):
 
 def test_code_files_names_what_changed(package):
     config.load_preset("paper")
-    before = tracking.code_files("evaluate", "paper", "transformers")
+    before = cache_keys.code_files("evaluate", "paper", "transformers")
     assert "distill/answers.py" in before and "distill/presets/paper.yaml" in before
     assert "distill/presets/offline.yaml" not in before and "distill/generation/vllm_backend.py" not in before
     assert "distill/generation/hf.py" in before
@@ -120,19 +120,19 @@ def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(package
     assert not first.reused and _phase(params).reused
 
     edit(package / "phases" / "select.py", '"""The `select` phase', '"""The edited `select` phase')
-    tracking._code_files.cache_clear()
+    cache_keys.clear_code_cache()
     second = _phase(params)
     err = capsys.readouterr().err
     assert not second.reused and f"FINISHED run {first.run_id} did the same work with other code" in err
     assert "distill/phases/select.py" in err and "reuse=ignore_code" in err
     tags = mlflow.get_run(second.run_id).data.tags
-    assert tags[tracking.TAG_CODE_CHANGED] == f"{first.run_id}: distill/phases/select.py"
+    assert tags[lineage.CODE_CHANGED] == f"{first.run_id}: distill/phases/select.py"
 
     edit(package / "phases" / "select.py", '"""The edited `select` phase', '"""The twice edited `select` phase')
-    tracking._code_files.cache_clear()
+    cache_keys.clear_code_cache()
     with mlflow.start_run(run_name="main") as main:
         third = _phase(params, reuse="ignore_code")
     assert third.reused and third.run_id == second.run_id
     assert "although the code changed since (distill/phases/select.py): reuse=ignore_code" in capsys.readouterr().err
     main_tags = mlflow.get_run(main.info.run_id).data.tags
-    assert main_tags[f"{tracking.TAG_IGNORED_CODE}.{second.run_id}"] == "select: distill/phases/select.py"
+    assert main_tags[f"{lineage.REUSED_IGNORING_CODE}.{second.run_id}"] == "select: distill/phases/select.py"

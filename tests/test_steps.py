@@ -37,10 +37,9 @@ def test_a_step_runs_in_its_own_process_nested_under_main(steps):
 ])
 def test_a_failed_step_is_named_with_its_run(steps, how, message):
     step, _ = steps
-    before = len(tracking.EVENTS)
-    with pytest.raises(DistillError) as e:
+    started = []
+    with pytest.raises(DistillError) as e, tracking.on_phase_run(started.append):
         step("fixture", step_fixtures.run, FixtureParams(how=how))
-    started = tracking.EVENTS[before:]
     assert len(started) == 1  # reported by the child as it started, before it died
     assert str(e.value) == (f"step fixture failed (run {started[0].run_id}): {message}; type the same command again "
                             "to continue from there")

@@ -2,7 +2,7 @@
 
 The names are strings, not imports, so that nothing here imports a backend: the backends import
 `base`, this module imports none of them (no import circle), vLLM is loaded only for backend=vllm,
-and a phase's reuse key covers only the backend it runs with (tracking.BACKEND_MODULES).
+and a phase's reuse key covers only the backend it runs with (cache_keys.BACKEND_MODULES).
 A new backend is one line here.
 """
 

@@ -20,6 +20,8 @@ from distill.checks import check_positive
 from distill.runner import GenerationOptions, check_backend, generation_config, open_generator, timed_generate
 from distill.stats import accuracy_metrics
 from distill import tracking
+from distill.lineage import (BASELINE, EVAL_SET, LOGGED_MODEL, MODE, MODEL, MODEL_ID, PHASE, REGISTERED_MODEL,
+                             REGISTERED_VERSION, ROLE, SEED, SFT_RUN_ID, STUDENT, TEACHER)
 
 console = logging.getLogger(__name__)
 
@@ -48,14 +50,12 @@ CUT = "cut_at_next_question"
 def _lineage_from_run(run_id: str) -> dict[str, str]:
     run = tracking.get_run(run_id)
     tags = run.data.tags
-    if tags.get(tracking.TAG_PHASE) != "sft":
-        raise DistillError(f"run {run_id} is not an sft run (phase {tags.get(tracking.TAG_PHASE)!r}); "
+    if tags.get(PHASE) != "sft":
+        raise DistillError(f"run {run_id} is not an sft run (phase {tags.get(PHASE)!r}); "
                            "give an sft run id, a models:/ URI or a model name")
-    return {"distill.student": tags.get("distill.student", ""), "distill.teacher": tags.get("distill.teacher", ""),
-            "distill.sft_run_id": run_id, "distill.seed": tags.get("distill.seed", ""),
-            "distill.logged_model": tags.get("distill.logged_model", ""), "distill.model_id": tags.get("distill.model_id", ""),
-            "distill.registered_model": tags.get("distill.registered_model", ""),
-            "distill.registered_version": tags.get("distill.registered_version", "")}
+    return {STUDENT: tags.get(STUDENT, ""), TEACHER: tags.get(TEACHER, ""), SFT_RUN_ID: run_id, SEED: tags.get(SEED, ""),
+            LOGGED_MODEL: tags.get(LOGGED_MODEL, ""), MODEL_ID: tags.get(MODEL_ID, ""),
+            REGISTERED_MODEL: tags.get(REGISTERED_MODEL, ""), REGISTERED_VERSION: tags.get(REGISTERED_VERSION, "")}
 
 
 def _lineage_from_registry(uri: str) -> dict[str, str]:
@@ -80,24 +80,24 @@ def resolve_eval_model(name: str, preset: dict, backend: str = "") -> tuple[Mode
     """The model to evaluate and the lineage tags that say what it is (for Table 1 from tags alone)."""
     if RUN_ID_RE.match(name):
         lineage = _lineage_from_run(name)
-        return ModelRef(name, f"runs:/{name}/{lineage.get('distill.logged_model') or 'model'}", "student"), lineage
+        return ModelRef(name, f"runs:/{name}/{lineage.get(LOGGED_MODEL) or 'model'}", "student"), lineage
     if name.startswith("runs:/"):
         run_id = name.removeprefix("runs:/").split("/", 1)[0]
         return ModelRef(name, name, "student"), _lineage_from_run(run_id)
     if name.startswith("models:/"):
         return ModelRef(name, name, "student"), _lineage_from_registry(name)
     ref = resolve_model(name, preset, served=backend == "openai")
-    tags = {"distill.teacher": ref.name} if ref.role == "teacher" else {}
+    tags = {TEACHER: ref.name} if ref.role == "teacher" else {}
     if ref.role == "student":
-        tags["distill.student"] = ref.name
+        tags[STUDENT] = ref.name
     return ref, tags
 
 
 def describe(ref: ModelRef, lineage: dict[str, str], few_shot: bool, shots) -> dict[str, str]:
     """The columns a compare view needs: `role` (teacher / student / baseline), `teacher`, `student`,
     `seed`, and a `model` name a person can read (a student's is not its sft run id, which stays a tag)."""
-    teacher, student, seed = lineage.get("distill.teacher", ""), lineage.get("distill.student", ""), lineage.get("distill.seed", "")
-    if lineage.get("distill.sft_run_id"):
+    teacher, student, seed = lineage.get(TEACHER, ""), lineage.get(STUDENT, ""), lineage.get(SEED, "")
+    if lineage.get(SFT_RUN_ID):
         role = "student"
         name = f"student-{student}-{teacher}" + (f"-seed{seed}" if seed else "")
     elif ref.role == "teacher":
@@ -116,16 +116,16 @@ def note_version(lineage: dict[str, str], metrics: dict, run_id: str, eval_set: 
 
     import mlflow
 
-    name, version = lineage["distill.registered_model"], lineage["distill.registered_version"]
+    name, version = lineage[REGISTERED_MODEL], lineage[REGISTERED_VERSION]
     client = MlflowClient()
     exp = mlflow.get_run(run_id).info.experiment_id
     acc = f"{metrics['accuracy']:.2f}"
     client.set_model_version_tag(name, version, "accuracy", acc)
     client.set_model_version_tag(name, version, "eval_run_id", run_id)
     client.update_model_version(name, version, description=(
-        f"Student **{lineage['distill.student']}** distilled from teacher **{lineage['distill.teacher']}**, seed "
-        f"{lineage['distill.seed']}; trained in run [{lineage['distill.sft_run_id']}]"
-        f"(#/experiments/{exp}/runs/{lineage['distill.sft_run_id']}).\n\n"
+        f"Student **{lineage[STUDENT]}** distilled from teacher **{lineage[TEACHER]}**, seed "
+        f"{lineage[SEED]}; trained in run [{lineage[SFT_RUN_ID]}]"
+        f"(#/experiments/{exp}/runs/{lineage[SFT_RUN_ID]}).\n\n"
         f"**Accuracy {acc}%** on `{eval_set}` (95% interval {metrics['accuracy_ci_low']:.2f} to "
         f"{metrics['accuracy_ci_high']:.2f}; {metrics['n_correct']:.0f}/{metrics['n_total']:.0f}), "
         f"evaluation run [{run_id}](#/experiments/{exp}/runs/{run_id})."))
@@ -179,12 +179,12 @@ def run(p: EvaluateParams) -> str:
               "repetition_penalty": rep, "temperature": config.temperature, "stop": "eos",
               "scoring": "paper", "batch_size": config.batch_size, "n_examples": len(examples)}
     tags = dict(lineage)
-    tags["distill.model"] = ref.name
-    tags["distill.eval_set"] = eval_set
-    tags["distill.mode"] = p.mode
-    tags["distill.role"] = who["role"]
+    tags[MODEL] = ref.name
+    tags[EVAL_SET] = eval_set
+    tags[MODE] = p.mode
+    tags[ROLE] = who["role"]
     if few_shot:
-        tags["distill.baseline"] = f"{shots}-shot"
+        tags[BASELINE] = f"{shots}-shot"
     with tracking.phase_run("evaluate", params, tags=tags, reuse=p.reuse, run_name=f"evaluate-{who['model_name']}") as pr:
         if pr.reused:
             return pr.run_id
@@ -214,9 +214,9 @@ def run(p: EvaluateParams) -> str:
                    "tokens_per_second": timing["tokens_per_second"]}
         if few_shot:
             metrics.update(accuracy_metrics([r[f"correct_{CUT}"] for r in records], CUT))
-        mlflow.log_metrics(metrics, model_id=lineage.get("distill.model_id") or None)
+        mlflow.log_metrics(metrics, model_id=lineage.get(MODEL_ID) or None)
         tracking.log_records(records, "predictions")
-        if lineage.get("distill.registered_model"):
+        if lineage.get(REGISTERED_MODEL):
             note_version(lineage, metrics, pr.run_id, eval_set)
         line = (f"evaluate {ref.name} on {eval_set}: accuracy {metrics['accuracy']:.2f}% "
                 f"[{metrics['accuracy_ci_low']:.2f}, {metrics['accuracy_ci_high']:.2f}] ({sum(correct)}/{len(correct)}; "

@@ -24,6 +24,7 @@ from distill.generation.openai_backend import make_client
 from distill.prompts import judge_messages
 from distill.checks import check_positive
 from distill import shards, tracking
+from distill.lineage import EVAL_SET, INCOMPLETE, SEED, SFT_RUN_ID, STUDENT, TEACHER
 
 console = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def run(p: ErrorsParams) -> str:
     for r in wrong:
         r["reference"] = references.get(r["id"])
     lineage = {k: v for k, v in eval_run.data.tags.items()
-               if k in ("distill.student", "distill.teacher", "distill.seed", "distill.sft_run_id", "distill.eval_set")}
+               if k in (STUDENT, TEACHER, SEED, SFT_RUN_ID, EVAL_SET)}
     params = {"preset": preset["name"], "judge_model": model, "judge_base_url": base_url or "api.openai.com",
               "n_wrong": len(wrong)}
     with tracking.phase_run("errors", params, {"eval_run_id": eval_run.info.run_id}, tags=lineage,
@@ -206,7 +207,7 @@ def run(p: ErrorsParams) -> str:
             metrics[f"judge_http_{status}"] = n
         mlflow.log_metrics(metrics)
         if failures:
-            mlflow.set_tag(tracking.TAG_INCOMPLETE, "true")
+            mlflow.set_tag(INCOMPLETE, "true")
             console.info(f"errors: {sum(failures.values())} answers could not be judged "
                          f"({dict(failures)}); run the same command again to ask only those")
         console.info(f"errors: {len(judged)}/{len(wrong)} wrong answers judged: A {counts['A']}, "

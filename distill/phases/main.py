@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from distill import DistillError
 from distill.phases import module_name
 from distill.config import load_preset, resolve_role
-from distill import tracking
+from distill import cache_keys, claims, lineage, tracking
 
 console = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ class MainParams:
 @contextmanager
 def _rehearsal(on: bool):
     """Every phase run of this `main`, here and in its step processes, tagged (and keyed) as a rehearsal."""
-    tracking.REHEARSAL = on
+    cache_keys.REHEARSAL = on
     try:
         yield
     finally:
-        tracking.REHEARSAL = False
+        cache_keys.REHEARSAL = False
 
 
 def _names(text: str, default: list) -> list[str]:
@@ -87,7 +87,7 @@ def check_hardware(preset: dict, backend: str, rehearsal: bool = False) -> None:
         if backend == "vllm" and not _has_gpu():  # with a GPU, vLLM itself can be rehearsed on the stand-ins
             raise DistillError("rehearsal=true runs on stand-in models without a GPU: add backend=transformers")
         console.info(f"main: rehearsal of preset {preset['name']!r}: no GPU check; every run is tagged "
-                     f"{tracking.TAG_REHEARSAL}=true")
+                     f"{lineage.REHEARSAL}=true")
         return
     if not _has_gpu():
         raise DistillError(f"preset {preset['name']!r} needs a GPU (vLLM generation, 70B-class models) and this "
@@ -157,18 +157,17 @@ class Steps:
     def __call__(self, name: str, fn, params):
         from distill.steps import StepError
 
-        start = len(tracking.EVENTS)
+        started: list[tracking.PhaseRun] = []  # every run the step started or reused, as it happened
         t0 = time.perf_counter()
         try:
-            run_id = self._run(fn, params)
+            with tracking.on_phase_run(started.append):
+                run_id = self._run(fn, params)
         except Exception as e:
-            started = tracking.EVENTS[start:]
             where = f" (run {started[-1].run_id})" if started else ""
             detail = str(e) if isinstance(e, (DistillError, StepError)) else f"{type(e).__name__}: {e}"
             raise DistillError(f"step {name} failed{where}: {detail}; type the same command again to continue "
                                "from there") from e
-        event = tracking.EVENTS[-1] if len(tracking.EVENTS) > start else None
-        reused = bool(event and event.reused)
+        reused = bool(started and started[-1].reused)
         self.log.append({"step": name, "run_id": run_id, "reused": reused, "seconds": round(time.perf_counter() - t0, 2)})
         console.info(f"main: {name}: {'reused' if reused else 'ran'} {run_id} "
                      f"({time.perf_counter() - t0:.1f}s){_result(run_id)}")
@@ -226,13 +225,13 @@ def run(p: MainParams) -> str:
     from distill.steps import step_server
 
     t0 = time.perf_counter()
-    key = tracking.cache_key("pipeline", params)  # lets the next `main` mark a killed one KILLED
-    main_tags = {tracking.TAG_PHASE: "main", tracking.TAG_KEY: key, tracking.TAG_HEARTBEAT: f"{time.time():.3f}",
-                 **({tracking.TAG_REHEARSAL: "true"} if p.rehearsal else {})}
+    key = cache_keys.cache_key("pipeline", params)  # lets the next `main` mark a killed one KILLED
+    main_tags = {lineage.PHASE: "main", lineage.CACHE_KEY: key, lineage.HEARTBEAT: f"{time.time():.3f}",
+                 **({lineage.REHEARSAL: "true"} if p.rehearsal else {})}
     with (_rehearsal(p.rehearsal), step_server() as ctx,
           mlflow.start_run(run_name=f"main-{preset['name']}", tags=main_tags) as main_run,
-          tracking.Heartbeat(main_run.info.run_id)):
-        tracking.mark_dead(key, main_run.info.run_id)
+          claims.Heartbeat(main_run.info.run_id)):
+        claims.mark_dead(key, main_run.info.run_id)
         tracking.log_params_merged(main_run, params)
         step = Steps(ctx, main_run.info.run_id)
         common = dict(preset=p.preset, reuse=p.reuse)
@@ -271,7 +270,7 @@ def run(p: MainParams) -> str:
         seconds = time.perf_counter() - t0
         mlflow.log_metrics({"steps": len(step.log), "steps_reused": reused, "main_seconds": seconds})
         mlflow.log_dict({"steps": step.log}, "steps.json")
-        mlflow.set_tag("distill.report_run_id", report_run)
+        mlflow.set_tag(lineage.REPORT_RUN_ID, report_run)
         name = f"main-{preset['name']}" + (f" (reused {reused} of {len(step.log)} steps)" if reused else "")
         mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(
             preset["name"], params, step.log, report_run, main_run.info.experiment_id)})

@@ -20,7 +20,7 @@ from distill.config import load_preset
 from distill.jsonl import write_jsonl
 from distill.prompts import plain_prompt
 from distill.checks import check_positive
-from distill import tracking
+from distill import lineage, tracking
 
 console = logging.getLogger(__name__)
 
@@ -71,23 +71,17 @@ def _teacher_runs(p: SelectParams, preset: dict) -> list:
         runs = [tracking.require_run(rid.strip(), "teacher", "select") for rid in p.teacher_runs.split(",") if rid.strip()]
     else:
         latest_translation = tracking.require_run(None, "translate", "select", params={"preset": preset["name"]})
-        found = tracking.search_phase_runs(
-            "teacher", status="FINISHED",
-            extra=f"tags.`distill.translation_run_id` = '{latest_translation.info.run_id}'")
-        newest: dict[str, object] = {}
-        for r in found:  # newest first
-            newest.setdefault(r.data.tags.get("distill.teacher"), r)
-        runs = list(newest.values())
-    teachers = [r.data.tags.get("distill.teacher") for r in runs]
+        runs = lineage.teacher_runs_of(latest_translation.info.run_id)
+    teachers = [r.data.tags.get(lineage.TEACHER) for r in runs]
     if len(runs) < 2:
         raise DistillError(f"select needs at least two teacher runs; found {len(runs)}"
                            + (f" ({', '.join(f'{t}: {r.info.run_id}' for t, r in zip(teachers, runs))})" if runs else "")
                            + "; run `teacher` for more teachers or pass teacher_runs=<id>,<id>")
     if len(set(teachers)) != len(teachers):
         raise DistillError(f"two teacher runs are for the same teacher: {teachers}")
-    translations = {r.data.tags.get("distill.translation_run_id") for r in runs}
+    translations = {r.data.tags.get(lineage.TRANSLATION_RUN_ID) for r in runs}
     if len(translations) != 1:
-        detail = ", ".join(f"{t}: {r.data.tags.get('distill.translation_run_id')}" for t, r in zip(teachers, runs))
+        detail = ", ".join(f"{t}: {r.data.tags.get(lineage.TRANSLATION_RUN_ID)}" for t, r in zip(teachers, runs))
         raise DistillError(f"teacher runs come from different translation runs ({detail}); "
                            "the questions must be the same for every teacher")
     return runs
@@ -105,9 +99,9 @@ def run(p: SelectParams) -> str:
     keep_truncated = bool(p.keep_truncated if p.keep_truncated is not None else defaults.get("keep_truncated", False))
     runs = _teacher_runs(p, preset)
     order = {name: i for i, name in enumerate(preset.get("teachers") or {})}  # preset order: small to large
-    runs.sort(key=lambda r: (order.get(r.data.tags["distill.teacher"], len(order)), r.data.tags["distill.teacher"]))
-    translation_run_id = runs[0].data.tags["distill.translation_run_id"]
-    answers = {r.data.tags["distill.teacher"]: tracking.read_jsonl_artifact(r.info.run_id, "answers.jsonl") for r in runs}
+    runs.sort(key=lambda r: (order.get(r.data.tags[lineage.TEACHER], len(order)), r.data.tags[lineage.TEACHER]))
+    translation_run_id = runs[0].data.tags[lineage.TRANSLATION_RUN_ID]
+    answers = {r.data.tags[lineage.TEACHER]: tracking.read_jsonl_artifact(r.info.run_id, "answers.jsonl") for r in runs}
     translations = {t["id"]: t for t in tracking.read_jsonl_artifact(translation_run_id, "translations.jsonl")}
     ids = qualifying_ids(answers, translations, rule, keep_truncated)
     n_truncated = {t: sum(truncated(a) for a in rows) for t, rows in answers.items()}
@@ -129,9 +123,9 @@ def run(p: SelectParams) -> str:
     params = {"preset": preset["name"], "n": n, "seed": seed, "filter": rule, "dev_size": dev_size,
               "allow_fewer": p.allow_fewer, "keep_truncated": keep_truncated, "teachers": ",".join(teachers)}
     upstream = {"translation_run_id": translation_run_id,
-                **{f"teacher_run_id.{r.data.tags['distill.teacher']}": r.info.run_id for r in runs}}
-    tags = {"distill.teachers": ",".join(teachers),
-            "distill.teacher_run_ids": json.dumps({r.data.tags["distill.teacher"]: r.info.run_id for r in runs})}
+                **{f"teacher_run_id.{r.data.tags[lineage.TEACHER]}": r.info.run_id for r in runs}}
+    tags = {lineage.TEACHERS: ",".join(teachers),
+            lineage.TEACHER_RUN_IDS: json.dumps({r.data.tags[lineage.TEACHER]: r.info.run_id for r in runs})}
     with tracking.phase_run("select", params, upstream, tags=tags, reuse=p.reuse) as pr:
         if pr.reused:
             return pr.run_id

@@ -7,12 +7,10 @@ makes the run, logs, checks and registers the student. Defaults are the paper's 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from distill import DistillError
 from distill.config import load_preset, resolve_role
 from distill.checks import check, check_params
 from distill.training import TrainConfig, checkpoint_root, is_main_process, train
-from distill import tracking
+from distill import cache_keys, claims, lineage, tracking
 
 console = logging.getLogger(__name__)
 
@@ -115,13 +113,11 @@ def find_select_run(p: SftParams, teachers: list[str], preset: dict):
     if p.select_run:
         run = tracking.require_run(p.select_run, "select", "sft")
     else:
-        candidates = tracking.search_phase_runs("select", status="FINISHED", extra=f"params.preset = '{preset['name']}'")
-        run = next((r for r in candidates
-                    if set(teachers) <= set(r.data.tags.get("distill.teachers", "").split(","))), None)
+        run = lineage.select_run_for(teachers, preset["name"])
         if run is None:
             raise DistillError(f"no FINISHED select run has a training set for {'+'.join(teachers)}; "
                                "run `select` with those teachers first or pass select_run=<id>")
-    have = [t for t in run.data.tags.get("distill.teachers", "").split(",") if t]
+    have = lineage.teachers_of(run)
     missing = [t for t in teachers if t not in have]
     if missing:
         raise DistillError(f"select run {run.info.run_id} has no training set for {', '.join(missing)}; "
@@ -139,7 +135,7 @@ def load_training_rows(p: SftParams, teachers: list[str], preset: dict) -> tuple
             raise DistillError(f"train_file not found: {path}")
         return read_train_file(path), {}, str(path.resolve()), None
     run = find_select_run(p, teachers, preset)
-    run_ids = json.loads(run.data.tags.get("distill.teacher_run_ids", "{}"))
+    run_ids = lineage.teacher_run_ids(run)
     sets = {t: tracking.read_jsonl_artifact(run.info.run_id, f"train/{t}.jsonl") for t in teachers}
     rows = sets[teachers[0]] if len(teachers) == 1 else mix(sets, p.seed)
     upstream = {"select_run_id": run.info.run_id, "teacher_run_id": ",".join(run_ids.get(t, "") for t in teachers)}
@@ -154,9 +150,9 @@ def sft_note(p: SftParams, student: str, source: str, n_rows: int, digest: str, 
     tags = mlflow.get_run(run_id).data.tags
     lines = [f"Student **{student}** fine-tuned on the answers of teacher **{p.teacher}**, seed {p.seed}.", "",
              f"- training data: `{source}` ({n_rows} examples, dataset digest `{digest}`)",
-             f"- logged model: `{tags.get('distill.logged_model', 'model')}` in this run"]
-    if tags.get("distill.registered_model"):
-        lines.append(f"- registered: `{tags['distill.model_uri']}` (version {tags['distill.registered_version']}); "
+             f"- logged model: `{tags.get(lineage.LOGGED_MODEL, 'model')}` in this run"]
+    if tags.get(lineage.REGISTERED_MODEL):
+        lines.append(f"- registered: `{tags[lineage.MODEL_URI]}` (version {tags[lineage.REGISTERED_VERSION]}); "
                      "its version says the accuracy once `main` (or `evaluate`) has scored it")
     return "\n".join(lines)
 
@@ -204,14 +200,14 @@ def run(p: SftParams) -> str:
     # run should be found without importing it. The outcome is logged as `bf16_used`.
     params = {"preset": preset["name"], "teacher": p.teacher, "student": student.name, "student_source": student.source,
               **h, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
-    tags = {"distill.teacher": p.teacher, "distill.student": student.name, "distill.seed": str(p.seed)}
+    tags = {lineage.TEACHER: p.teacher, lineage.STUDENT: student.name, lineage.SEED: str(p.seed)}
     main = is_main_process()
-    key = tracking.cache_key("sft", params, upstream)
+    key = cache_keys.cache_key("sft", params, upstream)
     if not main:  # other ranks only read the store, never write
-        prior = tracking.find_reusable(key) if p.reuse else None
+        prior = claims.find_reusable(key) if p.reuse else None
         if prior:
             return prior
-        earlier = [r.info.run_id for r in tracking.find_unfinished(key)]
+        earlier = [r.info.run_id for r in claims.find_unfinished(key)]
         train(student, rows, train_config(p, h, use_bf16(p.bf16, preset), key, None, earlier))
         return ""
     with tracking.phase_run("sft", params, upstream, tags=tags, reuse=p.reuse) as pr:
@@ -220,7 +216,7 @@ def run(p: SftParams) -> str:
         import mlflow
 
         digest = tracking.log_dataset(rows, name=f"train-{p.teacher}", source=source, context="training")
-        mlflow.set_tag("distill.train_digest", digest)
+        mlflow.set_tag(lineage.TRAIN_DIGEST, digest)
         earlier = tracking.earlier_tries(pr, tag=False)  # tagged with the checkpoint it resumes from
         bf16 = use_bf16(p.bf16, preset)
         mlflow.log_param("bf16_used", bf16)
@@ -292,7 +288,7 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
         pip_requirements=requirements,
     )
     # evaluate finds the model by this name (runs:/<run>/<name>) and links its metrics to the model id
-    mlflow.set_tags({"distill.logged_model": model_name, "distill.model_id": info.model_id or ""})
+    mlflow.set_tags({lineage.LOGGED_MODEL: model_name, lineage.MODEL_ID: info.model_id or ""})
     if not p.register:
         return
     verify_logged_model(info.model_uri)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.config import load_preset, resolve_role
-from distill import tracking
+from distill import lineage, tracking
 
 console = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def run(p: SweepParams) -> str:
     from transformers import TrainerCallback
 
     with tracking.phase_run("sweep", params, {"select_run_id": select_run.info.run_id},
-                            tags={"distill.teacher": p.teacher, "distill.student": student.name}, reuse=False) as pr:
+                            tags={lineage.TEACHER: p.teacher, lineage.STUDENT: student.name}, reuse=False) as pr:
         # Workers seeded alike would try the same settings in the same order.
         sampler = optuna.samplers.TPESampler(seed=p.seed + p.worker)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0) if p.pruning else optuna.pruners.NopPruner()
@@ -147,8 +147,8 @@ def run(p: SweepParams) -> str:
             sp = SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed, register=False, **hp)
             h = resolved_hparams(sp, preset)
             with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
-                                  tags={tracking.TAG_PHASE: "sweep-trial", "distill.teacher": p.teacher,
-                                        "distill.student": student.name, "optuna.trial": str(trial.number)}):
+                                  tags={lineage.PHASE: "sweep-trial", lineage.TEACHER: p.teacher,
+                                        lineage.STUDENT: student.name, "optuna.trial": str(trial.number)}):
                 mlflow.log_params({**h, "trial": trial.number})
                 box = [load_tokenizer(materialize(student).tokenizer)]
                 callback = PruneOnDev(trial, box)
@@ -179,7 +179,7 @@ def run(p: SweepParams) -> str:
         if p.register_best:
             best_run = sft_run(SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed,
                                          select_run=select_run.info.run_id, **best.params))
-            mlflow.set_tag("distill.best_sft_run_id", best_run)
+            mlflow.set_tag(lineage.BEST_SFT_RUN_ID, best_run)
         return pr.run_id
 
 

@@ -16,7 +16,7 @@ from distill.prompts import chat_messages, paper_prompt
 from distill.checks import check_positive
 from distill.runner import GenerationOptions, check_backend, generation_config, lazy_generate
 from distill.stats import accuracy_metrics, accuracy_with_ci
-from distill import shards, tracking
+from distill import lineage, shards, tracking
 
 console = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def run(p: TeacherParams) -> str:
               "limit": p.limit, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "prompt_format": "chat", "n_questions": len(questions)}
     upstream = {"translation_run_id": translation.info.run_id}
-    with tracking.phase_run("teacher", params, upstream, tags={"distill.teacher": ref.name}, reuse=p.reuse) as pr:
+    with tracking.phase_run("teacher", params, upstream, tags={lineage.TEACHER: ref.name}, reuse=p.reuse) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow

@@ -17,7 +17,7 @@ import numpy as np
 from distill import DistillError
 from distill.answers import normalize
 from distill.config import ModelRef, load_preset
-from distill import tracking
+from distill import lineage, tracking
 
 console = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def run(p: TokensParams) -> str:
     if unknown:
         raise DistillError(f"unknown tokenizer(s) {', '.join(unknown)}; the preset has {', '.join(available)}")
     select = tracking.require_run(p.select_run or None, "select", "tokens", params={"preset": preset["name"]})
-    teachers = [t for t in select.data.tags.get("distill.teachers", "").split(",") if t]
+    teachers = lineage.teachers_of(select)
     params = {"preset": preset["name"], "tokenizers": ",".join(f"{n}={available[n]}" for n in names),
               "teachers": ",".join(teachers)}
     with tracking.phase_run("tokens", params, {"select_run_id": select.info.run_id}, reuse=p.reuse) as pr:

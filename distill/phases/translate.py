@@ -12,7 +12,7 @@ from distill.data import load_gsm8k
 from distill.prompts import translation_messages
 from distill.checks import check_positive
 from distill.runner import GenerationOptions, check_backend, generation_config, lazy_generate
-from distill import shards, tracking
+from distill import lineage, shards, tracking
 
 console = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def run(p: TranslateParams) -> str:
     params = {"preset": preset["name"], "translator": ref.source, "source": source, "limit": limit,
               "backend": backend, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "n_questions": len(rows)}
-    with tracking.phase_run("translate", params, tags={"distill.translator": ref.source}, reuse=p.reuse) as pr:
+    with tracking.phase_run("translate", params, tags={lineage.TRANSLATOR: ref.source}, reuse=p.reuse) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow

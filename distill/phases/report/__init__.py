@@ -37,7 +37,7 @@ import numpy as np
 
 from distill import DistillError
 from distill.config import load_preset
-from distill import tracking
+from distill import lineage, tracking
 from distill.phases.report.document import render_report, report_note, summary_lines
 from distill.phases.report.figures import (figure_accuracy, figure_errors, figure_tokens, teacher_colors,
                                            write_figure, write_plotlyjs)
@@ -128,7 +128,7 @@ def run(p: ReportParams) -> str:
               "teachers": ",".join(preset_teachers), "students": ",".join(preset_students), "seeds": ",".join(seeds_wanted),
               "tokens_run": p.tokens_run, "inputs_digest": inputs.digest()}
     upstream = {"tokens_run_id": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
-    tags = {"distill.eval_set": eval_set}
+    tags = {lineage.EVAL_SET: eval_set}
     with tracking.phase_run("report", params, upstream, tags=tags, reuse=p.reuse) as pr:
         if pr.reused:
             return pr.run_id
@@ -215,7 +215,7 @@ def run(p: ReportParams) -> str:
         for r in cells.itertuples():
             metrics[_metric_name(f"accuracy.{r.teacher}.{r.student}")] = float(r.accuracy_mean)
         mlflow.log_metrics(metrics)
-        mlflow.set_tags({"distill.missing_cells": str(n_missing_cells), "distill.missing": str(len(missing)),
+        mlflow.set_tags({lineage.MISSING_CELLS: str(n_missing_cells), lineage.MISSING: str(len(missing)),
                          "mlflow.note.content": report_note(meta, summary, md1)})
         console.info(f"report on {eval_set}: {len(cells)} cells, {n_missing_cells} missing, "
                      f"{len(missing)} missing item(s) in all; run {pr.run_id}")

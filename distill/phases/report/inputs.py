@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distill import DistillError
-from distill import tracking
+from distill import lineage, tracking
 
 CUT = "cut_at_next_question"
 # (judge letter, metric stem, label); metrics are `errors_<stem>` (count) and `errors_<stem>_frac`
@@ -69,8 +69,8 @@ def _metric(run, name: str) -> float:
 
 def _eval_run(run) -> EvalRun:
     t = run.data.tags
-    return EvalRun(run.info.run_id, t.get("distill.teacher", ""), t.get("distill.student", ""),
-                   t.get("distill.seed", ""), _metric(run, "accuracy"), _metric(run, "accuracy_ci_low"),
+    return EvalRun(run.info.run_id, t.get(lineage.TEACHER, ""), t.get(lineage.STUDENT, ""),
+                   t.get(lineage.SEED, ""), _metric(run, "accuracy"), _metric(run, "accuracy_ci_low"),
                    _metric(run, "accuracy_ci_high"), _metric(run, "n_correct"), _metric(run, "n_total"),
                    run.info.start_time or 0, _metric(run, "accuracy_answer_line"),
                    _metric(run, f"accuracy_{CUT}"))
@@ -87,12 +87,11 @@ def seed_key(seed: str):
 def collect_inputs(eval_set: str, tokens_run: str = "") -> Inputs:
     """Every FINISHED input run of the active experiment, newest first wins where two overlap."""
     inputs = Inputs(eval_set)
-    runs = tracking.search_phase_runs("evaluate", status="FINISHED",
-                                      extra=f"tags.`distill.eval_set` = '{tracking._escape(eval_set)}'")
+    runs = lineage.evaluations_of(eval_set)
     inputs.n_eval_runs = len(runs)
     for run in runs:  # newest first
         t = run.data.tags
-        teacher, student, baseline = t.get("distill.teacher"), t.get("distill.student"), t.get("distill.baseline")
+        teacher, student, baseline = t.get(lineage.TEACHER), t.get(lineage.STUDENT), t.get(lineage.BASELINE)
         er = _eval_run(run)
         if teacher and student and not baseline:
             seeds = inputs.cells.setdefault((teacher, student), {})
@@ -102,22 +101,18 @@ def collect_inputs(eval_set: str, tokens_run: str = "") -> Inputs:
                 seeds[er.seed] = er
         elif student and baseline and not teacher:
             inputs.baselines.setdefault(baseline, {}).setdefault(student, er)
-        elif teacher and not student and not baseline and not t.get("distill.sft_run_id"):
+        elif teacher and not student and not baseline and not t.get(lineage.SFT_RUN_ID):
             inputs.teacher_evals.setdefault(teacher, er)
     for seeds in inputs.cells.values():
         ordered = dict(sorted(seeds.items(), key=lambda kv: seed_key(kv[0])))
         seeds.clear()
         seeds.update(ordered)
     wanted = {r.run_id for seeds in inputs.cells.values() for r in seeds.values()}
-    for run in tracking.search_phase_runs("errors", status="FINISHED"):
-        eval_id = run.data.tags.get("distill.eval_run_id")
-        if eval_id in wanted:
-            inputs.errors.setdefault(eval_id, run)
+    inputs.errors.update(lineage.judgments_of(wanted))
     if tokens_run:
         inputs.tokens_run = tracking.require_run(tokens_run, "tokens", "the report")
     else:
-        found = tracking.search_phase_runs("tokens", status="FINISHED", max_results=1)
-        inputs.tokens_run = found[0] if found else None
+        inputs.tokens_run = lineage.newest_finished("tokens")
     return inputs
 
 
