@@ -304,7 +304,7 @@ def use_preset_experiment(preset: dict) -> str | None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    name = experiment_name(preset["name"])
+    name = experiment_name(preset.name)
     client = MlflowClient()
     cli_run = os.environ.get("MLFLOW_RUN_ID")
     if cli_run and os.environ.get("MLFLOW_EXPERIMENT_ID") == "0" and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
@@ -319,7 +319,7 @@ def use_preset_experiment(preset: dict) -> str | None:
         return None
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        note = (f"**distill**, preset `{preset['name']}`: {preset.get('description', '').strip()}\n\n"
+        note = (f"**distill**, preset `{preset.name}`: {(preset.description or '').strip()}\n\n"
                 "Every step of `main` is a nested run under its `main-...` run; the main run's description "
                 "has Table 1 and a link to the report run (`report.md`). Compare student evaluations with "
                 "the params `teacher`, `student`, `seed`, `role`; `accuracy` is in percent.")
@@ -365,13 +365,15 @@ def reuse_mode(value) -> bool | str:
     """`reuse`: true, false, or ignore_code (accept a finished run of the same work whose code changed)."""
     if isinstance(value, bool):
         return value
+    from distill.params_text import yes_no
+
     text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "y", "on"):
-        return True
-    if text in ("0", "false", "no", "n", "off", ""):
-        return False
     if text == IGNORE_CODE:
         return IGNORE_CODE
+    try:
+        return yes_no(text) if text else False
+    except ValueError:
+        pass
     raise DistillError(f"reuse must be true, false or {IGNORE_CODE} (got {value!r})")
 
 

@@ -79,16 +79,16 @@ def _has_gpu() -> bool:
 
 
 def check_hardware(preset: dict, backend: str, rehearsal: bool = False) -> None:
-    if not preset.get("needs_gpu") or backend == "openai":
+    if not preset.needs_gpu or backend == "openai":
         return
     if rehearsal:
         if backend == "vllm" and not _has_gpu():  # with a GPU, vLLM itself can be rehearsed on the stand-ins
             raise DistillError("rehearsal=true runs on stand-in models without a GPU: add backend=transformers")
-        print(f"[distill] main: rehearsal of preset {preset['name']!r}: no GPU check; every run is tagged "
+        print(f"[distill] main: rehearsal of preset {preset.name!r}: no GPU check; every run is tagged "
               f"{tracking.TAG_REHEARSAL}=true", file=sys.stderr)
         return
     if not _has_gpu():
-        raise DistillError(f"preset {preset['name']!r} needs a GPU (vLLM generation, 70B-class models) and this "
+        raise DistillError(f"preset {preset.name!r} needs a GPU (vLLM generation, 70B-class models) and this "
                            "machine has none; use preset=offline here, or backend=openai with a served model "
                            "(rehearsal=true backend=transformers runs it on stand-ins: see the README)")
 
@@ -113,20 +113,20 @@ def resolve_grid(p: "MainParams") -> tuple[dict, list[str], list[str], list[int]
     """The grid `main` runs, checked before any step starts (both executors): the preset, teachers,
     students, seeds, backend, eval limit and whether a judge is configured."""
     preset = load_preset(p.preset)
-    grid = preset.get("grid", {})
-    teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))
-    students = _names(p.students, grid.get("students") or list(preset["students"]))
-    seeds = parse_seeds(p.seeds, grid.get("seeds") or [42])
+    grid = preset.grid
+    teachers = _names(p.teachers, grid.teachers or list(preset.teachers))
+    students = _names(p.students, grid.students or list(preset.students))
+    seeds = parse_seeds(p.seeds, grid.seeds)
     for t in teachers:
         resolve_role(t, preset, "teacher")
     for s in students:
         resolve_role(s, preset, "student")
     if len(teachers) < 2:
         raise DistillError(f"main needs at least two teachers to select questions on (got {teachers})")
-    backend = p.backend or preset["backend"]
+    backend = p.backend or preset.backend
     check_hardware(preset, backend, p.rehearsal)
-    limit = p.limit if p.limit is not None else grid.get("eval_limit")
-    judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.get("judge", {}).get("base_url"))
+    limit = p.limit if p.limit is not None else grid.eval_limit
+    judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.judge.base_url)
     return preset, teachers, students, seeds, backend, limit, judge
 
 
@@ -216,7 +216,7 @@ def run(p: MainParams) -> str:
 
         return run_concurrent(p)
     preset, teachers, students, seeds, backend, limit, judge = resolve_grid(p)
-    params = {"preset": preset["name"], "teachers": ",".join(teachers), "students": ",".join(students),
+    params = {"preset": preset.name, "teachers": ",".join(teachers), "students": ",".join(students),
               "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "n": p.n, "backend": backend,
               "judge": judge, "max_new_tokens": p.max_new_tokens, "rehearsal": p.rehearsal}
     import mlflow
@@ -228,7 +228,7 @@ def run(p: MainParams) -> str:
     main_tags = {tracking.TAG_PHASE: "main", tracking.TAG_KEY: key, tracking.TAG_HEARTBEAT: f"{time.time():.3f}",
                  **({tracking.TAG_REHEARSAL: "true"} if p.rehearsal else {})}
     with (_rehearsal(p.rehearsal), step_server() as ctx,
-          mlflow.start_run(run_name=f"main-{preset['name']}", tags=main_tags) as main_run,
+          mlflow.start_run(run_name=f"main-{preset.name}", tags=main_tags) as main_run,
           tracking.Heartbeat(main_run.info.run_id)):
         tracking.mark_dead(key, main_run.info.run_id)
         tracking.log_params_merged(main_run, params)
@@ -253,7 +253,7 @@ def run(p: MainParams) -> str:
             step(f"baseline {s} (4-shot)", evaluate,
                  EvaluateParams(model=s, mode="few-shot", limit=limit, **gen, **common))
         if judge:
-            judged = [t for t in preset.get("judge", {}).get("teachers", teachers) if t in teachers] or teachers
+            judged = [t for t in preset.judge.teachers if t in teachers] or teachers
             for (t, s, seed), eval_run in eval_runs.items():
                 if t in judged:
                     step(f"errors {s} <- {t} (seed {seed})", errors,
@@ -271,9 +271,9 @@ def run(p: MainParams) -> str:
         mlflow.log_metrics({"steps": len(step.log), "steps_reused": reused, "main_seconds": seconds})
         mlflow.log_dict({"steps": step.log}, "steps.json")
         mlflow.set_tag("distill.report_run_id", report_run)
-        name = f"main-{preset['name']}" + (f" (reused {reused} of {len(step.log)} steps)" if reused else "")
+        name = f"main-{preset.name}" + (f" (reused {reused} of {len(step.log)} steps)" if reused else "")
         mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(
-            preset["name"], params, step.log, report_run, main_run.info.experiment_id)})
+            preset.name, params, step.log, report_run, main_run.info.experiment_id)})
         print(f"[distill] main: {len(step.log)} steps, {reused} reused, {seconds:.0f}s; report run {report_run}",
               file=sys.stderr)
         if reused:

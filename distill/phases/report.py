@@ -901,8 +901,7 @@ def grid_names(text: str, known: list[str], what: str) -> list[str]:
 
 
 def preset_list(preset: dict, key: str) -> list[str]:
-    value = preset.get(key) or {}
-    return [str(k) for k in value]
+    return [str(k) for k in getattr(preset, key)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1022,15 +1021,14 @@ def _save(df, md: str, folder: Path, name: str) -> None:
 def run(p: ReportParams) -> str:
     """Write the report and return its run id (an earlier report of identical inputs when reused)."""
     preset = load_preset(p.preset)
-    eval_set = p.eval_set or preset["data"]["eval_set"]
+    eval_set = p.eval_set or preset.data.eval_set
     preset_teachers = grid_names(p.teachers, preset_list(preset, "teachers"), "teachers")
     preset_students = grid_names(p.students, preset_list(preset, "students"), "students")
     seeds_wanted = ([x.strip() for x in p.seeds.split(",") if x.strip()] if p.seeds
-                    else [str(x) for x in (preset.get("sft", {}).get("seeds") or [])])
+                    else [str(x) for x in preset.sft.seeds])
     error_teachers = ([t.strip() for t in p.error_teachers.split(",") if t.strip()] if p.error_teachers
-                      else [str(t) for t in (preset.get("judge", {}).get("teachers") or preset_teachers[:1] + preset_teachers[-1:])])
-    baseline = preset.get("baseline", {})
-    baseline_label = f"{baseline['shots']}-shot" if baseline.get("shots") else "few-shot"  # as evaluate tags it
+                      else [str(t) for t in (preset.judge.teachers or preset_teachers[:1] + preset_teachers[-1:])])
+    baseline_label = f"{preset.baseline.shots}-shot" if preset.baseline.shots else "few-shot"  # as evaluate tags it
 
     inputs = collect_inputs(eval_set, p.tokens_run)
     narrowed = bool(p.teachers or p.students)
@@ -1044,7 +1042,7 @@ def run(p: ReportParams) -> str:
     table3_teachers = ordered_names(preset_teachers, set(inputs.teacher_evals) & set(preset_teachers)
                                     if narrowed else inputs.teacher_evals)
     error_teachers = [_known(t, teachers) for t in error_teachers]
-    params = {"preset": preset["name"], "eval_set": eval_set, "error_teachers": ",".join(error_teachers),
+    params = {"preset": preset.name, "eval_set": eval_set, "error_teachers": ",".join(error_teachers),
               "teachers": ",".join(preset_teachers), "students": ",".join(preset_students), "seeds": ",".join(seeds_wanted),
               "tokens_run": p.tokens_run, "inputs_digest": inputs.digest()}
     upstream = {"tokens_run_id": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
@@ -1107,7 +1105,7 @@ def run(p: ReportParams) -> str:
             write_figure(figure_errors(errors_df, error_teachers, students, colors), root / "figures" / "fig2_errors", pr.run_id)
             write_figure(figure_tokens(token_rows, token_teachers, tokenizers, colors), root / "figures" / "fig3_tokens", pr.run_id)
             experiment = mlflow.get_experiment(mlflow.get_run(pr.run_id).info.experiment_id)
-            meta = {"preset": preset["name"], "eval_set": eval_set, "experiment": experiment.name,
+            meta = {"preset": preset.name, "eval_set": eval_set, "experiment": experiment.name,
                     "experiment_id": experiment.experiment_id, "run_id": pr.run_id,
                     "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     "n_eval_runs": inputs.n_eval_runs, "n_errors_runs": len(inputs.errors),

@@ -68,7 +68,7 @@ def _teacher_runs(p: SelectParams, preset: dict) -> list:
     if p.teacher_runs.strip():
         runs = [tracking.require_run(rid.strip(), "teacher", "select") for rid in p.teacher_runs.split(",") if rid.strip()]
     else:
-        latest_translation = tracking.require_run(None, "translate", "select", params={"preset": preset["name"]})
+        latest_translation = tracking.require_run(None, "translate", "select", params={"preset": preset.name})
         found = tracking.search_phase_runs(
             "teacher", status="FINISHED",
             extra=f"tags.`distill.translation_run_id` = '{latest_translation.info.run_id}'")
@@ -93,16 +93,16 @@ def _teacher_runs(p: SelectParams, preset: dict) -> list:
 
 def run(p: SelectParams) -> str:
     preset = load_preset(p.preset)
-    defaults = preset.get("select", {})
-    n = check_positive("n", p.n if p.n is not None else defaults.get("n", 5000))
-    seed = p.seed if p.seed is not None else defaults.get("seed", 42)
-    rule = p.filter or defaults.get("filter", "all_correct")
+    defaults = preset.select
+    n = check_positive("n", p.n if p.n is not None else defaults.n)
+    seed = p.seed if p.seed is not None else defaults.seed
+    rule = p.filter or defaults.filter
     if rule not in FILTERS:
         raise DistillError(f"unknown filter {rule!r}; choose one of {', '.join(FILTERS)}")
-    dev_size = p.dev_size if p.dev_size is not None else defaults.get("dev_size", 200)
-    keep_truncated = bool(p.keep_truncated if p.keep_truncated is not None else defaults.get("keep_truncated", False))
+    dev_size = p.dev_size if p.dev_size is not None else defaults.dev_size
+    keep_truncated = bool(p.keep_truncated if p.keep_truncated is not None else defaults.keep_truncated)
     runs = _teacher_runs(p, preset)
-    order = {name: i for i, name in enumerate(preset.get("teachers") or {})}  # preset order: small to large
+    order = {name: i for i, name in enumerate(preset.teachers)}  # preset order: small to large
     runs.sort(key=lambda r: (order.get(r.data.tags["distill.teacher"], len(order)), r.data.tags["distill.teacher"]))
     translation_run_id = runs[0].data.tags["distill.translation_run_id"]
     answers = {r.data.tags["distill.teacher"]: tracking.read_jsonl_artifact(r.info.run_id, "answers.jsonl") for r in runs}
@@ -125,7 +125,7 @@ def run(p: SelectParams) -> str:
     dev_ids = choose(rest, min(dev_size, len(rest)), seed + 1) if dev_size > 0 else []
 
     teachers = list(answers)
-    params = {"preset": preset["name"], "n": n, "seed": seed, "filter": rule, "dev_size": dev_size,
+    params = {"preset": preset.name, "n": n, "seed": seed, "filter": rule, "dev_size": dev_size,
               "allow_fewer": p.allow_fewer, "keep_truncated": keep_truncated, "teachers": ",".join(teachers)}
     upstream = {"translation_run_id": translation_run_id,
                 **{f"teacher_run_id.{r.data.tags['distill.teacher']}": r.info.run_id for r in runs}}

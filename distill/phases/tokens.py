@@ -72,14 +72,14 @@ def token_figure(rows: list[dict], tokenizers: list[str], teachers: list[str]):
 
 def run(p: TokensParams) -> str:
     preset = load_preset(p.preset)
-    available = preset.get("tokenizers") or {}
+    available = preset.tokenizers
     names = [n.strip() for n in p.tokenizers.split(",") if n.strip()] or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise DistillError(f"unknown tokenizer(s) {', '.join(unknown)}; the preset has {', '.join(available)}")
-    select = tracking.require_run(p.select_run or None, "select", "tokens", params={"preset": preset["name"]})
+    select = tracking.require_run(p.select_run or None, "select", "tokens", params={"preset": preset.name})
     teachers = [t for t in select.data.tags.get("distill.teachers", "").split(",") if t]
-    params = {"preset": preset["name"], "tokenizers": ",".join(f"{n}={available[n]}" for n in names),
+    params = {"preset": preset.name, "tokenizers": ",".join(f"{n}={available[n]}" for n in names),
               "teachers": ",".join(teachers)}
     with tracking.phase_run("tokens", params, {"select_run_id": select.info.run_id}, reuse=p.reuse) as pr:
         if pr.reused:
