@@ -13,6 +13,7 @@ import importlib
 import os
 import re
 import sys
+import types
 import typing
 
 from distill import DistillError
@@ -23,12 +24,13 @@ from distill.phases import module_name
 
 def _converter(tp):
     """A text -> value function for a dataclass field type (Optional unwrapped; '' -> None)."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    optional = type(None) in typing.get_args(tp)
-    base = args[0] if args else tp
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
 
     def convert(text: str):
         text = text.strip()
+        if typing.get_origin(base) is list:
+            return [] if text.lower() == "none" else split_list(text)
         if text == "" or text.lower() == "none":
             if optional or base is str:
                 return None if optional else ""
@@ -37,8 +39,6 @@ def _converter(tp):
                 return yes_no(text)
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e)) from None
-        if typing.get_origin(base) is list:
-            return split_list(text)
         if base in (int, float):
             try:
                 return base(float(text)) if base is int and float(text).is_integer() else base(text)

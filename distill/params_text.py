@@ -35,3 +35,14 @@ def split_list(text) -> list[str]:
     if isinstance(text, (list, tuple)):
         return [str(x).strip() for x in text if str(x).strip()]
     return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def lists_from_text(params) -> None:
+    """A `*Params` dataclass's `__post_init__`: comma-joined text given to a `list[str]` field (a caller in
+    Python, `ReportParams(teachers="7B,72B")`) becomes the list there, so no phase splits text itself."""
+    import dataclasses
+
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, str) and str(f.type).replace(" ", "") in ("list[str]", "typing.List[str]"):
+            object.__setattr__(params, f.name, split_list(value))

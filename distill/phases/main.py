@@ -14,12 +14,13 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from distill import DistillError
 from distill.phases import module_name
 from distill.config import load_preset, resolve_role
 from distill import tracking
+from distill.params_text import lists_from_text
 
 
 @dataclass
@@ -27,9 +28,9 @@ class MainParams:
     """Run the whole grid of a preset (narrowed by teachers, students, seeds, limit)."""
 
     preset: str = "offline"
-    teachers: str = ""             # comma-separated; empty: the preset's grid
-    students: str = ""
-    seeds: str = ""
+    teachers: list[str] = field(default_factory=list)  # comma-separated; empty: the preset's grid
+    students: list[str] = field(default_factory=list)
+    seeds: list[str] = field(default_factory=list)
     limit: int | None = None        # eval questions per evaluation; empty: the preset's grid
     train_limit: int | None = None  # translated training questions; empty: the preset's
     n: int | None = None            # questions to select; empty: the preset's
@@ -42,6 +43,8 @@ class MainParams:
     executor: str = "sequential"    # sequential | ray: independent steps at once as Ray tasks (distill/executors.py)
     ray_address: str = ""           # a Ray cluster to join; empty: $RAY_ADDRESS, else a local Ray
 
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
+
 
 @contextmanager
 def _rehearsal(on: bool):
@@ -53,11 +56,11 @@ def _rehearsal(on: bool):
         tracking.REHEARSAL = False
 
 
-def _names(text: str, default: list) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else [str(x) for x in default]
+def _names(given: list[str], default: list) -> list[str]:
+    return list(given) if given else [str(x) for x in default]
 
 
-def parse_seeds(text: str, default: list) -> list[int]:
+def parse_seeds(text: list[str], default: list) -> list[int]:
     """`1,2,3` -> [1, 2, 3]; anything else is one line naming the bad item."""
     from distill.checks import check
 
@@ -66,7 +69,7 @@ def parse_seeds(text: str, default: list) -> list[int]:
         try:
             seeds.append(int(item))
         except ValueError:
-            raise DistillError(f"seeds must be comma-separated integers like 1,2,3 (got {item!r} in {text!r})") from None
+            raise DistillError(f"seeds must be comma-separated integers like 1,2,3 (got {item!r} in {','.join(map(str, text))!r})") from None
         check("seed", seeds[-1], label="seeds")
     return seeds
 

@@ -38,6 +38,7 @@ from distill import DistillError
 from distill.config import load_preset
 from distill.stats import mcnemar, paired_bootstrap
 from distill import tracking
+from distill.params_text import lists_from_text
 
 DASH = "—"
 CUT = "cut_at_next_question"
@@ -55,12 +56,14 @@ class ReportParams:
 
     preset: str = "offline"
     eval_set: str = ""             # empty: the preset's data.eval_set
-    error_teachers: str = ""       # comma-separated, Fig. 2; empty: the preset's judge.teachers
+    error_teachers: list[str] = field(default_factory=list)  # comma-separated, Fig. 2; empty: the preset's judge.teachers
     tokens_run: str = ""           # a tokens run id for Fig. 3; empty: the newest FINISHED one
-    teachers: str = ""             # comma-separated grid Table 1, the figures and Missing cover; empty: the preset's
-    students: str = ""
-    seeds: str = ""                # seeds Missing expects; empty: the preset's sft.seeds
+    teachers: list[str] = field(default_factory=list)  # comma-separated grid Table 1, the figures and Missing cover; empty: the preset's
+    students: list[str] = field(default_factory=list)
+    seeds: list[str] = field(default_factory=list)  # seeds Missing expects; empty: the preset's sft.seeds
     reuse: bool = False            # true: reuse a report of exactly the same input runs and code
+
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -887,12 +890,12 @@ def missing_items(inputs: Inputs, grid: dict, teachers: list[str], students: lis
     return out
 
 
-def grid_names(text: str, known: list[str], what: str) -> list[str]:
-    """`7B,72B` -> the preset's spelling of each; empty: all of the preset's."""
-    if not text:
+def grid_names(given: list[str], known: list[str], what: str) -> list[str]:
+    """[7B, 72b] -> the preset's spelling of each; empty: all of the preset's."""
+    if not given:
         return known
     out = []
-    for name in (x.strip() for x in text.split(",") if x.strip()):
+    for name in given:
         match = next((k for k in known if k.lower() == name.lower()), None)
         if match is None:
             raise DistillError(f"unknown name {name!r} in {what}; known {what}: {', '.join(known)}")
@@ -1024,9 +1027,9 @@ def run(p: ReportParams) -> str:
     eval_set = p.eval_set or preset.data.eval_set
     preset_teachers = grid_names(p.teachers, preset_list(preset, "teachers"), "teachers")
     preset_students = grid_names(p.students, preset_list(preset, "students"), "students")
-    seeds_wanted = ([x.strip() for x in p.seeds.split(",") if x.strip()] if p.seeds
+    seeds_wanted = (list(p.seeds) if p.seeds
                     else [str(x) for x in preset.sft.seeds])
-    error_teachers = ([t.strip() for t in p.error_teachers.split(",") if t.strip()] if p.error_teachers
+    error_teachers = (list(p.error_teachers) if p.error_teachers
                       else [str(t) for t in (preset.judge.teachers or preset_teachers[:1] + preset_teachers[-1:])])
     baseline_label = f"{preset.baseline.shots}-shot" if preset.baseline.shots else "few-shot"  # as evaluate tags it
 

@@ -12,7 +12,7 @@ import json
 import random
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import DistillError
@@ -21,6 +21,7 @@ from distill.jsonl import write_jsonl
 from distill.prompts import plain_prompt
 from distill.checks import check_positive
 from distill import tracking
+from distill.params_text import lists_from_text
 
 FILTERS = ("all_correct", "none")
 
@@ -30,7 +31,7 @@ class SelectParams:
     """Keep the questions every teacher answered correctly and take n of them with a seed."""
 
     preset: str = "offline"
-    teacher_runs: str = ""         # comma-separated teacher run ids; empty: the newest per teacher
+    teacher_runs: list[str] = field(default_factory=list)  # comma-separated teacher run ids; empty: the newest per teacher
     n: int | None = None            # empty: the preset's (5,000 in `paper`)
     seed: int | None = None
     filter: str = ""               # all_correct (the paper) or none
@@ -38,6 +39,8 @@ class SelectParams:
     allow_fewer: bool = False       # take what qualifies when fewer than n do
     keep_truncated: bool | None = None  # empty: the preset's (false: answers cut at max_new_tokens are left out)
     reuse: bool = True
+
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
 
 def truncated(answer: dict) -> bool:
@@ -64,9 +67,9 @@ def choose(ids: list[str], n: int, seed: int) -> list[str]:
     return [i for i in ids if i in chosen]
 
 
-def _teacher_runs(p: SelectParams, preset: dict) -> list:
-    if p.teacher_runs.strip():
-        runs = [tracking.require_run(rid.strip(), "teacher", "select") for rid in p.teacher_runs.split(",") if rid.strip()]
+def _teacher_runs(p: SelectParams, preset) -> list:
+    if p.teacher_runs:
+        runs = [tracking.require_run(rid, "teacher", "select") for rid in p.teacher_runs]
     else:
         latest_translation = tracking.require_run(None, "translate", "select", params={"preset": preset.name})
         found = tracking.search_phase_runs(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from distill import DistillError
 from distill.config import load_preset, resolve_role
 from distill import tracking
+from distill.params_text import lists_from_text
 
 SPACE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "warmup_ratio")
 
@@ -28,7 +29,7 @@ class SweepParams:
     preset: str = "offline"
     select_run: str = ""
     n_trials: int | None = None          # empty: the preset's; trials of the study, all workers together
-    space: str = "all"                   # comma-separated subset of learning_rate, num_train_epochs,
+    space: list[str] = field(default_factory=lambda: ["all"])  # comma-separated subset of learning_rate, num_train_epochs,
                                          # per_device_train_batch_size, warmup_ratio
     storage: str = "sqlite:///optuna.db" # an RDB URL (postgresql://...) lets several workers share the study
     study_name: str = ""                 # empty: sft-<preset>-<teacher>-<student>
@@ -39,10 +40,12 @@ class SweepParams:
     pruning: bool = True
     register_best: bool = False          # train the best setting with `sft` and register it
 
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
+
 
 def search_space(p: SweepParams, preset) -> dict:
     ranges = preset.sweep.ranges()
-    wanted = [s.strip() for s in p.space.split(",") if s.strip()] if p.space != "all" else [s for s in SPACE if s in ranges]
+    wanted = list(p.space) if p.space != ["all"] else [s for s in SPACE if s in ranges]
     unknown = [s for s in wanted if s not in SPACE]
     if unknown:
         raise DistillError(f"cannot search {', '.join(unknown)}; searchable: {', '.join(SPACE)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from distill import DistillError
 from distill.answers import normalize
 from distill.config import ModelRef, load_preset
 from distill import tracking
+from distill.params_text import lists_from_text
 
 _EQUATION = re.compile(r"\d[\d,]*(?:\.\d+)?\s*[+\-×x*/÷]\s*\(?\d[\d,]*(?:\.\d+)?[^=\n]{0,40}?=\s*-?\d")
 _DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])")
@@ -36,8 +37,10 @@ class TokensParams:
 
     preset: str = "offline"
     select_run: str = ""        # empty: the newest FINISHED select run
-    tokenizers: str = ""        # comma-separated names of the preset's tokenizers; empty: all
+    tokenizers: list[str] = field(default_factory=list)  # comma-separated names of the preset's tokenizers; empty: all
     reuse: bool = True
+
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
 
 def load_counter(source: str):
@@ -73,7 +76,7 @@ def token_figure(rows: list[dict], tokenizers: list[str], teachers: list[str]):
 def run(p: TokensParams) -> str:
     preset = load_preset(p.preset)
     available = preset.tokenizers
-    names = [n.strip() for n in p.tokenizers.split(",") if n.strip()] or list(available)
+    names = list(p.tokenizers) or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise DistillError(f"unknown tokenizer(s) {', '.join(unknown)}; the preset has {', '.join(available)}")
