@@ -110,13 +110,13 @@ def check_params(params) -> None:
     """Every numeric field of a `*Params` dataclass that has a rule; None (empty) means the default."""
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
-        if isinstance(value, str) and f.name in RULES:  # a comma-separated list (`seeds=1,2,3`)
-            for item in filter(None, (t.strip() for t in value.split(","))):
+        if isinstance(value, list) and f.name in RULES:  # a list (`seeds=1,2,3`)
+            for item in value:
                 try:
                     number = float(item)
                 except ValueError:
                     raise DistillError(f"{f.name} must be comma-separated numbers, each {RULES[f.name].allowed()} "
-                                       f"(got {item!r} in {value!r})") from None
+                                       f"(got {item!r} in {','.join(value)!r})") from None
                 check(f.name, int(number) if number.is_integer() else number, label=f"each of {f.name}")
         else:
             check(f.name, value, optional=True)
@@ -133,7 +133,7 @@ def check_positive(name: str, value, allow_none: bool = False):
     return value
 
 
-def check_preset(preset: dict, where: str, _path: str = "") -> None:
+def check_preset(preset, where: str, _path: str = "") -> None:
     """The numbers of a preset file, by the same rules, at any depth (lists item by item)."""
     for key, value in preset.items():
         path = f"{_path}{key}"

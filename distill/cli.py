@@ -14,33 +14,33 @@ import importlib
 import os
 import re
 import sys
+import types
 import typing
 
 from distill import DistillError
 from distill.log import setup_logging
+from distill.params_text import split_list, yes_no
 from distill.phases import module_name
 
-TRUE = {"1", "true", "yes", "y", "on"}
-FALSE = {"0", "false", "no", "n", "off"}
 
 
 def _converter(tp):
     """A text -> value function for a dataclass field type (Optional unwrapped; '' -> None)."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    optional = type(None) in typing.get_args(tp)
-    base = args[0] if args else tp
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
 
     def convert(text: str):
         text = text.strip()
+        if typing.get_origin(base) is list:
+            return [] if text.lower() == "none" else split_list(text)
         if text == "" or text.lower() == "none":
             if optional or base is str:
                 return None if optional else ""
         if base is bool:
-            if text.lower() in TRUE:
-                return True
-            if text.lower() in FALSE:
-                return False
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+            try:
+                return yes_no(text)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
         if base in (int, float):
             try:
                 return base(float(text)) if base is int and float(text).is_integer() else base(text)
@@ -181,9 +181,7 @@ def quiet_console(argv: list[str]) -> list[str]:
     """argv without `--verbose`; unless it is true, the quiet environment (what the user set wins).
     Set before MLflow or transformers is imported: they read it then; step processes inherit it."""
     argv, verbose = _pop_arg(argv, "verbose")
-    if verbose is not None and verbose.strip().lower() not in TRUE | FALSE:
-        raise DistillError(f"verbose: expected true or false, got {verbose!r}")
-    if verbose and verbose.strip().lower() in TRUE:
+    if verbose is not None and yes_no(verbose, "verbose"):
         os.environ["DISTILL_VERBOSE"] = "1"
     else:
         for k, v in QUIET_ENV.items():

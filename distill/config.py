@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 
 from distill import DistillError
+from distill.preset import ModelEntry, Preset, build
 
 PRESET_DIR = Path(__file__).parent / "presets"
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -21,17 +23,12 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-# What the code reads from every preset without a default: (key, sub-keys).
-REQUIRED = {"name": (), "backend": (), "translator": ("model",), "teachers": (), "students": (),
-            "data": ("train", "eval_set")}
-
-
 # name -> file of every preset loaded in this process: the reuse key covers the preset in use (tracking).
 _PRESET_FILES: dict[str, str] = {}
 
 
 @lru_cache(maxsize=None)
-def _load_preset_file(path: str) -> dict[str, Any]:
+def _load_preset_file(path: str) -> Preset:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -44,33 +41,22 @@ def _load_preset_file(path: str) -> dict[str, Any]:
         raise DistillError(f"preset file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise DistillError(f"preset file {path} is not a YAML mapping")
-    check_preset_shape(data, path)
-    return data
+    return parse_preset(data, path)
 
 
-def check_preset_shape(data: dict[str, Any], path: str) -> None:
-    """Every key the phases read without a default, and every number by the rules of distill/checks.py."""
+def parse_preset(data: dict[str, Any], path: str) -> Preset:
+    """Every key known and every needed key there (distill/preset.py), every number by distill/checks.py."""
     from distill.checks import check_preset
 
-    for key, subkeys in REQUIRED.items():
-        if data.get(key) in (None, "", {}):
-            raise DistillError(f"preset file {path} has no '{key}' (see distill/presets/paper.yaml for the shape)")
-        for sub in subkeys:
-            if not isinstance(data[key], dict) or data[key].get(sub) in (None, ""):
-                raise DistillError(f"preset file {path} has no '{key}.{sub}' (see distill/presets/paper.yaml)")
-    for role in ("teachers", "students"):
-        if not isinstance(data[role], dict):
-            raise DistillError(f"preset file {path}: '{role}' must map short names to models")
-        for short, entry in data[role].items():
-            if isinstance(entry, dict) and not entry.get("model") or entry in (None, ""):
-                raise DistillError(f"preset file {path}: {role}.{short} names no model")
+    preset = build(Preset, data, path)
     check_preset(data, path)
+    return dataclasses.replace(preset, raw=data)
 
 
-def _loaded(path: str) -> dict[str, Any]:
-    data = _load_preset_file(path)
-    _PRESET_FILES[str(data.get("name"))] = path
-    return data
+def _loaded(path: str) -> Preset:
+    preset = _load_preset_file(path)
+    _PRESET_FILES[preset.name] = path
+    return preset
 
 
 def preset_file(name: str) -> Path | None:
@@ -81,7 +67,7 @@ def preset_file(name: str) -> Path | None:
     return shipped if shipped.is_file() else None
 
 
-def load_preset(name_or_path: str) -> dict[str, Any]:
+def load_preset(name_or_path: str) -> Preset:
     """A preset by name (`paper`, `offline`) or by the path of a YAML file of the same shape."""
     candidate = Path(name_or_path).expanduser()
     if name_or_path.endswith((".yaml", ".yml")) or candidate.is_file():
@@ -102,12 +88,25 @@ def distill_home() -> Path:
     return Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill"))
 
 
-def apply_offline_env(preset: dict[str, Any]) -> None:
+# What tells every Hugging Face library not to ask the Hub (set by offline_env only).
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def offline_env(env: dict | None = None, force: bool = False) -> dict:
+    """The offline variables into `env` (os.environ by default): what is set there already wins unless `force`."""
+    env = os.environ if env is None else env
+    for name in OFFLINE_ENV:
+        if force:
+            env[name] = "1"
+        else:
+            env.setdefault(name, "1")
+    return env
+
+
+def apply_offline_env(preset: Preset) -> None:
     """Without a network every Hub lookup waits for a timeout; the offline preset never asks."""
-    if preset.get("name") == "offline":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if preset.name == "offline":
+        offline_env()
 
 
 @dataclass(frozen=True)
@@ -129,19 +128,18 @@ class ModelRef:
         return self.source.startswith(("runs:/", "models:/"))
 
 
-def _role_table(preset: dict[str, Any], role: str) -> dict[str, dict[str, Any]]:
-    table = preset.get(f"{role}s") or {}
-    return {str(k): (v if isinstance(v, dict) else {"model": v}) for k, v in table.items()}
+def _role_table(preset: Preset, role: str) -> dict[str, ModelEntry]:
+    return getattr(preset, f"{role}s")
 
 
-def known_names(preset: dict[str, Any], roles: tuple[str, ...] = ("teacher", "student")) -> list[str]:
+def known_names(preset: Preset, roles: tuple[str, ...] = ("teacher", "student")) -> list[str]:
     names: list[str] = []
     for role in roles:
         names += list(_role_table(preset, role))
     return names
 
 
-def resolve_model(name: str, preset: dict[str, Any], roles: tuple[str, ...] = ("teacher", "student"),
+def resolve_model(name: str, preset: Preset, roles: tuple[str, ...] = ("teacher", "student"),
                   served: bool = False) -> ModelRef:
     """Short name -> preset entry; otherwise a local directory, an MLflow URI, or a Hub id.
 
@@ -149,11 +147,11 @@ def resolve_model(name: str, preset: dict[str, Any], roles: tuple[str, ...] = ("
     name = (name or "").strip()
     if not name:
         raise DistillError("no model given")
-    default_tp = int(preset.get("tensor_parallel_size") or 1)
+    default_tp = int(preset.tensor_parallel_size or 1)
     for role in roles:
         for short, entry in _role_table(preset, role).items():
             if short.lower() == name.lower():
-                return ModelRef(short, str(entry["model"]), role, int(entry.get("tensor_parallel_size") or default_tp))
+                return ModelRef(short, str(entry.model), role, int(entry.tensor_parallel_size or default_tp))
     if name.startswith(("runs:/", "models:/", "tiny:")):
         return ModelRef(name, name, None, default_tp)
     path = Path(name).expanduser()
@@ -170,12 +168,12 @@ def resolve_model(name: str, preset: dict[str, Any], roles: tuple[str, ...] = ("
         return ModelRef(name, name, "served", default_tp)
     known = ", ".join(known_names(preset, roles))
     raise DistillError(
-        f"unknown model name {name!r} in preset {preset.get('name')!r}; known names: {known} "
+        f"unknown model name {name!r} in preset {preset.name!r}; known names: {known} "
         "(or give a Hub id like Qwen/Qwen2.5-0.5B, a local model folder, runs:/... or models:/..., "
         "or with backend=openai the name the server knows)"
     )
 
 
-def resolve_role(name: str, preset: dict[str, Any], role: str, served: bool = False) -> ModelRef:
+def resolve_role(name: str, preset: Preset, role: str, served: bool = False) -> ModelRef:
     """Like resolve_model, but an unknown short name lists only the names of this role."""
     return resolve_model(name, preset, roles=(role,), served=served)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import DistillError
+from distill.config import OFFLINE_ENV
 from distill.phases import module_name
 from distill import lineage, tracking
 
@@ -33,7 +34,7 @@ console = logging.getLogger(__name__)
 
 EXECUTORS = ("sequential", "ray")
 # Passed to every task (a local Ray's workers inherit the rest of the environment; a cluster's nodes have their own).
-PASSED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "DISTILL_HOME",
+PASSED_ENV = (*OFFLINE_ENV, "HF_HOME", "DISTILL_HOME",
               "TOKENIZERS_PARALLELISM", "OPENAI_BASE_URL")
 PARENT_ENV = "DISTILL_PARENT_RUN_ID"  # the main run, which each task's phase run nests under
 
@@ -54,15 +55,15 @@ class Step:
         return [d for deps in self.inputs.values() for d in deps] + self.after
 
 
-def gpus_for_generation(preset: dict, backend: str, tensor_parallel_size: int) -> float:
+def gpus_for_generation(preset, backend: str, tensor_parallel_size: int) -> float:
     if backend == "vllm":
         return tensor_parallel_size
-    if backend == "transformers" and preset.get("needs_gpu"):
+    if backend == "transformers" and preset.needs_gpu:
         return 1
     return 0  # openai: the server does the work; transformers on a CPU preset
 
 
-def plan(p, preset: dict, teachers: list[str], students: list[str], seeds: list[int], backend: str, limit,
+def plan(p, preset, teachers: list[str], students: list[str], seeds: list[int], backend: str, limit,
          judge: bool) -> list[Step]:
     """The sequential executor's steps, in its order, with their dependencies and resources."""
     from distill.config import resolve_role
@@ -77,12 +78,12 @@ def plan(p, preset: dict, teachers: list[str], students: list[str], seeds: list[
 
     common = dict(preset=p.preset, reuse=p.reuse)
     gen = dict(backend=p.backend, max_new_tokens=p.max_new_tokens)
-    default_tp = int(preset.get("tensor_parallel_size") or 1)
+    default_tp = int(preset.tensor_parallel_size or 1)
     tp = {t: resolve_role(t, preset, "teacher").tensor_parallel_size for t in teachers}
     tp |= {s: resolve_role(s, preset, "student").tensor_parallel_size for s in students}
-    translator_tp = int((preset.get("translator") or {}).get("tensor_parallel_size") or default_tp)
+    translator_tp = int(preset.translator.tensor_parallel_size or default_tp)
     gpu = lambda n: gpus_for_generation(preset, backend, n)  # noqa: E731
-    sft_gpus = 1 if preset.get("needs_gpu") else 0
+    sft_gpus = 1 if preset.needs_gpu else 0
     steps = [Step("translate", "translate", TranslateParams(limit=p.train_limit, **gen, **common), gpus=gpu(translator_tp))]
     steps += [Step(f"teacher {t}", "teacher", TeacherParams(teacher=t, translation_run="", **gen, **common),
                    inputs={"translation_run": ["translate"]}, gpus=gpu(tp[t])) for t in teachers]
@@ -105,7 +106,7 @@ def plan(p, preset: dict, teachers: list[str], students: list[str], seeds: list[
                    EvaluateParams(model=s, mode="few-shot", limit=limit, **gen, **common), gpus=gpu(tp[s]))
               for s in students]
     if judge:
-        judged = [t for t in preset.get("judge", {}).get("teachers", teachers) if t in teachers] or teachers
+        judged = [t for t in preset.judge.teachers if t in teachers] or teachers
         steps += [Step(f"errors {s} <- {t} (seed {seed})", "errors",
                        ErrorsParams(eval_run="", judge_model=p.judge_model, judge_base_url=p.judge_base_url, **common),
                        inputs={"eval_run": [ev]}) for t, s, seed, ev in cells if t in judged]
@@ -285,7 +286,7 @@ def run_concurrent(p) -> str:
     steps = plan(p, preset, teachers, students, seeds, backend, limit, judge)
     if not judge:
         console.info("main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)")
-    params = {"preset": preset["name"], "teachers": ",".join(teachers), "students": ",".join(students),
+    params = {"preset": preset.name, "teachers": ",".join(teachers), "students": ",".join(students),
               "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "n": p.n,
               "backend": backend, "judge": judge, "max_new_tokens": p.max_new_tokens, "executor": p.executor}
     import mlflow
@@ -309,12 +310,12 @@ def run_concurrent(p) -> str:
                 ray.shutdown()
 
 
-def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str) -> str:
+def _run_graph(ray, steps: list[Step], params: dict, preset, task_uri: str) -> str:
     import mlflow
 
     remote = {False: ray.remote(execute_step), True: ray.remote(max_calls=1)(execute_step_in_fresh_worker)}
     t0 = time.perf_counter()
-    with mlflow.start_run(run_name=f"main-{preset['name']}", tags={lineage.PHASE: "main"}) as main_run:
+    with mlflow.start_run(run_name=f"main-{preset.name}", tags={lineage.PHASE: "main"}) as main_run:
         tracking.log_params_merged(main_run, params)
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         env |= {"MLFLOW_TRACKING_URI": task_uri, "MLFLOW_EXPERIMENT_ID": main_run.info.experiment_id,
@@ -372,9 +373,9 @@ def _run_graph(ray, steps: list[Step], params: dict, preset: dict, task_uri: str
         mlflow.set_tag(lineage.REPORT_RUN_ID, report_run)
         from distill.phases.main import main_note
 
-        name = f"main-{preset['name']}" + (f" (reused {reused} of {len(log)} steps)" if reused else "")
+        name = f"main-{preset.name}" + (f" (reused {reused} of {len(log)} steps)" if reused else "")
         mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(
-            preset["name"], params, log, report_run, main_run.info.experiment_id)})
+            preset.name, params, log, report_run, main_run.info.experiment_id)})
         console.info(f"main: {len(log)} steps as Ray tasks, {reused} reused, {seconds:.0f}s; report run "
                      f"{report_run}")
         return main_run.info.run_id

@@ -50,15 +50,13 @@ def _commit(name: str) -> str:
     return hashlib.sha1(f"distill-rehearsal:{name}".encode()).hexdigest()
 
 
-def preset_models(preset: dict) -> dict[str, str]:
+def preset_models(preset) -> dict[str, str]:
     """Every model id the preset names -> its role (translator, teacher, student, tokenizer)."""
-    roles: dict[str, str] = {}
-    translator = preset["translator"]["model"] if isinstance(preset["translator"], dict) else preset["translator"]
-    roles[str(translator)] = "translator"
+    roles: dict[str, str] = {str(preset.translator.model): "translator"}
     for role in ("teacher", "student"):
-        for entry in (preset.get(f"{role}s") or {}).values():
-            roles.setdefault(str(entry["model"] if isinstance(entry, dict) else entry), role)
-    for source in (preset.get("tokenizers") or {}).values():
+        for entry in getattr(preset, f"{role}s").values():
+            roles.setdefault(str(entry.model), role)
+    for source in preset.tokenizers.values():
         roles.setdefault(str(source), "tokenizer")
     return roles
 
@@ -96,7 +94,7 @@ def _answering_bias(tokenizer, text: str) -> list:
     return [[[ids[0]], 30.0]] + [[[a, b], 60.0] for a, b in zip(ids, ids[1:])]
 
 
-def build_models(hub: Path, preset: dict) -> dict[str, str]:
+def build_models(hub: Path, preset) -> dict[str, str]:
     from distill.tiny import build_model, build_tokenizer
 
     tokenizer = build_tokenizer()
@@ -170,9 +168,10 @@ def put_dataset(cache: Path, repo_id: str, config: str, splits: dict[str, list[d
 def environment(folder: str | Path) -> dict[str, str]:
     """The variables that make every Hugging Face library read the stand-ins and nothing else."""
     folder = Path(folder).resolve()
-    return {"HF_HOME": str(folder), "HF_HUB_CACHE": str(folder / "hub"), "HF_DATASETS_CACHE": str(folder / "datasets"),
-            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    from distill.config import offline_env
+
+    env = {"HF_HOME": str(folder), "HF_HUB_CACHE": str(folder / "hub"), "HF_DATASETS_CACHE": str(folder / "datasets")}
+    return offline_env(env, force=True) | {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
 
 
 # What the documented rehearsal passes to `main`: every step of the grid, a few questions each.
@@ -189,7 +188,7 @@ def build(folder: str | Path, preset_name: str = "paper") -> dict:
     data = standin_data()
     for (repo_id, config), splits in data.items():
         put_dataset(folder / "datasets", repo_id, config, splits)
-    manifest = {"preset": preset["name"], "models": models,
+    manifest = {"preset": preset.name, "models": models,
                 "datasets": {f"{r} ({c})": {s: len(rows) for s, rows in splits.items()} for (r, c), splits in data.items()}}
     (folder / "rehearsal.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest

@@ -25,14 +25,14 @@ class GenerationOptions:
     tensor_parallel_size: int | None = None
 
 
-def generation_config(preset: dict, max_new_tokens: int | None, batch_size: int | None,
+def generation_config(preset, max_new_tokens: int | None, batch_size: int | None,
                       length_key: str = "max_new_tokens", **extra) -> GenerationConfig:
     """Explicit values, else the preset's `generation` section (an explicit 0 is refused, never the default)."""
-    defaults = preset.get("generation", {})
+    defaults = preset.generation
     return GenerationConfig(
         max_new_tokens=check("max_new_tokens",
-                             max_new_tokens if max_new_tokens is not None else defaults.get(length_key, 1024)),
-        batch_size=check("batch_size", batch_size if batch_size is not None else defaults.get("batch_size", 16)),
+                             max_new_tokens if max_new_tokens is not None else getattr(defaults, length_key)),
+        batch_size=check("batch_size", batch_size if batch_size is not None else defaults.batch_size),
         **extra,
     )
 

@@ -63,14 +63,14 @@ def experiment_name(preset_name: str) -> str:
     return f"distill-{preset_name}"
 
 
-def use_preset_experiment(preset: dict) -> str | None:
+def use_preset_experiment(preset) -> str | None:
     """Make `distill-<preset>` the active experiment (created with a description) unless the user chose
     one (MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID, `mlflow run --experiment-name`, whose run is
     MLFLOW_RUN_ID). Reuse lookups, report inputs and step processes all search the active experiment."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    name = experiment_name(preset["name"])
+    name = experiment_name(preset.name)
     client = MlflowClient()
     cli_run = os.environ.get("MLFLOW_RUN_ID")
     if cli_run and os.environ.get("MLFLOW_EXPERIMENT_ID") == "0" and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
@@ -85,7 +85,7 @@ def use_preset_experiment(preset: dict) -> str | None:
         return None
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        note = (f"**distill**, preset `{preset['name']}`: {preset.get('description', '').strip()}\n\n"
+        note = (f"**distill**, preset `{preset.name}`: {(preset.description or '').strip()}\n\n"
                 "Every step of `main` is a nested run under its `main-...` run; the main run's description "
                 "has Table 1 and a link to the report run (`report.md`). Compare student evaluations with "
                 "the params `teacher`, `student`, `seed`, `role`; `accuracy` is in percent.")

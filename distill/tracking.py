@@ -38,13 +38,15 @@ def reuse_mode(value) -> bool | str:
     """`reuse`: true, false, or ignore_code (accept a finished run of the same work whose code changed)."""
     if isinstance(value, bool):
         return value
+    from distill.params_text import yes_no
+
     text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "y", "on"):
-        return True
-    if text in ("0", "false", "no", "n", "off", ""):
-        return False
     if text == IGNORE_CODE:
         return IGNORE_CODE
+    try:
+        return yes_no(text) if text else False
+    except ValueError:
+        pass
     raise DistillError(f"reuse must be true, false or {IGNORE_CODE} (got {value!r})")
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
+from distill.config import offline_env  # noqa: E402  (light: yaml and the preset dataclasses)
+
+offline_env(force=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DISTILL_HOME", str(ROOT / ".distill" / "test-home"))
 os.environ.setdefault("DISTILL_HEARTBEAT_S", "1")        # a killed run is seen dead in seconds, not minutes

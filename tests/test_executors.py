@@ -23,7 +23,7 @@ ARGS = ("--limit", "4", "--train_limit", "16", "--n", "12")
 def _plan(preset: str, judge: bool = False, **kw):
     p = MainParams(preset=preset, **kw)
     pr = load_preset(preset)
-    return plan(p, pr, list(pr["grid"]["teachers"]), list(pr["grid"]["students"]), [42], p.backend or pr["backend"],
+    return plan(p, pr, list(pr.grid.teachers), list(pr.grid.students), [42], p.backend or pr.backend,
                 None, judge)
 
 

@@ -61,9 +61,9 @@ def test_unknown_preset_lists_presets():
 
 
 def test_paper_preset_holds_table2():
-    sft = load_preset("paper")["sft"]
-    assert (sft["learning_rate"], sft["num_train_epochs"], sft["per_device_train_batch_size"]) == (1e-5, 2, 8)
-    assert (sft["lr_scheduler_type"], sft["gradient_accumulation_steps"], sft["max_grad_norm"], sft["bf16"]) == (
+    sft = load_preset("paper").sft
+    assert (sft.learning_rate, sft.num_train_epochs, sft.per_device_train_batch_size) == (1e-5, 2, 8)
+    assert (sft.lr_scheduler_type, sft.gradient_accumulation_steps, sft.max_grad_norm, sft.bf16) == (
         "linear", 1, 1.0, True)
 
 

@@ -15,8 +15,8 @@ from tests.conftest import ROOT
 from tests.openai_server import OpenAIStub, stand_in_judge
 
 PAPER = config.load_preset("paper")
-TEACHER_IDS = {e["model"] for e in PAPER["teachers"].values()}
-STUDENT_IDS = {e["model"] for e in PAPER["students"].values()}
+TEACHER_IDS = {e.model for e in PAPER.teachers.values()}
+STUDENT_IDS = {e.model for e in PAPER.students.values()}
 
 # Runs `main` with the model libraries unimportable in this process only: the fork server and the step
 # processes are fresh interpreters and import them as usual.
@@ -41,10 +41,10 @@ KEYS = {
     "needs_gpu": "refused without rehearsal=true (test_pipeline), waived with it",
     "backend": "overridden: backend=transformers", "tensor_parallel_size": "resolve_role (vLLM only)",
     "translator.model": "translate params.translator", "translator.tensor_parallel_size": "resolve (vLLM only)",
-    **{f"teachers.{t}.model": "teacher/evaluate params.model_source" for t in PAPER["teachers"]},
+    **{f"teachers.{t}.model": "teacher/evaluate params.model_source" for t in PAPER.teachers},
     "teachers.72B.tensor_parallel_size": "resolve_role (vLLM only)",
-    **{f"students.{s}.model": "sft params.student_source, baseline params.model_source" for s in PAPER["students"]},
-    **{f"tokenizers.{k}": "tokens params.tokenizers" for k in PAPER["tokenizers"]},
+    **{f"students.{s}.model": "sft params.student_source, baseline params.model_source" for s in PAPER.students},
+    **{f"tokenizers.{k}": "tokens params.tokenizers" for k in PAPER.tokenizers},
     "data.train": "translate params.source, dataset input", "data.train_limit": "overridden: train_limit",
     "data.eval_set": "evaluate params.eval_set, dataset input",
     "generation.max_new_tokens": "overridden: max_new_tokens", "generation.batch_size": "params.batch_size",
@@ -73,7 +73,7 @@ def leaf_keys(d, prefix=""):
 
 
 def test_every_key_of_the_paper_preset_has_a_place_in_the_rehearsal():
-    assert set(leaf_keys(PAPER)) == set(KEYS)
+    assert set(leaf_keys(PAPER.as_dict())) == set(KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
         assert {k: len(v) for k, v in by.items()} == {"translate": 1, "teacher": 4, "evaluate": 24, "select": 1,
                                                       "sft": 16, "errors": 8, "tokens": 1, "report": 1}
         (translate,) = by["translate"]
-        assert translate.data.params["translator"] == PAPER["translator"]["model"]
+        assert translate.data.params["translator"] == PAPER.translator.model
         assert translate.data.params["source"] == "openai/gsm8k"
         assert translate.data.params["batch_size"] == "16"
         assert _params(by["teacher"], "model_source") == TEACHER_IDS
@@ -160,20 +160,20 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
         assert select.data.metrics["n_qualifying"] == 6  # the even stand-in questions, which every teacher got right
         sft = by["sft"]
         assert _params(sft, "student_source") == STUDENT_IDS and len({c.data.params["teacher"] for c in sft}) == 4
-        expected = {k: str(v) for k, v in PAPER["sft"].items() if k not in ("seeds", "bf16")}
+        expected = {k: str(v) for k, v in PAPER.as_dict()["sft"].items() if k not in ("seeds", "bf16")}
         for c in sft:
             assert {k: c.data.params[k] for k in expected} == expected
             assert c.data.params["bf16"] == "auto" and c.data.params["bf16_used"] == "False"
         registered = {m.name for m in mlflow.MlflowClient().search_registered_models()}
-        assert registered == {f"student-{s}" for s in PAPER["students"]}
-        assert {c.data.tags["distill.teacher"] for c in by["errors"]} == set(PAPER["judge"]["teachers"])
-        assert _params(by["errors"], "judge_model") == {PAPER["judge"]["model"]}
+        assert registered == {f"student-{s}" for s in PAPER.students}
+        assert {c.data.tags["distill.teacher"] for c in by["errors"]} == set(PAPER.judge.teachers)
+        assert _params(by["errors"], "judge_model") == {PAPER.judge.model}
         (tokens,) = by["tokens"]
-        assert all(source in tokens.data.params["tokenizers"] for source in PAPER["tokenizers"].values())
+        assert all(source in tokens.data.params["tokenizers"] for source in PAPER.tokenizers.values())
         (report,) = by["report"]
         assert "tables/table1.md" in {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id, "tables")}
         (sweep_run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'sweep'", output_format="list")
-        assert sweep_run.data.params["space"] == ",".join(k for k in PAPER["sweep"] if k != "n_trials")
+        assert sweep_run.data.params["space"] == ",".join(k for k in PAPER.sweep.ranges())
         assert "main: errors skipped" not in proc.stderr
         steps = json.loads(mlflow.artifacts.load_text(f"runs:/{main.info.run_id}/steps.json"))["steps"]
         assert len(steps) == 56

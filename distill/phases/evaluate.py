@@ -76,7 +76,7 @@ def _lineage_from_registry(uri: str) -> dict[str, str]:
     return _lineage_from_run(version.run_id) if version.run_id else {}
 
 
-def resolve_eval_model(name: str, preset: dict, backend: str = "") -> tuple[ModelRef, dict[str, str]]:
+def resolve_eval_model(name: str, preset, backend: str = "") -> tuple[ModelRef, dict[str, str]]:
     """The model to evaluate and the lineage tags that say what it is (for Table 1 from tags alone)."""
     if RUN_ID_RE.match(name):
         lineage = _lineage_from_run(name)
@@ -149,30 +149,30 @@ def run(p: EvaluateParams) -> str:
     if p.prompt_format not in FORMATS:
         raise DistillError(f"unknown prompt_format {p.prompt_format!r}; choose one of {', '.join(FORMATS)}")
     check_positive("limit", p.limit, allow_none=True)
-    backend = check_backend(p.backend or preset.get("backend", "transformers"))
-    eval_set = p.eval_set or preset["data"]["eval_set"]
+    backend = check_backend(p.backend or preset.backend)
+    eval_set = p.eval_set or preset.data.eval_set
     examples, source = load_eval_set(eval_set, p.limit)
     ref, lineage = resolve_eval_model(p.model, preset, backend)
     prompt_format = p.prompt_format
     if prompt_format == "auto":
         chat = ref.role == "teacher" or ref.role == "served"
         prompt_format = "chat" if chat and p.mode == "zero-shot" else "plain"
-    baseline = preset.get("baseline", {})
+    baseline = preset.baseline
     few_shot = p.mode == "few-shot"
-    shots = p.shots if p.shots is not None else baseline.get("shots")
+    shots = p.shots if p.shots is not None else baseline.shots
     if few_shot and shots is None:
-        raise DistillError(f"preset {preset['name']!r} has no baseline.shots; pass shots=<n> (the paper: 4)")
+        raise DistillError(f"preset {preset.name!r} has no baseline.shots; pass shots=<n> (the paper: 4)")
     if few_shot and not 0 < shots <= len(mgsm_exemplars()):
         raise DistillError(f"shots must be between 1 and {len(mgsm_exemplars())} (the MGSM-ja exemplars); got {shots}")
     rep = p.repetition_penalty if p.repetition_penalty is not None else (
-        baseline.get("repetition_penalty", 1.1) if few_shot else 1.0)
+        baseline.repetition_penalty if few_shot else 1.0)
     check_positive("repetition_penalty", rep)
     # No stop string beyond EOS, as in the paper: the few-shot output is scored whole, its cut beside it.
     config = generation_config(preset, p.max_new_tokens, p.batch_size, repetition_penalty=rep)
     who = describe(ref, lineage, few_shot, shots)
     # `model` is the readable name (a student's sft run id is `model_source` and the tag distill.sft_run_id);
     # under `mlflow run -P model=<run id>` the typed value stays and the name goes to `model.resolved`.
-    params = {"preset": preset["name"], "model": who["model_name"], "model_source": ref.source,
+    params = {"preset": preset.name, "model": who["model_name"], "model_source": ref.source,
               "role": who["role"], "teacher": who["teacher"], "student": who["student"], "seed": who["seed"], "eval_set": eval_set,
               "mode": p.mode, "shots": shots if few_shot else 0, "prompt_format": prompt_format,
               "backend": backend, "limit": p.limit, "max_new_tokens": config.max_new_tokens,

@@ -144,11 +144,11 @@ class Judge:
             return {**record, "failure": "connection"}
 
 
-def judge_settings(p: ErrorsParams, preset: dict) -> tuple[str, str | None]:
-    judge = preset.get("judge", {})
-    model = p.judge_model or judge.get("model") or "gpt-4o"
-    base_url = p.judge_base_url or judge.get("base_url") or os.environ.get("OPENAI_BASE_URL") or None
-    if not os.environ.get("OPENAI_API_KEY") and not (p.judge_base_url or judge.get("base_url")):
+def judge_settings(p: ErrorsParams, preset) -> tuple[str, str | None]:
+    judge = preset.judge
+    model = p.judge_model or judge.model
+    base_url = p.judge_base_url or judge.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    if not os.environ.get("OPENAI_API_KEY") and not (p.judge_base_url or judge.base_url):
         raise DistillError("the error judge needs OPENAI_API_KEY (for api.openai.com or OPENAI_BASE_URL), or "
                            "judge_base_url=<an OpenAI-compatible server> such as a local `vllm serve`")
     return model, base_url
@@ -167,7 +167,7 @@ def run(p: ErrorsParams) -> str:
         r["reference"] = references.get(r["id"])
     lineage = {k: v for k, v in eval_run.data.tags.items()
                if k in (STUDENT, TEACHER, SEED, SFT_RUN_ID, EVAL_SET)}
-    params = {"preset": preset["name"], "judge_model": model, "judge_base_url": base_url or "api.openai.com",
+    params = {"preset": preset.name, "judge_model": model, "judge_base_url": base_url or "api.openai.com",
               "n_wrong": len(wrong)}
     with tracking.phase_run("errors", params, {"eval_run_id": eval_run.info.run_id}, tags=lineage,
                             reuse=p.reuse) as pr:

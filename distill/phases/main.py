@@ -14,12 +14,13 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from distill import DistillError
 from distill.phases import module_name
 from distill.config import load_preset, resolve_role
 from distill import cache_keys, claims, lineage, tracking
+from distill.params_text import lists_from_text
 
 console = logging.getLogger(__name__)
 
@@ -29,9 +30,9 @@ class MainParams:
     """Run the whole grid of a preset (narrowed by teachers, students, seeds, limit)."""
 
     preset: str = "offline"
-    teachers: str = ""             # comma-separated; empty: the preset's grid
-    students: str = ""
-    seeds: str = ""
+    teachers: list[str] = field(default_factory=list)  # comma-separated; empty: the preset's grid
+    students: list[str] = field(default_factory=list)
+    seeds: list[str] = field(default_factory=list)
     limit: int | None = None        # eval questions per evaluation; empty: the preset's grid
     train_limit: int | None = None  # translated training questions; empty: the preset's
     n: int | None = None            # questions to select; empty: the preset's
@@ -44,6 +45,8 @@ class MainParams:
     executor: str = "sequential"    # sequential | ray: independent steps at once as Ray tasks (distill/executors.py)
     ray_address: str = ""           # a Ray cluster to join; empty: $RAY_ADDRESS, else a local Ray
 
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
+
 
 @contextmanager
 def _rehearsal(on: bool):
@@ -55,11 +58,11 @@ def _rehearsal(on: bool):
         cache_keys.REHEARSAL = False
 
 
-def _names(text: str, default: list) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else [str(x) for x in default]
+def _names(given: list[str], default: list) -> list[str]:
+    return list(given) if given else [str(x) for x in default]
 
 
-def parse_seeds(text: str, default: list) -> list[int]:
+def parse_seeds(text: list[str], default: list) -> list[int]:
     """`1,2,3` -> [1, 2, 3]; anything else is one line naming the bad item."""
     from distill.checks import check
 
@@ -68,7 +71,7 @@ def parse_seeds(text: str, default: list) -> list[int]:
         try:
             seeds.append(int(item))
         except ValueError:
-            raise DistillError(f"seeds must be comma-separated integers like 1,2,3 (got {item!r} in {text!r})") from None
+            raise DistillError(f"seeds must be comma-separated integers like 1,2,3 (got {item!r} in {','.join(map(str, text))!r})") from None
         check("seed", seeds[-1], label="seeds")
     return seeds
 
@@ -80,17 +83,17 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def check_hardware(preset: dict, backend: str, rehearsal: bool = False) -> None:
-    if not preset.get("needs_gpu") or backend == "openai":
+def check_hardware(preset, backend: str, rehearsal: bool = False) -> None:
+    if not preset.needs_gpu or backend == "openai":
         return
     if rehearsal:
         if backend == "vllm" and not _has_gpu():  # with a GPU, vLLM itself can be rehearsed on the stand-ins
             raise DistillError("rehearsal=true runs on stand-in models without a GPU: add backend=transformers")
-        console.info(f"main: rehearsal of preset {preset['name']!r}: no GPU check; every run is tagged "
+        console.info(f"main: rehearsal of preset {preset.name!r}: no GPU check; every run is tagged "
                      f"{lineage.REHEARSAL}=true")
         return
     if not _has_gpu():
-        raise DistillError(f"preset {preset['name']!r} needs a GPU (vLLM generation, 70B-class models) and this "
+        raise DistillError(f"preset {preset.name!r} needs a GPU (vLLM generation, 70B-class models) and this "
                            "machine has none; use preset=offline here, or backend=openai with a served model "
                            "(rehearsal=true backend=transformers runs it on stand-ins: see the README)")
 
@@ -115,20 +118,20 @@ def resolve_grid(p: "MainParams") -> tuple[dict, list[str], list[str], list[int]
     """The grid `main` runs, checked before any step starts (both executors): the preset, teachers,
     students, seeds, backend, eval limit and whether a judge is configured."""
     preset = load_preset(p.preset)
-    grid = preset.get("grid", {})
-    teachers = _names(p.teachers, grid.get("teachers") or list(preset["teachers"]))
-    students = _names(p.students, grid.get("students") or list(preset["students"]))
-    seeds = parse_seeds(p.seeds, grid.get("seeds") or [42])
+    grid = preset.grid
+    teachers = _names(p.teachers, grid.teachers or list(preset.teachers))
+    students = _names(p.students, grid.students or list(preset.students))
+    seeds = parse_seeds(p.seeds, grid.seeds)
     for t in teachers:
         resolve_role(t, preset, "teacher")
     for s in students:
         resolve_role(s, preset, "student")
     if len(teachers) < 2:
         raise DistillError(f"main needs at least two teachers to select questions on (got {teachers})")
-    backend = p.backend or preset["backend"]
+    backend = p.backend or preset.backend
     check_hardware(preset, backend, p.rehearsal)
-    limit = p.limit if p.limit is not None else grid.get("eval_limit")
-    judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.get("judge", {}).get("base_url"))
+    limit = p.limit if p.limit is not None else grid.eval_limit
+    judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.judge.base_url)
     return preset, teachers, students, seeds, backend, limit, judge
 
 
@@ -217,7 +220,7 @@ def run(p: MainParams) -> str:
 
         return run_concurrent(p)
     preset, teachers, students, seeds, backend, limit, judge = resolve_grid(p)
-    params = {"preset": preset["name"], "teachers": ",".join(teachers), "students": ",".join(students),
+    params = {"preset": preset.name, "teachers": ",".join(teachers), "students": ",".join(students),
               "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "n": p.n, "backend": backend,
               "judge": judge, "max_new_tokens": p.max_new_tokens, "rehearsal": p.rehearsal}
     import mlflow
@@ -229,7 +232,7 @@ def run(p: MainParams) -> str:
     main_tags = {lineage.PHASE: "main", lineage.CACHE_KEY: key, lineage.HEARTBEAT: f"{time.time():.3f}",
                  **({lineage.REHEARSAL: "true"} if p.rehearsal else {})}
     with (_rehearsal(p.rehearsal), step_server() as ctx,
-          mlflow.start_run(run_name=f"main-{preset['name']}", tags=main_tags) as main_run,
+          mlflow.start_run(run_name=f"main-{preset.name}", tags=main_tags) as main_run,
           claims.Heartbeat(main_run.info.run_id)):
         claims.mark_dead(key, main_run.info.run_id)
         tracking.log_params_merged(main_run, params)
@@ -254,7 +257,7 @@ def run(p: MainParams) -> str:
             step(f"baseline {s} (4-shot)", evaluate,
                  EvaluateParams(model=s, mode="few-shot", limit=limit, **gen, **common))
         if judge:
-            judged = [t for t in preset.get("judge", {}).get("teachers", teachers) if t in teachers] or teachers
+            judged = [t for t in preset.judge.teachers if t in teachers] or teachers
             for (t, s, seed), eval_run in eval_runs.items():
                 if t in judged:
                     step(f"errors {s} <- {t} (seed {seed})", errors,
@@ -271,9 +274,9 @@ def run(p: MainParams) -> str:
         mlflow.log_metrics({"steps": len(step.log), "steps_reused": reused, "main_seconds": seconds})
         mlflow.log_dict({"steps": step.log}, "steps.json")
         mlflow.set_tag(lineage.REPORT_RUN_ID, report_run)
-        name = f"main-{preset['name']}" + (f" (reused {reused} of {len(step.log)} steps)" if reused else "")
+        name = f"main-{preset.name}" + (f" (reused {reused} of {len(step.log)} steps)" if reused else "")
         mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(
-            preset["name"], params, step.log, report_run, main_run.info.experiment_id)})
+            preset.name, params, step.log, report_run, main_run.info.experiment_id)})
         console.info(f"main: {len(step.log)} steps, {reused} reused, {seconds:.0f}s; report run {report_run}")
         if reused:
             console.info("main: reused " + ", ".join(s["step"] for s in step.log if s["reused"]))

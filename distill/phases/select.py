@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import DistillError
@@ -21,6 +21,7 @@ from distill.jsonl import write_jsonl
 from distill.prompts import plain_prompt
 from distill.checks import check_positive
 from distill import lineage, tracking
+from distill.params_text import lists_from_text
 
 console = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class SelectParams:
     """Keep the questions every teacher answered correctly and take n of them with a seed."""
 
     preset: str = "offline"
-    teacher_runs: str = ""         # comma-separated teacher run ids; empty: the newest per teacher
+    teacher_runs: list[str] = field(default_factory=list)  # comma-separated teacher run ids; empty: the newest per teacher
     n: int | None = None            # empty: the preset's (5,000 in `paper`)
     seed: int | None = None
     filter: str = ""               # all_correct (the paper) or none
@@ -40,6 +41,8 @@ class SelectParams:
     allow_fewer: bool = False       # take what qualifies when fewer than n do
     keep_truncated: bool | None = None  # empty: the preset's (false: answers cut at max_new_tokens are left out)
     reuse: bool = True
+
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
 
 def truncated(answer: dict) -> bool:
@@ -66,11 +69,11 @@ def choose(ids: list[str], n: int, seed: int) -> list[str]:
     return [i for i in ids if i in chosen]
 
 
-def _teacher_runs(p: SelectParams, preset: dict) -> list:
-    if p.teacher_runs.strip():
-        runs = [tracking.require_run(rid.strip(), "teacher", "select") for rid in p.teacher_runs.split(",") if rid.strip()]
+def _teacher_runs(p: SelectParams, preset) -> list:
+    if p.teacher_runs:
+        runs = [tracking.require_run(rid, "teacher", "select") for rid in p.teacher_runs]
     else:
-        latest_translation = tracking.require_run(None, "translate", "select", params={"preset": preset["name"]})
+        latest_translation = tracking.require_run(None, "translate", "select", params={"preset": preset.name})
         runs = lineage.teacher_runs_of(latest_translation.info.run_id)
     teachers = [r.data.tags.get(lineage.TEACHER) for r in runs]
     if len(runs) < 2:
@@ -89,16 +92,16 @@ def _teacher_runs(p: SelectParams, preset: dict) -> list:
 
 def run(p: SelectParams) -> str:
     preset = load_preset(p.preset)
-    defaults = preset.get("select", {})
-    n = check_positive("n", p.n if p.n is not None else defaults.get("n", 5000))
-    seed = p.seed if p.seed is not None else defaults.get("seed", 42)
-    rule = p.filter or defaults.get("filter", "all_correct")
+    defaults = preset.select
+    n = check_positive("n", p.n if p.n is not None else defaults.n)
+    seed = p.seed if p.seed is not None else defaults.seed
+    rule = p.filter or defaults.filter
     if rule not in FILTERS:
         raise DistillError(f"unknown filter {rule!r}; choose one of {', '.join(FILTERS)}")
-    dev_size = p.dev_size if p.dev_size is not None else defaults.get("dev_size", 200)
-    keep_truncated = bool(p.keep_truncated if p.keep_truncated is not None else defaults.get("keep_truncated", False))
+    dev_size = p.dev_size if p.dev_size is not None else defaults.dev_size
+    keep_truncated = bool(p.keep_truncated if p.keep_truncated is not None else defaults.keep_truncated)
     runs = _teacher_runs(p, preset)
-    order = {name: i for i, name in enumerate(preset.get("teachers") or {})}  # preset order: small to large
+    order = {name: i for i, name in enumerate(preset.teachers)}  # preset order: small to large
     runs.sort(key=lambda r: (order.get(r.data.tags[lineage.TEACHER], len(order)), r.data.tags[lineage.TEACHER]))
     translation_run_id = runs[0].data.tags[lineage.TRANSLATION_RUN_ID]
     answers = {r.data.tags[lineage.TEACHER]: tracking.read_jsonl_artifact(r.info.run_id, "answers.jsonl") for r in runs}
@@ -120,7 +123,7 @@ def run(p: SelectParams) -> str:
     dev_ids = choose(rest, min(dev_size, len(rest)), seed + 1) if dev_size > 0 else []
 
     teachers = list(answers)
-    params = {"preset": preset["name"], "n": n, "seed": seed, "filter": rule, "dev_size": dev_size,
+    params = {"preset": preset.name, "n": n, "seed": seed, "filter": rule, "dev_size": dev_size,
               "allow_fewer": p.allow_fewer, "keep_truncated": keep_truncated, "teachers": ",".join(teachers)}
     upstream = {"translation_run_id": translation_run_id,
                 **{f"teacher_run_id.{r.data.tags[lineage.TEACHER]}": r.info.run_id for r in runs}}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.config import load_preset, resolve_role
+from distill.params_text import yes_no
 from distill.checks import check, check_params
 from distill.training import TrainConfig, checkpoint_root, is_main_process, train
 from distill import cache_keys, claims, lineage, tracking
@@ -41,7 +42,7 @@ class SftParams:
     lr_scheduler_type: str = ""
     warmup_ratio: float | None = None
     bf16: str = "auto"                       # auto: where the hardware has it and the preset asks
-    gradient_checkpointing: str = ""         # true/false; empty: the preset's (recompute activations: less memory)
+    gradient_checkpointing: bool | None = None  # true/false; empty: the preset's (recompute activations: less memory)
     max_length: int | None = None
     batching: str = ""                       # padded (paper) | group_by_length | padding_free
     seed: int = 42
@@ -54,22 +55,22 @@ class SftParams:
     output_dir: str = ""                     # checkpoints; empty: $DISTILL_HOME/checkpoints/<cache key>
 
 
-def resolved_hparams(p: SftParams, preset: dict) -> dict:
-    d = preset.get("sft", {})
+def resolved_hparams(p: SftParams, preset) -> dict:
+    d = preset.sft
     h = {
-        "learning_rate": p.learning_rate if p.learning_rate is not None else d.get("learning_rate", 1e-5),
-        "num_train_epochs": p.num_train_epochs if p.num_train_epochs is not None else d.get("num_train_epochs", 2),
+        "learning_rate": p.learning_rate if p.learning_rate is not None else d.learning_rate,
+        "num_train_epochs": p.num_train_epochs if p.num_train_epochs is not None else d.num_train_epochs,
         "per_device_train_batch_size": (p.per_device_train_batch_size if p.per_device_train_batch_size is not None
-                                        else d.get("per_device_train_batch_size", 8)),
+                                        else d.per_device_train_batch_size),
         "gradient_accumulation_steps": (p.gradient_accumulation_steps if p.gradient_accumulation_steps is not None
-                                        else d.get("gradient_accumulation_steps", 1)),
-        "max_grad_norm": p.max_grad_norm if p.max_grad_norm is not None else d.get("max_grad_norm", 1.0),
-        "lr_scheduler_type": p.lr_scheduler_type or d.get("lr_scheduler_type", "linear"),
-        "warmup_ratio": p.warmup_ratio if p.warmup_ratio is not None else d.get("warmup_ratio", 0.0),
-        "max_length": p.max_length if p.max_length is not None else d.get("max_length", 2048),
-        "batching": p.batching or d.get("batching", "padded"),
-        "gradient_checkpointing": (p.gradient_checkpointing.lower() in ("1", "true", "yes") if p.gradient_checkpointing
-                                   else bool(d.get("gradient_checkpointing", True))),
+                                        else d.gradient_accumulation_steps),
+        "max_grad_norm": p.max_grad_norm if p.max_grad_norm is not None else d.max_grad_norm,
+        "lr_scheduler_type": p.lr_scheduler_type or d.lr_scheduler_type,
+        "warmup_ratio": p.warmup_ratio if p.warmup_ratio is not None else d.warmup_ratio,
+        "max_length": p.max_length if p.max_length is not None else d.max_length,
+        "batching": p.batching or d.batching,
+        "gradient_checkpointing": (p.gradient_checkpointing if p.gradient_checkpointing is not None
+                                   else bool(d.gradient_checkpointing)),
         "seed": p.seed,
     }
     for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -86,10 +87,10 @@ def resolved_hparams(p: SftParams, preset: dict) -> dict:
     return h
 
 
-def use_bf16(setting: str, preset: dict) -> bool:
+def use_bf16(setting: str, preset) -> bool:
     import torch
 
-    wanted = preset.get("sft", {}).get("bf16", True) if setting == "auto" else setting.lower() in ("1", "true", "yes")
+    wanted = preset.sft.bf16 if setting == "auto" else yes_no(setting, "bf16")
     return bool(wanted and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
@@ -109,11 +110,11 @@ def mix(sets: dict[str, list[dict]], seed: int) -> list[dict]:
     return [({**r, "teacher": a} if r["id"] in from_a else {**by_b[r["id"]], "teacher": b}) for r in rows_a]
 
 
-def find_select_run(p: SftParams, teachers: list[str], preset: dict):
+def find_select_run(p: SftParams, teachers: list[str], preset):
     if p.select_run:
         run = tracking.require_run(p.select_run, "select", "sft")
     else:
-        run = lineage.select_run_for(teachers, preset["name"])
+        run = lineage.select_run_for(teachers, preset.name)
         if run is None:
             raise DistillError(f"no FINISHED select run has a training set for {'+'.join(teachers)}; "
                                "run `select` with those teachers first or pass select_run=<id>")
@@ -125,7 +126,7 @@ def find_select_run(p: SftParams, teachers: list[str], preset: dict):
     return run
 
 
-def load_training_rows(p: SftParams, teachers: list[str], preset: dict) -> tuple[list[dict], dict[str, str], str, object]:
+def load_training_rows(p: SftParams, teachers: list[str], preset) -> tuple[list[dict], dict[str, str], str, object]:
     """Training rows, upstream run ids, a description of the data's source, and the select run."""
     if p.train_file:
         from distill.jsonl import read_train_file
@@ -198,7 +199,7 @@ def run(p: SftParams) -> str:
         raise DistillError(f"the training set for {p.teacher} is empty ({source})")
     # The setting, not its outcome, goes into the parameters: resolving `auto` needs torch, and a reused
     # run should be found without importing it. The outcome is logged as `bf16_used`.
-    params = {"preset": preset["name"], "teacher": p.teacher, "student": student.name, "student_source": student.source,
+    params = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "student_source": student.source,
               **h, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
     tags = {lineage.TEACHER: p.teacher, lineage.STUDENT: student.name, lineage.SEED: str(p.seed)}
     main = is_main_process()
@@ -269,7 +270,7 @@ def register_once(model_uri: str, name: str, run_id: str) -> str:
         return str(mlflow.register_model(model_uri, name).version)
 
 
-def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run_id: str,
+def _log_student(model, tokenizer, p: SftParams, preset, student: str, run_id: str,
                  train_source: str = "") -> None:
     """Log the student (transformers flavour), check that it loads and generates, register it once,
     tag the version, then point the aliases at it."""
@@ -279,7 +280,7 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
 
     import torch
 
-    name = registered_name(student, preset["name"])
+    name = registered_name(student, preset.name)
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
                     f"mlflow=={mlflow.__version__}", "accelerate", "safetensors"]
     model_name = logged_model_name(student, p.teacher, p.seed)
@@ -295,7 +296,7 @@ def _log_student(model, tokenizer, p: SftParams, preset: dict, student: str, run
     client = MlflowClient()
     version = register_once(info.model_uri, name, run_id)
     vtags = {"teacher": p.teacher, "seed": str(p.seed), "student": student, "sft_run_id": run_id,
-             "preset": preset["name"], "train_source": train_source}
+             "preset": preset.name, "train_source": train_source}
     for k, v in vtags.items():
         client.set_model_version_tag(name, version, k, v)
     client.update_model_version(name, version, description=version_note(vtags, p.teacher, p.seed, student))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import DistillError
 from distill.config import load_preset, resolve_role
 from distill import lineage, tracking
+from distill.params_text import lists_from_text
 
 console = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class SweepParams:
     preset: str = "offline"
     select_run: str = ""
     n_trials: int | None = None          # empty: the preset's; trials of the study, all workers together
-    space: str = "all"                   # comma-separated subset of learning_rate, num_train_epochs,
+    space: list[str] = field(default_factory=lambda: ["all"])  # comma-separated subset of learning_rate, num_train_epochs,
                                          # per_device_train_batch_size, warmup_ratio
     storage: str = "sqlite:///optuna.db" # an RDB URL (postgresql://...) lets several workers share the study
     study_name: str = ""                 # empty: sft-<preset>-<teacher>-<student>
@@ -42,16 +43,18 @@ class SweepParams:
     pruning: bool = True
     register_best: bool = False          # train the best setting with `sft` and register it
 
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
-def search_space(p: SweepParams, preset: dict) -> dict:
-    ranges = preset.get("sweep", {})
-    wanted = [s.strip() for s in p.space.split(",") if s.strip()] if p.space != "all" else [s for s in SPACE if s in ranges]
+
+def search_space(p: SweepParams, preset) -> dict:
+    ranges = preset.sweep.ranges()
+    wanted = list(p.space) if p.space != ["all"] else [s for s in SPACE if s in ranges]
     unknown = [s for s in wanted if s not in SPACE]
     if unknown:
         raise DistillError(f"cannot search {', '.join(unknown)}; searchable: {', '.join(SPACE)}")
     missing = [s for s in wanted if s not in ranges]
     if missing:
-        raise DistillError(f"preset {preset['name']!r} gives no range for {', '.join(missing)} (section `sweep`)")
+        raise DistillError(f"preset {preset.name!r} gives no range for {', '.join(missing)} (section `sweep`)")
     if not wanted:
         raise DistillError("empty search space: name at least one of " + ", ".join(SPACE))
     return {s: ranges[s] for s in wanted}
@@ -94,7 +97,7 @@ def run(p: SweepParams) -> str:
     from distill.phases.sft import run as sft_run
 
     preset = load_preset(p.preset)
-    n_trials = p.n_trials if p.n_trials is not None else preset.get("sweep", {}).get("n_trials", 20)
+    n_trials = p.n_trials if p.n_trials is not None else preset.sweep.n_trials
     if n_trials <= 0:
         raise DistillError(f"n_trials must be > 0 (got {n_trials})")
     space = search_space(p, preset)
@@ -107,9 +110,9 @@ def run(p: SweepParams) -> str:
     dev = dev[:p.dev_limit] if p.dev_limit is not None else dev
     if not dev:
         raise DistillError(f"select run {select_run.info.run_id} has an empty dev split; run select with dev_size > 0")
-    max_new = p.max_new_tokens if p.max_new_tokens is not None else preset.get("generation", {}).get("max_new_tokens", 1024)
-    study_name = p.study_name or f"sft-{preset['name']}-{p.teacher}-{student.name}"
-    params = {"preset": preset["name"], "teacher": p.teacher, "student": student.name, "n_trials": n_trials,
+    max_new = p.max_new_tokens if p.max_new_tokens is not None else preset.generation.max_new_tokens
+    study_name = p.study_name or f"sft-{preset.name}-{p.teacher}-{student.name}"
+    params = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "n_trials": n_trials,
               "space": ",".join(space), "storage": p.storage.split("://")[0], "study_name": study_name,
               "seed": p.seed, "n_dev": len(dev), "pruning": p.pruning}
     import mlflow

@@ -35,16 +35,16 @@ class TeacherParams(GenerationOptions):
 
 def run(p: TeacherParams) -> str:
     preset = load_preset(p.preset)
-    backend = check_backend(p.backend or preset["backend"])
+    backend = check_backend(p.backend or preset.backend)
     ref = resolve_role(p.teacher, preset, "teacher", served=backend == "openai")
     check_positive("limit", p.limit, allow_none=True)
     check_positive("shard_size", p.shard_size)
     translation = tracking.require_run(p.translation_run or None, "translate", "the teacher's questions",
-                                       params={"preset": preset["name"]})
+                                       params={"preset": preset.name})
     questions = tracking.read_jsonl_artifact(translation.info.run_id, "translations.jsonl")
     questions = questions[:p.limit] if p.limit else questions
     config = generation_config(preset, p.max_new_tokens, p.batch_size)
-    params = {"preset": preset["name"], "teacher": ref.name, "model_source": ref.source, "backend": backend,
+    params = {"preset": preset.name, "teacher": ref.name, "model_source": ref.source, "backend": backend,
               "limit": p.limit, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "prompt_format": "chat", "n_questions": len(questions)}
     upstream = {"translation_run_id": translation.info.run_id}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from distill import DistillError
 from distill.answers import normalize
 from distill.config import ModelRef, load_preset
 from distill import lineage, tracking
+from distill.params_text import lists_from_text
 
 console = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ class TokensParams:
 
     preset: str = "offline"
     select_run: str = ""        # empty: the newest FINISHED select run
-    tokenizers: str = ""        # comma-separated names of the preset's tokenizers; empty: all
+    tokenizers: list[str] = field(default_factory=list)  # comma-separated names of the preset's tokenizers; empty: all
     reuse: bool = True
+
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
 
 def load_counter(source: str):
@@ -91,14 +94,14 @@ def log_figure(fig, name: str, run_id: str) -> None:
 
 def run(p: TokensParams) -> str:
     preset = load_preset(p.preset)
-    available = preset.get("tokenizers") or {}
-    names = [n.strip() for n in p.tokenizers.split(",") if n.strip()] or list(available)
+    available = preset.tokenizers
+    names = list(p.tokenizers) or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise DistillError(f"unknown tokenizer(s) {', '.join(unknown)}; the preset has {', '.join(available)}")
-    select = tracking.require_run(p.select_run or None, "select", "tokens", params={"preset": preset["name"]})
+    select = tracking.require_run(p.select_run or None, "select", "tokens", params={"preset": preset.name})
     teachers = lineage.teachers_of(select)
-    params = {"preset": preset["name"], "tokenizers": ",".join(f"{n}={available[n]}" for n in names),
+    params = {"preset": preset.name, "tokenizers": ",".join(f"{n}={available[n]}" for n in names),
               "teachers": ",".join(teachers)}
     with tracking.phase_run("tokens", params, {"select_run_id": select.info.run_id}, reuse=p.reuse) as pr:
         if pr.reused:

@@ -71,17 +71,17 @@ class TranslateParams(GenerationOptions):
 
 def run(p: TranslateParams) -> str:
     preset = load_preset(p.preset)
-    backend = check_backend(p.backend or preset["backend"])
-    limit = check_positive("limit", p.limit if p.limit is not None else preset["data"].get("train_limit"), allow_none=True)
+    backend = check_backend(p.backend or preset.backend)
+    limit = check_positive("limit", p.limit if p.limit is not None else preset.data.train_limit, allow_none=True)
     check_positive("shard_size", p.shard_size)
-    translator = preset["translator"]
+    translator = preset.translator
     ref = (resolve_model(p.translator, preset) if p.translator
-           else ModelRef("translator", translator["model"], "translator",
-                         int(translator.get("tensor_parallel_size") or preset.get("tensor_parallel_size") or 1)))
-    source = p.source or preset["data"]["train"]
+           else ModelRef("translator", translator.model, "translator",
+                         int(translator.tensor_parallel_size or preset.tensor_parallel_size or 1)))
+    source = p.source or preset.data.train
     rows = load_gsm8k("train", source="hub" if source == "openai/gsm8k" else source, limit=limit)
     config = generation_config(preset, p.max_new_tokens, p.batch_size, length_key="translate_max_new_tokens")
-    params = {"preset": preset["name"], "translator": ref.source, "source": source, "limit": limit,
+    params = {"preset": preset.name, "translator": ref.source, "source": source, "limit": limit,
               "backend": backend, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "n_questions": len(rows)}
     with tracking.phase_run("translate", params, tags={lineage.TRANSLATOR: ref.source}, reuse=p.reuse) as pr:

@@ -29,7 +29,7 @@ import json
 import logging
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +38,7 @@ import numpy as np
 from distill import DistillError
 from distill.config import load_preset
 from distill import lineage, tracking
+from distill.params_text import lists_from_text
 from distill.phases.report.document import render_report, report_note, summary_lines
 from distill.phases.report.figures import (figure_accuracy, figure_errors, figure_tokens, teacher_colors,
                                            write_figure, write_plotlyjs)
@@ -56,20 +57,22 @@ class ReportParams:
 
     preset: str = "offline"
     eval_set: str = ""             # empty: the preset's data.eval_set
-    error_teachers: str = ""       # comma-separated, Fig. 2; empty: the preset's judge.teachers
+    error_teachers: list[str] = field(default_factory=list)  # comma-separated, Fig. 2; empty: the preset's judge.teachers
     tokens_run: str = ""           # a tokens run id for Fig. 3; empty: the newest FINISHED one
-    teachers: str = ""             # comma-separated grid Table 1, the figures and Missing cover; empty: the preset's
-    students: str = ""
-    seeds: str = ""                # seeds Missing expects; empty: the preset's sft.seeds
+    teachers: list[str] = field(default_factory=list)  # comma-separated grid Table 1, the figures and Missing cover; empty: the preset's
+    students: list[str] = field(default_factory=list)
+    seeds: list[str] = field(default_factory=list)  # seeds Missing expects; empty: the preset's sft.seeds
     reuse: bool = False            # true: reuse a report of exactly the same input runs and code
 
+    __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
-def grid_names(text: str, known: list[str], what: str) -> list[str]:
-    """`7B,72B` -> the preset's spelling of each; empty: all of the preset's."""
-    if not text:
+
+def grid_names(given: list[str], known: list[str], what: str) -> list[str]:
+    """[7B, 72b] -> the preset's spelling of each; empty: all of the preset's."""
+    if not given:
         return known
     out = []
-    for name in (x.strip() for x in text.split(",") if x.strip()):
+    for name in given:
         match = next((k for k in known if k.lower() == name.lower()), None)
         if match is None:
             raise DistillError(f"unknown name {name!r} in {what}; known {what}: {', '.join(known)}")
@@ -77,9 +80,8 @@ def grid_names(text: str, known: list[str], what: str) -> list[str]:
     return out
 
 
-def preset_list(preset: dict, key: str) -> list[str]:
-    value = preset.get(key) or {}
-    return [str(k) for k in value]
+def preset_list(preset, key: str) -> list[str]:
+    return [str(k) for k in getattr(preset, key)]
 
 
 def _known(name: str, teachers: list[str]) -> str:
@@ -102,15 +104,14 @@ def _save(df, md: str, folder: Path, name: str) -> None:
 def run(p: ReportParams) -> str:
     """Write the report and return its run id (an earlier report of identical inputs when reused)."""
     preset = load_preset(p.preset)
-    eval_set = p.eval_set or preset["data"]["eval_set"]
+    eval_set = p.eval_set or preset.data.eval_set
     preset_teachers = grid_names(p.teachers, preset_list(preset, "teachers"), "teachers")
     preset_students = grid_names(p.students, preset_list(preset, "students"), "students")
-    seeds_wanted = ([x.strip() for x in p.seeds.split(",") if x.strip()] if p.seeds
-                    else [str(x) for x in (preset.get("sft", {}).get("seeds") or [])])
-    error_teachers = ([t.strip() for t in p.error_teachers.split(",") if t.strip()] if p.error_teachers
-                      else [str(t) for t in (preset.get("judge", {}).get("teachers") or preset_teachers[:1] + preset_teachers[-1:])])
-    baseline = preset.get("baseline", {})
-    baseline_label = f"{baseline['shots']}-shot" if baseline.get("shots") else "few-shot"  # as evaluate tags it
+    seeds_wanted = (list(p.seeds) if p.seeds
+                    else [str(x) for x in preset.sft.seeds])
+    error_teachers = (list(p.error_teachers) if p.error_teachers
+                      else [str(t) for t in (preset.judge.teachers or preset_teachers[:1] + preset_teachers[-1:])])
+    baseline_label = f"{preset.baseline.shots}-shot" if preset.baseline.shots else "few-shot"  # as evaluate tags it
 
     inputs = collect_inputs(eval_set, p.tokens_run)
     narrowed = bool(p.teachers or p.students)
@@ -124,7 +125,7 @@ def run(p: ReportParams) -> str:
     table3_teachers = ordered_names(preset_teachers, set(inputs.teacher_evals) & set(preset_teachers)
                                     if narrowed else inputs.teacher_evals)
     error_teachers = [_known(t, teachers) for t in error_teachers]
-    params = {"preset": preset["name"], "eval_set": eval_set, "error_teachers": ",".join(error_teachers),
+    params = {"preset": preset.name, "eval_set": eval_set, "error_teachers": ",".join(error_teachers),
               "teachers": ",".join(preset_teachers), "students": ",".join(preset_students), "seeds": ",".join(seeds_wanted),
               "tokens_run": p.tokens_run, "inputs_digest": inputs.digest()}
     upstream = {"tokens_run_id": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
@@ -187,7 +188,7 @@ def run(p: ReportParams) -> str:
             write_figure(figure_errors(errors_df, error_teachers, students, colors), root / "figures" / "fig2_errors", pr.run_id)
             write_figure(figure_tokens(token_rows, token_teachers, tokenizers, colors), root / "figures" / "fig3_tokens", pr.run_id)
             experiment = mlflow.get_experiment(mlflow.get_run(pr.run_id).info.experiment_id)
-            meta = {"preset": preset["name"], "eval_set": eval_set, "experiment": experiment.name,
+            meta = {"preset": preset.name, "eval_set": eval_set, "experiment": experiment.name,
                     "experiment_id": experiment.experiment_id, "run_id": pr.run_id,
                     "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     "n_eval_runs": inputs.n_eval_runs, "n_errors_runs": len(inputs.errors),

@@ -1,0 +1,135 @@
+"""Presets as typed data and parameters parsed in one place (distill/preset.py, distill/params_text.py, cli.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill import DistillError
+from distill.cli import parse_params
+from distill.config import OFFLINE_ENV, PRESET_DIR, load_preset, offline_env
+from distill.params_text import split_list, yes_no
+from distill.phases import module_name
+
+ROOT = Path(__file__).resolve().parents[1]
+# MLflow's `path` parameter that cli.py pops before parsing (see cli.BASE_DIR): no field of any Params.
+NOT_A_FIELD = {"base_dir"}
+# MLproject's entry point -> the phase whose module holds its Params class.
+PHASE_OF = {"main": "pipeline"}
+
+
+def _params_class(entry_point: str):
+    module = importlib.import_module(module_name(PHASE_OF.get(entry_point, entry_point)))
+    return next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
+
+
+def _entry_points() -> dict:
+    return yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+
+
+@pytest.mark.parametrize("entry_point", sorted(_entry_points()))
+def test_every_declared_mlproject_parameter_is_a_field_of_the_params(entry_point):
+    declared = set(_entry_points()[entry_point].get("parameters") or {}) - NOT_A_FIELD
+    fields = {f.name for f in dataclasses.fields(_params_class(entry_point))}
+    assert declared <= fields, f"{entry_point}: MLproject declares {sorted(declared - fields)}, no field of its Params"
+
+
+@pytest.mark.parametrize("name", ["paper", "offline"])
+def test_the_shipped_presets_load_as_typed_data(name):
+    preset = load_preset(name)
+    assert preset.name == name and preset.data.eval_set and preset.sft.seeds == [42]
+    assert preset.as_dict() == yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+
+
+def _write(tmp_path, edit) -> str:
+    data = yaml.safe_load((PRESET_DIR / "offline.yaml").read_text())
+    data["name"] = f"edited-{len(list(tmp_path.iterdir()))}"
+    edit(data)
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return str(path)
+
+
+def test_an_unknown_key_is_refused_naming_the_file_and_the_key(tmp_path):
+    path = _write(tmp_path, lambda d: d["sft"].update(learning_rte=1.0e-4))
+    with pytest.raises(DistillError, match=rf"preset file {path} has an unknown key 'sft.learning_rte'"):
+        load_preset(path)
+    path = _write(tmp_path, lambda d: d.update(teachrs={}))
+    with pytest.raises(DistillError, match=rf"{path} has an unknown key 'teachrs'"):
+        load_preset(path)
+
+
+def test_a_missing_key_is_refused_naming_the_file_and_the_key(tmp_path):
+    path = _write(tmp_path, lambda d: d["select"].pop("n"))
+    with pytest.raises(DistillError, match=rf"preset file {path} has no 'select.n'"):
+        load_preset(path)
+    path = _write(tmp_path, lambda d: d.pop("sweep"))
+    with pytest.raises(DistillError, match=rf"{path} has no 'sweep'"):
+        load_preset(path)
+
+
+def test_optional_keys_may_be_left_out(tmp_path):
+    path = _write(tmp_path, lambda d: (d["baseline"].pop("shots"), d.pop("description"), d["sweep"].pop("warmup_ratio")))
+    preset = load_preset(path)
+    assert preset.baseline.shots is None and preset.description is None
+    assert "warmup_ratio" not in preset.sweep.ranges()
+
+
+def test_preset_numbers_still_follow_the_rules_of_checks(tmp_path):
+    path = _write(tmp_path, lambda d: d["select"].update(n=0))
+    with pytest.raises(DistillError, match="select.n must be an integer >= 1"):
+        load_preset(path)
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("Yes", True), (" 1 ", True), ("on", True), ("y", True),
+                                         ("false", False), ("NO", False), ("0", False), ("off", False), ("n", False)])
+def test_yes_no(text, value):
+    assert yes_no(text) is value
+
+
+def test_yes_no_refuses_anything_else_by_name():
+    with pytest.raises(DistillError, match="register: expected true or false, got 'maybe'"):
+        yes_no("maybe", "register")
+    from distill.phases.sft import SftParams
+
+    with pytest.raises(DistillError, match="^register: expected true or false, got 'maybe'$"):
+        parse_params(SftParams, ["--teacher", "7B", "--student", "s", "--register", "maybe"])
+
+
+def test_lists_are_parsed_once():
+    from distill.phases.main import MainParams
+    from distill.phases.report import ReportParams
+
+    assert split_list(" 7B, 72B ,,") == ["7B", "72B"] and split_list("") == [] and split_list(None) == []
+    p = parse_params(MainParams, ["--teachers", "7B,72B", "--students", "", "--seeds", "None"])
+    assert (p.teachers, p.students, p.seeds) == (["7B", "72B"], [], [])
+    assert ReportParams(teachers="7B, 72b").teachers == ["7B", "72b"]  # a Python caller's text, split there
+    with pytest.raises(DistillError, match="seeds must be comma-separated numbers"):
+        parse_params(MainParams, ["--seeds", "1,x"])
+
+
+@pytest.mark.parametrize("unset", ["", "None"])
+def test_an_unset_mlflow_value_means_the_preset(unset):
+    from distill.phases.teacher import TeacherParams
+
+    p = parse_params(TeacherParams, ["--teacher", "7B", "--batch_size", unset, "--max_new_tokens", unset])
+    assert p.batch_size is None and p.max_new_tokens is None
+
+
+def test_a_typed_zero_is_refused_by_name():
+    from distill.phases.teacher import TeacherParams
+
+    with pytest.raises(DistillError, match=r"^batch_size must be an integer >= 1 \(got 0\)"):
+        parse_params(TeacherParams, ["--teacher", "7B", "--batch_size", "0"])
+
+
+def test_the_offline_variables_are_set_in_one_place(monkeypatch):
+    for name in OFFLINE_ENV:
+        monkeypatch.setenv(name, "0")
+    assert {n: os.environ[n] for n in offline_env()} and all(os.environ[n] == "0" for n in OFFLINE_ENV)
+    assert {n: v for n, v in offline_env({}, force=True).items()} == dict.fromkeys(OFFLINE_ENV, "1")
