@@ -87,9 +87,8 @@ def main(argv=None) -> int:
     from distill.phases.main import MainParams
 
     preset = load_preset("paper")
-    grid = preset["grid"]
-    steps = plan(MainParams(preset="paper", executor="ray"), preset, grid["teachers"], grid["students"], [42],
-                 preset["backend"], None, judge=False)
+    steps = plan(MainParams(preset="paper", executor="ray"), preset, preset.grid.teachers, preset.grid.students, [42],
+                 preset.backend, None, judge=False)
     durations = {s.name: duration(s) for s in steps}
     rows = []
     for g in (1, 8, 32):
