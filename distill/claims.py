@@ -5,8 +5,8 @@ lineage.HEARTBEAT, renewed by a daemon thread every DISTILL_HEARTBEAT_S seconds.
 heartbeat is older than DISTILL_HEARTBEAT_TIMEOUT_S is dead (kill -9, a lost machine): the next try
 marks it KILLED and takes over its shards or checkpoints. A second try of live work waits for it and
 reuses its result. Two tries that claim at the same moment both see each other after a short settle
-time (DISTILL_CLAIM_SETTLE_S) and the earlier claim wins; this assumes the clocks of the machines
-agree to within that time.
+time (claim_settle_time: as long as the claim took to land) and the earlier claim wins; this assumes
+the clocks of the machines agree to within that time.
 """
 
 from __future__ import annotations
@@ -69,9 +69,18 @@ def heartbeat_timeout() -> float:
     return _env_seconds("DISTILL_HEARTBEAT_TIMEOUT_S", 4 * heartbeat_interval())
 
 
-def claim_settle_time() -> float:
-    """How long a new claim waits before it looks for another claim made at the same moment."""
-    return _env_seconds("DISTILL_CLAIM_SETTLE_S", 0.25)
+MIN_SETTLE_S = 0.05
+
+
+def claim_settle_time(claim_seconds: float) -> float:
+    """How long a new claim waits before it looks for another claim made at the same moment: as long as
+    its own claim took to land in the store (from its timestamp to its run's creation), at least
+    MIN_SETTLE_S. Another try's claim, on the same store, lands as fast: one that took up to twice as
+    long is still seen. DISTILL_CLAIM_SETTLE_S fixes the time instead."""
+    fixed = os.environ.get("DISTILL_CLAIM_SETTLE_S")
+    if fixed:
+        return float(fixed)
+    return max(MIN_SETTLE_S, claim_seconds)
 
 
 def _last_beat(run) -> float:
@@ -107,9 +116,10 @@ class Heartbeat:
     def _beat(self) -> None:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient()
+        client = None  # made at the first beat: most steps end before it, and making it costs CPU at their start
         while not self._stop.wait(heartbeat_interval()):
             try:
+                client = client or MlflowClient()
                 client.set_tag(self.run_id, lineage.HEARTBEAT, f"{time.time():.3f}")
             except Exception:  # a short outage of the server: the next beat tries again
                 pass

@@ -205,6 +205,9 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         module = importlib.import_module(module_name(phase))
         params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
         params = parse_params(params_cls, argv)
+        prepare = getattr(module, "prepare", None)  # work a phase starts before the tracking store is set up
+        if prepare:
+            prepare(params)
         from distill.store import ensure_tracking_reachable, ensure_tracking_store, use_preset_experiment
 
         ensure_tracking_reachable()

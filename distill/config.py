@@ -88,8 +88,9 @@ def distill_home() -> Path:
     return Path(os.environ.get("DISTILL_HOME", Path.home() / ".cache" / "distill"))
 
 
-# What tells every Hugging Face library not to ask the Hub (set by offline_env only).
-OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+# What tells every Hugging Face library not to ask the Hub, and MLflow not to send usage telemetry (a
+# background request in every process; here, in every step of `main`). Set by offline_env only.
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "MLFLOW_DISABLE_TELEMETRY")
 
 
 def offline_env(env: dict | None = None, force: bool = False) -> dict:

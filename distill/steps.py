@@ -15,6 +15,7 @@ reuses is reported back as it happens (tracking.on_phase_run there, tracking.not
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib
 import multiprocessing
@@ -39,29 +40,61 @@ def start_method() -> str:
     return method
 
 
+PRELOAD = ["distill.step_preload"]
+
+
+def start_server_early() -> None:
+    """Start the fork server now, before this process imports MLflow and sets up the tracking store:
+    its ~10 s of imports then run beside that start-up on another core instead of delaying the first
+    step. The environment must be final (cli.run_phase calls this after the offline variables are set).
+    A `main` that ends before its first step (bad input, every step reused) kills it at exit."""
+    if start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
+    atexit.register(stop_server)
+
+
+def stop_server() -> None:
+    """End this process's fork server, if one runs. Every step process has ended by now, so it is killed
+    rather than asked to stop: asked, it would first finish its imports (up to ~10 s when no step used it)."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    stop = getattr(server, "_stop", None)
+    if stop:  # closes its pipe, reaps it, removes its socket
+        stop()
+
+
 @contextmanager
 def step_server():
-    """The context step processes start from. The fork server starts with the first step that needs a
-    process (a `main` that reuses every step starts none) and lives as long as this `main`: it keeps the
-    environment it started with, so a later `main` in the same interpreter gets its own."""
+    """The context step processes start from. The fork server is the one started early for this `main`
+    (start_server_early), else it starts with the first step that needs a process (a `main` that
+    reuses every step starts none); it lives as long as this `main`: it keeps the environment it started
+    with, so a later `main` in the same interpreter gets its own."""
     method = start_method()
     ctx = multiprocessing.get_context(method)
     if method != "forkserver":
         yield ctx
         return
-    from multiprocessing import forkserver
-
-    ctx.set_forkserver_preload(["distill.step_preload"])
+    ctx.set_forkserver_preload(PRELOAD)
     try:
         yield ctx
     finally:
-        stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
-        if stop:  # a no-op where none was started
-            stop()
+        stop_server()
 
 
 def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking_uri: str, env: dict, cwd: str,
-           rehearsal: bool, conn) -> None:
+           rehearsal: bool, fresh_inputs: bool, conn) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the fork server ignores ^C; a step must not
     os.chdir(cwd)  # the fork server's is the parent's when it started; a relative sqlite:///mlflow.db needs this one
     os.environ.clear()
@@ -74,7 +107,7 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    tracking.PARENT_RUN_ID, cache_keys.REHEARSAL = parent_run_id, rehearsal
+    tracking.PARENT_RUN_ID, cache_keys.REHEARSAL, tracking.FRESH_INPUTS = parent_run_id, rehearsal, fresh_inputs
     setup_logging()  # this step's environment (verbosity, rank) sets its level; lines go to its stderr
     try:
         # every run started or reused goes to the parent at once: a step that dies is named with its run
@@ -91,16 +124,17 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
         conn.close()
 
 
-def run_in_process(ctx, module: str, params, parent_run_id: str) -> str:
+def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: bool = False) -> str:
     """`module.run(params)` in a fresh process nested under the main run; its run id, or the step's
-    error raised here (DistillError as it was, anything else as StepError)."""
+    error raised here (DistillError as it was, anything else as StepError). `fresh_inputs`: see
+    tracking.FRESH_INPUTS."""
     import mlflow
 
     recv, send = ctx.Pipe(duplex=False)
     experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
     proc = ctx.Process(target=_child, name=f"distill-{module.rsplit('.', 1)[-1]}",
                        args=(module, params, parent_run_id, experiment_id, mlflow.get_tracking_uri(),
-                             dict(os.environ), os.getcwd(), cache_keys.REHEARSAL, send))
+                             dict(os.environ), os.getcwd(), cache_keys.REHEARSAL, fresh_inputs, send))
     sys.stdout.flush()
     sys.stderr.flush()
     proc.start()

@@ -58,6 +58,42 @@ def ensure_tracking_store() -> None:
 
 
 
+def warm_tracking_store() -> None:
+    """For the process `main`'s steps fork from (distill.step_preload): set up the SQLite store and make
+    the reads every step makes, so that each step inherits MLflow's store and SQLAlchemy's compiled
+    statements instead of building them again (~0.15 s a step). Then every connection is closed: none
+    may cross a fork. Public APIs only: the engines are those SQLAlchemy reports connecting."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    engines = set()
+
+    def seen(connection) -> None:
+        engines.add(connection.engine)
+
+    event.listen(Engine, "engine_connect", seen)
+    try:
+        ensure_tracking_store()  # under the same lock as the parent's: a brand-new file is set up once
+        client = MlflowClient(uri)
+        ids = [e.experiment_id for e in client.search_experiments(max_results=1)]
+        for status in ("FINISHED", "RUNNING", None):  # the shapes of lineage's searches
+            found = lineage.search_phase_runs(status=status, tags={lineage.CACHE_KEY: "warm-up"},
+                                              experiment_ids=ids, max_results=1)
+        for run in client.search_runs(ids, max_results=1) or found:
+            client.get_run(run.info.run_id)
+        client.search_model_versions("name = 'warm-up'", max_results=1)
+    finally:
+        event.remove(Engine, "engine_connect", seen)
+        for engine in engines:
+            engine.dispose()
+
+
 def experiment_name(preset_name: str) -> str:
     """Every preset's runs in an experiment of their own: `distill-offline`, `distill-paper`."""
     return f"distill-{preset_name}"

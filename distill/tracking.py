@@ -28,6 +28,9 @@ IGNORE_CODE = "ignore_code"
 # active in this process, and the parent's reuse probe.
 PARENT_RUN_ID: str | None = None
 REUSE_ONLY = False
+# Set by `main` for a step fed a run it made moments ago: no earlier run can carry this cache key, so the
+# lookups before the claim are skipped. The check after the claim still finds a concurrent try.
+FRESH_INPUTS = False
 
 
 class NotReused(Exception):
@@ -104,8 +107,9 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     key = cache_keys.cache_key(phase, params, upstream)
     work = cache_keys.work_key(phase, params, upstream)
     files = cache_keys.code_files(phase, preset, backend)
-    prior = claims.wait_for_holders(phase, key) if mode else None
-    stale = claims.find_same_work(work, files) if mode and not prior else None
+    look = mode and not FRESH_INPUTS
+    prior = claims.wait_for_holders(phase, key) if look else None
+    stale = claims.find_same_work(work, files) if look and not prior else None
     ignored = None
     if stale and mode == IGNORE_CODE:
         prior, ignored = stale
@@ -151,7 +155,7 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     with mlflow.start_run(run_name=run_name or _run_name(phase, tags), nested=nested, parent_run_id=parent, tags=all_tags) as run, \
             claims.Heartbeat(run.info.run_id):
         if mode:  # another try claimed the same work at the same moment: the earlier claim does it
-            time.sleep(claims.claim_settle_time())
+            time.sleep(claims.claim_settle_time(time.time() - float(claimed)))
             prior = claims.wait_for_holders(phase, key, me=(float(claimed), run.info.run_id))
             if prior:
                 _become_pointer(run.info.run_id, prior, phase)

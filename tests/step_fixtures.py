@@ -9,10 +9,12 @@ from distill import DistillError, tracking
 @dataclass
 class FixtureParams:
     how: str = "finish"
+    upstream: str = ""  # a run id, as a phase's input: `main` knows whether it made it just now
 
 
 def run(p: FixtureParams) -> str:
-    with tracking.phase_run("select", {"preset": "offline", "how": p.how, "pid": os.getpid()}, reuse=False) as pr:
+    params = {"preset": "offline", "how": p.how, "pid": os.getpid(), "fresh_inputs": tracking.FRESH_INPUTS}
+    with tracking.phase_run("select", params, upstream={"upstream": p.upstream}, reuse=False) as pr:
         if p.how == "die":
             os._exit(9)  # a kill -9, an OOM kill: no exception, no message
         if p.how == "raise":

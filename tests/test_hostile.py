@@ -274,3 +274,13 @@ def test_live_tries_are_left_alone_and_dead_ones_marked_killed(tracking, monkeyp
     dead, live = client.get_run(runs[600]), client.get_run(runs[5])
     assert dead.info.status == "KILLED" and f"taken over by run {me}" in dead.data.tags["distill.killed_reason"]
     assert live.info.status == "RUNNING"
+
+
+def test_the_claim_settle_time_follows_how_long_a_claim_takes_to_land(monkeypatch):
+    from distill.claims import MIN_SETTLE_S, claim_settle_time
+
+    monkeypatch.delenv("DISTILL_CLAIM_SETTLE_S", raising=False)
+    assert claim_settle_time(0.002) == MIN_SETTLE_S        # local SQLite: a claim lands in milliseconds
+    assert claim_settle_time(0.8) == 0.8                   # a slow server: as long as its writes take
+    monkeypatch.setenv("DISTILL_CLAIM_SETTLE_S", "0.5")
+    assert claim_settle_time(0.002) == 0.5                 # fixed by the user

@@ -311,3 +311,14 @@ def test_entry_point(tmp_path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     proc = run_entry("report", "--preset", "offline", "--error_teachers", "7B,72B", env=env, cwd=tmp_path)
     assert "16 missing" in proc.stderr
+
+
+def test_exact_mcnemar_p_matches_scipy_binomtest():
+    from distill.stats import binomial_two_sided_half
+
+    for n in [1, 2, 3, 7, 15, 40, 101, 400, 1319]:
+        for k in sorted({0, 1, n // 3, n // 2, (n + 1) // 2, n - 1, n}):
+            assert binomial_two_sided_half(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue, rel=1e-9, abs=1e-300)
+    assert binomial_two_sided_half(0, 0) == 1.0
+    with pytest.raises(ValueError):
+        binomial_two_sided_half(5, 3)

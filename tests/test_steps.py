@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from distill import DistillError, tracking
+from distill import tracking as phase_tracking  # where a test's `tracking` is conftest's store fixture
 from distill.phases import main as pipeline
 from tests import step_fixtures
 from tests.step_fixtures import FixtureParams
@@ -45,3 +46,74 @@ def test_a_failed_step_is_named_with_its_run(steps, how, message):
                             "to continue from there")
     status = mlflow.get_run(started[0].run_id).info.status
     assert status == ("RUNNING" if how == "die" else "FAILED")  # a killed run stays unfinished: resumable
+
+
+def test_a_step_fed_a_run_main_just_made_skips_the_lookups_before_its_claim(steps):
+    step, _ = steps
+    first = step("first", step_fixtures.run, FixtureParams())
+    fed = step("fed", step_fixtures.run, FixtureParams(upstream=first))
+    older = mlflow.tracking.MlflowClient().create_run(mlflow.active_run().info.experiment_id).info.run_id
+    other = step("other", step_fixtures.run, FixtureParams(upstream=older))
+    assert [mlflow.get_run(r).data.params["fresh_inputs"] for r in (first, fed, other)] == ["False", "True", "False"]
+
+
+def test_fresh_inputs_still_find_a_finished_run_after_the_claim(tracking, monkeypatch):  # noqa: F811
+    """The lookups skipped before the claim are a saving, not a hole: the one after it still finds the work
+    done (here: by another `main` that reused the same input and finished first) and points at it."""
+    from distill import claims
+
+    params = {"preset": "offline", "x": "1"}
+    with phase_tracking.phase_run("select", params) as done:
+        pass
+    lookups = []
+    monkeypatch.setattr(claims, "find_same_work", lambda *a: lookups.append(a))
+    monkeypatch.setattr(phase_tracking, "FRESH_INPUTS", True)
+    with phase_tracking.phase_run("select", params) as again:
+        pass
+    assert again.reused and again.run_id == done.run_id and lookups == []
+    pointer = [r for r in mlflow.search_runs(output_format="list") if r.data.tags.get("distill.reused_run_id")]
+    assert [r.data.tags["distill.reused_run_id"] for r in pointer] == [done.run_id]
+
+
+def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
+    """`main` starts its step server before its own start-up (cli.run_phase -> prepare); a `main` that ends
+    before its first step (bad input, all reused) must not wait ~10 s for the server's imports to finish."""
+    import subprocess
+    import sys
+
+    code = ("import os, time\n"
+            "from multiprocessing import forkserver\n"
+            "from distill import steps\n"
+            "steps.start_server_early()\n"
+            "pid = forkserver._forkserver._forkserver_pid\n"
+            "time.sleep(0.5)\n"
+            "t = time.perf_counter(); steps.stop_server(); took = time.perf_counter() - t\n"
+            "try:\n    os.kill(pid, 0); alive = True\nexcept ProcessLookupError:\n    alive = False\n"
+            "print(took, alive)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    took, alive = out.stdout.split()
+    assert alive == "False" and float(took) < 3, out.stderr[-2000:]  # the imports alone take ~9 s here
+
+
+def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(tmp_path):
+    """distill.step_preload warms MLflow's SQLite store so that steps inherit it; an SQLite connection that
+    crossed a fork could corrupt the file, so none may be open when the server forks."""
+    import subprocess
+    import sys
+
+    code = ("import os\n"
+            "from mlflow.tracking import MlflowClient\n"
+            "from distill import store\n"
+            "store.warm_tracking_store()\n"
+            "db = os.path.realpath('m.db')\n"
+            "held = [fd for fd in os.listdir('/proc/self/fd') if os.path.realpath(f'/proc/self/fd/{fd}') == db]\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    c = MlflowClient(); r = c.create_run('0')\n"
+            "    c.log_metric(r.info.run_id, 'x', 1.0); c.set_terminated(r.info.run_id); os._exit(0)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "runs = MlflowClient().search_runs(['0'])\n"
+            "print(os.path.exists(db), len(held), status, len(runs), runs[0].data.metrics['x'])\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.stdout.split() == ["True", "0", "0", "1", "1.0"], out.stderr[-3000:]
