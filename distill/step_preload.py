@@ -1,6 +1,7 @@
 """What every step process of `main` needs, imported once by the fork server (distill.steps).
 
-Nothing here touches a GPU: a CUDA context made before the fork would break every child.
+Nothing here touches a GPU: a CUDA context made before the fork would break every child. Nothing here
+keeps a thread or a database connection either: neither survives a fork intact.
 """
 
 import importlib

@@ -3,9 +3,10 @@
 A vLLM engine (the 70B translator at tensor parallel 4, then each teacher) does not give its GPU
 memory back reliably inside a process; a process that exits does. So `main` runs every step that
 loads a model or tokenizer (translate, teacher, evaluate, sft, tokens) in a child of its own and never
-loads one itself. Children are forked from a fork server started once per `main`, after the
-environment is set, that has already imported torch, transformers, TRL and MLflow (and touched no
-GPU): a step starts in milliseconds, not the seconds of a fresh interpreter or the `mlflow` CLI's ~5 s.
+loads one itself. Children are forked from a fork server started once per `main`, as soon as the
+environment is set and before `main` imports MLflow itself, that has already imported torch,
+transformers, TRL and MLflow, set up the SQLite tracking store and closed its connections (and touched
+no GPU): a step starts in milliseconds, not the seconds of a fresh interpreter or the `mlflow` CLI's ~5 s.
 `DISTILL_STEP_START_METHOD=spawn` starts each step in a fresh interpreter instead.
 
 The child's phase run nests under the main run (tracking.PARENT_RUN_ID), and every run it starts or
