@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from distill import DistillError, cache_keys, tracking
 from distill.log import setup_logging
@@ -60,17 +60,24 @@ def start_server_early() -> None:
 
 def stop_server() -> None:
     """End this process's fork server, if one runs. Every step process has ended by now, so it is killed
-    rather than asked to stop: asked, it would first finish its imports (up to ~10 s when no step used it)."""
+    rather than asked to stop: asked, it would first finish its imports (up to ~10 s when no step used it).
+    Not while it sets up a brand-new SQLite store (distill.store.warm_tracking_store): that waits."""
     from multiprocessing import forkserver
 
     server = getattr(forkserver, "_forkserver", None)
     pid = getattr(server, "_forkserver_pid", None)
     if pid is None:
         return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    import mlflow
+
+    from distill.store import setup_lock
+
+    uri = mlflow.get_tracking_uri()
+    with setup_lock(uri) if uri.startswith("sqlite:///") else nullcontext():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     stop = getattr(server, "_stop", None)
     if stop:  # closes its pipe, reaps it, removes its socket
         stop()

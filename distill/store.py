@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from distill import DistillError, lineage
@@ -28,25 +29,37 @@ def ensure_tracking_reachable() -> None:
         ) from None
 
 
+@contextmanager
+def setup_lock(uri: str):
+    """Held while a SQLite store's tables are set up (ensure_tracking_store). Two processes that start at
+    once on a brand-new file otherwise both run MLflow's table setup and one of them crashes; and a process
+    that ends another (the step server, killed when `main` ends) waits here so as not to cut a setup short."""
+    import fcntl
+
+    db = os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
+    lock = Path(tempfile.gettempdir()) / f"distill-store-{hashlib.sha256(db.encode()).hexdigest()[:16]}.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure_tracking_store() -> None:
-    """Create a SQLite tracking store once, under a file lock: two processes that start at once on a
-    brand-new file otherwise both run MLflow's table setup and one of them crashes."""
+    """Create a SQLite tracking store once, under setup_lock."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
     if not uri.startswith("sqlite:///"):
         return
-    import fcntl
     import logging
 
     from mlflow.tracking import MlflowClient
 
-    db = os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
-    lock = Path(tempfile.gettempdir()) / f"distill-store-{hashlib.sha256(db.encode()).hexdigest()[:16]}.lock"
     quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
     level = quiet.level
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with setup_lock(uri):
         try:
             quiet.setLevel(logging.WARNING)
             client = MlflowClient(uri)  # each store is made (its tables set up) at its first use, then kept
@@ -54,8 +67,6 @@ def ensure_tracking_store() -> None:
             client.search_registered_models(max_results=1)
         finally:
             quiet.setLevel(level)
-            fcntl.flock(f, fcntl.LOCK_UN)
-
 
 
 def warm_tracking_store() -> None:

@@ -117,3 +117,25 @@ def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert out.stdout.split() == ["True", "0", "0", "1", "1.0"], out.stderr[-3000:]
+
+
+def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(tmp_path):
+    """The step server sets up a brand-new SQLite store itself when it gets there first; a `main` that ends
+    then (bad input, an early error) waits for the setup instead of leaving a half-made file behind."""
+    import subprocess
+    import sys
+
+    code = ("import os, time\n"
+            "import mlflow  # as in `main`, imported by now: the stop below is at once\n"
+            "from distill import steps\n"
+            "steps.start_server_early()\n"
+            "deadline = time.time() + 120\n"
+            "while not os.path.exists('m.db') and time.time() < deadline:\n"
+            "    time.sleep(0.005)\n"
+            "time.sleep(0.4)  # inside MLflow's table setup (~1 s here): a kill now left a file MLflow refuses\n"
+            "steps.stop_server()\n"
+            "from mlflow.tracking import MlflowClient\n"
+            "print(os.path.exists('m.db'), [e.name for e in MlflowClient().search_experiments()])\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.stdout.split() == ["True", "['Default']"], out.stderr[-3000:]
