@@ -68,4 +68,3 @@ if any("multiprocessing.forkserver" in arg for arg in getattr(__import__("sys"),
     import atexit
 
     atexit.register(os._exit, 0)
-

@@ -156,7 +156,7 @@ class Steps:
     def _fed_fresh(self, params) -> bool:
         """Whether an input of the step is a run this `main` just made: its cache key is new, so there is
         nothing to reuse, and looking for it (here and in the step) costs ~0.15 s a step for nothing."""
-        values = [str(v) for v in dataclasses.asdict(params).values() if isinstance(v, str) and v]
+        values = [v for v in dataclasses.asdict(params).values() if isinstance(v, str) and v]
         return any(run_id in v for v in values for run_id in self.fresh)
 
     def _run(self, fn, params):
