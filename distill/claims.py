@@ -132,18 +132,23 @@ class Heartbeat:
         self._stop.set()
 
 
-def wait_for_holders(phase: str, key: str, me: tuple[float, str] | None = None) -> str | None:
+def wait_for_holders(phase: str, key: str, me: tuple[float, str] | None = None,
+                     seen: list | None = None) -> str | None:
     """Wait while a live run holds the key (claimed before `me`, when given); then the id of a FINISHED
-    run of the work to reuse, or None when there is none and the work is ours."""
+    run of the work to reuse, or None when there is none and the work is ours. One search a look: every
+    try of the key, whatever its status; `seen` receives those of the last look (for mark_dead)."""
     announced = False
     while True:
-        prior = find_reusable(key)
+        tries = lineage.runs_with_key(key)
+        prior = next((r.info.run_id for r in tries if _complete(r)), None)
         if prior:
             return prior
         now = time.time()
-        holders = [r for r in _running_with_key(key) if is_live(r, now)
+        holders = [r for r in tries if is_live(r, now)
                    and (me is None or (r.info.run_id != me[1] and _claim_order(r) < me))]
         if not holders:
+            if seen is not None:
+                seen[:] = tries
             return None
         if not announced:
             console.info(f"{phase}: waiting for RUNNING run {holders[0].info.run_id} (same work, heartbeat "
@@ -152,13 +157,14 @@ def wait_for_holders(phase: str, key: str, me: tuple[float, str] | None = None) 
         time.sleep(min(heartbeat_interval(), 5.0))
 
 
-def mark_dead(key: str, me: str) -> list[str]:
-    """RUNNING tries of the key whose heartbeat stopped: KILLED, with the reason and who took over."""
+def mark_dead(key: str, me: str, tries: list | None = None) -> list[str]:
+    """RUNNING tries of the key whose heartbeat stopped: KILLED, with the reason and who took over.
+    `tries`: the key's runs as a look just now found them (wait_for_holders), else they are searched."""
     from mlflow.tracking import MlflowClient
 
     client, now, dead = MlflowClient(), time.time(), []
-    for r in _running_with_key(key):
-        if r.info.run_id != me and not is_live(r, now):
+    for r in _running_with_key(key) if tries is None else tries:
+        if r.info.status == "RUNNING" and r.info.run_id != me and not is_live(r, now):
             client.set_tag(r.info.run_id, lineage.KILLED_REASON, f"no heartbeat for {now - _last_beat(r):.0f}s; "
                                                                  f"taken over by run {me}")
             client.set_terminated(r.info.run_id, "KILLED")

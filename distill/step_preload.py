@@ -68,3 +68,10 @@ if any("multiprocessing.forkserver" in arg for arg in getattr(__import__("sys"),
     import atexit
 
     atexit.register(os._exit, 0)
+
+# Last: every object made above goes out of the collector's sight. A step's full collections then walk only
+# what the step made, not the ~700,000 preloaded objects (gc.collect() in a step process: 0.56 s -> 0.001 s;
+# accelerate runs one at the start of every training), and do not touch, and so copy, the shared pages.
+import gc  # noqa: E402
+
+gc.freeze()

@@ -154,14 +154,16 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     parent = PARENT_RUN_ID if not active else None
     with mlflow.start_run(run_name=run_name or _run_name(phase, tags), nested=nested, parent_run_id=parent, tags=all_tags) as run, \
             claims.Heartbeat(run.info.run_id):
+        tries = None
         if mode:  # another try claimed the same work at the same moment: the earlier claim does it
             time.sleep(claims.claim_settle_time(time.time() - float(claimed)))
-            prior = claims.wait_for_holders(phase, key, me=(float(claimed), run.info.run_id))
+            tries = []
+            prior = claims.wait_for_holders(phase, key, me=(float(claimed), run.info.run_id), seen=tries)
             if prior:
                 _become_pointer(run.info.run_id, prior, phase)
                 yield notify_phase_run(PhaseRun(prior, True, key))
                 return
-        claims.mark_dead(key, run.info.run_id)
+        claims.mark_dead(key, run.info.run_id, tries)
         log_params_merged(run, params)
         yield notify_phase_run(PhaseRun(run.info.run_id, False, key))
 
