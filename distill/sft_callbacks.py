@@ -80,9 +80,13 @@ class MlflowLogger(TrainerCallback):
             return
         import mlflow
 
+        from distill.training import UPLOAD_COMPLETE
+
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if os.path.isdir(folder) and mlflow.active_run():
-            mlflow.log_artifacts(folder, artifact_path=f"checkpoints/checkpoint-{state.global_step}")
+            where = f"checkpoints/checkpoint-{state.global_step}"
+            mlflow.log_artifacts(folder, artifact_path=where)
+            mlflow.log_text("every file of this checkpoint was uploaded\n", f"{where}/{UPLOAD_COMPLETE}")
 
 
 class NonFiniteGuard(TrainerCallback):

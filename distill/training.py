@@ -35,8 +35,13 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda d: int(d.name.split("-")[-1])) if found else None
 
 
+# Uploaded last into each checkpoint folder of a run (sft_callbacks): a folder without it is a partial
+# upload (the process was killed during it) and is never resumed from.
+UPLOAD_COMPLETE = "distill-upload-complete"
+
+
 def checkpoint_from_runs(run_ids: list[str], dst: Path) -> Path | None:
-    """The newest checkpoint an earlier unfinished try uploaded, downloaded into dst."""
+    """The newest checkpoint an earlier unfinished try uploaded completely, downloaded into dst."""
     import mlflow
 
     for run_id in run_ids:
@@ -44,10 +49,11 @@ def checkpoint_from_runs(run_ids: list[str], dst: Path) -> Path | None:
             names = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="checkpoints")]
         except Exception:
             continue
-        if names:
-            newest = max(names, key=lambda n: int(n.rsplit("-", 1)[-1]))
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=newest, dst_path=str(dst))
-            return Path(local)
+        for name in sorted(names, key=lambda n: int(n.rsplit("-", 1)[-1]), reverse=True):
+            files = {a.path.rsplit("/", 1)[-1] for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path=name)}
+            if UPLOAD_COMPLETE in files:
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst))
+                return Path(local)
     return None
 
 

@@ -22,6 +22,7 @@ from distill.phases.teacher import TeacherParams
 from distill.phases.teacher import run as teacher
 from distill.phases.translate import TranslateParams
 from distill.phases.translate import run as translate
+from distill.training import UPLOAD_COMPLETE
 from tests.conftest import ROOT
 
 
@@ -139,14 +140,13 @@ def test_killed_sft_resumes_from_its_last_checkpoint(study):
             "--per_device_train_batch_size", "1", "--num_train_epochs", "3", "--save_steps", "4", "--seed", "3",
             "--register", "false"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": study["uri"], "MLFLOW_EXPERIMENT_NAME": "Default"}  # the study's
-    pattern = "mlruns/*/*/artifacts/checkpoints/checkpoint-*/trainer_state.json"
+    pattern = "mlruns/*/*/artifacts/checkpoints/checkpoint-*/" + UPLOAD_COMPLETE  # uploaded last, after every file
     before = set(study["root"].glob(pattern))  # other tests' runs have checkpoints too
     proc = subprocess.Popen(args, cwd=study["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         uploaded = set(study["root"].glob(pattern)) - before
         if uploaded:
-            time.sleep(0.5)  # let the upload of that checkpoint finish
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.1)
@@ -190,3 +190,23 @@ def test_padding_free_without_flash_attention_is_refused_before_a_run_starts(stu
     with pytest.raises(DistillError, match="padding_free needs FlashAttention 2"):
         sft(SftParams(teacher="7B", student="qwen2.5-0.5b", batching="padding_free"))
     assert len(mlflow.search_runs(output_format="list")) == before
+
+
+def test_a_partly_uploaded_checkpoint_is_not_resumed_from(tracking, tmp_path):  # noqa: F811
+    """A try killed while uploading a checkpoint leaves a folder without its last file; resume takes the
+    newest complete one (CI once resumed from such a folder: "Can't find a valid checkpoint")."""
+    from distill.training import checkpoint_from_runs
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "trainer_state.json").write_text("{}")
+    with mlflow.start_run() as run:
+        for step, complete in ((4, True), (8, True), (12, False)):
+            mlflow.log_artifacts(str(src), artifact_path=f"checkpoints/checkpoint-{step}")
+            if complete:
+                mlflow.log_text("done\n", f"checkpoints/checkpoint-{step}/{UPLOAD_COMPLETE}")
+    got = checkpoint_from_runs([run.info.run_id], tmp_path / "dst")
+    assert got is not None and got.name == "checkpoint-8" and (got / "trainer_state.json").is_file()
+    with mlflow.start_run() as partial:
+        mlflow.log_artifacts(str(src), artifact_path="checkpoints/checkpoint-4")
+    assert checkpoint_from_runs([partial.info.run_id], tmp_path / "dst2") is None
