@@ -75,12 +75,19 @@ def test_fresh_inputs_still_find_a_finished_run_after_the_claim(tracking, monkey
     assert [r.data.tags["distill.reused_run_id"] for r in pointer] == [done.run_id]
 
 
-def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
-    """`main` starts its step server before its own start-up (cli.run_phase -> prepare); a `main` that ends
-    before its first step (bad input, all reused) must not wait ~10 s for the server's imports to finish."""
+def _python_in(folder, code: str, store: str | None = None, timeout: int = 300):
+    """`code` in a fresh interpreter in `folder` (with MLFLOW_TRACKING_URI at `store` there); its stdout split."""
     import subprocess
     import sys
 
+    env = {**os.environ, **({"MLFLOW_TRACKING_URI": f"sqlite:///{folder / store}"} if store else {})}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=folder, env=env)
+    return out.stdout.split(), out.stderr[-3000:]
+
+
+def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
+    """`main` starts its step server before its own start-up (cli.run_phase -> prepare); a `main` that ends
+    before its first step (bad input, all reused) must not wait ~10 s for the server's imports to finish."""
     code = ("import os, time\n"
             "from multiprocessing import forkserver\n"
             "from distill import steps\n"
@@ -90,17 +97,13 @@ def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
             "t = time.perf_counter(); steps.stop_server(); took = time.perf_counter() - t\n"
             "try:\n    os.kill(pid, 0); alive = True\nexcept ProcessLookupError:\n    alive = False\n"
             "print(took, alive)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    took, alive = out.stdout.split()
-    assert alive == "False" and float(took) < 3, out.stderr[-2000:]  # the imports alone take ~9 s here
+    (took, alive), err = _python_in(tmp_path, code, timeout=120)
+    assert alive == "False" and float(took) < 3, err  # the imports alone take ~9 s here
 
 
 def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(tmp_path):
     """distill.step_preload warms MLflow's SQLite store so that steps inherit it; an SQLite connection that
     crossed a fork could corrupt the file, so none may be open when the server forks."""
-    import subprocess
-    import sys
-
     code = ("import os\n"
             "from mlflow.tracking import MlflowClient\n"
             "from distill import store\n"
@@ -114,17 +117,13 @@ def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(
             "_, status = os.waitpid(pid, 0)\n"
             "runs = MlflowClient().search_runs(['0'])\n"
             "print(os.path.exists(db), len(held), status, len(runs), runs[0].data.metrics['x'])\n")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert out.stdout.split() == ["True", "0", "0", "1", "1.0"], out.stderr[-3000:]
+    out, err = _python_in(tmp_path, code, store="m.db")
+    assert out == ["True", "0", "0", "1", "1.0"], err
 
 
 def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(tmp_path):
     """The step server sets up a brand-new SQLite store itself when it gets there first; a `main` that ends
     then (bad input, an early error) waits for the setup instead of leaving a half-made file behind."""
-    import subprocess
-    import sys
-
     code = ("import os, time\n"
             "import mlflow  # as in `main`, imported by now: the stop below is at once\n"
             "from distill import steps\n"
@@ -136,6 +135,5 @@ def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(t
             "steps.stop_server()\n"
             "from mlflow.tracking import MlflowClient\n"
             "print(os.path.exists('m.db'), [e.name for e in MlflowClient().search_experiments()])\n")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert out.stdout.split() == ["True", "['Default']"], out.stderr[-3000:]
+    out, err = _python_in(tmp_path, code, store="m.db")
+    assert out == ["True", "['Default']"], err
