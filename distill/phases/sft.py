@@ -234,13 +234,14 @@ def run(p: SftParams) -> str:
 
 def verify_logged_model(model_uri: str) -> None:
     """Load the logged model back the way users will and generate a few tokens; the registry and the
-    aliases only ever point at a version that passed."""
+    aliases only ever point at a version that passed. load_model puts the model on `cuda:0` whenever
+    there is a GPU and the tokenizer makes CPU tensors: the inputs go where the model is."""
     import mlflow
     import torch
 
     try:
         pipe = mlflow.transformers.load_model(model_uri)
-        inputs = pipe.tokenizer("問題: 1+1は？\n", return_tensors="pt")
+        inputs = pipe.tokenizer("問題: 1+1は？\n", return_tensors="pt").to(pipe.model.device)
         with torch.no_grad():
             logits = pipe.model(**inputs).logits
             out = pipe.model.generate(**inputs, max_new_tokens=4, do_sample=False,

@@ -1,0 +1,43 @@
+"""Inputs follow the model's device.
+
+`mlflow.transformers.load_model` puts a model on `cuda:0` whenever a GPU exists, and a tokenizer makes
+CPU tensors; code that feeds one to the other must move the inputs to the model. No GPU here: the
+model is moved to `meta` instead, and a forward pre-hook records where its inputs arrive and stops the
+call before any meta computation (meta tensors cannot be copied back, so nothing runs past the hook).
+"""
+
+import sys
+
+import pytest
+import torch
+
+
+def on_meta_recording_inputs(folder):
+    """The tiny model on `meta`, with the devices its forward receives recorded in `seen`."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder).to("meta")
+    seen = []
+
+    def record_and_stop(module, args, kwargs):
+        seen.append(kwargs["input_ids"].device)
+        raise RuntimeError("stopped after recording the input device")
+
+    model.register_forward_pre_hook(record_and_stop, with_kwargs=True)
+    return model, seen
+
+
+def test_the_load_back_check_feeds_the_model_on_its_own_device(monkeypatch, tiny_student):
+    """The check after logging a student: a model that load_model put elsewhere gets its inputs there."""
+    import mlflow.transformers
+    from transformers import AutoTokenizer
+
+    from distill import DistillError
+    from distill.phases.sft import verify_logged_model
+
+    model, seen = on_meta_recording_inputs(tiny_student)
+    pipe = type("Pipeline", (), {"model": model, "tokenizer": AutoTokenizer.from_pretrained(tiny_student)})()
+    monkeypatch.setattr(sys.modules["mlflow.transformers"], "load_model", lambda uri, **kwargs: pipe)
+    with pytest.raises(DistillError, match="stopped after recording"):
+        verify_logged_model("runs:/0123456789abcdef0123456789abcdef/model")
+    assert seen == [torch.device("meta")]
