@@ -151,3 +151,41 @@ def test_the_registry_imports_no_backend_and_matches_the_reuse_key():
             "print(sorted(m for m in sys.modules if m.startswith('distill.generation.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
     assert out == "['distill.generation.base', 'distill.generation.registry']"
+
+
+def eos_against_one_token(folder, prompts):
+    """The tiny model with its logits made a race: EOS 10, one token absent from every prompt 9.5, the
+    rest the model's own logits shrunk to noise. Penalised once (10 / 1.1 = 9.09), EOS loses the race."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    used = {t for p in prompts for t in tokenizer(p).input_ids}
+    rival = next(t for t in range(len(tokenizer)) if t not in used and t not in tokenizer.all_special_ids)
+    head = torch.nn.Linear(model.config.hidden_size, len(tokenizer), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.get_output_embeddings().weight * 0.01)
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id], head.bias[rival] = 10.0, 9.5
+    model.lm_head = head
+    model.config.tie_word_embeddings = False
+    return model, tokenizer, rival
+
+
+def test_padding_never_enters_the_repetition_penalty(tiny_teacher):
+    """Left padding is the EOS id (pad = eos for Qwen2.5 base and SmolLM2): a penalty that counted it would
+    penalise EOS in padded rows only, and an answer would depend on how its prompts were batched."""
+    prompts = [plain_prompt(q * (1 + i % 5)) for i, q in enumerate(QUESTIONS * 4)]  # 16 prompts, 16 lengths
+    model, tokenizer, rival = eos_against_one_token(tiny_teacher, prompts)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    gen = make_generator("transformers", "in-memory", model=model, tokenizer=tokenizer, device="cpu")
+    cfg = dict(max_new_tokens=4, repetition_penalty=1.1)
+    one = gen.generate(prompts, GenerationConfig(batch_size=1, **cfg), progress=False)
+    sixteen = gen.generate(prompts, GenerationConfig(batch_size=16, **cfg), progress=False)
+    assert [(o.text, o.n_tokens) for o in sixteen] == [(o.text, o.n_tokens) for o in one]
+    assert all(o.n_tokens == 1 and o.finish_reason == "stop" for o in one)  # EOS first: no EOS before it to count
+    # the race is real: with EOS in the context once, the rival token wins
+    forced = gen.generate([p + tokenizer.eos_token for p in prompts[:2]], GenerationConfig(batch_size=1, **cfg),
+                          progress=False)
+    assert [o.n_tokens for o in forced] == [2, 2] and all(o.text == tokenizer.decode([rival]) for o in forced)

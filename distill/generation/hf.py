@@ -52,51 +52,85 @@ class TransformersGenerator:
         text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
         return text, False  # the chat template already holds BOS and friends
 
+    def batches(self, rendered: list[tuple[str, bool]], batch_size: int) -> list[list[int]]:
+        """Prompt indices in batches, longest first so that padding (wasted compute) stays low; chat and plain
+        prompts never share a batch: they differ in whether special tokens are added."""
+        lengths = [len(self.tokenizer(text, add_special_tokens=special).input_ids) for text, special in rendered]
+        order = sorted(range(len(rendered)), key=lambda i: (rendered[i][1], -lengths[i]))
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and len(batches[-1]) < batch_size and rendered[batches[-1][0]][1] == rendered[i][1]:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    def decoding(self, config: GenerationConfig, attention_mask) -> dict:
+        """`generate` arguments for `config`. The repetition penalty is ours, never transformers' own, which
+        counts the left padding (the EOS id) in transformers < 5.24: EOS would be penalised in padded rows only."""
+        from transformers import LogitsProcessorList
+
+        kwargs = dict(max_new_tokens=config.max_new_tokens, repetition_penalty=1.0,
+                      pad_token_id=self.tokenizer.pad_token_id)
+        if config.repetition_penalty != 1.0:
+            padding = (attention_mask == 0).sum(dim=1)
+            kwargs["logits_processor"] = LogitsProcessorList([
+                RepetitionPenaltyOverRealTokens(config.repetition_penalty, padding)])
+        if config.temperature > 0:
+            kwargs.update(do_sample=True, temperature=config.temperature)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if config.stop:
+            kwargs.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    def eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        return ids | {self.tokenizer.eos_token_id}
+
+    def finished(self, tokens: list[int], eos_ids: set[int], stop: Sequence[str]) -> Generation:
+        """The new tokens of one row up to its first EOS, as text cut at the first stop string."""
+        n = next((k + 1 for k, t in enumerate(tokens) if t in eos_ids), len(tokens))
+        text, stopped = truncate_at_stop(self.tokenizer.decode(tokens[:n], skip_special_tokens=True), stop)
+        hit_eos = n < len(tokens) or bool(tokens) and tokens[n - 1] in eos_ids
+        return Generation(text=text, n_tokens=n, finish_reason="stop" if (stopped or hit_eos) else "length")
+
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig, progress: bool = True) -> list[Generation]:
         import torch
         from tqdm.auto import tqdm
 
         rendered = [self.render(p) for p in prompts]
-        # Sorting by length keeps padding, and so wasted compute, low; results go back in order.
-        # Chat and plain prompts never share a batch: they differ in whether special tokens are added.
-        lengths = [len(self.tokenizer(text, add_special_tokens=special).input_ids) for text, special in rendered]
-        order = sorted(range(len(prompts)), key=lambda i: (rendered[i][1], -lengths[i]))
-        batches = []
-        for i in order:
-            if batches and len(batches[-1]) < config.batch_size and rendered[batches[-1][0]][1] == rendered[i][1]:
-                batches[-1].append(i)
-            else:
-                batches.append([i])
         results: list[Generation | None] = [None] * len(prompts)
-        eos_ids = self.model.generation_config.eos_token_id
-        eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids] if eos_ids is not None else [])
-        eos_ids.add(self.tokenizer.eos_token_id)
+        eos_ids = self.eos_ids()
         bar = tqdm(total=len(prompts), desc=f"generate ({self.device})", unit="prompt", disable=not progress)
-        for idx in batches:
-            add_special = rendered[idx[0]][1]
+        for idx in self.batches(rendered, config.batch_size):
             batch = self.tokenizer([rendered[i][0] for i in idx], return_tensors="pt", padding=True,
-                                   add_special_tokens=add_special).to(self.device)
-            kwargs = dict(
-                max_new_tokens=config.max_new_tokens,
-                repetition_penalty=config.repetition_penalty,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            if config.temperature > 0:
-                kwargs.update(do_sample=True, temperature=config.temperature)
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if config.stop:
-                kwargs.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
+                                   add_special_tokens=rendered[idx[0]][1]).to(self.model.device)
             with torch.inference_mode():
-                out = self.model.generate(**batch, **kwargs)
-            new_tokens = out[:, batch.input_ids.shape[1]:].tolist()
-            for i, tokens in zip(idx, new_tokens):
-                n = next((k + 1 for k, t in enumerate(tokens) if t in eos_ids), len(tokens))
-                text = self.tokenizer.decode(tokens[:n], skip_special_tokens=True)
-                text, stopped = truncate_at_stop(text, config.stop)
-                hit_eos = n < len(tokens) or (tokens and tokens[n - 1] in eos_ids)
-                finish = "stop" if (stopped or hit_eos) else "length"
-                results[i] = Generation(text=text, n_tokens=n, finish_reason=finish)
+                out = self.model.generate(**batch, **self.decoding(config, batch.attention_mask))
+            for i, tokens in zip(idx, out[:, batch.input_ids.shape[1]:].tolist()):
+                results[i] = self.finished(tokens, eos_ids, config.stop)
             bar.update(len(idx))
         bar.close()
         return results  # type: ignore[return-value]
+
+
+class RepetitionPenaltyOverRealTokens:
+    """transformers' (and vLLM's) repetition penalty over each row's prompt and new tokens, never its left
+    padding: a token seen there has its logit divided by `penalty` (multiplied when negative), once."""
+
+    def __init__(self, penalty: float, padding):
+        self.penalty, self.padding = float(penalty), padding
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        vocab = scores.shape[-1]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        padded = positions[None, :] < self.padding.to(input_ids.device)[:, None]
+        ids = input_ids.clamp(max=vocab).masked_fill(padded, vocab)  # `vocab`: a column dropped below
+        seen = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
+        seen = seen.scatter(1, ids, True)[:, :vocab]
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(seen, penalised, scores)
