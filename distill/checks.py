@@ -74,6 +74,7 @@ RULES: dict[str, Rule] = {
     "translate_max_new_tokens": COUNT,
     "batch_size": COUNT,
     "shard_size": COUNT,
+    "gpu_memory_utilization": Rule(float, 0, 1, low_open=True, note="the share of each GPU's memory vLLM takes"),
     "tensor_parallel_size": COUNT,
     "shots": Rule(int, 1, 8, note="MGSM-ja has 8 exemplars"),
     "repetition_penalty": Rule(float, 0, 10, low_open=True, note="1.0: none"),

@@ -40,6 +40,15 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class Vllm:
+    """backend=vllm only: the share of each GPU's memory the engine takes (weights, then KV cache), and the
+    prompts per `LLM.generate` call (one shard: each call waits for its longest answer)."""
+
+    gpu_memory_utilization: float
+    shard_size: int
+
+
+@dataclass(frozen=True)
 class Select:
     n: int
     seed: int
@@ -113,6 +122,7 @@ class Preset:
     tokenizers: dict[str, str]
     data: Data
     generation: Generation
+    vllm: Vllm
     select: Select
     sft: Sft
     baseline: Baseline

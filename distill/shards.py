@@ -20,6 +20,19 @@ from typing import Any, Callable, Sequence
 console = logging.getLogger(__name__)
 
 SHARD_DIR = "shards"
+# Items per shard for the transformers and openai backends: their batches (16 prompts) and concurrent
+# requests end within a shard, so a shard of 256 costs ~1% over one pass (bench/teacher_overhead.py).
+DEFAULT_SHARD_SIZE = 256
+
+
+def shard_size(explicit: int | None, backend: str, preset) -> int:
+    """Items per shard: `explicit`, else the preset's `vllm.shard_size` for backend=vllm (each shard is one
+    `LLM.generate`, which waits for its longest answer: bench/shard_tail.py sizes it), else 256."""
+    from distill.checks import check
+
+    if explicit is not None:
+        return check("shard_size", explicit)
+    return preset.vllm.shard_size if backend == "vllm" else DEFAULT_SHARD_SIZE
 
 
 def _read_shard_dir(path: Path) -> list[dict]:

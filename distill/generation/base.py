@@ -42,6 +42,9 @@ class Generator(Protocol):
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig, progress: bool = True) -> list[Generation]:
         """One Generation per prompt, in the prompts' order."""
 
+    def close(self) -> None:
+        """Give back what the backend holds (a vLLM engine's GPU memory, a client's connections); idempotent."""
+
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut at the first stop string (backends may overshoot by a few tokens)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from distill.generation.base import Generation, GenerationConfig, Prompt, truncate_at_stop
+from distill.generation.rendering import render, rendered_lengths
 
 
 def pick_device() -> str:
@@ -47,15 +48,12 @@ class TransformersGenerator:
 
     def render(self, prompt: Prompt) -> tuple[str, bool]:
         """Text fed to the model and whether the tokenizer should add its special tokens."""
-        if isinstance(prompt, str):
-            return prompt, True
-        text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return text, False  # the chat template already holds BOS and friends
+        return render(self.tokenizer, prompt)
 
     def batches(self, rendered: list[tuple[str, bool]], batch_size: int) -> list[list[int]]:
         """Prompt indices in batches, longest first so that padding (wasted compute) stays low; chat and plain
         prompts never share a batch: they differ in whether special tokens are added."""
-        lengths = [len(self.tokenizer(text, add_special_tokens=special).input_ids) for text, special in rendered]
+        lengths = rendered_lengths(self.tokenizer, rendered)
         order = sorted(range(len(rendered)), key=lambda i: (rendered[i][1], -lengths[i]))
         batches: list[list[int]] = []
         for i in order:
@@ -114,6 +112,15 @@ class TransformersGenerator:
             bar.update(len(idx))
         bar.close()
         return results  # type: ignore[return-value]
+
+
+    def close(self) -> None:
+        """Drop the model; a GPU's cached blocks go back to the driver."""
+        import torch
+
+        self.model = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
 
 class RepetitionPenaltyOverRealTokens:

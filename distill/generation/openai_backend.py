@@ -111,3 +111,6 @@ class OpenAIGenerator:
                 except openai.APIStatusError as e:
                     raise DistillError(f"the server at {self.client.base_url} answered {e.status_code}: {e.message}") from None
         return results
+
+    def close(self) -> None:
+        self.client.close()

@@ -9,6 +9,7 @@ baseline, which runs on past its answer as the paper's did (no stop string, repe
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from dataclasses import dataclass
 
 from distill import DistillError
@@ -17,7 +18,8 @@ from distill.config import RUN_ID_RE, ModelRef, load_preset, resolve_model
 from distill.data import load_eval_set
 from distill.prompts import chat_messages, cut_at_next_question, few_shot_prompt, mgsm_exemplars, plain_prompt
 from distill.checks import check_positive
-from distill.runner import GenerationOptions, check_backend, generation_config, open_generator, timed_generate
+from distill.runner import (GenerationOptions, check_backend, engine_sizing, generation_config, open_generator,
+                            timed_generate)
 from distill.stats import accuracy_metrics
 from distill import tracking
 from distill.lineage import (BASELINE, EVAL_SET, LOGGED_MODEL, MODE, MODEL, MODEL_ID, PHASE, REGISTERED_MODEL,
@@ -193,8 +195,9 @@ def run(p: EvaluateParams) -> str:
         tracking.log_dataset([e.to_dict() for e in examples], name=eval_set.split("/")[-1], source=source,
                              context="evaluation")
         prompts = build_prompts([e.question for e in examples], p.mode, prompt_format, shots)
-        gen = open_generator(ref, backend, base_url=p.base_url, tensor_parallel_size=p.tensor_parallel_size)
-        outs, timing = timed_generate(gen, prompts, config)
+        with closing(open_generator(ref, backend, base_url=p.base_url, tensor_parallel_size=p.tensor_parallel_size,
+                                    sizing=engine_sizing(preset, prompts, config))) as gen:
+            outs, timing = timed_generate(gen, prompts, config)
         records = []
         for ex, prompt, out in zip(examples, prompts, outs):
             record = {"id": ex.id, "question": ex.question, "output": out.text,

@@ -14,7 +14,7 @@ from distill.answers import format_number, score
 from distill.config import load_preset, resolve_role
 from distill.prompts import chat_messages, paper_prompt
 from distill.checks import check_positive
-from distill.runner import GenerationOptions, check_backend, generation_config, lazy_generate
+from distill.runner import GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate
 from distill.stats import accuracy_metrics, accuracy_with_ci
 from distill import lineage, shards, tracking
 
@@ -29,7 +29,7 @@ class TeacherParams(GenerationOptions):
     preset: str = "offline"
     translation_run: str = ""      # empty: the newest FINISHED translate run of this experiment
     limit: int | None = None        # the first N translated questions (all by default)
-    shard_size: int = 256
+    shard_size: int | None = None  # empty: the preset's vllm.shard_size with backend=vllm, else 256
     reuse: bool = True
 
 
@@ -38,7 +38,7 @@ def run(p: TeacherParams) -> str:
     backend = check_backend(p.backend or preset.backend)
     ref = resolve_role(p.teacher, preset, "teacher", served=backend == "openai")
     check_positive("limit", p.limit, allow_none=True)
-    check_positive("shard_size", p.shard_size)
+    shard_size = shards.shard_size(p.shard_size, backend, preset)
     translation = tracking.require_run(p.translation_run or None, "translate", "the teacher's questions",
                                        params={"preset": preset.name})
     questions = tracking.read_jsonl_artifact(translation.info.run_id, "translations.jsonl")
@@ -62,8 +62,13 @@ def run(p: TeacherParams) -> str:
                     **score(out.text, q["answer_number"]), "gold": format_number(q["answer_number"]),
                     "output_tokens": out.n_tokens, "finish_reason": out.finish_reason}
 
-        work = shards.per_item(lazy_generate(ref, backend, p, config), lambda q: chat_messages(q["question_ja"]), answer)
-        records, reused = shards.generate_in_shards(pr, questions, work, p.shard_size, "answers")
+        def prompt(q: dict) -> list:
+            return chat_messages(q["question_ja"])
+
+        sizing = engine_sizing(preset, [prompt(q) for q in questions], config)
+        with lazy_generate(ref, backend, p, config, sizing) as generate:
+            work = shards.per_item(generate, prompt, answer)
+            records, reused = shards.generate_in_shards(pr, questions, work, shard_size, "answers")
         correct = [r["correct"] for r in records]
         acc, lo, hi = accuracy_with_ci(correct)
         n_truncated = sum(r["finish_reason"] == "length" for r in records)

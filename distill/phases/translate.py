@@ -11,7 +11,7 @@ from distill.config import ModelRef, load_preset, resolve_model
 from distill.data import load_gsm8k
 from distill.prompts import translation_messages
 from distill.checks import check_positive
-from distill.runner import GenerationOptions, check_backend, generation_config, lazy_generate
+from distill.runner import GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate
 from distill import lineage, shards, tracking
 
 console = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class TranslateParams(GenerationOptions):
     translator: str = ""          # empty: the preset's translator
     source: str = ""              # hub / shipped / a JSONL path; empty: the preset's
     limit: int | None = None      # empty: the preset's (all 7,473 in `paper`)
-    shard_size: int = 256
+    shard_size: int | None = None  # empty: the preset's vllm.shard_size with backend=vllm, else 256
     reuse: bool = True
 
 
@@ -73,7 +73,7 @@ def run(p: TranslateParams) -> str:
     preset = load_preset(p.preset)
     backend = check_backend(p.backend or preset.backend)
     limit = check_positive("limit", p.limit if p.limit is not None else preset.data.train_limit, allow_none=True)
-    check_positive("shard_size", p.shard_size)
+    shard_size = shards.shard_size(p.shard_size, backend, preset)
     translator = preset.translator
     ref = (resolve_model(p.translator, preset) if p.translator
            else ModelRef("translator", translator.model, "translator",
@@ -99,9 +99,13 @@ def run(p: TranslateParams) -> str:
                     "answer_en": r["answer"], "answer_number": r["answer_number"],
                     "flag": translation_flag(r["question"], ja), "raw_output": out.text}
 
-        work = shards.per_item(lazy_generate(ref, backend, p, config), lambda r: translation_messages(r["question"]),
-                               translation)
-        records, reused = shards.generate_in_shards(pr, rows, work, p.shard_size, "translations")
+        def prompt(r: dict) -> list:
+            return translation_messages(r["question"])
+
+        sizing = engine_sizing(preset, [prompt(r) for r in rows], config)
+        with lazy_generate(ref, backend, p, config, sizing) as generate:
+            work = shards.per_item(generate, prompt, translation)
+            records, reused = shards.generate_in_shards(pr, rows, work, shard_size, "translations")
         flags = [r["flag"] for r in records]
         mlflow.log_metrics({"n_total": len(records), "n_flagged_empty": flags.count("empty"),
                             "n_flagged_missing_numbers": flags.count("missing_numbers"),

@@ -1,0 +1,164 @@
+"""backend=vllm without a GPU: what goes to `LLM(...)`, one engine per step sized for all of the step's
+prompts, shards of the preset's size, and the engine shut down when the step ends, however it ends.
+
+vLLM needs a GPU, so a fake `vllm` module stands in at the narrowest seam: `LLM`, `SamplingParams` and
+`cleanup_dist_env_and_memory`, with the attribute path of vLLM 0.33 that `shutdown_engine` follows
+(`llm.llm_engine.renderer` / `.engine_core`). Everything else (tokenizer, chat template, phases, MLflow) is real.
+"""
+
+import sys
+import types
+
+import pytest
+
+from distill import DistillError
+from distill.config import ModelRef, load_preset
+from distill.generation import GenerationConfig
+from distill.generation import vllm_backend
+from distill.generation.vllm_backend import CONTEXT_MARGIN, cuda_problem, engine_kwargs
+from distill.prompts import chat_messages
+from distill.runner import engine_sizing, lazy_generate, open_generator
+from distill import shards
+
+
+class Calls(list):
+    """A stand-in method that records its calls."""
+
+    def __call__(self, *args, **kwargs):
+        self.append((args, kwargs))
+
+
+class FakeLLM:
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.chats = kwargs, []
+        self.llm_engine = types.SimpleNamespace(renderer=types.SimpleNamespace(shutdown=Calls()),
+                                                engine_core=types.SimpleNamespace(shutdown=Calls()))
+        FakeLLM.made.append(self)
+
+    def chat(self, prompts, params, use_tqdm=True):
+        self.chats.append(len(prompts))
+        completion = types.SimpleNamespace(text="ステップごとに。3+4=7\n解答: 7", token_ids=[1] * 9, finish_reason="stop")
+        return [types.SimpleNamespace(outputs=[completion]) for _ in prompts]
+
+    generate = chat
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """`import vllm` finds the fake; the CUDA check (a GPU seam) passes; returns the cleanup calls."""
+    cleanup = Calls()
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = FakeLLM, lambda **kwargs: kwargs
+    parallel_state = types.ModuleType("vllm.distributed.parallel_state")
+    parallel_state.cleanup_dist_env_and_memory = cleanup
+    for name, module in (("vllm", vllm), ("vllm.distributed", types.ModuleType("vllm.distributed")),
+                         ("vllm.distributed.parallel_state", parallel_state)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(vllm_backend, "check_cuda", lambda: None)
+    FakeLLM.made = []
+    return cleanup
+
+
+def longest_chat_prompt(folder, prompts) -> int:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    return max(len(tok(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False).input_ids) for p in prompts)
+
+
+def test_the_engine_is_sized_for_the_longest_prompt_not_the_model_window(fake_vllm, tiny_teacher):
+    paper = load_preset("paper")
+    prompts = [chat_messages("1+1は？"), chat_messages("ジャネットのアヒルは1日に16個の卵を生みます。" * 6)]
+    sizing = engine_sizing(paper, prompts, GenerationConfig(max_new_tokens=1024))
+    gen = open_generator(ModelRef("7B", str(tiny_teacher), "teacher", 2), "vllm", sizing=sizing)
+    longest = longest_chat_prompt(tiny_teacher, prompts)
+    assert longest > 100
+    assert FakeLLM.made[0].kwargs == {
+        "model": str(tiny_teacher), "tokenizer": str(tiny_teacher), "tensor_parallel_size": 2,
+        "trust_remote_code": False, "dtype": "auto", "gpu_memory_utilization": paper.vllm.gpu_memory_utilization,
+        "max_model_len": longest + 1024 + CONTEXT_MARGIN}
+    gen.close()
+    gen.close()  # idempotent
+    engine = FakeLLM.made[0].llm_engine
+    assert len(engine.renderer.shutdown) == len(engine.engine_core.shutdown) == len(fake_vllm) == 1
+
+
+def test_the_request_leaves_out_what_it_does_not_set():
+    assert engine_kwargs("m") == {"model": "m", "tokenizer": "m", "tensor_parallel_size": 1,
+                                  "trust_remote_code": False, "dtype": "auto"}
+
+
+def test_each_keyword_is_a_field_of_vllm_engine_args():
+    """Runs where vLLM is installed (a GPU machine); read against vLLM 0.33.0's source otherwise."""
+    import dataclasses
+
+    arg_utils = pytest.importorskip("vllm.engine.arg_utils")
+    fields = {f.name for f in dataclasses.fields(arg_utils.EngineArgs)}
+    assert set(engine_kwargs("m", "t", 2, True, 0.9, 2048)) <= fields
+
+
+def test_a_step_opens_one_engine_for_all_its_shards_and_shuts_it_down(fake_vllm, tracking):
+    import mlflow
+
+    from distill.phases.teacher import TeacherParams
+    from distill.phases.teacher import run as teacher
+    from distill.phases.translate import TranslateParams
+    from distill.phases.translate import run as translate
+    from distill.tiny import tiny_model_dir
+    from distill.tracking import read_jsonl_artifact
+
+    translated = translate(TranslateParams(limit=12, max_new_tokens=8))  # transformers: the fake is vLLM only
+    run = mlflow.get_run(teacher(TeacherParams(teacher="7B", backend="vllm", shard_size=5, max_new_tokens=64)))
+    [llm] = FakeLLM.made
+    assert llm.chats == [5, 5, 2]  # one LLM.chat per shard, one engine for all of them
+    questions = read_jsonl_artifact(translated, "translations.jsonl")
+    longest = longest_chat_prompt(tiny_model_dir("tiny:teacher-7b"), [chat_messages(q["question_ja"]) for q in questions])
+    assert llm.kwargs["max_model_len"] == longest + 64 + CONTEXT_MARGIN  # all 12 prompts, not the first shard's
+    assert run.data.params["vllm_max_model_len"] == str(llm.kwargs["max_model_len"])
+    assert len(llm.llm_engine.engine_core.shutdown) == len(fake_vllm) == 1
+
+
+def test_the_engine_is_shut_down_when_the_step_fails(fake_vllm, tiny_teacher, monkeypatch):
+    def fail(self, prompts, params, use_tqdm=True):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(FakeLLM, "chat", fail)
+    config, prompts = GenerationConfig(max_new_tokens=16), [chat_messages("1+1は？")]
+    options = types.SimpleNamespace(base_url=None, tensor_parallel_size=None)
+    sizing = engine_sizing(load_preset("paper"), prompts, config)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        with lazy_generate(ModelRef("7B", str(tiny_teacher), "teacher"), "vllm", options, config, sizing) as generate:
+            generate(prompts)
+    assert len(FakeLLM.made[0].llm_engine.engine_core.shutdown) == len(fake_vllm) == 1
+
+
+def test_vllm_shards_are_the_preset_size_and_others_256():
+    paper = load_preset("paper")
+    assert shards.shard_size(None, "vllm", paper) == paper.vllm.shard_size
+    assert shards.shard_size(None, "transformers", paper) == shards.shard_size(None, "openai", paper) == 256
+    assert shards.shard_size(7, "vllm", paper) == 7
+    with pytest.raises(DistillError, match=r"shard_size must be an integer >= 1 \(got 0\)"):
+        shards.shard_size(0, "vllm", paper)
+
+
+@pytest.mark.parametrize("cuda,available,driver,says", [
+    ("13.0", True, None, None),
+    (None, False, None, "is a CPU build"),
+    ("13.0", False, "550.54.15", "CUDA 13.x needs an NVIDIA driver >= 580, this machine's driver is 550.54.15"),
+    ("12.9", False, None, "CUDA 12.x needs an NVIDIA driver >= 525, nvidia-smi reports no driver here"),
+])
+def test_a_gpu_that_vllm_cannot_use_is_named_with_what_to_install(cuda, available, driver, says):
+    problem = cuda_problem("2.14.0", cuda, available, driver)
+    assert problem is None if says is None else says in problem and "README" in problem
+
+
+def test_a_torch_without_a_gpu_is_refused_before_vllm_starts():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with pytest.raises(DistillError, match="sees no GPU|is a CPU build"):
+        vllm_backend.check_cuda()
