@@ -39,7 +39,27 @@ def check_grid_walltime(result):
     assert [r["gpus"] for r in result["rows"]] == [1, 8, 32] and result["estimate"] is True
 
 
-SCRIPTS = {"teacher_overhead.py": check_teacher_overhead, "generation_speed.py": check_generation_speed,
+def check_shard_tail(result):
+    rows = {r["slots"]: r["overhead_by_shard_size"] for r in result["rows"]}
+    assert set(rows) == {64, 16} and result["estimate"] is True
+    assert all(row["600"] == 0 < row["100"] for row in rows.values())  # one shard of all: no extra tail
+    assert rows[64]["100"] > rows[16]["100"]  # more slots, more of each tail's steps run part-empty
+    assert result["chosen"] == 600 and set(result["sensitivity"]) == {"64.0"}
+
+
+def test_the_shard_tail_model_counts_steps_as_its_docstring_says(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from shard_tail import call_time, sharded_time
+
+    # 4 answers of 3 tokens, 2 slots, a step costs 5 + 1 per running sequence: 2 rounds of 3 steps of 7
+    assert call_time([3, 3, 3, 3], 2, 5) == 2 * 3 * 7
+    # a 9-token answer beside two 3-token ones: the freed slot refills at once, the last 3 steps run one sequence
+    assert call_time([9, 3, 3], 2, 5) == 3 * 7 + 3 * 7 + 3 * 6
+    # in shards of 2, the first shard waits 6 steps alone for its 9-token answer
+    assert sharded_time([9, 3, 3, 3], 2, 2, 5) == (3 * 7 + 6 * 6) + 3 * 7
+
+
+SCRIPTS = {"shard_tail.py": check_shard_tail, "teacher_overhead.py": check_teacher_overhead, "generation_speed.py": check_generation_speed,
            "sft_throughput.py": check_sft_throughput, "grid_walltime.py": check_grid_walltime,
            "ui_check.py": None}  # ui_check writes no JSON: its dry run checks its page checks on a saved page
 
