@@ -86,6 +86,24 @@ def test_the_engine_is_sized_for_the_longest_prompt_not_the_model_window(fake_vl
     assert len(engine.renderer.shutdown) == len(engine.engine_core.shutdown) == len(fake_vllm) == 1
 
 
+def test_an_engine_that_does_not_shut_down_cleanly_is_a_warning_not_a_failed_step(fake_vllm, tiny_teacher, caplog,
+                                                                                   monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("distill"), "propagate", True)  # to caplog's root handler
+    def refuse(*args, **kwargs):
+        raise RuntimeError("engine core already dead")
+
+    config, prompts = GenerationConfig(max_new_tokens=16), [chat_messages("1+1は？")]
+    gen = open_generator(ModelRef("7B", str(tiny_teacher), "teacher"), "vllm",
+                         sizing=engine_sizing(load_preset("paper"), prompts, config))
+    del gen.llm.llm_engine.renderer  # as in a vLLM older than 0.33
+    gen.llm.llm_engine.engine_core.shutdown = refuse
+    gen.close()
+    assert "did not shut down cleanly (RuntimeError: engine core already dead)" in caplog.text
+    assert len(fake_vllm) == 0
+
+
 def test_the_request_leaves_out_what_it_does_not_set():
     assert engine_kwargs("m") == {"model": "m", "tokenizer": "m", "tensor_parallel_size": 1,
                                   "trust_remote_code": False, "dtype": "auto"}

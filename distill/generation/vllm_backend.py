@@ -8,6 +8,7 @@ Qwen2.5), and the 32B teacher on one 80 GB GPU would likely not start. `close()`
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from typing import Sequence
@@ -15,6 +16,7 @@ from typing import Sequence
 from distill import DistillError
 from distill.generation.base import Generation, GenerationConfig, Prompt, truncate_at_stop
 
+console = logging.getLogger(__name__)
 # Tokens beyond the longest prompt plus max_new_tokens: vLLM renders the chat template itself, with the
 # same template and tokenizer as `rendering.prompt_lengths`; the margin absorbs any difference of a few tokens.
 CONTEXT_MARGIN = 64
@@ -103,8 +105,9 @@ def shutdown_engine(llm) -> None:
     in-process executor), then the distributed groups and cached memory of this process. `del llm` alone
     leaves it to finalizers, which a step process that ends in os._exit (multiprocessing) never runs."""
     engine = llm.llm_engine
-    engine.renderer.shutdown()
-    engine.engine_core.shutdown()
+    for part in ("renderer", "engine_core"):  # an older vLLM (another CUDA's wheel) may lack the renderer
+        if getattr(engine, part, None) is not None:
+            getattr(engine, part).shutdown()
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     cleanup_dist_env_and_memory()
@@ -142,7 +145,13 @@ class VLLMGenerator:
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Shut the engine down (idempotent): the next model of the process gets the GPU memory back."""
+        """Shut the engine down (idempotent): the next model of the process gets the GPU memory back. A failure
+        is a warning: the answers are logged already, and the step's process exits either way."""
         llm, self.llm = self.llm, None
-        if llm is not None:
+        if llm is None:
+            return
+        try:
             shutdown_engine(llm)
+        except Exception as e:
+            console.warning(f"the vLLM engine did not shut down cleanly ({type(e).__name__}: {e}); "
+                            "its GPU memory goes back when this process exits")
