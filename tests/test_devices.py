@@ -29,7 +29,7 @@ def on_meta_recording_inputs(folder):
 
 def test_the_load_back_check_feeds_the_model_on_its_own_device(monkeypatch, tiny_student):
     """The check after logging a student: a model that load_model put elsewhere gets its inputs there."""
-    import mlflow.transformers
+    import mlflow.transformers  # noqa: F401  (loads the module patched below)
     from transformers import AutoTokenizer
 
     from distill import DistillError
