@@ -1,4 +1,5 @@
-"""bench/gpu_check.py: the GPU check's dry mode runs every code path on a CPU, and its memory formula is the README's."""
+"""bench/gpu_check.py: the GPU check's dry mode runs every code path on a CPU (the paper path sft -> registry ->
+evaluate first), its memory formula is the README's, and no benchmark gives a phase text for a yes/no."""
 
 import json
 import os
@@ -25,7 +26,59 @@ def test_memory_formula_gives_the_readmes_estimates():
     assert gpu_check.peak_tflops("NVIDIA H200") == 989.4
 
 
-def test_dry_mode_runs_every_part_and_writes_one_json(tmp_path):
+def _params_classes() -> dict:
+    """Every `*Params` dataclass of the phases, by name."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import distill.phases
+
+    found = {}
+    for info in pkgutil.iter_modules(distill.phases.__path__):
+        module = importlib.import_module(f"distill.phases.{info.name}")
+        for name, obj in vars(module).items():
+            if name.endswith("Params") and dataclasses.is_dataclass(obj):
+                found[name] = obj
+    return found
+
+
+def _is_text(node) -> bool:
+    """An expression that is text: a string literal, an f-string, str(...) or a str method's result."""
+    import ast
+
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, ast.JoinedStr):
+        return True
+    if isinstance(node, ast.Call):
+        f = node.func
+        return (isinstance(f, ast.Name) and f.id == "str") or (
+            isinstance(f, ast.Attribute) and f.attr in ("lower", "upper", "strip", "format", "title"))
+    return False
+
+
+def test_no_benchmark_passes_text_to_a_yes_no_field():
+    """A phase's bool field given text: "false" is a non-empty string, so true (issue 19 row 9: the
+    "checkpointing off" rows of the GPU check trained with checkpointing on)."""
+    import ast
+    import dataclasses
+
+    classes = _params_classes()
+    assert {"SftParams", "EvaluateParams"} <= set(classes)
+    slips = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes):
+                continue
+            fields = {f.name: str(f.type) for f in dataclasses.fields(classes[node.func.id])}
+            for kw in node.keywords:
+                if "bool" in fields.get(kw.arg, "") and _is_text(kw.value):
+                    slips.append(f"{path.name}:{node.lineno} {node.func.id}({kw.arg}={ast.unparse(kw.value)})")
+    assert not slips, slips
+
+
+def test_dry_mode_runs_the_paper_path_and_every_part(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry", "--peak-tflops", "1",
@@ -33,16 +86,38 @@ def test_dry_mode_runs_every_part_and_writes_one_json(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["dry"] is True and result["skipped"] == []
+
+    # the paper path: sft with the preset's settings -> checkpoint uploaded -> registered -> evaluated
+    paper = result["paper_path"]
+    sft, reg, ev = paper["sft"], paper["registry"], paper["evaluate"]
+    assert sft["status"] == "ok" and sft["logged_batching"] == "padded"
+    assert sft["logged_per_device_train_batch_size"] == "8" and sft["logged_gradient_checkpointing"] == "True"
+    assert reg["name"] == "student-qwen2.5-0.5b-shaped" and reg["version"] == "1"
+    assert reg["model_uri"] == "models:/student-qwen2.5-0.5b-shaped@teacher-7b"
+    assert {"teacher-7b", "teacher-7b-seed42"} <= set(reg["aliases"])
+    assert reg["checkpoints_uploaded"]
+    assert ev["backend"] == "transformers" and ev["eval_set"] == "mgsm-ja" and ev["model_source"] == reg["model_uri"]
+    assert ev["n_total"] == 4 and ev["tokens_per_second"] > 0 and 0 <= ev["accuracy"] <= 100
+    assert reg["version_tags_after_evaluate"] == {"accuracy": f"{ev['accuracy']:.2f}", "eval_run_id": ev["run_id"],
+                                                  "sft_run_id": sft["run_id"]}
+
     cases = {r["case"]: r for r in result["sft"]}
     for batching in ("padded", "group_by_length", "padding_free"):
         for ckpt in ("on", "off"):
-            assert f"sft {batching}, gradient checkpointing {ckpt}" in cases
+            if (batching, ckpt) != ("padded", "on"):  # that one is the paper path's
+                assert f"sft {batching}, gradient checkpointing {ckpt}" in cases
     ran = [r for r in result["sft"] if r["status"] == "ok"]
     assert "trl SFTTrainer defaults" in {r["case"] for r in ran}
     assert len(ran) >= 5
     for r in ran:
-        assert r["train_tokens"] > 0 and r["train_tokens_per_second"] > 0
+        assert r["train_tokens"] > 0 and r["train_tokens_per_second"] > 0 and r["steady_tokens_per_second"] > 0
         assert 0 < r["mfu"] < 1 and r["estimate_gb"]["allocated"] > 0
+        # checkpointing really as asked: the run's logged setting, and the layers really recomputed (or not)
+        assert r["gradient_checkpointing_observed"] is r["gradient_checkpointing"], r["case"]
+        assert r["recompute_factor"] == (2.0 if r["gradient_checkpointing"] else 1.0), r["case"]
+        if r["case"] != "trl SFTTrainer defaults":
+            assert r["logged_gradient_checkpointing"] == str(r["gradient_checkpointing"]), r["case"]
+    assert {r["gradient_checkpointing"] for r in ran} == {True, False}
     # every sft run trains the same tokens (one epoch over the same data), the plain TRL run included
     assert len({r["train_tokens"] for r in ran}) == 1
     assert result["paper_settings_vs_plain_trl"] > 0
