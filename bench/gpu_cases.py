@@ -249,11 +249,12 @@ def drop_artifacts(run_id: str) -> None:
 
 
 def paper_path(student: str, train_file: Path, eval_set: str, eval_limit: int, eval_max_new_tokens: int,
-               gpu: Gpu) -> dict:
+               gpu: Gpu, out: dict) -> None:
     """What `main` does for one cell, in miniature: `sft` with the `paper` preset's settings as they are
     (one epoch here), its checkpoint uploaded, the student logged, loaded back and generating, registered
     with its aliases; then `evaluate` of the registered version with the transformers backend, which tags
-    the version with its accuracy."""
+    the version with its accuracy. Fills `out` as each stage ends (`sft`, `registry`, `evaluate`), so what
+    came before a failure is kept."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -267,13 +268,13 @@ def paper_path(student: str, train_file: Path, eval_set: str, eval_limit: int, e
     t = now()
     with CheckpointingProbe() as probe:
         sft_id = sft_run(params)
-    sft = {"run_id": sft_id, "phase_seconds": now() - t, **gpu.peak(), **train_metrics(sft_id), **requested(params),
+    out["sft"] = {"run_id": sft_id, "phase_seconds": now() - t, **gpu.peak(), **train_metrics(sft_id), **requested(params),
            **logged_settings(sft_id), **probe.result()}
     tags = mlflow.get_run(sft_id).data.tags
     name, version, uri = tags.get(REGISTERED_MODEL), tags.get(REGISTERED_VERSION), tags.get(MODEL_URI)
     client = MlflowClient()
     checkpoints = [a.path for a in mlflow.artifacts.list_artifacts(run_id=sft_id, artifact_path="checkpoints")]
-    registry = {"name": name, "version": version, "model_uri": uri, "checkpoints_uploaded": checkpoints,
+    out["registry"] = registry = {"name": name, "version": version, "model_uri": uri, "checkpoints_uploaded": checkpoints,
                 "aliases": sorted(client.get_registered_model(name).aliases) if name else []}
 
     gpu.reset()
@@ -282,7 +283,7 @@ def paper_path(student: str, train_file: Path, eval_set: str, eval_limit: int, e
                                           limit=eval_limit, max_new_tokens=eval_max_new_tokens, reuse=False))
     run = mlflow.get_run(eval_id)
     m, p = run.data.metrics, run.data.params
-    evaluate = {"run_id": eval_id, "phase_seconds": now() - t, **gpu.peak(),
+    out["evaluate"] = {"run_id": eval_id, "phase_seconds": now() - t, **gpu.peak(),
                 **{k: m.get(k) for k in ("accuracy", "n_total", "generation_seconds", "tokens_per_second",
                                          "output_tokens_mean", "n_truncated")},
                 **{k: p.get(k) for k in ("backend", "batch_size", "max_new_tokens", "eval_set", "model_source")}}
@@ -290,7 +291,6 @@ def paper_path(student: str, train_file: Path, eval_set: str, eval_limit: int, e
         v = client.get_model_version(name, version)
         registry["version_tags_after_evaluate"] = {k: v.tags.get(k) for k in ("accuracy", "eval_run_id", "sft_run_id")}
     drop_artifacts(sft_id)
-    return {"sft": sft, "registry": registry, "evaluate": evaluate}
 
 
 def trl_default_case(model_dir: Path, rows: list[dict], out_dir: Path, gpu: Gpu) -> dict:

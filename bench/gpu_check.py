@@ -40,6 +40,7 @@ import json
 import os
 import statistics
 import sys
+import traceback
 
 from _common import log, now, temp_tracking_store  # noqa: E402  (sets the offline environment first)
 from gpu_cases import (DRY, QWEN25_05B, STUDENT_DIR, Gpu, build_model, generation_case, paper_path, sequence_lengths,
@@ -154,18 +155,26 @@ def main(argv=None) -> int:
             log(f"warm-up sft run (8 examples) {now() - t:.1f} s")
 
         # ---- 1. the paper path: sft -> load back -> registry -> evaluate
-        paper = None
+        paper: dict = {}
         if in_time("paper path: sft -> register -> evaluate"):
-            paper = paper_path(STUDENT_DIR, train_file, "mgsm-ja", args.eval_limit, args.eval_max_new_tokens, gpu)
-            paper["sft"] = with_estimate({"case": "paper path sft (padded, checkpointing as the preset)", "status": "ok",
-                                          **paper["sft"]})
-            say_sft("paper path sft", paper["sft"])
-            ev, reg = paper["evaluate"], paper["registry"]
-            log(f"registered {reg['name']} version {reg['version']} ({', '.join(reg['aliases'])}); evaluate "
-                f"{ev['n_total']:.0f} questions: {ev['tokens_per_second']:.0f} new tokens/s at batch {ev['batch_size']}, "
-                f"accuracy {ev['accuracy']:.1f}%, peak {ev['peak_allocated_gb'] or '-'} GB")
+            try:
+                paper_path(STUDENT_DIR, train_file, "mgsm-ja", args.eval_limit, args.eval_max_new_tokens, gpu, paper)
+                paper["status"] = "ok"
+            except Exception as e:  # noqa: BLE001 - recorded; the other parts still run
+                paper.update(status="failed", failed_after=list(paper), error=f"{type(e).__name__}: {e}"[:2000],
+                             traceback=traceback.format_exc()[-4000:])
+                log(f"paper path FAILED after {paper['failed_after'] or 'nothing'}: {paper['error']}")
+            if "sft" in paper:
+                paper["sft"] = with_estimate({"case": "paper path sft (padded, checkpointing as the preset)",
+                                              "status": "ok", **paper["sft"]})
+                say_sft("paper path sft", paper["sft"])
+            if "evaluate" in paper:
+                ev, reg = paper["evaluate"], paper["registry"]
+                log(f"registered {reg['name']} version {reg['version']} ({', '.join(reg['aliases'])}); evaluate "
+                    f"{ev['n_total']:.0f} questions: {ev['tokens_per_second']:.0f} new tokens/s at batch "
+                    f"{ev['batch_size']}, accuracy {ev['accuracy']:.1f}%, peak {ev['peak_allocated_gb'] or '-'} GB")
 
-        sft_results: list[dict] = [paper["sft"]] if paper else []
+        sft_results: list[dict] = [paper["sft"]] if "sft" in paper else []
         gen_results: list[dict] = []
 
         def run_sft(batching: str, ckpt: bool) -> None:
@@ -205,7 +214,7 @@ def main(argv=None) -> int:
 
     ok = {r["case"]: r for r in sft_results if r["status"] == "ok"}
     trl_default = ok.get("trl SFTTrainer defaults")
-    paper_sft = paper["sft"] if paper else None
+    paper_sft = paper.get("sft")
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     gb = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
     report.table(["case", "status", "tokens/s steady", "tokens/s train()", "MFU", "padding", "recompute", "peak GB",
@@ -214,7 +223,7 @@ def main(argv=None) -> int:
                    f"{r.get('train_tokens_per_second') or 0:.0f}", pct(r.get("mfu")), pct(r.get("padding_fraction")),
                    "-" if r.get("recompute_factor") is None else f"x{r['recompute_factor']:.1f}",
                    gb(r.get("peak_allocated_gb")), gb(r.get("estimate_gb", {}).get("allocated"))] for r in sft_results])
-    if paper:
+    if "evaluate" in paper:
         ev = paper["evaluate"]
         report.table(["paper path", "seconds", "tokens/s", "peak GB", "what"],
                      [["sft (register)", f"{paper_sft['phase_seconds']:.0f}", f"{paper_sft['steady_tokens_per_second'] or 0:.0f}",
@@ -232,7 +241,7 @@ def main(argv=None) -> int:
         "data": {"examples": args.examples, "tokens": sum(lengths), "min": min(lengths), "max": max(lengths),
                  "mean": mean_seq, "source": "shipped GSM8K questions + reference solutions, prompt format of the study"},
         "flops_per_token": fpt,
-        "paper_path": paper,
+        "paper_path": paper or None,
         "sft": sft_results,
         "paper_settings_vs_plain_trl": (paper_sft["steady_tokens_per_second"] / trl_default["steady_tokens_per_second"]
                                         if paper_sft and trl_default and trl_default["steady_tokens_per_second"] else None),
@@ -240,7 +249,7 @@ def main(argv=None) -> int:
         "skipped": skipped,
     }, args.out, cuda=torch.version.cuda, flash_attn=importlib.util.find_spec("flash_attn") is not None,
         mlflow_module=mlflow.__version__, datasets=_version("datasets"), accelerate=_version("accelerate"))
-    return 0
+    return 1 if paper.get("status") == "failed" else 0
 
 
 def _version(module: str) -> str | None:

@@ -89,6 +89,7 @@ def test_dry_mode_runs_the_paper_path_and_every_part(tmp_path):
 
     # the paper path: sft with the preset's settings -> checkpoint uploaded -> registered -> evaluated
     paper = result["paper_path"]
+    assert paper["status"] == "ok", paper.get("traceback")
     sft, reg, ev = paper["sft"], paper["registry"], paper["evaluate"]
     assert sft["status"] == "ok" and sft["logged_batching"] == "padded"
     assert sft["logged_per_device_train_batch_size"] == "8" and sft["logged_gradient_checkpointing"] == "True"
@@ -128,3 +129,39 @@ def test_dry_mode_runs_the_paper_path_and_every_part(tmp_path):
     assert set(gen) == {1, 16, 64}
     assert all(g["new_tokens"] > 0 and g["tokens_per_second"] > 0 for g in gen.values())
     assert gen[64]["estimate_gb"]["kv_cache"] > gen[1]["estimate_gb"]["kv_cache"]
+
+
+# What the lent GPU machine already has (device KINDS.md): carrying another version of one would shadow it.
+ON_THE_GPU_MACHINE = {"torch", "transformers", "accelerate", "tokenizers", "safetensors", "huggingface_hub", "numpy",
+                      "pandas", "pyarrow", "scipy", "requests", "pyyaml", "jinja2", "protobuf", "fsspec", "anyio",
+                      "packaging", "typing_extensions", "xxhash", "psutil", "tqdm", "filelock", "click", "cloudpickle"}
+
+
+def test_the_wheels_to_carry_are_listed_once_and_none_is_on_the_machine_already():
+    import gpu_wheels
+
+    wanted = gpu_wheels.read_list()
+    names = {gpu_wheels.normalise(n) for n in wanted}
+    assert len(names) == len(wanted)
+    assert {"trl", "datasets", "mlflow_skinny", "sqlalchemy", "alembic"} <= names
+    assert not names & ON_THE_GPU_MACHINE
+    assert "mlflow" not in names and "mlflow_tracing" not in names  # both would overwrite mlflow-skinny's files
+
+
+def test_wheel_check_finds_missing_extra_and_oversized_sets(tmp_path):
+    import gpu_wheels
+
+    wanted = {"trl": "1.16.0", "pydantic-core": "2.50.5"}
+    (tmp_path / "trl-1.16.0-py3-none-any.whl").write_bytes(b"x" * 100)
+    (tmp_path / "pydantic_core-2.50.5-cp312-cp312-manylinux_2_17_x86_64.whl").write_bytes(b"x" * 100)
+    assert gpu_wheels.check(tmp_path, wanted, limit=1000) == []
+    assert gpu_wheels.check(tmp_path, wanted, limit=150) == ["0.0 MiB of wheels, over the 0.0 MiB left for them"]
+    (tmp_path / "dill-0.4.1-py3-none-any.whl").write_bytes(b"")
+    (tmp_path / "trl-1.15.0-py3-none-any.whl").write_bytes(b"")
+    problems = gpu_wheels.check(tmp_path, {**wanted, "sqlparse": "0.6.1"}, limit=1000)
+    assert problems == ["trl: 2 wheels (trl-1.15.0-py3-none-any.whl, trl-1.16.0-py3-none-any.whl)",
+                        "missing: sqlparse==0.6.1", "not listed: dill-0.4.1-py3-none-any.whl"]
+    bad = tmp_path / "list.txt"
+    bad.write_text("trl==1.16.0\nTRL==1.15.0\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="listed twice"):
+        gpu_wheels.read_list(bad)
