@@ -209,6 +209,8 @@ def sft_case(name: str, params, gpu: Gpu) -> dict:
             run_id = sft_run(params)
     except DistillError as e:
         return {"case": name, "status": "refused", "message": str(e), **requested(params)}
+    except Exception as e:  # noqa: BLE001 - recorded: one broken case must not cost the rest of a GPU run
+        return {"case": name, "status": "failed", "message": failure(e), **requested(params)}
     out = {"case": name, "status": "ok", "run_id": run_id, "phase_seconds": now() - t, **gpu.peak(),
            **train_metrics(run_id), **requested(params), **logged_settings(run_id), **probe.result()}
     drop_artifacts(run_id)
@@ -217,6 +219,14 @@ def sft_case(name: str, params, gpu: Gpu) -> dict:
 
         shutil.rmtree(params.output_dir, ignore_errors=True)
     return out
+
+
+def failure(e: BaseException) -> str:
+    """An exception as one line for the report (its traceback goes to the log)."""
+    import traceback
+
+    traceback.print_exc()
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:1000]
 
 
 def requested(params) -> dict:

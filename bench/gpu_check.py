@@ -43,8 +43,8 @@ import sys
 import traceback
 
 from _common import log, now, temp_tracking_store  # noqa: E402  (sets the offline environment first)
-from gpu_cases import (DRY, QWEN25_05B, STUDENT_DIR, Gpu, build_model, generation_case, paper_path, sequence_lengths,
-                       sft_case, training_rows, trl_default_case)
+from gpu_cases import (DRY, QWEN25_05B, STUDENT_DIR, Gpu, build_model, failure, generation_case, paper_path,
+                       sequence_lengths, sft_case, training_rows, trl_default_case)
 from gpu_estimates import flops_per_token, generation_memory_estimate, peak_tflops, sft_memory_estimate
 from results import Results, add_common_args
 
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
 
         def say_sft(name: str, res: dict) -> None:
             if res["status"] != "ok":
-                log(f"{name}: refused: {res['message']}")
+                log(f"{name}: {res['status']}: {res['message']}")
                 return
             mfu = "-" if res["mfu"] is None else f"{100 * res['mfu']:.1f}%"
             log(f"{name}: {res['steady_tokens_per_second'] or 0:.0f} tokens/s steady ({res['train_tokens_per_second']:.0f} "
@@ -176,6 +176,7 @@ def main(argv=None) -> int:
 
         sft_results: list[dict] = [paper["sft"]] if "sft" in paper else []
         gen_results: list[dict] = []
+        failures: list[dict] = []
 
         def run_sft(batching: str, ckpt: bool) -> None:
             name = f"sft {batching}, gradient checkpointing {'on' if ckpt else 'off'}"
@@ -188,7 +189,10 @@ def main(argv=None) -> int:
         for b, c in (("padded", False), ("group_by_length", True), ("padding_free", True)):
             run_sft(b, c)
         if in_time("trl SFTTrainer defaults"):
-            res = with_estimate(trl_default_case(model_dir, rows, tmp / "trl-default", gpu))
+            try:
+                res = with_estimate(trl_default_case(model_dir, rows, tmp / "trl-default", gpu))
+            except Exception as e:  # noqa: BLE001 - recorded; the other parts still run
+                res = {"case": "trl SFTTrainer defaults", "status": "failed", "message": failure(e), "batching": "padded"}
             sft_results.append(res)
             say_sft("plain TRL defaults", res)
 
@@ -198,7 +202,12 @@ def main(argv=None) -> int:
         for batch in GEN_BATCHES:
             if not in_time(f"generation batch {batch}"):
                 continue
-            res = generation_case(model_dir, questions[:gen_prompts[batch]], batch, args.max_new_tokens, gpu)
+            try:
+                res = generation_case(model_dir, questions[:gen_prompts[batch]], batch, args.max_new_tokens, gpu)
+            except Exception as e:  # noqa: BLE001 - recorded; the other parts still run
+                failures.append({"part": f"generation batch {batch}", "message": failure(e)})
+                log(f"generation batch {batch}: failed: {failures[-1]['message']}")
+                continue
             res["estimate_gb"] = generation_memory_estimate(
                 model["n_params"], cfg["num_hidden_layers"], cfg["num_key_value_heads"], model["head_dim"],
                 cfg["vocab_size"], batch, prompt_len + args.max_new_tokens)
@@ -212,6 +221,9 @@ def main(argv=None) -> int:
         for b, c in (("group_by_length", False), ("padding_free", False)):
             run_sft(b, c)
 
+    failures += [{"part": r["case"], "message": r["message"]} for r in sft_results if r["status"] == "failed"]
+    if paper.get("status") == "failed":
+        failures.insert(0, {"part": "paper path", "message": paper["error"]})
     ok = {r["case"]: r for r in sft_results if r["status"] == "ok"}
     trl_default = ok.get("trl SFTTrainer defaults")
     paper_sft = paper.get("sft")
@@ -235,6 +247,8 @@ def main(argv=None) -> int:
                    gb(g["peak_allocated_gb"]), gb(g["estimate_gb"]["allocated"])] for g in gen_results])
     if skipped:
         report.say(f"skipped (budget {args.budget:.0f} s): {', '.join(skipped)}")
+    for f in failures:
+        report.say(f"FAILED {f['part']}: {f['message']}")
     report.write({
         "device": device, "peak_bf16_tflops": peak,
         "model": {**model, "shape": "dry (tiny)" if args.dry else "Qwen2.5-0.5B", "random_weights": True},
@@ -247,9 +261,10 @@ def main(argv=None) -> int:
                                         if paper_sft and trl_default and trl_default["steady_tokens_per_second"] else None),
         "generation": gen_results,
         "skipped": skipped,
+        "failures": failures,
     }, args.out, cuda=torch.version.cuda, flash_attn=importlib.util.find_spec("flash_attn") is not None,
         mlflow_module=mlflow.__version__, datasets=_version("datasets"), accelerate=_version("accelerate"))
-    return 1 if paper.get("status") == "failed" else 0
+    return 1 if paper.get("status") == "failed" or failures else 0
 
 
 def _version(module: str) -> str | None:

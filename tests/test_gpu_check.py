@@ -85,7 +85,7 @@ def test_dry_mode_runs_the_paper_path_and_every_part(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["dry"] is True and result["skipped"] == []
+    assert result["dry"] is True and result["skipped"] == [] and result["failures"] == []
 
     # the paper path: sft with the preset's settings -> checkpoint uploaded -> registered -> evaluated
     paper = result["paper_path"]
