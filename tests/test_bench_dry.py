@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPERS = {"_common.py", "_cdp.py", "results.py", "gpu_estimates.py"}  # imported by the scripts, not scripts themselves
-ELSEWHERE = {"gpu_check.py": "tests/test_gpu_check.py"}
+HELPERS = {"_common.py", "_cdp.py", "results.py", "gpu_estimates.py", "gpu_cases.py"}  # imported by the scripts, not scripts themselves
+ELSEWHERE = {"gpu_check.py": "tests/test_gpu_check.py", "gpu_wheels.py": "tests/test_gpu_check.py"}
 
 
 def check_teacher_overhead(result):
