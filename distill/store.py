@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
 
 from distill import DistillError, lineage
+from distill.redact import redact_uri
+from distill.schema_lock import creation_lock, dialect, sqlite_lock
 
 
 def ensure_tracking_reachable() -> None:
@@ -24,34 +22,25 @@ def ensure_tracking_reachable() -> None:
         requests.get(uri.rstrip("/") + "/health", timeout=5)
     except requests.RequestException as e:
         raise DistillError(
-            f"cannot reach the MLflow tracking server at {uri} ({type(e).__name__}); "
+            f"cannot reach the MLflow tracking server at {redact_uri(uri)} ({type(e).__name__}); "
             "start it (mlflow server ...) or unset MLFLOW_TRACKING_URI to use ./mlflow.db"
         ) from None
 
 
-@contextmanager
 def setup_lock(uri: str):
     """Held while a SQLite store's tables are set up (ensure_tracking_store). Two processes that start at
     once on a brand-new file otherwise both run MLflow's table setup and one of them crashes; and a process
     that ends another (the step server, killed when `main` ends) waits here so as not to cut a setup short."""
-    import fcntl
-
-    db = os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
-    lock = Path(tempfile.gettempdir()) / f"distill-store-{hashlib.sha256(db.encode()).hexdigest()[:16]}.lock"
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return sqlite_lock(uri)
 
 
 def ensure_tracking_store() -> None:
-    """Create a SQLite tracking store once, under setup_lock."""
+    """Create a database tracking store (SQLite, or PostgreSQL opened directly) once, under
+    schema_lock.creation_lock: processes that start at once on an empty database all succeed."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    if dialect(uri) not in ("sqlite", "postgresql"):
         return
     import logging
 
@@ -59,7 +48,7 @@ def ensure_tracking_store() -> None:
 
     quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
     level = quiet.level
-    with setup_lock(uri):
+    with creation_lock(uri):
         try:
             quiet.setLevel(logging.WARNING)
             client = MlflowClient(uri)  # each store is made (its tables set up) at its first use, then kept
