@@ -100,6 +100,11 @@ def check_storage(storage: str) -> None:
                            "run params; give the password in PGPASSWORD or ~/.pgpass and leave it out of the URL")
 
 
+def prepare(p: SweepParams) -> None:
+    """Before the tracking store is touched (distill.cli.run_phase): a refused storage leaves nothing behind."""
+    check_storage(p.storage)
+
+
 def open_study(storage: str, study_name: str, sampler, pruner):
     """The study, created or loaded. Optuna creates the storage's tables on first use with no lock of its
     own: workers that start together on an empty database collided (`UniqueViolation ... studydirection`),
