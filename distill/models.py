@@ -7,6 +7,7 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.config import RUN_ID_RE, ModelRef
+from distill.redact import redact_uri
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ def _from_mlflow(uri: str) -> tuple[str, str]:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as e:
-        raise DistillError(f"cannot fetch model {uri} from {mlflow.get_tracking_uri()} ({type(e).__name__}: {e})") from None
+        raise DistillError(f"cannot fetch model {uri} from {redact_uri(mlflow.get_tracking_uri())} "
+                           f"({type(e).__name__}: {e})") from None
     weights = local / "model" if (local / "model" / "config.json").is_file() else local
     tok = local / "components" / "tokenizer"
     if not (weights / "config.json").is_file():

@@ -1,18 +1,18 @@
-"""The tracking store a command writes to: reachable, created once, and the preset's experiment active."""
+"""The tracking store a command writes to: reachable, signed in to, created once, and the preset's experiment
+active and writable."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
 
-from distill import DistillError, lineage
+from distill import DistillError, lineage, server_auth
+from distill.redact import redact_uri
+from distill.schema_lock import creation_lock, dialect, sqlite_lock
 
 
 def ensure_tracking_reachable() -> None:
-    """A down tracking server otherwise costs minutes of retries and a deep traceback."""
+    """A down tracking server otherwise costs minutes of retries and a deep traceback; one that wants a
+    password it was not given (or refuses the one it was) a traceback at the first write."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
@@ -24,34 +24,26 @@ def ensure_tracking_reachable() -> None:
         requests.get(uri.rstrip("/") + "/health", timeout=5)
     except requests.RequestException as e:
         raise DistillError(
-            f"cannot reach the MLflow tracking server at {uri} ({type(e).__name__}); "
+            f"cannot reach the MLflow tracking server at {redact_uri(uri)} ({type(e).__name__}); "
             "start it (mlflow server ...) or unset MLFLOW_TRACKING_URI to use ./mlflow.db"
         ) from None
+    server_auth.signed_in_user(uri)  # once per process and user
 
 
-@contextmanager
 def setup_lock(uri: str):
     """Held while a SQLite store's tables are set up (ensure_tracking_store). Two processes that start at
     once on a brand-new file otherwise both run MLflow's table setup and one of them crashes; and a process
     that ends another (the step server, killed when `main` ends) waits here so as not to cut a setup short."""
-    import fcntl
-
-    db = os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
-    lock = Path(tempfile.gettempdir()) / f"distill-store-{hashlib.sha256(db.encode()).hexdigest()[:16]}.lock"
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return sqlite_lock(uri)
 
 
 def ensure_tracking_store() -> None:
-    """Create a SQLite tracking store once, under setup_lock."""
+    """Create a database tracking store (SQLite, or PostgreSQL opened directly) once, under
+    schema_lock.creation_lock: processes that start at once on an empty database all succeed."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    if dialect(uri) not in ("sqlite", "postgresql"):
         return
     import logging
 
@@ -59,7 +51,7 @@ def ensure_tracking_store() -> None:
 
     quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
     level = quiet.level
-    with setup_lock(uri):
+    with creation_lock(uri):
         try:
             quiet.setLevel(logging.WARNING)
             client = MlflowClient(uri)  # each store is made (its tables set up) at its first use, then kept
@@ -105,6 +97,9 @@ def warm_tracking_store() -> None:
             engine.dispose()
 
 
+NOTE = "mlflow.note.content"  # an experiment's description in the UI
+
+
 def experiment_name(preset_name: str) -> str:
     """Every preset's runs in an experiment of their own: `distill-offline`, `distill-paper`."""
     return f"distill-{preset_name}"
@@ -127,20 +122,31 @@ def use_preset_experiment(preset) -> str | None:
                        f"`{name}` (one per preset); `--experiment-name` chooses another.")
         os.environ.pop("MLFLOW_RUN_ID")
         os.environ.pop("MLFLOW_EXPERIMENT_ID")
-    if any(os.environ.get(v) for v in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")) \
-            or mlflow.active_run():
+    uri = mlflow.get_tracking_uri()
+    served = uri.startswith(("http://", "https://"))  # a server may let this user in but not write here
+    if os.environ.get("MLFLOW_RUN_ID") or mlflow.active_run():
+        return None  # the run exists already, in the experiment it chose
+    chosen = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if any(chosen):
+        if served:
+            server_auth.check_can_write(uri, chosen[0] or None, None if chosen[0] else chosen[1])
         return None
+    if served:
+        server_auth.check_can_write(uri, name)
     exp = client.get_experiment_by_name(name)
+    note = (f"**distill**, preset `{preset.name}`: {(preset.description or '').strip()}\n\n"
+            "Every step of `main` is a nested run under its `main-...` run; the main run's description "
+            "has Table 1 and a link to the report run (`report.md`). Compare student evaluations with "
+            "the params `teacher`, `student`, `seed`, `role`; `accuracy` is in percent.")
+    if exp is not None and NOTE not in exp.tags:  # made by a server's admin, to grant it (README "A team's set-up")
+        client.set_experiment_tag(exp.experiment_id, NOTE, note)
     if exp is None:
-        note = (f"**distill**, preset `{preset.name}`: {(preset.description or '').strip()}\n\n"
-                "Every step of `main` is a nested run under its `main-...` run; the main run's description "
-                "has Table 1 and a link to the report run (`report.md`). Compare student evaluations with "
-                "the params `teacher`, `student`, `seed`, `role`; `accuracy` is in percent.")
         try:
-            client.create_experiment(name, tags={"mlflow.note.content": note})
-        except Exception:  # noqa: BLE001 - another process created it first
-            pass
+            client.create_experiment(name, tags={NOTE: note})
+        except Exception as e:  # noqa: BLE001 - another process created it first, or this user may not
+            if client.get_experiment_by_name(name) is None:
+                reason = getattr(e, "message", str(e)).splitlines()[0]
+                raise DistillError(f"cannot create the experiment {name!r} at {redact_uri(uri)} ({reason})") from None
     os.environ["MLFLOW_EXPERIMENT_NAME"] = name  # step processes and Ray tasks inherit it
     mlflow.set_experiment(name)
     return name
-

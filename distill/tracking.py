@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from distill import DistillError, cache_keys, claims, lineage, store
+from distill.redact import redact_uri
 
 console = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ def get_run(run_id: str):
     try:
         return mlflow.get_run(run_id)
     except Exception:
-        raise DistillError(f"no MLflow run with id {run_id!r} in {mlflow.get_tracking_uri()}") from None
+        raise DistillError(f"no MLflow run with id {run_id!r} in {redact_uri(mlflow.get_tracking_uri())}") from None
 
 
 def require_phase(run, phase: str) -> None:

@@ -17,6 +17,8 @@ from distill import DistillError
 from distill.config import load_preset, resolve_role
 from distill import lineage, tracking
 from distill.params_text import lists_from_text
+from distill.redact import has_password, redact_uri
+from distill.schema_lock import creation_lock
 
 console = logging.getLogger(__name__)
 
@@ -90,12 +92,38 @@ def dev_accuracy(model, tokenizer, dev: list[dict], max_new_tokens: int) -> floa
     return 100 * sum(is_correct(extract_answer(o.text), d["answer_number"]) for o, d in zip(outs, dev)) / len(dev)
 
 
+def check_storage(storage: str) -> None:
+    """A password in the storage URL would be kept wherever the URL goes: `mlflow run` logs every -P value
+    as a param of its run. PostgreSQL's client reads it from PGPASSWORD or ~/.pgpass instead."""
+    if has_password(storage):
+        raise DistillError(f"storage holds a password ({redact_uri(storage)}): MLflow records parameters as "
+                           "run params; give the password in PGPASSWORD or ~/.pgpass and leave it out of the URL")
+
+
+def prepare(p: SweepParams) -> None:
+    """Before the tracking store is touched (distill.cli.run_phase): a refused storage leaves nothing behind."""
+    check_storage(p.storage)
+
+
+def open_study(storage: str, study_name: str, sampler, pruner):
+    """The study, created or loaded. Optuna creates the storage's tables on first use with no lock of its
+    own: workers that start together on an empty database collided (`UniqueViolation ... studydirection`),
+    so the tables are created under schema_lock.creation_lock; the study itself Optuna creates safely."""
+    import optuna
+
+    with creation_lock(storage):
+        rdb = optuna.storages.RDBStorage(storage)
+    return optuna.create_study(study_name=study_name, storage=rdb, direction="maximize", sampler=sampler,
+                               pruner=pruner, load_if_exists=True)
+
+
 def run(p: SweepParams) -> str:
     import optuna
 
     from distill.phases.sft import SftParams, find_select_run, resolved_hparams, use_bf16
     from distill.phases.sft import run as sft_run
 
+    check_storage(p.storage)
     preset = load_preset(p.preset)
     n_trials = p.n_trials if p.n_trials is not None else preset.sweep.n_trials
     if n_trials <= 0:
@@ -123,8 +151,7 @@ def run(p: SweepParams) -> str:
         # Workers seeded alike would try the same settings in the same order.
         sampler = optuna.samplers.TPESampler(seed=p.seed + p.worker)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0) if p.pruning else optuna.pruners.NopPruner()
-        study = optuna.create_study(study_name=study_name, storage=p.storage, direction="maximize",
-                                    sampler=sampler, pruner=pruner, load_if_exists=True)
+        study = open_study(p.storage, study_name, sampler, pruner)
 
         class PruneOnDev(TrainerCallback):
             """Scores the dev split after each epoch; stops the trial when Optuna says prune."""

@@ -1,0 +1,52 @@
+"""The store's URIs without a server: a PostgreSQL that cannot be reached is one line within seconds, a
+password written into a URI is never shown, and `sweep` refuses a storage URL that holds one (`mlflow run`
+would log it as a param)."""
+
+import time
+
+import mlflow
+import pytest
+
+from distill import DistillError, store
+from distill.cli import run_phase
+from distill.redact import redact_uri
+from tests.conftest import free_port
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("postgresql://team:s3cret@db:5432/mlflow", "postgresql://team:***@db:5432/mlflow"),
+    ("postgresql+psycopg://team:s3cret@db/optuna?sslmode=require", "postgresql+psycopg://team:***@db/optuna?sslmode=require"),
+    ("http://alice:s3cret@mlflow-host:5000", "http://alice:***@mlflow-host:5000"),
+    ("postgresql://team@db/mlflow", "postgresql://team@db/mlflow"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
+])
+def test_a_password_in_a_uri_is_shown_as_stars(uri, shown):
+    assert redact_uri(uri) == shown
+
+
+def test_a_postgresql_tracking_store_that_cannot_be_reached_is_one_line_without_its_password(monkeypatch, tmp_path):
+    uri = f"postgresql://team:s3cret-pw@127.0.0.1:{free_port()}/mlflow"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(DistillError) as e:
+            store.ensure_tracking_store()
+        assert time.perf_counter() - t0 < 15  # MLflow's own engine retries take minutes
+    finally:
+        mlflow.set_tracking_uri(None)
+    message = str(e.value)
+    assert message.startswith(f"cannot reach the PostgreSQL database postgresql://team:***@127.0.0.1:")
+    assert "s3cret-pw" not in message and "\n" not in message
+
+
+def test_sweep_refuses_a_storage_with_a_password_before_anything_is_written(tracking, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_phase("sweep", ["--teacher", "7B", "--student", "qwen2.5-0.5b",
+                            "--storage", "postgresql://optuna:s3cret-pw@db:5432/optuna"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: storage holds a password (postgresql://optuna:***@db:5432/optuna)")
+    assert "PGPASSWORD" in err and "s3cret-pw" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store was even made
