@@ -164,10 +164,6 @@ def known_names(preset: Preset, roles: tuple[str, ...] = ("teacher", "student"))
     return names
 
 
-def _entry_ref(short: str, entry: ModelEntry, role: str, preset: Preset) -> ModelRef:
-    return ModelRef(short, str(entry.model), role, int(entry.tensor_parallel_size or preset.tensor_parallel_size or 1))
-
-
 def resolve_model(name: str, preset: Preset, roles: tuple[str, ...] = ("teacher", "student"),
                   served: bool = False) -> ModelRef:
     """Short name -> preset entry; otherwise a local directory, an MLflow URI, or a Hub id.
@@ -183,7 +179,8 @@ def resolve_model(name: str, preset: Preset, roles: tuple[str, ...] = ("teacher"
         table = _role_table(preset, role)
         short = match_name(name, table)
         if short is not None:
-            return _entry_ref(short, table[short], role, preset)
+            entry = table[short]
+            return ModelRef(short, str(entry.model), role, int(entry.tensor_parallel_size or default_tp))
     if name.startswith(("runs:/", "models:/", "tiny:")):
         return ModelRef(name, name, None, default_tp)
     path = Path(name).expanduser()
