@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from distill import DistillError
+from distill.names import colliding_names, did_you_mean, match_name
 from distill.preset import ModelEntry, Preset, build
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -50,7 +51,30 @@ def parse_preset(data: dict[str, Any], path: str) -> Preset:
 
     preset = build(Preset, data, path)
     check_preset(data, path)
-    return dataclasses.replace(preset, raw=data)
+    return dataclasses.replace(canonical_lists(preset, path), raw=data)
+
+
+def canonical_lists(preset: Preset, path: str) -> Preset:
+    """The preset's own lists of names in the spelling of its tables (`grid.teachers: [7b]` -> `7B`), so that
+    `main`, the executors and `report` compare names by equality. Two table names that are one name when
+    matched (`7B` and `7b`) are refused, and so is a judged teacher that is no teacher: judging would silently
+    fall back to every teacher."""
+    for role in ("teachers", "students"):
+        for a, b in colliding_names(getattr(preset, role)):
+            raise DistillError(f"preset file {path}: {role} {a!r} and {b!r} are one name (names match "
+                               "ignoring case and full-width forms); rename one")
+
+    def spelled(names: list, table: dict) -> list[str]:
+        return [match_name(str(n), table) or str(n) for n in names]
+
+    grid = dataclasses.replace(preset.grid, teachers=spelled(preset.grid.teachers, preset.teachers),
+                               students=spelled(preset.grid.students, preset.students))
+    judged = spelled(preset.judge.teachers, preset.teachers)
+    for t in judged:
+        if t not in preset.teachers and t not in grid.teachers:
+            raise DistillError(f"preset file {path}: judge.teachers names {t!r}, which is no teacher of the preset; "
+                               f"{did_you_mean(t, preset.teachers)}teachers: {', '.join(preset.teachers)}")
+    return dataclasses.replace(preset, grid=grid, judge=dataclasses.replace(preset.judge, teachers=judged))
 
 
 def _loaded(path: str) -> Preset:
@@ -144,15 +168,19 @@ def resolve_model(name: str, preset: Preset, roles: tuple[str, ...] = ("teacher"
                   served: bool = False) -> ModelRef:
     """Short name -> preset entry; otherwise a local directory, an MLflow URI, or a Hub id.
 
+    A short name matches in any case and width (`7b`, `７Ｂ` -> `7B`: distill/names.py) and comes back in the
+    preset's spelling, which is what every tag, parameter, cache key and alias downstream uses.
     `served` (backend=openai): any other name is the model name the server knows (`gpt-4o-mini`)."""
     name = (name or "").strip()
     if not name:
         raise DistillError("no model given")
     default_tp = int(preset.tensor_parallel_size or 1)
     for role in roles:
-        for short, entry in _role_table(preset, role).items():
-            if short.lower() == name.lower():
-                return ModelRef(short, str(entry.model), role, int(entry.tensor_parallel_size or default_tp))
+        table = _role_table(preset, role)
+        short = match_name(name, table)
+        if short is not None:
+            entry = table[short]
+            return ModelRef(short, str(entry.model), role, int(entry.tensor_parallel_size or default_tp))
     if name.startswith(("runs:/", "models:/", "tiny:")):
         return ModelRef(name, name, None, default_tp)
     path = Path(name).expanduser()
@@ -167,14 +195,37 @@ def resolve_model(name: str, preset: Preset, roles: tuple[str, ...] = ("teacher"
         return ModelRef(name, name, None, default_tp)  # a Hub id
     if served:
         return ModelRef(name, name, "served", default_tp)
-    known = ", ".join(known_names(preset, roles))
+    other = [r for r in ("teacher", "student") if r not in roles and match_name(name, _role_table(preset, r))]
+    if other:
+        wanted = " or ".join(f"a {r}" for r in roles)
+        raise DistillError(f"{name!r} is a {other[0]} of preset {preset.name!r}, not {wanted}; "
+                           f"known names: {', '.join(known_names(preset, roles))}")
+    known = known_names(preset, roles)
     raise DistillError(
-        f"unknown model name {name!r} in preset {preset.name!r}; known names: {known} "
-        "(or give a Hub id like Qwen/Qwen2.5-0.5B, a local model folder, runs:/... or models:/..., "
-        "or with backend=openai the name the server knows)"
+        f"unknown model name {name!r} in preset {preset.name!r}; {did_you_mean(name, known)}known names: "
+        f"{', '.join(known)} (or give a Hub id like Qwen/Qwen2.5-0.5B, a local model folder, runs:/... or "
+        "models:/..., or with backend=openai the name the server knows)"
     )
 
 
 def resolve_role(name: str, preset: Preset, role: str, served: bool = False) -> ModelRef:
     """Like resolve_model, but an unknown short name lists only the names of this role."""
     return resolve_model(name, preset, roles=(role,), served=served)
+
+
+def resolve_names(names: list[str], preset: Preset, role: str, what: str) -> list[str]:
+    """A list of models of one role (`main`'s teachers or students) in the preset's spelling; the same model
+    twice (`7B,7b`) is refused, not run twice under one name."""
+    out: list[str] = []
+    for given in names:
+        name = resolve_role(given, preset, role).name
+        if name in out:
+            raise DistillError(f"{what} names {name} twice ({', '.join(repr(g) for g in names)})")
+        out.append(name)
+    return out
+
+
+def preset_spelling(name: str, preset: Preset, role: str) -> str:
+    """The preset's spelling of a short name of this role, else the name as given (a label: `sft` with
+    train_file, where the teacher is only a name for the data)."""
+    return match_name(name, _role_table(preset, role)) or name.strip()

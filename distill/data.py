@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import unicodedata
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distill import DistillError
-from distill.answers import parse_gold
+from distill.answers import format_number, parse_gold
 from distill.jsonl import json_lines, read_jsonl, text_lines, write_jsonl  # noqa: F401  (re-exported for older imports)
 
 console = logging.getLogger(__name__)
@@ -25,9 +26,10 @@ class Example:
     question: str
     answer_number: float
     reference: str | None = None  # the English GSM8K solution, where known
+    where: str = field(default="", repr=False, compare=False)  # `file:line` or `<hub id> row <i>`, for errors
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "where"}
 
 
 def _check_limit(limit: int | None) -> None:
@@ -56,7 +58,7 @@ def read_mgsm_ja(path: Path = RESOURCES / "mgsm_ja.tsv") -> list[Example]:
                 f"(got {len(parts)} field(s))"
             )
         gold = _gold_or_fail(parts[1], f"{path}:{lineno}")
-        examples.append(Example(f"gsm8k-test-{lineno - 1:04d}", parts[0].strip(), gold))
+        examples.append(Example(f"gsm8k-test-{lineno - 1:04d}", parts[0].strip(), gold, where=f"{path}:{lineno}"))
     return examples
 
 
@@ -73,7 +75,8 @@ def read_jsonl_examples(path: Path, id_prefix: str | None = None) -> list[Exampl
             raise DistillError(f"{where}: needs an 'answer_number' field")
         gold = _gold_or_fail(row["answer_number"], where)
         examples.append(
-            Example(str(row.get("id", f"{prefix}-{lineno - 1:04d}")), row["question"].strip(), gold, row.get("reference"))
+            Example(str(row.get("id", f"{prefix}-{lineno - 1:04d}")), row["question"].strip(), gold, row.get("reference"),
+                    where=where)
         )
     if not examples:
         raise DistillError(f"{path}: no examples in the file")
@@ -96,8 +99,37 @@ def load_gsm8k_ja_test() -> list[Example]:
     for i, row in enumerate(ds):
         gold_field = row.get("answer_number", row.get("answer"))
         gold = _gold_or_fail(gold_field, f"{GSM8K_JA_HUB_ID} row {i}")
-        examples.append(Example(f"gsm8k-test-{250 + i:04d}", row["question"], gold, row.get("answer")))
+        examples.append(Example(f"gsm8k-test-{250 + i:04d}", row["question"], gold, row.get("answer"),
+                                where=f"{GSM8K_JA_HUB_ID} row {i}"))
     return examples
+
+
+GOLD_TOLERANCE = 1e-5  # the scoring rule's: two golds this close accept the same answers
+
+
+def question_key(question: str) -> str:
+    """What makes two questions the same question: equal after NFKC (full-width digits) and with runs of
+    white space as one space."""
+    return " ".join(unicodedata.normalize("NFKC", question).split())
+
+
+def repeated_questions(examples: list[Example]) -> list[tuple[Example, Example]]:
+    """(first, repeat) for every question asked again, in file order. A repeat with another gold number is
+    refused, naming both lines: one of the two golds is wrong, and a model is scored right on at most one of
+    them, silently. A repeat with the same gold is returned: kept, as the set was published, and counted."""
+    first: dict[str, Example] = {}
+    repeats = []
+    for ex in examples:
+        prior = first.setdefault(question_key(ex.question), ex)
+        if prior is ex:
+            continue
+        if abs(prior.answer_number - ex.answer_number) > GOLD_TOLERANCE:
+            raise DistillError(
+                f"{ex.where}: the same question as {prior.where} with another gold answer "
+                f"({format_number(ex.answer_number)} here, {format_number(prior.answer_number)} there); a model can "
+                "be right on only one of them: fix or remove one of the two lines")
+        repeats.append((prior, ex))
+    return repeats
 
 
 def load_eval_set(name: str, limit: int | None = None) -> tuple[list[Example], str]:
@@ -121,7 +153,16 @@ def load_eval_set(name: str, limit: int | None = None) -> tuple[list[Example], s
                 "file with 'question' and 'answer_number' on each line"
             )
         examples, source = read_jsonl_examples(path), str(path.resolve())
-    return examples[:limit] if limit else examples, source
+    repeats = repeated_questions(examples)  # the whole set: a conflict anywhere means the file is wrong
+    examples = examples[:limit] if limit else examples
+    kept = {id(ex) for ex in examples}
+    repeats = [(a, b) for a, b in repeats if id(b) in kept]
+    if repeats:
+        console.warning(f"eval set {source}: {len(repeats)} question(s) asked twice with the same gold, kept "
+                        f"and counted (metric n_repeated_questions): "
+                        + ", ".join(f"{b.where} repeats {a.where}" for a, b in repeats[:5])
+                        + (" ..." if len(repeats) > 5 else ""))
+    return examples, source
 
 
 def _read_gsm8k_jsonl(path: Path, split: str) -> list[dict]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from distill import DistillError
 from distill.answers import format_number, score
 from distill.config import RUN_ID_RE, ModelRef, load_preset, resolve_model
-from distill.data import load_eval_set
+from distill.context import check_context
+from distill.data import load_eval_set, repeated_questions
 from distill.prompts import chat_messages, cut_at_next_question, few_shot_prompt, mgsm_exemplars, plain_prompt
 from distill.checks import check_positive
 from distill.runner import (GenerationOptions, check_backend, engine_sizing, generation_config, open_generator,
@@ -195,6 +196,7 @@ def run(p: EvaluateParams) -> str:
         tracking.log_dataset([e.to_dict() for e in examples], name=eval_set.split("/")[-1], source=source,
                              context="evaluation")
         prompts = build_prompts([e.question for e in examples], p.mode, prompt_format, shots)
+        check_context(ref, backend, prompts, config.max_new_tokens, [e.id for e in examples])  # before any loading
         with closing(open_generator(ref, backend, base_url=p.base_url, tensor_parallel_size=p.tensor_parallel_size,
                                     sizing=engine_sizing(preset, prompts, config))) as gen:
             outs, timing = timed_generate(gen, prompts, config)
@@ -212,6 +214,7 @@ def run(p: EvaluateParams) -> str:
                    **accuracy_metrics([r["correct_answer_line"] for r in records], "answer_line"),
                    "n_unparsed": sum(r["extracted"] is None for r in records),
                    "n_truncated": sum(r["finish_reason"] == "length" for r in records),
+                   "n_repeated_questions": len(repeated_questions(examples)),  # same question and gold again
                    "output_tokens_mean": timing["output_tokens"] / max(len(records), 1),
                    "generation_seconds": timing["generation_seconds"],
                    "tokens_per_second": timing["tokens_per_second"]}

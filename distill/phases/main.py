@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from distill import DistillError
 from distill.phases import module_name
-from distill.config import load_preset, resolve_role
+from distill.config import load_preset, resolve_names
 from distill import cache_keys, claims, lineage, tracking
 from distill.params_text import lists_from_text
 
@@ -120,13 +120,10 @@ def resolve_grid(p: "MainParams") -> tuple[dict, list[str], list[str], list[int]
     students, seeds, backend, eval limit and whether a judge is configured."""
     preset = load_preset(p.preset)
     grid = preset.grid
-    teachers = _names(p.teachers, grid.teachers or list(preset.teachers))
-    students = _names(p.students, grid.students or list(preset.students))
+    # in the preset's spelling (`7b` -> `7B`): the steps' parameters, tags and cache keys use these names
+    teachers = resolve_names(_names(p.teachers, grid.teachers or list(preset.teachers)), preset, "teacher", "teachers")
+    students = resolve_names(_names(p.students, grid.students or list(preset.students)), preset, "student", "students")
     seeds = parse_seeds(p.seeds, grid.seeds)
-    for t in teachers:
-        resolve_role(t, preset, "teacher")
-    for s in students:
-        resolve_role(s, preset, "student")
     if len(teachers) < 2:
         raise DistillError(f"main needs at least two teachers to select questions on (got {teachers})")
     backend = p.backend or preset.backend

@@ -7,6 +7,7 @@ makes the run, logs, checks and registers the student. Defaults are the paper's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
-from distill.config import load_preset, resolve_role
+from distill.config import load_preset, preset_spelling, resolve_role
 from distill.params_text import yes_no
 from distill.checks import check, check_params
 from distill.training import TrainConfig, checkpoint_root, is_main_process, train
@@ -95,10 +96,20 @@ def use_bf16(setting: str, preset) -> bool:
 
 
 def teacher_names(spec: str) -> list[str]:
-    names = [t.strip() for t in spec.split("+") if t.strip()]
+    names = [t.strip() for t in spec.replace("＋", "+").split("+") if t.strip()]
     if not 1 <= len(names) <= 2:
         raise DistillError(f"teacher must be one name or two joined by '+' (got {spec!r})")
     return names
+
+
+def canonical_teacher(spec: str, preset, labels: bool = False) -> str:
+    """`7b+72b` -> `7B+72B`, the preset's spelling that every tag, parameter, cache key and alias uses, so
+    `7b` and `7B` are the same runs. With a train_file (`labels`) a name that is no teacher stays a label."""
+    names = [preset_spelling(t, preset, "teacher") if labels else resolve_role(t, preset, "teacher").name
+             for t in teacher_names(spec)]
+    if len(names) == 2 and names[0] == names[1]:
+        raise DistillError(f"teacher={spec!r} mixes {names[0]} with itself; a mix needs two teachers")
+    return "+".join(names)
 
 
 def mix(sets: dict[str, list[dict]], seed: int) -> list[dict]:
@@ -187,10 +198,10 @@ def train_config(p: SftParams, h: dict, bf16: bool, key: str, run_id: str | None
 
 def run(p: SftParams) -> str:
     preset = load_preset(p.preset)
-    teachers = teacher_names(p.teacher)
-    for t in teachers:
-        resolve_role(t, preset, "teacher") if not p.train_file else None
+    teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
     student = resolve_role(p.student, preset, "student")
+    p = dataclasses.replace(p, teacher=teacher, student=student.name)
+    teachers = teacher_names(p.teacher)
     check_params(p)                                       # bad numbers stop here, before any model loads
     h = resolved_hparams(p, preset)
     rows, upstream, source, select_run = load_training_rows(p, teachers, preset)

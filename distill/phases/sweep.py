@@ -8,6 +8,7 @@ sqlite file by default, an RDB URL lets several workers share it).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -129,8 +130,9 @@ def run(p: SweepParams) -> str:
     if n_trials <= 0:
         raise DistillError(f"n_trials must be > 0 (got {n_trials})")
     space = search_space(p, preset)
-    resolve_role(p.teacher, preset, "teacher")
     student = resolve_role(p.student, preset, "student")
+    # the preset's spelling (`7b` -> `7B`): the select run's training set, the study's name and the tags use it
+    p = dataclasses.replace(p, teacher=resolve_role(p.teacher, preset, "teacher").name, student=student.name)
     select_run = find_select_run(SftParams(teacher=p.teacher, student=p.student, select_run=p.select_run),
                                  [p.teacher], preset)
     rows = tracking.read_jsonl_artifact(select_run.info.run_id, f"train/{p.teacher}.jsonl")

@@ -17,6 +17,7 @@ import numpy as np
 from distill import DistillError
 from distill.answers import normalize
 from distill.config import ModelRef, load_preset
+from distill.names import did_you_mean, match_name
 from distill import lineage, tracking
 from distill.params_text import lists_from_text
 
@@ -95,10 +96,11 @@ def log_figure(fig, name: str, run_id: str) -> None:
 def run(p: TokensParams) -> str:
     preset = load_preset(p.preset)
     available = preset.tokenizers
-    names = list(p.tokenizers) or list(available)
+    names = [match_name(n, available) or n for n in p.tokenizers] or list(available)  # `Qwen2.5` -> `qwen2.5`
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise DistillError(f"unknown tokenizer(s) {', '.join(unknown)}; the preset has {', '.join(available)}")
+        raise DistillError(f"unknown tokenizer(s) {', '.join(unknown)}; {did_you_mean(unknown[0], available)}"
+                           f"the preset has {', '.join(available)}")
     select = tracking.require_run(p.select_run or None, "select", "tokens", params={"preset": preset.name})
     teachers = lineage.teachers_of(select)
     params = {"preset": preset.name, "tokenizers": ",".join(f"{n}={available[n]}" for n in names),

@@ -37,6 +37,7 @@ import numpy as np
 
 from distill import DistillError
 from distill.config import load_preset
+from distill.names import did_you_mean, match_name
 from distill import lineage, tracking
 from distill.params_text import lists_from_text
 from distill.phases.report.document import render_report, report_note, summary_lines
@@ -73,9 +74,11 @@ def grid_names(given: list[str], known: list[str], what: str) -> list[str]:
         return known
     out = []
     for name in given:
-        match = next((k for k in known if k.lower() == name.lower()), None)
+        match = match_name(name, known)
         if match is None:
-            raise DistillError(f"unknown name {name!r} in {what}; known {what}: {', '.join(known)}")
+            guess = did_you_mean(name, known).strip()
+            raise DistillError(f"unknown name {name!r} in {what}; known {what}: {', '.join(known)}"
+                               + (f"; {guess}" if guess else ""))
         out.append(match)
     return out
 
@@ -85,10 +88,11 @@ def preset_list(preset, key: str) -> list[str]:
 
 
 def _known(name: str, teachers: list[str]) -> str:
-    for t in teachers:
-        if t.lower() == name.lower():
-            return t
-    raise DistillError(f"unknown teacher {name!r} in error_teachers; known teachers: {', '.join(teachers)} "
+    match = match_name(name, teachers)
+    if match is not None:
+        return match
+    raise DistillError(f"unknown teacher {name!r} in error_teachers; {did_you_mean(name, teachers)}"
+                       f"known teachers: {', '.join(teachers)} "
                        "(the preset's, and any mix with evaluated students)")
 
 
