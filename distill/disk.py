@@ -47,8 +47,9 @@ def count_parameters(model: str) -> int | None:
     return sum(p.numel() for p in built.parameters())  # shared (tied) tensors are yielded once
 
 
-def student_parameters(preset) -> dict[str, int]:
-    """Each student of the preset's grid -> its parameter count (local config first, then the table)."""
+def student_parameters(preset, local: bool = True) -> dict[str, int]:
+    """Each student of the preset's grid -> its parameter count (its local config first unless `local` is
+    false, then the table)."""
     from distill.config import resolve_role
     from distill.models import materialize
 
@@ -56,7 +57,7 @@ def student_parameters(preset) -> dict[str, int]:
     for name in preset.grid.students:
         ref = resolve_role(name, preset, "student")
         source = str(ref.source)
-        n = count_parameters(materialize(ref).model if source.startswith("tiny:") else source)
+        n = count_parameters(materialize(ref).model if source.startswith("tiny:") else source) if local else None
         n = n or PUBLISHED_PARAMS.get(source)
         if n is None:
             raise DistillError(f"no parameter count for student {name} ({ref.source}): its config is not on this "
@@ -65,9 +66,9 @@ def student_parameters(preset) -> dict[str, int]:
     return out
 
 
-def sft_disk(preset, keep: str = "last") -> dict:
+def sft_disk(preset, keep: str = "last", local: bool = True) -> dict:
     """GB the preset's SFT grid (teachers x students x seeds) leaves in and needs of the artifact store."""
-    params = student_parameters(preset)
+    params = student_parameters(preset, local)
     runs = len(preset.grid.teachers) * len(preset.grid.seeds)  # runs per student
     per_run = math.ceil(preset.sft.num_train_epochs)           # one checkpoint an epoch
     models = sum(runs * MODEL_BYTES * n for n in params.values())
