@@ -123,6 +123,15 @@ def test_bad_input_stops_before_any_model_loads(study, params, message, monkeypa
         sft(SftParams(**params))
 
 
+def test_a_launch_that_cannot_split_the_batch_is_refused_before_a_run_starts(study, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # rank 0 of 3 processes: 8 examples a step do not divide
+    before = len(mlflow.search_runs(output_format="list"))
+    with pytest.raises(DistillError, match=r"the effective batch 8 \(per_device_train_batch_size 8 x "
+                                           r"gradient_accumulation_steps 1\) cannot be split evenly over 3 processes"):
+        sft(SftParams(teacher="7B", student="qwen2.5-0.5b"))
+    assert len(mlflow.search_runs(output_format="list")) == before
+
+
 def test_empty_training_set(study, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -9,6 +9,7 @@ ranks what to do (distill/ranks.py), and the batch of a step stays Table 2's (di
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import re
@@ -20,6 +21,7 @@ from distill import DistillError
 from distill.config import load_preset, resolve_role
 from distill.params_text import yes_no
 from distill.checks import check, check_params
+from distill.batching import split_batch
 from distill.checkpoints import check_keep, checkpoint_root, resume_point
 from distill.checkpoints import remove as remove_checkpoints
 from distill.training import TrainConfig, train
@@ -201,14 +203,22 @@ def run(p: SftParams) -> str:
         resolve_role(t, preset, "teacher") if not p.train_file else None
     student = resolve_role(p.student, preset, "student")
     check_params(p)                                       # bad numbers stop here, before any model loads
-    check_keep(p.keep_checkpoints)
+    p = dataclasses.replace(p, keep_checkpoints=check_keep(p.keep_checkpoints or "last"))  # empty: the default
     h = resolved_hparams(p, preset)
+    # A launch whose processes cannot share the effective batch evenly stops here, before a run exists;
+    # train() checks the split again against what HF Trainer itself counts.
+    split_batch(h["per_device_train_batch_size"], h["gradient_accumulation_steps"], ranks.world_size())
     ranks.fail_on_sigterm()
     if not ranks.is_main_process():  # the other ranks of a launch: rank 0 decides, they train
         return _follow_main(p, h, student, preset)
     told = []
+
+    def tell(plan: dict) -> None:  # once: a second broadcast after a broken first one would wait for nobody
+        told.append(True)
+        ranks.share_from_main(plan)
+
     try:
-        return _lead(p, h, teachers, student, preset, tell=lambda plan: told.append(ranks.share_from_main(plan)))
+        return _lead(p, h, teachers, student, preset, tell)
     except BaseException as e:
         if not told and ranks.world_size() > 1:  # the other ranks wait for a plan: tell them to stop
             with contextlib.suppress(Exception):
@@ -255,7 +265,7 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
             mlflow.set_tag(lineage.RESUMED_FROM, f"{','.join(earlier) or 'local'}:{resume.name}")
             console.info(f"sft: resuming from {resume}")
         bf16 = use_bf16(p.bf16, preset)
-        mlflow.log_params({"bf16_used": bf16, "keep_checkpoints": p.keep_checkpoints})
+        tracking.log_params_merged(mlflow.active_run(), {"bf16_used": bf16, "keep_checkpoints": p.keep_checkpoints})
         tell({"reused": "", "rows": rows, "out_dir": str(out_dir), "resume": str(resume) if resume else ""})
         model, tokenizer, stats = train(student, rows, train_config(p, h, bf16, out_dir, pr.run_id, resume, earlier))
         mlflow.log_metrics(stats)
