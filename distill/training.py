@@ -48,7 +48,7 @@ class TrainConfig:
 def train(student: ModelRef, rows: list[dict], config: TrainConfig):
     """Train `student` on prompt/completion `rows`; returns (model, tokenizer, stats), stats being the
     metrics `sft` logs (tokens per second, padding fraction, final loss). The effective batch and how it
-    was split over this launch's replicas go to run_id as parameters. With `final_dir`, the model is the
+    was split over this launch's processes go to run_id as parameters. With `final_dir`, the model is the
     one saved there, loaded on CPU (None on other ranks); without, the trainer's own."""
     import torch
     from datasets import Dataset
@@ -84,7 +84,7 @@ def train(student: ModelRef, rows: list[dict], config: TrainConfig):
         save_total_limit=1 if config.keep_checkpoints == "last" else None,  # removed once the next is complete
         disable_tqdm=not sys.stderr.isatty(), dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
-    split = split_for(args, h)  # the preset's batch over the replicas these arguments train on, or a refusal
+    split = split_for(args, h)  # the preset's batch over the processes these arguments train on, or a refusal
     # Only FlashAttention keeps the sequences of one flattened row apart (checked before the run started).
     attention = {"attn_implementation": "flash_attention_2"} if h["batching"] == "padding_free" else {}
     model = AutoModelForCausalLM.from_pretrained(loadable.model, dtype=torch.float32, use_safetensors=True, **attention)

@@ -23,7 +23,7 @@ from distill.phases.teacher import run as teacher
 from distill.phases.translate import TranslateParams
 from distill.phases.translate import run as translate
 from distill import checkpoints
-from distill.training import UPLOAD_COMPLETE
+from distill.checkpoints import UPLOAD_COMPLETE
 from tests.conftest import ROOT
 
 
@@ -203,7 +203,7 @@ def test_padding_free_without_flash_attention_is_refused_before_a_run_starts(stu
 def test_a_partly_uploaded_checkpoint_is_not_resumed_from(tracking, tmp_path):  # noqa: F811
     """A try killed while uploading a checkpoint leaves a folder without its last file; resume takes the
     newest complete one (CI once resumed from such a folder: "Can't find a valid checkpoint")."""
-    from distill.training import checkpoint_from_runs
+    from distill.checkpoints import checkpoint_from_runs
 
     src = tmp_path / "src"
     src.mkdir()
