@@ -1,10 +1,11 @@
-"""Trainer plumbing for `sft`: MLflow logging from rank 0, checkpoint upload, padding accounting."""
+"""Trainer plumbing for `sft`: MLflow logging from rank 0, checkpoint upload and retention, padding accounting."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -23,6 +24,13 @@ class PaddingCounter:
         self.pad_token_id = pad_token_id
         self.real_tokens = 0
         self.total_tokens = 0
+        # Each process counts only the batches it builds; set by `train` to a sum over every process.
+        self.sum_over_processes = lambda counts: counts
+
+    def totals(self) -> tuple[int, int]:
+        """Real and padded-total tokens of every process so far (a collective: every rank calls it)."""
+        real, total = self.sum_over_processes([self.real_tokens, self.total_tokens])
+        return int(real), int(total)
 
     def __call__(self, examples):
         batch = self.collator(examples)
@@ -38,25 +46,33 @@ class PaddingCounter:
 
     @property
     def padding_fraction(self) -> float:
-        return 1 - self.real_tokens / self.total_tokens if self.total_tokens else 0.0
+        real, total = self.totals()
+        return 1 - real / total if total else 0.0
 
 
 class MlflowLogger(TrainerCallback):
     """Streams loss, learning rate, grad norm and tokens/s to the active run (world process zero only),
-    and uploads each checkpoint to the run so that a rerun elsewhere can resume from it."""
+    and uploads each checkpoint to the run so that a rerun elsewhere can resume from it, keeping only
+    the newest complete one unless `keep` is `all` (distill/checkpoints.py)."""
 
-    def __init__(self, counter: PaddingCounter, upload_checkpoints: bool = True):
+    def __init__(self, counter: PaddingCounter, upload_checkpoints: bool = True, keep: str = "last",
+                 earlier: tuple[str, ...] = ()):
         self.counter = counter
         self.upload_checkpoints = upload_checkpoints
+        self.keep = keep
+        self.earlier = list(earlier)  # killed tries this run continues: their checkpoints go once it has one
         self.last_loss = None
         self._t = None
         self._tokens = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._t, self._tokens = time.perf_counter(), self.counter.real_tokens
+        self._t, self._tokens = time.perf_counter(), self.counter.totals()[0]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not logs:
+            return
+        tokens = self.counter.totals()[0]  # every rank: the sum over processes is a collective
+        if not state.is_world_process_zero:
             return
         import mlflow
 
@@ -69,9 +85,9 @@ class MlflowLogger(TrainerCallback):
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
         # a log at epoch end saw no new tokens: a 0 there would read as a stall
-        if self._t is not None and now > self._t and self.counter.real_tokens > self._tokens:
-            metrics["tokens_per_second"] = (self.counter.real_tokens - self._tokens) / (now - self._t)
-        self._t, self._tokens = now, self.counter.real_tokens
+        if self._t is not None and now > self._t and tokens > self._tokens:
+            metrics["tokens_per_second"] = (tokens - self._tokens) / (now - self._t)
+        self._t, self._tokens = now, tokens
         if metrics and mlflow.active_run():
             mlflow.log_metrics(metrics, step=state.global_step)
 
@@ -80,13 +96,15 @@ class MlflowLogger(TrainerCallback):
             return
         import mlflow
 
-        from distill.training import UPLOAD_COMPLETE
+        from distill import checkpoints
 
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if os.path.isdir(folder) and mlflow.active_run():
-            where = f"checkpoints/checkpoint-{state.global_step}"
-            mlflow.log_artifacts(folder, artifact_path=where)
-            mlflow.log_text("every file of this checkpoint was uploaded\n", f"{where}/{UPLOAD_COMPLETE}")
+        run = mlflow.active_run()
+        if os.path.isdir(folder) and run:
+            newest = checkpoints.upload(Path(folder), state.global_step)
+            if self.keep == "last":
+                checkpoints.keep_newest(run.info.run_id, newest, self.earlier)
+                self.earlier = []
 
 
 class NonFiniteGuard(TrainerCallback):

@@ -22,7 +22,8 @@ from distill.phases.teacher import TeacherParams
 from distill.phases.teacher import run as teacher
 from distill.phases.translate import TranslateParams
 from distill.phases.translate import run as translate
-from distill.training import UPLOAD_COMPLETE
+from distill import checkpoints
+from distill.checkpoints import UPLOAD_COMPLETE
 from tests.conftest import ROOT
 
 
@@ -107,6 +108,7 @@ def test_mix_of_two_teachers(study):
     (dict(teacher="14B", student="qwen2.5-0.5b"), "has no training set for 14B; it has: 7B, 72B"),
     (dict(teacher="7B", student="qwen2.5-0.5b", learning_rate=0.0), r"learning_rate must be a finite number in \(0, 1\]"),
     (dict(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=-1), r"num_train_epochs must be a finite number in \(0, 1000\]"),
+    (dict(teacher="7B", student="qwen2.5-0.5b", keep_checkpoints="first"), r"keep_checkpoints must be one of last, all"),
 ])
 def test_bad_input_stops_before_any_model_loads(study, params, message, monkeypatch):
     import transformers
@@ -121,18 +123,20 @@ def test_bad_input_stops_before_any_model_loads(study, params, message, monkeypa
         sft(SftParams(**params))
 
 
+def test_a_launch_that_cannot_split_the_batch_is_refused_before_a_run_starts(study, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # rank 0 of 3 processes: 8 examples a step do not divide
+    before = len(mlflow.search_runs(output_format="list"))
+    with pytest.raises(DistillError, match=r"the effective batch 8 \(per_device_train_batch_size 8 x "
+                                           r"gradient_accumulation_steps 1\) cannot be split evenly over 3 processes"):
+        sft(SftParams(teacher="7B", student="qwen2.5-0.5b"))
+    assert len(mlflow.search_runs(output_format="list")) == before
+
+
 def test_empty_training_set(study, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DistillError, match="training set for 7B is empty"):
         sft(SftParams(teacher="7B", student="qwen2.5-0.5b", train_file=str(empty)))
-
-
-def test_other_ranks_train_without_logging(study, monkeypatch):
-    monkeypatch.setenv("RANK", "1")
-    before = len(mlflow.search_runs(output_format="list"))
-    assert sft(SftParams(teacher="72B", student="qwen2.5-0.5b", num_train_epochs=1, seed=7)) == ""
-    assert len(mlflow.search_runs(output_format="list")) == before
 
 
 def test_killed_sft_resumes_from_its_last_checkpoint(study):
@@ -161,6 +165,10 @@ def test_killed_sft_resumes_from_its_last_checkpoint(study):
     assert "checkpoint-" in final.data.tags["distill.resumed_from"]
     steps = [m.step for m in MlflowClient().get_metric_history(final.info.run_id, "train_loss")]
     assert min(steps) > 4 and max(steps) == 36  # 12 examples x 3 epochs at batch 1: only the rest was trained
+    # keep_checkpoints=last: the killed try's checkpoints went once the rerun had a newer one, the rerun's own
+    # once its model was logged
+    killed = final.data.tags["distill.resumed_from"].split(":")[0].split(",")
+    assert killed and all(checkpoints.uploaded(r) == [] for r in killed + [final.info.run_id])
 
 
 def test_accelerate_launch_single_process(study):
@@ -195,7 +203,7 @@ def test_padding_free_without_flash_attention_is_refused_before_a_run_starts(stu
 def test_a_partly_uploaded_checkpoint_is_not_resumed_from(tracking, tmp_path):  # noqa: F811
     """A try killed while uploading a checkpoint leaves a folder without its last file; resume takes the
     newest complete one (CI once resumed from such a folder: "Can't find a valid checkpoint")."""
-    from distill.training import checkpoint_from_runs
+    from distill.checkpoints import checkpoint_from_runs
 
     src = tmp_path / "src"
     src.mkdir()

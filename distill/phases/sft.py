@@ -2,11 +2,13 @@
 
 The training itself is `distill.training.train` (shared with `sweep`); this phase finds the data,
 makes the run, logs, checks and registers the student. Defaults are the paper's Table 2. Under
-`accelerate launch` every rank trains and only rank 0 talks to MLflow.
+torchrun or `accelerate launch` every rank trains and only rank 0 talks to MLflow: it sends the other
+ranks what to do (distill/ranks.py), and the batch of a step stays Table 2's (distill/batching.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -19,8 +21,11 @@ from distill import DistillError
 from distill.config import load_preset, preset_spelling, resolve_role
 from distill.params_text import yes_no
 from distill.checks import check, check_params
-from distill.training import TrainConfig, checkpoint_root, is_main_process, train
-from distill import cache_keys, claims, lineage, tracking
+from distill.batching import split_batch
+from distill.checkpoints import check_keep, checkpoint_root, resume_point
+from distill.checkpoints import remove as remove_checkpoints
+from distill.training import TrainConfig, train
+from distill import lineage, ranks, tracking
 
 console = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ class SftParams:
     save_steps: int | None = None            # empty: a checkpoint per epoch
     register: bool = True
     checkpoints_to_run: bool = True          # upload each checkpoint to the run (resume on another machine)
+    keep_checkpoints: str = "last"           # last: only the newest complete checkpoint while training, none
+                                             # once the model is logged; all: every one, kept
     reuse: bool = True
     train_file: str = ""                     # a JSONL of prompt/completion instead of a select run (sweep)
     output_dir: str = ""                     # checkpoints; empty: $DISTILL_HOME/checkpoints/<cache key>
@@ -189,11 +196,14 @@ def alias_for(teacher: str) -> str:
     return "teacher-" + "-".join(t.lower() for t in teacher_names(teacher))
 
 
-def train_config(p: SftParams, h: dict, bf16: bool, key: str, run_id: str | None, earlier: list[str]) -> TrainConfig:
-    """How this phase trains: checkpoints in output_dir (else under the work's cache key), resumed from
-    earlier tries, uploaded to run_id."""
-    return TrainConfig(hparams=h, bf16=bf16, output_dir=Path(p.output_dir) if p.output_dir else checkpoint_root() / key,
-                       run_id=run_id, earlier=earlier, save_steps=p.save_steps, checkpoints_to_run=p.checkpoints_to_run)
+def train_config(p: SftParams, h: dict, bf16: bool, out_dir: Path, run_id: str | None = None,
+                 resume: Path | None = None, earlier: list[str] = ()) -> TrainConfig:
+    """How this phase trains: checkpoints in out_dir, resumed from `resume`, uploaded to run_id (whose earlier
+    tries' checkpoints are removed once it has a newer one, unless keep_checkpoints=all), and the trained
+    model saved by every rank into out_dir/final."""
+    return TrainConfig(hparams=h, bf16=bf16, output_dir=out_dir, run_id=run_id, resume=resume, earlier=list(earlier),
+                       save_steps=p.save_steps, checkpoints_to_run=p.checkpoints_to_run,
+                       keep_checkpoints=p.keep_checkpoints, final_dir=out_dir / "final")
 
 
 def run(p: SftParams) -> str:
@@ -203,7 +213,44 @@ def run(p: SftParams) -> str:
     p = dataclasses.replace(p, teacher=teacher, student=student.name)
     teachers = teacher_names(p.teacher)
     check_params(p)                                       # bad numbers stop here, before any model loads
+    p = dataclasses.replace(p, keep_checkpoints=check_keep(p.keep_checkpoints or "last"))  # empty: the default
     h = resolved_hparams(p, preset)
+    # A launch whose processes cannot share the effective batch evenly stops here, before a run exists;
+    # train() checks the split again against what HF Trainer itself counts.
+    split_batch(h["per_device_train_batch_size"], h["gradient_accumulation_steps"], ranks.world_size())
+    ranks.fail_on_sigterm()
+    if not ranks.is_main_process():  # the other ranks of a launch: rank 0 decides, they train
+        return _follow_main(p, h, student, preset)
+    told = []
+
+    def tell(plan: dict) -> None:  # once: a second broadcast after a broken first one would wait for nobody
+        told.append(True)
+        ranks.share_from_main(plan)
+
+    try:
+        return _lead(p, h, teachers, student, preset, tell)
+    except BaseException as e:
+        if not told and ranks.world_size() > 1:  # the other ranks wait for a plan: tell them to stop
+            with contextlib.suppress(Exception):
+                ranks.share_from_main({"stop": f"{type(e).__name__}: {e}"})
+        raise
+
+
+def _follow_main(p: SftParams, h: dict, student, preset) -> str:
+    """A rank other than 0: what rank 0 decided (reuse a run, or train these rows from this checkpoint),
+    then the training, without a word to MLflow."""
+    plan = ranks.share_from_main(None)
+    if "stop" in plan:
+        raise DistillError(f"rank 0 stopped before training ({plan['stop']})")
+    if plan["reused"]:
+        return plan["reused"]
+    resume = Path(plan["resume"]) if plan["resume"] else None
+    train(student, plan["rows"], train_config(p, h, use_bf16(p.bf16, preset), Path(plan["out_dir"]), resume=resume))
+    return ""
+
+
+def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> str:
+    """Rank 0 (or the only process): the run, the plan for the other ranks, the training, the model."""
     rows, upstream, source, select_run = load_training_rows(p, teachers, preset)
     rows = rows[:p.limit] if p.limit is not None else rows
     if not rows:
@@ -213,31 +260,31 @@ def run(p: SftParams) -> str:
     params = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "student_source": student.source,
               **h, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
     tags = {lineage.TEACHER: p.teacher, lineage.STUDENT: student.name, lineage.SEED: str(p.seed)}
-    main = is_main_process()
-    key = cache_keys.cache_key("sft", params, upstream)
-    if not main:  # other ranks only read the store, never write
-        prior = claims.find_reusable(key) if p.reuse else None
-        if prior:
-            return prior
-        earlier = [r.info.run_id for r in claims.find_unfinished(key)]
-        train(student, rows, train_config(p, h, use_bf16(p.bf16, preset), key, None, earlier))
-        return ""
     with tracking.phase_run("sft", params, upstream, tags=tags, reuse=p.reuse) as pr:
         if pr.reused:
+            tell({"reused": pr.run_id})
             return pr.run_id
         import mlflow
 
         digest = tracking.log_dataset(rows, name=f"train-{p.teacher}", source=source, context="training")
         mlflow.set_tag(lineage.TRAIN_DIGEST, digest)
         earlier = tracking.earlier_tries(pr, tag=False)  # tagged with the checkpoint it resumes from
+        out_dir = Path(p.output_dir) if p.output_dir else checkpoint_root() / pr.key
+        resume = resume_point(out_dir, earlier)
+        if resume is not None:
+            mlflow.set_tag(lineage.RESUMED_FROM, f"{','.join(earlier) or 'local'}:{resume.name}")
+            console.info(f"sft: resuming from {resume}")
         bf16 = use_bf16(p.bf16, preset)
-        mlflow.log_param("bf16_used", bf16)
-        model, tokenizer, stats = train(student, rows, train_config(p, h, bf16, pr.key, pr.run_id, earlier))
+        tracking.log_params_merged(mlflow.active_run(), {"bf16_used": bf16, "keep_checkpoints": p.keep_checkpoints})
+        tell({"reused": "", "rows": rows, "out_dir": str(out_dir), "resume": str(resume) if resume else ""})
+        model, tokenizer, stats = train(student, rows, train_config(p, h, bf16, out_dir, pr.run_id, resume, earlier))
         mlflow.log_metrics(stats)
         _log_student(model, tokenizer, p, preset, student.name, pr.run_id, source)
         mlflow.set_tag("mlflow.note.content", sft_note(p, student.name, source, len(rows), digest, pr.run_id))
-        if not p.output_dir:  # the run holds the model (and, unless turned off, the checkpoints)
-            shutil.rmtree(checkpoint_root() / pr.key, ignore_errors=True)
+        if p.keep_checkpoints == "last":  # the logged model holds the weights; the run is done with resuming
+            remove_checkpoints(pr.run_id)
+        if not p.output_dir:  # the run holds the model (and, with keep_checkpoints=all, the checkpoints)
+            shutil.rmtree(out_dir, ignore_errors=True)
         console.info(f"sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
                      f"padding {100 * stats['padding_fraction']:.1f}%, run {pr.run_id}")
         return pr.run_id
@@ -297,7 +344,7 @@ def _log_student(model, tokenizer, p: SftParams, preset, student: str, run_id: s
                     f"mlflow=={mlflow.__version__}", "accelerate", "safetensors"]
     model_name = logged_model_name(student, p.teacher, p.seed)
     info = mlflow.transformers.log_model(
-        transformers_model={"model": model.to("cpu"), "tokenizer": tokenizer}, name=model_name, task="text-generation",
+        transformers_model={"model": model, "tokenizer": tokenizer}, name=model_name, task="text-generation",
         pip_requirements=requirements,
     )
     # evaluate finds the model by this name (runs:/<run>/<name>) and links its metrics to the model id

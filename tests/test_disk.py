@@ -1,0 +1,28 @@
+"""The disk figures of the README's sft section come from the preset (distill/disk.py), not a hand count."""
+
+import re
+
+from distill.config import load_preset
+from distill.disk import count_parameters, sft_disk
+from tests.conftest import ROOT
+
+
+def test_the_readme_gives_the_disk_the_paper_grid_needs():
+    paper = load_preset("paper")
+    last, every = sft_disk(paper, "last", local=False), sft_disk(paper, "all", local=False)
+    assert last["runs"] == every["runs"] == 16 and every["checkpoints_per_run"] == 2
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("**Checkpoints on disk.**"):text.index("**Several GPUs.**")]
+    bold = [int(x) for x in re.findall(r"\*\*(\d+) GB\*\*", section)]
+    assert bold == [round(last["store_after_gb"]), round(last["store_peak_gb"]), round(every["store_after_gb"])]
+    assert f"{round(every['checkpoints_gb'])} GB of it checkpoints" in section
+    assert f"{round(last['checkpoint_gb_largest'])} GB for" in section  # one checkpoint of llm-jp-3.1-1.8b
+
+
+def test_a_local_model_is_counted_from_its_config(tiny_student):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_student)
+    assert count_parameters(str(tiny_student)) == sum(p.numel() for p in model.parameters())
+    offline = sft_disk(load_preset("offline"))
+    assert offline["students_b"] and all(0 < b < 0.01 for b in offline["students_b"].values())
