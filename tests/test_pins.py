@@ -74,3 +74,19 @@ def test_ci_installs_and_runs_exactly_the_readmes_test_commands():
         for install in installs:  # `pip install X` in the README: `python -m pip install -q X` in CI
             assert "python -m pip install -q " + install.removeprefix("pip install ") in steps, (install, steps)
         assert test in steps, (test, steps)
+
+
+def test_pyprojects_lower_bounds_are_the_tested_lower_bound_set():
+    """constraints/lower-bounds.txt is the set that was run (README); pyproject's `>=` must say the same."""
+    import tomllib
+
+    from packaging.version import Version
+
+    lines = [x for x in (ROOT / "constraints" / "lower-bounds.txt").read_text().splitlines() if x and x[0] != "#"]
+    tested = dict(x.split("==") for x in lines)
+    assert {"transformers", "trl", "accelerate", "datasets", "tokenizers"} <= set(tested)
+    declared = {Requirement(r).name.lower(): Requirement(r)
+                for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    for name, version in tested.items():
+        floors = [Version(s.version) for s in declared[name].specifier if s.operator == ">="]
+        assert floors == [Version(version)], (name, version, str(declared[name].specifier))
