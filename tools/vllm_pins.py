@@ -4,7 +4,7 @@ A GPU user installs the vLLM extra, and vLLM pins its own range of transformers 
 libraries the study calls are not those of the default install that the tests run under. CI runs the
 training and evaluation tests a second time under this file (README, "Versions and the pinned test pass").
 
-    python tools/vllm_pins.py                       # two dry runs in a throw-away venv (~3.5 min here, ~75 MB)
+    python tools/vllm_pins.py                       # two dry runs in a throw-away venv (1-3.5 min here)
     python tools/vllm_pins.py --report r.json --default-report d.json   # from reports made before
 
 Each dry run is `pip install --dry-run --ignore-installed --report R -e SPEC`, for ".[vllm]" and for "."
