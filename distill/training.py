@@ -76,7 +76,7 @@ def train(student: ModelRef, rows: list[dict], config: TrainConfig):
         data_seed=h["seed"], bf16=config.bf16, max_length=h["max_length"],
         padding_free=h["batching"] == "padding_free",
         train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
-        activation_checkpointing=h["gradient_checkpointing"],  # transformers 5's name (the old one warns)
+        **checkpointing_arg(SFTConfig, h["gradient_checkpointing"]),
         completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
         logging_nan_inf_filter=False,  # a NaN loss must reach NonFiniteGuard, not be averaged away
         save_strategy=("steps" if config.save_steps is not None else "epoch") if config.save else "no",
@@ -144,6 +144,17 @@ def saved_model(trainer, final_dir: Path):
         raise DistillError(f"trainer.save_model() wrote no weights to {final_dir} (under DeepSpeed ZeRO-3 set "
                            "zero3_save_16bit_model: true; under FSDP fsdp_state_dict_type: FULL_STATE_DICT)")
     return AutoModelForCausalLM.from_pretrained(str(final_dir), dtype=torch.float32, use_safetensors=True)
+
+
+def checkpointing_arg(config_class, on: bool) -> dict:
+    """The keyword that turns activation checkpointing on or off in `config_class` (SFTConfig).
+
+    transformers 5.23 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns);
+    5.20 (what the vLLM extra resolves to) to 5.22 know only the old one and refuse the new one."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
 def check_finite_weights(model, step: int) -> None:

@@ -72,14 +72,27 @@ def test_quiet_hides_library_chatter_and_verbose_keeps_it(clean_env):
             logging.getLogger(n).setLevel(level)
 
 
-def test_sft_uses_the_non_deprecated_checkpointing_name():
-    """transformers 5 warns (FutureWarning) at `gradient_checkpointing=`; training passes `activation_checkpointing`."""
+def test_sft_names_checkpointing_as_the_installed_transformers_does(tmp_path):
+    """transformers >= 5.23 warns (FutureWarning) at `gradient_checkpointing=`; 5.20-5.22 (5.20 is what the vLLM
+    extra resolves to) refuse `activation_checkpointing=` with a TypeError. Training builds its SFTConfig with
+    whichever name the installed version has, and the setting arrives either way."""
     import inspect
+    import warnings
+
+    from trl import SFTConfig
 
     from distill import training
 
-    source = inspect.getsource(training)
-    assert "activation_checkpointing=h[" in source and "\n        gradient_checkpointing=" not in source
+    for on in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                             **training.checkpointing_arg(SFTConfig, on))
+        assert args.gradient_checkpointing is on and getattr(args, "activation_checkpointing", on) is on
+        assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
+    call = inspect.getsource(training.train)
+    assert '**checkpointing_arg(SFTConfig, h["gradient_checkpointing"])' in call
+    assert "activation_checkpointing=" not in call and "gradient_checkpointing=" not in call
 
 
 def test_console_lines_go_through_logging_at_a_rank_aware_level(clean_env, capsys):
