@@ -7,8 +7,8 @@ Both executors walk this one plan: the sequential one (distill/phases/main.py) i
 of the steps named in `inputs` once those have run or been reused (`Step.filled`).
 
 For a tool that builds one target and what it needs (`-e sft` with its upstream): `upstream(steps, names)`
-is the target and every step it depends on, in plan order, and `pending(steps, probe)` says, given what
-is finished, which of them must run and which are reused (see their docstrings).
+is the target and every step it depends on, in plan order, and `pending(steps, finished_run)` says, given
+what is finished in the tracking store, which of them must run and which are reused (see their docstrings).
 """
 
 from __future__ import annotations
@@ -212,3 +212,22 @@ def pending(steps: list[Step], probe: Callable[[Step, Any], str | None]) -> list
         else:
             out.append(Pending(s, None))
     return out
+
+
+def finished_run(step: Step, params: Any) -> str | None:
+    """The id of a FINISHED run of this step's work (the phase's own reuse check under tracking.REUSE_ONLY:
+    same parameters, input run ids and code; no model is loaded), None where the step must run. Asked inside
+    a run (`main`'s, or the one `mlflow run` opened), it writes nothing; outside any, a found run gets the
+    pointer run that a reused phase leaves under `mlflow run` (tracking.phase_run)."""
+    import importlib
+
+    from distill import tracking
+    from distill.phases import module_name
+
+    tracking.REUSE_ONLY = True
+    try:
+        return importlib.import_module(module_name(step.phase)).run(params)
+    except tracking.NotReused:
+        return None
+    finally:
+        tracking.REUSE_ONLY = False

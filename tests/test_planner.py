@@ -68,6 +68,19 @@ def test_what_a_target_needs_given_what_is_finished():
     assert set(by_name) == {"translate", "teacher 7B", "teacher 72B", "select"}
 
 
+def test_what_is_finished_is_asked_of_the_store(tracking):
+    """planner.finished_run: the phases' own reuse check, against a real store: nothing is written by asking."""
+    p = MainParams(preset="offline", train_limit=2, max_new_tokens=4)
+    steps = planner.plan(p, planner.resolve_grid(p))
+    need = planner.upstream(steps, ["select"])
+    assert [x.reuse for x in planner.pending(need, planner.finished_run)] == [None] * 4
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+    translation = pipeline.phase_function("translate")(need[0].filled({}))  # the translation done, as `main` would
+    status = planner.pending(need, planner.finished_run)
+    assert [x.reuse for x in status] == [translation, None, None, None]
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == 1
+
+
 def _fake_run_id(name: str) -> str:
     return hashlib.md5(name.encode()).hexdigest()
 
