@@ -1,7 +1,7 @@
 """Expected wall time of the `paper` preset's grid on 1, 8 and 32 GPUs, sequential vs `executor=ray`: an ESTIMATE.
 
 No GPU was at hand, so the per-step times are not measured: they come from one published throughput figure and
-stated scaling rules (below), and the schedule from the executor's own graph (`distill.executors.plan`, the same
+stated scaling rules (below), and the schedule from the executor's own graph (`distill.planner.plan`, the same
 steps, dependencies and GPU requests `main -P executor=ray` submits). The schedule is simulated: the sequential
 executor runs one step at a time; the Ray executor starts, in plan order, every step whose inputs exist and whose
 GPUs are free (Ray's own scheduler may order them differently).
@@ -83,12 +83,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     report = Results("grid_walltime", args)
     from distill.config import load_preset
-    from distill.executors import plan
+    from distill import planner
     from distill.phases.main import MainParams
 
     preset = load_preset("paper")
-    steps = plan(MainParams(preset="paper", executor="ray"), preset, preset.grid.teachers, preset.grid.students, [42],
-                 preset.backend, None, judge=False)
+    steps = planner.plan(MainParams(preset="paper", executor="ray"),
+                         planner.Grid(preset, preset.grid.teachers, preset.grid.students, [42], preset.backend, None, False))
     durations = {s.name: duration(s) for s in steps}
     rows = []
     for g in (1, 8, 32):

@@ -1,127 +1,64 @@
 """`main -P executor=ray`: the grid's independent steps at once, as Ray tasks.
 
-The same steps as the sequential executor (distill/phases/main.py), as a graph: the teachers side by
-side after the translation, the teachers' own evaluations and the 4-shot baselines at once, every
-SFT cell after `select`, each evaluation as soon as its student exists, the judge after its
-evaluation, `report` last. Each task asks Ray for what its step needs, from the preset: the
-tensor-parallel size in GPUs for a vLLM step, one GPU for SFT or transformers generation where the
-preset needs a GPU, none otherwise. A task that held a GPU runs in a worker that exits afterwards.
+The same steps as the sequential executor (distill/phases/main.py), from the same plan
+(distill/planner.py), as a graph: the teachers side by side after the translation, the teachers' own
+evaluations and the 4-shot baselines at once, every SFT cell after `select`, each evaluation as soon as its
+student exists, the judge after its evaluation, `report` last. Each task asks Ray for the GPUs of its step
+(`Step.gpus`: the tensor-parallel size for a vLLM step, one for SFT or transformers generation where the
+preset needs a GPU, none otherwise); Ray places a task on one node and sets its CUDA_VISIBLE_DEVICES, so a
+step that needs more GPUs than the largest node has is refused before the grid starts. A task that held a
+GPU runs in a worker that exits afterwards; a task without one sees no GPU, as in the sequential executor.
 
-Semantics are the sequential executor's: every step a run nested under the `main` run, finished
-steps reused, a failed step named with its run id while the steps that do not depend on it finish,
-and a rerun continues. Tasks write to the tracking store concurrently, which a local file or SQLite
-store is not made for: with such a store, `main` serves it with an `mlflow server` on loopback for
-the tasks and stops it afterwards; an http(s) tracking URI is used as it is.
+Semantics are the sequential executor's: every step a run nested under the `main` run (the same params,
+tags and heartbeat: distill.main_run), finished steps reused, a failed step named with its run id while the
+steps that do not depend on it finish, and a rerun continues. Tasks reach the tracking store through
+distill.task_tracking and read what they need only through it, never from a path another task wrote
+(`DISTILL_TASK_SCRATCH` proves it: see execute_step).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
+import tempfile
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from distill import DistillError
+from distill import DistillError, main_run, planner, tracking
 from distill.config import OFFLINE_ENV
 from distill.phases import module_name
-from distill import lineage, tracking
+from distill.task_tracking import LoopbackServer, tracking_for_tasks, stop_process_group  # noqa: F401 - re-exported
 
 console = logging.getLogger(__name__)
 
 EXECUTORS = ("sequential", "ray")
+SCRATCH_ENV = "DISTILL_TASK_SCRATCH"
 # Passed to every task (a local Ray's workers inherit the rest of the environment; a cluster's nodes have their own).
-PASSED_ENV = (*OFFLINE_ENV, "HF_HOME", "DISTILL_HOME",
+PASSED_ENV = (*OFFLINE_ENV, "HF_HOME", "DISTILL_HOME", SCRATCH_ENV,
               "TOKENIZERS_PARALLELISM", "OPENAI_BASE_URL")
 PARENT_ENV = "DISTILL_PARENT_RUN_ID"  # the main run, which each task's phase run nests under
 
 
-@dataclass
-class Step:
-    """One node of the graph: a phase, its parameters, and where its upstream run ids come from."""
-
-    name: str
-    phase: str                                              # distill module: translate, teacher, evaluate, ...
-    params: Any
-    inputs: dict[str, list[str]] = field(default_factory=dict)  # params field -> steps whose run ids fill it
-    after: list[str] = field(default_factory=list)          # steps that must finish first, ids not needed
-    gpus: float = 0
-
-    @property
-    def needs(self) -> list[str]:
-        return [d for deps in self.inputs.values() for d in deps] + self.after
+def _own_scratch(root: str) -> str:
+    """DISTILL_TASK_SCRATCH: this task works in an empty folder of its own (working directory, TMPDIR,
+    DISTILL_HOME, HF_HOME), as on nodes that share no disk: whatever it reads must come through the
+    tracking server. (Libraries that fixed a cache path when a kept worker first imported them keep it.)"""
+    folder = tempfile.mkdtemp(prefix="task-", dir=root)
+    for var, sub in (("TMPDIR", "tmp"), ("DISTILL_HOME", "distill-home"), ("HF_HOME", "hf-home")):
+        os.makedirs(os.path.join(folder, sub))
+        os.environ[var] = os.path.join(folder, sub)
+    tempfile.tempdir = None  # recomputed from TMPDIR
+    os.chdir(folder)
+    return folder
 
 
-def gpus_for_generation(preset, backend: str, tensor_parallel_size: int) -> float:
-    if backend == "vllm":
-        return tensor_parallel_size
-    if backend == "transformers" and preset.needs_gpu:
-        return 1
-    return 0  # openai: the server does the work; transformers on a CPU preset
-
-
-def plan(p, preset, teachers: list[str], students: list[str], seeds: list[int], backend: str, limit,
-         judge: bool) -> list[Step]:
-    """The sequential executor's steps, in its order, with their dependencies and resources."""
-    from distill.config import resolve_role
-    from distill.phases.judge import ErrorsParams
-    from distill.phases.evaluate import EvaluateParams
-    from distill.phases.report import ReportParams
-    from distill.phases.select import SelectParams
-    from distill.phases.sft import SftParams
-    from distill.phases.teacher import TeacherParams
-    from distill.phases.tokens import TokensParams
-    from distill.phases.translate import TranslateParams
-
-    common = dict(preset=p.preset, reuse=p.reuse)
-    gen = dict(backend=p.backend, max_new_tokens=p.max_new_tokens)
-    default_tp = int(preset.tensor_parallel_size or 1)
-    tp = {t: resolve_role(t, preset, "teacher").tensor_parallel_size for t in teachers}
-    tp |= {s: resolve_role(s, preset, "student").tensor_parallel_size for s in students}
-    translator_tp = int(preset.translator.tensor_parallel_size or default_tp)
-    gpu = lambda n: gpus_for_generation(preset, backend, n)  # noqa: E731
-    sft_gpus = 1 if preset.needs_gpu else 0
-    steps = [Step("translate", "translate", TranslateParams(limit=p.train_limit, **gen, **common), gpus=gpu(translator_tp))]
-    steps += [Step(f"teacher {t}", "teacher", TeacherParams(teacher=t, translation_run="", **gen, **common),
-                   inputs={"translation_run": ["translate"]}, gpus=gpu(tp[t])) for t in teachers]
-    steps += [Step(f"evaluate teacher {t}", "evaluate", EvaluateParams(model=t, limit=limit, **gen, **common),
-                   gpus=gpu(tp[t])) for t in teachers]
-    steps.append(Step("select", "select", SelectParams(teacher_runs="", n=p.n, **common),
-                      inputs={"teacher_runs": [f"teacher {t}" for t in teachers]}))
-    cells = []
-    for t in teachers:
-        for s in students:
-            for seed in seeds:
-                sft = f"sft {t} -> {s} (seed {seed})"
-                ev = f"evaluate {s} <- {t} (seed {seed})"
-                steps.append(Step(sft, "sft", SftParams(teacher=t, student=s, seed=seed, select_run="", **common),
-                                  inputs={"select_run": ["select"]}, gpus=sft_gpus))
-                steps.append(Step(ev, "evaluate", EvaluateParams(model="", limit=limit, **gen, **common),
-                                  inputs={"model": [sft]}, gpus=gpu(default_tp)))
-                cells.append((t, s, seed, ev))
-    steps += [Step(f"baseline {s} (4-shot)", "evaluate",
-                   EvaluateParams(model=s, mode="few-shot", limit=limit, **gen, **common), gpus=gpu(tp[s]))
-              for s in students]
-    if judge:
-        judged = [t for t in preset.judge.teachers if t in teachers] or teachers
-        steps += [Step(f"errors {s} <- {t} (seed {seed})", "errors",
-                       ErrorsParams(eval_run="", judge_model=p.judge_model, judge_base_url=p.judge_base_url, **common),
-                       inputs={"eval_run": [ev]}) for t, s, seed, ev in cells if t in judged]
-    steps.append(Step("tokens", "tokens", TokensParams(select_run="", **common), inputs={"select_run": ["select"]}))
-    steps.append(Step("report", "report", ReportParams(preset=p.preset, teachers=",".join(teachers),
-                                                       students=",".join(students), seeds=",".join(map(str, seeds)),
-                                                       reuse=p.reuse),
-                      after=[s.name for s in steps]))
-    return steps
-
-
-def execute_step(phase: str, params: Any, env: dict[str, str]) -> dict:
+def execute_step(phase: str, params: Any, env: dict[str, str], gpus: int = 0) -> dict:
     """Runs in a Ray worker: one phase under the main run; returns what happened, errors included."""
     os.environ.update(env)
     os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that is the main run: never log into it
+    if not gpus:  # Ray sets CUDA_VISIBLE_DEVICES only for a task that asked for GPUs: this one sees none
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    scratch = _own_scratch(env[SCRATCH_ENV]) if env.get(SCRATCH_ENV) else None
     from distill.cli import quiet_loggers
 
     quiet_loggers()  # per worker process, as in a step process
@@ -143,87 +80,18 @@ def execute_step(phase: str, params: Any, env: dict[str, str]) -> dict:
         error = None
     except BaseException as e:  # noqa: BLE001 - reported to the driver, which names the step
         run_id, error = None, (str(e) if isinstance(e, DistillError) else f"{type(e).__name__}: {e}")
+    import ray
+
     return {"run_id": run_id if error is None else (events[-1].run_id if events else None),
             "reused": bool(error is None and events and events[-1].reused), "error": error,
-            "seconds": round(time.perf_counter() - t0, 2), "pid": os.getpid()}
+            "seconds": round(time.perf_counter() - t0, 2), "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "scratch": scratch}
 
 
-def execute_step_in_fresh_worker(phase: str, params: Any, env: dict[str, str]) -> dict:
+def execute_step_in_fresh_worker(phase: str, params: Any, env: dict[str, str], gpus: int = 0) -> dict:
     """execute_step in a worker that exits afterwards (max_calls=1): the GPU memory it held is freed."""
-    return execute_step(phase, params, env)
-
-
-class LoopbackServer:
-    """`mlflow server` on 127.0.0.1 over a local store, so that concurrent tasks write through one process."""
-
-    def __init__(self, store_uri: str):
-        self.store_uri = store_uri
-        self.proc = None
-        self.uri = ""
-
-    def __enter__(self) -> "LoopbackServer":
-        """Starts the server and returns at once (Ray starts meanwhile); `wait()` gives its URI once it answers."""
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        artifacts = Path("mlruns").resolve()  # where the embedded store puts them: same layout, same paths
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", self.store_uri, "--default-artifact-root", artifacts.as_uri(),
-               "--no-serve-artifacts", "--workers", "1"]
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"distill-mlflow-server-{port}.log"
-        # its own process group: the server starts uvicorn, a job runner and queue consumers, stopped together
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.uri = f"http://127.0.0.1:{port}"
-        return self
-
-    def wait(self) -> str:
-        import requests
-
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise DistillError(f"could not start an mlflow server over {self.store_uri} for executor=ray: "
-                                   f"{self.log.read_text()[-300:].strip()}")
-            try:
-                if requests.get(self.uri + "/health", timeout=1).ok:
-                    console.info(f"main: serving {self.store_uri} at {self.uri} for the Ray tasks")
-                    return self.uri
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.__exit__()
-        raise DistillError(f"the mlflow server over {self.store_uri} did not answer within 180 s (log: {self.log})")
-
-    def __exit__(self, *exc) -> None:
-        if self.proc:
-            stop_process_group(self.proc)
-            if self.proc.returncode in (0, -15):
-                self.log.unlink(missing_ok=True)
-
-
-def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM to the group a `start_new_session=True` child leads, SIGKILL to whatever outlives the grace."""
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.time() + grace
-        while time.time() < deadline:
-            try:
-                os.killpg(proc.pid, 0)  # anyone left in the group?
-            except ProcessLookupError:
-                break
-            proc.poll()
-            time.sleep(0.2)
-        else:
-            continue
-        break
-    proc.wait()
+    return execute_step(phase, params, env, gpus)
 
 
 def _start_ray(address: str):
@@ -247,48 +115,41 @@ def _start_ray(address: str):
     raise AssertionError("unreachable")
 
 
-class Served:
-    """A tracking URI that many processes may write to as it is."""
-
-    def __init__(self, uri: str):
-        self.uri = uri
-
-    def __enter__(self) -> "Served":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def wait(self) -> str:
-        return self.uri
+def node_gpus(ray) -> list[int]:
+    """The GPUs of each alive node of the cluster, largest first."""
+    return sorted((int(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), reverse=True)
 
 
-def tracking_for_tasks(uri: str, address: str):
-    """A context manager whose `wait()` gives the tracking URI the tasks use, for the current one."""
-    if uri.startswith(("http://", "https://")):
-        return Served(uri)
-    if uri.startswith("databricks") or "://" in uri and not uri.startswith(("sqlite:", "file:")):
-        return Served(uri)  # a database URL (postgresql://, mysql://): made for many writers
-    if address:
-        raise DistillError(f"executor=ray on the Ray cluster {address} needs a tracking server every node reaches "
-                           f"(MLFLOW_TRACKING_URI=http://...); the local store {uri} is served only on this machine")
-    return LoopbackServer(uri)
+def check_placement(steps: list[planner.Step], nodes: list[int]) -> None:
+    """Refuse a step that needs more GPUs than the largest node has: a Ray task runs on one node (and vLLM's
+    tensor parallelism needs its GPUs there), so it would wait forever for a node that never comes."""
+    need = max((s.gpus for s in steps), default=0)
+    if need > max(nodes, default=0):
+        worst = next(s for s in steps if s.gpus == need)
+        sizes = ", ".join(map(str, nodes)) or "none"
+        raise DistillError(f"step {worst.name} needs {need} GPUs on one node and the Ray cluster's nodes have "
+                           f"{sizes} GPUs ({sum(nodes)} in all); add a node with {need} GPUs or narrow the grid")
 
 
-def run_concurrent(p) -> str:
-    from distill.phases.main import resolve_grid
+def task_options(step: planner.Step) -> dict:
+    return {"num_gpus": step.gpus, "num_cpus": 1, "name": step.name}
 
+
+def remote_functions(ray) -> dict[bool, Any]:
+    """The Ray functions steps run as: False for a step without a GPU, True for one with (a fresh worker)."""
+    return {False: ray.remote(execute_step), True: ray.remote(max_calls=1)(execute_step_in_fresh_worker)}
+
+
+def submit(remote: dict[bool, Any], step: planner.Step, params: Any, env: dict[str, str]):
+    """Start one step as a Ray task; its ObjectRef."""
+    return remote[step.gpus > 0].options(**task_options(step)).remote(step.phase, params, env, step.gpus)
+
+
+def run_concurrent(p, grid: planner.Grid, steps: list[planner.Step]) -> str:
     if p.executor not in EXECUTORS:
         raise DistillError(f"unknown executor {p.executor!r}; choose one of {', '.join(EXECUTORS)}")
     if p.rehearsal:
         raise DistillError("rehearsal=true runs with executor=sequential only")
-    preset, teachers, students, seeds, backend, limit, judge = resolve_grid(p)
-    steps = plan(p, preset, teachers, students, seeds, backend, limit, judge)
-    if not judge:
-        console.info("main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)")
-    params = {"preset": preset.name, "teachers": ",".join(teachers), "students": ",".join(students),
-              "seeds": ",".join(map(str, seeds)), "limit": limit, "train_limit": p.train_limit, "n": p.n,
-              "backend": backend, "judge": judge, "max_new_tokens": p.max_new_tokens, "executor": p.executor}
     import mlflow
 
     address = p.ray_address or os.environ.get("RAY_ADDRESS", "")
@@ -296,87 +157,104 @@ def run_concurrent(p) -> str:
     with tracking_for_tasks(store, address) as server:
         ray, started_ray = _start_ray(p.ray_address)
         try:
+            nodes = node_gpus(ray)
+            check_placement(steps, nodes)
+            if isinstance(server, LoopbackServer) and len(nodes) > 1:
+                raise DistillError(f"executor=ray on a Ray cluster of {len(nodes)} nodes needs a tracking server "
+                                   f"every node reaches (MLFLOW_TRACKING_URI=http://...); the local store {store} "
+                                   "is served only on this machine")
             task_uri = server.wait()
-            need = max(s.gpus for s in steps)
-            have = ray.cluster_resources().get("GPU", 0)
-            if need > have:
-                worst = next(s for s in steps if s.gpus == need)
-                raise DistillError(f"step {worst.name} needs {need:g} GPUs and the Ray cluster has {have:g}")
             mlflow.set_tracking_uri(task_uri)  # the main run, too, goes through the server
-            return _run_graph(ray, steps, params, preset, task_uri)
+            remote = remote_functions(ray)
+            return run_steps(steps, p, grid, lambda step, params, env: submit(remote, step, params, env),
+                             _ray_result(ray), task_uri, len(nodes))
         finally:
             mlflow.set_tracking_uri(store)
             if started_ray:
                 ray.shutdown()
 
 
-def _run_graph(ray, steps: list[Step], params: dict, preset, task_uri: str) -> str:
+def walk(steps: list[planner.Step], launch: Callable[[planner.Step, Any], Any],
+         next_result: Callable[[list], tuple[Any, dict]], t0: float) -> tuple[dict, dict, dict]:
+    """Launch every step whose inputs are done (`launch(step, filled params)` -> a handle), take results as
+    they come (`next_result(handles)` -> (handle, result)); a step that needs a failed one is skipped.
+    Returns the results of the done, the failed, and the skipped steps (-> the step it waited on)."""
+    done: dict[str, dict] = {}
+    failed: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    running: dict[Any, str] = {}
+    pending = list(steps)
+    while pending or running:
+        for step in list(pending):
+            blocked = [d for d in step.needs if d in failed or d in skipped]
+            if blocked:
+                skipped[step.name] = blocked[0]
+                pending.remove(step)
+            elif all(d in done for d in step.needs):
+                running[launch(step, step.filled({d: r["run_id"] for d, r in done.items()}))] = step.name
+                pending.remove(step)
+        if not running:
+            break
+        handle, result = next_result(list(running))
+        name = running.pop(handle)
+        result["finished_at"] = round(time.perf_counter() - t0, 2)
+        if result["error"]:
+            failed[name] = result
+            where = f" (run {result['run_id']})" if result["run_id"] else ""
+            console.error(f"main: {name}: FAILED{where}: {result['error']}")
+        else:
+            done[name] = result
+            console.info(f"main: {name}: {'reused' if result['reused'] else 'ran'} {result['run_id']} "
+                         f"({result['seconds']:.1f}s)")
+    return done, failed, skipped
+
+
+def _ray_result(ray):
+    def next_result(refs: list) -> tuple[Any, dict]:
+        ready, _ = ray.wait(refs, num_returns=1)
+        try:
+            return ready[0], ray.get(ready[0])
+        except Exception as e:  # noqa: BLE001 - the worker died (killed, out of memory): name the step
+            return ready[0], {"run_id": None, "reused": False, "error": f"the Ray task died ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})", "seconds": None}
+    return next_result
+
+
+def _warn_unshared_artifacts(n_nodes: int) -> None:
+    """Artifacts on a path of the server's own disk: each node writes its own copy, others cannot read it."""
     import mlflow
 
-    remote = {False: ray.remote(execute_step), True: ray.remote(max_calls=1)(execute_step_in_fresh_worker)}
+    uri = mlflow.get_artifact_uri()
+    if n_nodes > 1 and (uri.startswith("file:") or uri.startswith("/")):
+        console.warning(f"main: artifacts go to {uri}, a path on each node's own disk: unless every node shares "
+                        "it, steps cannot read each other's results; serve them through the tracking server "
+                        "(mlflow server --artifacts-destination ...)")
+
+
+def run_steps(steps: list[planner.Step], p, grid: planner.Grid, launch: Callable[[planner.Step, Any, dict], Any],
+              next_result: Callable[[list], tuple[Any, dict]], task_uri: str, n_nodes: int) -> str:
+    """The Ray driver under its main run: `launch(step, params, env)` starts a task (submit), `next_result`
+    waits for one (see walk); the failed steps are named once every other step has finished."""
     t0 = time.perf_counter()
-    with mlflow.start_run(run_name=f"main-{preset.name}", tags={lineage.PHASE: "main"}) as main_run:
-        tracking.log_params_merged(main_run, params)
+    with main_run.main_run(p, grid) as main:
+        _warn_unshared_artifacts(n_nodes)
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-        env |= {"MLFLOW_TRACKING_URI": task_uri, "MLFLOW_EXPERIMENT_ID": main_run.info.experiment_id,
-                PARENT_ENV: main_run.info.run_id}
-        done: dict[str, dict] = {}
-        failed: dict[str, dict] = {}
-        skipped: dict[str, str] = {}
-        running: dict[Any, str] = {}
-        pending = list(steps)
-        while pending or running:
-            for step in list(pending):
-                blocked = [d for d in step.needs if d in failed or d in skipped]
-                if blocked:
-                    skipped[step.name] = blocked[0]
-                    pending.remove(step)
-                elif all(d in done for d in step.needs):
-                    filled = {f: ",".join(done[d]["run_id"] for d in deps) for f, deps in step.inputs.items()}
-                    options = {"num_gpus": step.gpus, "num_cpus": 1, "name": step.name}
-                    ref = remote[step.gpus > 0].options(**options).remote(step.phase, replace(step.params, **filled), env)
-                    running[ref] = step.name
-                    pending.remove(step)
-            if not running:
-                break
-            ready, _ = ray.wait(list(running), num_returns=1)
-            name = running.pop(ready[0])
-            try:
-                result = ray.get(ready[0])
-            except Exception as e:  # noqa: BLE001 - the worker died (killed, out of memory): name the step
-                result = {"run_id": None, "reused": False, "error": f"the Ray task died ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})", "seconds": None}
-            result["finished_at"] = round(time.perf_counter() - t0, 2)
-            if result["error"]:
-                failed[name] = result
-                where = f" (run {result['run_id']})" if result["run_id"] else ""
-                console.error(f"main: {name}: FAILED{where}: {result['error']}")
-            else:
-                done[name] = result
-                console.info(f"main: {name}: {'reused' if result['reused'] else 'ran'} {result['run_id']} "
-                             f"({result['seconds']:.1f}s)")
+        env |= {"MLFLOW_TRACKING_URI": task_uri, "MLFLOW_EXPERIMENT_ID": main.experiment_id, PARENT_ENV: main.run_id}
+        done, failed, skipped = walk(steps, lambda step, params: launch(step, params, env), next_result, t0)
         log = [{"step": s.name, "run_id": done[s.name]["run_id"], "reused": done[s.name]["reused"],
                 "seconds": done[s.name]["seconds"], "finished_at": done[s.name]["finished_at"], "gpus": s.gpus}
                for s in steps if s.name in done]
         seconds = time.perf_counter() - t0
-        reused = sum(s["reused"] for s in log)
-        mlflow.log_metrics({"steps": len(log), "steps_reused": reused, "main_seconds": seconds,
-                            "steps_failed": len(failed), "steps_skipped": len(skipped)})
-        mlflow.log_dict({"steps": log, "failed": [{"step": n, **r} for n, r in failed.items()],
-                         "skipped": [{"step": n, "needs": d} for n, d in skipped.items()]}, "steps.json")
+        main_run.record(main, log, seconds, failed=[{"step": n, **r} for n, r in failed.items()],
+                        skipped=[{"step": n, "needs": d} for n, d in skipped.items()])
         if failed:
             what = "; ".join(f"step {n} failed" + (f" (run {r['run_id']})" if r["run_id"] else "") + f": {r['error']}"
                              for n, r in failed.items())
             raise DistillError(f"{what}; {len(done)} other steps finished, {len(skipped)} waited on the failed ones; "
                                "type the same command again to continue from there")
         report_run = done["report"]["run_id"]
-        mlflow.set_tag(lineage.REPORT_RUN_ID, report_run)
-        from distill.phases.main import main_note
-
-        name = f"main-{preset.name}" + (f" (reused {reused} of {len(log)} steps)" if reused else "")
-        mlflow.set_tags({"mlflow.runName": name, "mlflow.note.content": main_note(
-            preset.name, params, log, report_run, main_run.info.experiment_id)})
+        main_run.describe(main, grid.preset.name, log, report_run)
+        reused = sum(s["reused"] for s in log)
         console.info(f"main: {len(log)} steps as Ray tasks, {reused} reused, {seconds:.0f}s; report run "
                      f"{report_run}")
-        return main_run.info.run_id
-
+        return main.run_id

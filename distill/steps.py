@@ -106,7 +106,7 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the fork server ignores ^C; a step must not
     os.chdir(cwd)  # the fork server's is the parent's when it started; a relative sqlite:///mlflow.db needs this one
     os.environ.clear()
-    os.environ.update(env)
+    os.environ.update(env)  # CUDA_VISIBLE_DEVICES first of all: the fork server made no CUDA context (step_preload)
     os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s main run: a phase would take it for its own
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
     from distill.cli import quiet_loggers
@@ -132,17 +132,22 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
         conn.close()
 
 
-def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: bool = False) -> str:
+def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: bool = False,
+                   cuda_visible_devices: str | None = None) -> str:
     """`module.run(params)` in a fresh process nested under the main run; its run id, or the step's
     error raised here (DistillError as it was, anything else as StepError). `fresh_inputs`: see
-    tracking.FRESH_INPUTS."""
+    tracking.FRESH_INPUTS. `cuda_visible_devices`: the GPUs the process sees (distill.gpus; "" none),
+    set in its environment before anything in it can initialise CUDA; None: this process's."""
     import mlflow
 
     recv, send = ctx.Pipe(duplex=False)
     experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
+    env = dict(os.environ)
+    if cuda_visible_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
     proc = ctx.Process(target=_child, name=f"distill-{module.rsplit('.', 1)[-1]}",
                        args=(module, params, parent_run_id, experiment_id, mlflow.get_tracking_uri(),
-                             dict(os.environ), os.getcwd(), cache_keys.REHEARSAL, fresh_inputs, send))
+                             env, os.getcwd(), cache_keys.REHEARSAL, fresh_inputs, send))
     sys.stdout.flush()
     sys.stderr.flush()
     proc.start()

@@ -13,7 +13,8 @@ class FixtureParams:
 
 
 def run(p: FixtureParams) -> str:
-    params = {"preset": "offline", "how": p.how, "pid": os.getpid(), "fresh_inputs": tracking.FRESH_INPUTS}
+    params = {"preset": "offline", "how": p.how, "pid": os.getpid(), "fresh_inputs": tracking.FRESH_INPUTS,
+              "cuda_visible_devices": repr(os.environ.get("CUDA_VISIBLE_DEVICES"))}  # what this process was given
     with tracking.phase_run("select", params, upstream={"upstream": p.upstream}, reuse=False) as pr:
         if p.how == "die":
             os._exit(9)  # a kill -9, an OOM kill: no exception, no message

@@ -11,8 +11,7 @@ import yaml
 
 from distill import DistillError
 from distill.config import PRESET_DIR, load_preset
-from distill.executors import plan, run_concurrent
-from distill.phases.main import MainParams
+from distill.phases.main import MainParams, run as run_main
 from tests.conftest import run_entry
 
 SEQUENTIAL_PHASES = sorted(["translate", "teacher", "teacher", "evaluate", "evaluate", "select", "sft", "sft",
@@ -20,40 +19,11 @@ SEQUENTIAL_PHASES = sorted(["translate", "teacher", "teacher", "evaluate", "eval
 ARGS = ("--limit", "4", "--train_limit", "16", "--n", "12")
 
 
-def _plan(preset: str, judge: bool = False, **kw):
-    p = MainParams(preset=preset, **kw)
-    pr = load_preset(preset)
-    return plan(p, pr, list(pr.grid.teachers), list(pr.grid.students), [42], p.backend or pr.backend,
-                None, judge)
-
-
-def test_each_task_asks_for_what_its_step_needs_from_the_preset():
-    steps = {s.name: s for s in _plan("paper", judge=True)}
-    assert steps["translate"].gpus == 4                       # the 70B translator, tensor parallel 4
-    assert steps["teacher 72B"].gpus == 4 and steps["teacher 7B"].gpus == 1
-    assert steps["evaluate teacher 72B"].gpus == 4
-    assert steps["sft 7B -> llm-jp-3.1-1.8b (seed 42)"].gpus == 1
-    assert steps["evaluate llm-jp-3.1-1.8b <- 7B (seed 42)"].gpus == 1
-    for cpu_only in ("select", "tokens", "report", "errors qwen2.5-0.5b <- 72B (seed 42)"):
-        assert steps[cpu_only].gpus == 0
-    served = _plan("paper", backend="openai")  # generation by served models: no GPU of the task's own; SFT still one
-    assert all(s.gpus == (1 if s.phase == "sft" else 0) for s in served)
-    assert all(s.gpus == 0 for s in _plan("offline"))
-    # the graph: teachers after the translation, select after every teacher, evaluation after its student,
-    # the judge after its evaluation, the report after everything
-    assert steps["teacher 7B"].needs == ["translate"] and not steps["evaluate teacher 7B"].needs
-    assert steps["select"].needs == [f"teacher {t}" for t in ("7B", "14B", "32B", "72B")]
-    assert steps["evaluate qwen2.5-0.5b <- 14B (seed 42)"].needs == ["sft 14B -> qwen2.5-0.5b (seed 42)"]
-    assert steps["errors qwen2.5-0.5b <- 7B (seed 42)"].needs == ["evaluate qwen2.5-0.5b <- 7B (seed 42)"]
-    assert set(steps["report"].needs) == set(steps) - {"report"}
-    assert not any(n.startswith("errors") and "14B" in n for n in steps)  # the judge sees 7B and 72B only
-
-
 def test_a_local_store_is_not_shared_with_a_ray_cluster(tmp_path, tracking):
     with pytest.raises(DistillError, match="needs a tracking server every node reaches"):
-        run_concurrent(MainParams(preset="offline", executor="ray", ray_address="ray://10.0.0.1:10001"))
+        run_main(MainParams(preset="offline", executor="ray", ray_address="ray://10.0.0.1:10001"))
     with pytest.raises(DistillError, match="unknown executor 'dask'; choose one of sequential, ray"):
-        run_concurrent(MainParams(preset="offline", executor="dask"))
+        run_main(MainParams(preset="offline", executor="dask"))
 
 
 @pytest.mark.slow
@@ -71,6 +41,8 @@ def test_ray_main_makes_the_sequential_runs_over_a_loopback_server(tmp_path):
         mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
         assert len(mains) == 1 and mains[0].info.status == "FINISHED"
         assert mains[0].data.params["executor"] == "ray"
+        ray_key = mains[0].data.tags["distill.cache_key"]  # as the sequential main's: a killed one is found dead
+        assert float(mains[0].data.tags["distill.heartbeat"]) > 0
         children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{mains[0].info.run_id}'",
                                       output_format="list")
         assert sorted(c.data.tags["distill.phase"] for c in children) == SEQUENTIAL_PHASES
@@ -86,6 +58,7 @@ def test_ray_main_makes_the_sequential_runs_over_a_loopback_server(tmp_path):
         mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
         assert mains[0].data.metrics["steps_reused"] == mains[0].data.metrics["steps"] == 13, second.stderr[-2000:]
         assert mains[0].data.tags["distill.report_run_id"] == report
+        assert mains[0].data.tags["distill.cache_key"] == ray_key and mains[0].data.params["executor"] == "sequential"
     finally:
         mlflow.set_tracking_uri(None)
 
@@ -112,8 +85,10 @@ def test_ray_main_on_a_postgresql_server_names_a_failed_step_finishes_the_rest_a
     from tests.conftest import start_mlflow_server
 
     preset, broken, good = _preset_with_broken_student(tmp_path)
+    scratch = tmp_path / "scratch"  # each task in an empty folder of its own: as on nodes that share no disk
+    scratch.mkdir()
     with start_mlflow_server(tmp_path, postgres.create_database("mlflow_ray")) as uri:
-        env = {"MLFLOW_TRACKING_URI": uri}
+        env = {"MLFLOW_TRACKING_URI": uri, "DISTILL_TASK_SCRATCH": str(scratch)}
         args = ("main", "--preset", str(preset), *ARGS, "--executor", "ray")
         first = run_entry(*args, env=env, cwd=tmp_path, check=False)
         assert first.returncode == 2, first.stderr[-3000:]
@@ -135,6 +110,9 @@ def test_ray_main_on_a_postgresql_server_names_a_failed_step_finishes_the_rest_a
             assert {"translate", "teacher", "select", "tokens"} <= {ph for ph, _ in finished}
             assert not any(ph == "report" for ph, _ in finished)
             n_finished = len([c for c in children if c.info.status == "FINISHED"])
+            # every artifact went through the server's proxied store, and every task had a folder of its own
+            assert all(c.info.artifact_uri.startswith("mlflow-artifacts:/") for c in children)
+            assert len(list(scratch.glob("task-*"))) >= len(children)
 
             # fixed, typed again: the finished steps are reused, the rest run, the report is made
             shutil.rmtree(broken)
