@@ -8,7 +8,8 @@ import yaml
 from distill import DistillError
 from distill.config import PRESET_DIR, load_preset, resolve_model, resolve_names, resolve_role
 from distill.names import close_names, did_you_mean, match_name, name_key
-from distill.phases.main import MainParams, resolve_grid
+from distill.phases.main import MainParams
+from distill.planner import resolve_grid
 from distill.phases.report import grid_names
 from distill.phases.sft import alias_for, canonical_teacher
 
@@ -70,7 +71,8 @@ def test_a_mix_of_teachers_comes_back_in_the_presets_spelling(offline):
 
 
 def test_mains_grid_is_in_the_presets_spelling_and_refuses_a_model_twice():
-    _, teachers, students, *_ = resolve_grid(MainParams(teachers=["7b", "７２Ｂ"], students=["QWEN2.5-0.5B"]))
+    grid = resolve_grid(MainParams(teachers=["7b", "７２Ｂ"], students=["QWEN2.5-0.5B"]))
+    teachers, students = grid.teachers, grid.students
     assert (teachers, students) == (["7B", "72B"], ["qwen2.5-0.5b"])
     with pytest.raises(DistillError, match=r"teachers names 7B twice \('7B', '7b', '72B'\)"):
         resolve_grid(MainParams(teachers=["7B", "7b", "72B"]))
