@@ -36,11 +36,14 @@ def store(request, tmp_path, tmp_path_factory, monkeypatch):
         uri = request.getfixturevalue("mlflow_server")
         roots = [d / "artifacts" for d in tmp_path_factory.getbasetemp().glob("mlflow-server[0-9]*")]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # set_experiment sets it: restored (unset) after the test
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(f"retention-{tmp_path.name}")
+    experiment = mlflow.set_experiment(f"retention-{tmp_path.name}")
     yield SimpleNamespace(kind=request.param, roots=roots)
     while mlflow.active_run():
         mlflow.end_run()
+    if mlflow.tracking.fluent._active_experiment_id == experiment.experiment_id:  # MLflow's process-wide choice
+        mlflow.tracking.fluent._active_experiment_id = None
     mlflow.set_tracking_uri(None)
 
 
