@@ -56,8 +56,7 @@ def vllm_engine_options(sizing: EngineSizing, tokenizer_source: str, trust_remot
     """`max_model_len` for the longest prompt (in tokens, after the chat template) plus the longest answer,
     and the memory share; logged as params of the active run."""
     from distill.generation.hf import load_tokenizer
-    from distill.generation.rendering import prompt_lengths
-    from distill.generation.vllm_backend import context_length
+    from distill.generation.rendering import context_length, prompt_lengths
 
     longest = max(prompt_lengths(load_tokenizer(tokenizer_source, trust_remote_code), sizing.prompts), default=0)
     options = {"max_model_len": context_length(longest, sizing.max_new_tokens),

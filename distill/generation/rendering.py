@@ -7,6 +7,10 @@ from typing import Sequence
 
 from distill.generation.base import Prompt
 
+# Tokens beyond the longest prompt plus max_new_tokens: vLLM renders the chat template itself, with the
+# same template and tokenizer as `prompt_lengths`; the margin absorbs any difference of a few tokens.
+CONTEXT_MARGIN = 64
+
 
 def render(tokenizer, prompt: Prompt) -> tuple[str, bool]:
     """Text fed to the model and whether the tokenizer should add its special tokens (plain text: yes, as
@@ -31,3 +35,9 @@ def rendered_lengths(tokenizer, rendered: Sequence[tuple[str, bool]]) -> list[in
 def prompt_lengths(tokenizer, prompts: Sequence[Prompt]) -> list[int]:
     """Tokens per prompt after the chat template, in the prompts' order."""
     return rendered_lengths(tokenizer, [render(tokenizer, p) for p in prompts])
+
+
+def context_length(longest_prompt: int, max_new_tokens: int, margin: int = CONTEXT_MARGIN) -> int:
+    """vLLM's `max_model_len` for prompts of at most `longest_prompt` tokens and answers of `max_new_tokens`
+    (here, not in the vLLM backend, so that a phase's reuse key covers vLLM's module only when it runs vLLM)."""
+    return longest_prompt + max_new_tokens + margin

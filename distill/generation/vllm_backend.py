@@ -15,18 +15,11 @@ from typing import Sequence
 
 from distill import DistillError
 from distill.generation.base import Generation, GenerationConfig, Prompt, truncate_at_stop
+from distill.generation.rendering import CONTEXT_MARGIN, context_length  # noqa: F401  (the engine's size)
 
 console = logging.getLogger(__name__)
-# Tokens beyond the longest prompt plus max_new_tokens: vLLM renders the chat template itself, with the
-# same template and tokenizer as `rendering.prompt_lengths`; the margin absorbs any difference of a few tokens.
-CONTEXT_MARGIN = 64
 # The oldest Linux driver for each CUDA major (NVIDIA's CUDA compatibility guide, minor version compatibility).
 MIN_DRIVER = {12: "525", 13: "580"}
-
-
-def context_length(longest_prompt: int, max_new_tokens: int, margin: int = CONTEXT_MARGIN) -> int:
-    """vLLM's `max_model_len` for prompts of at most `longest_prompt` tokens and answers of `max_new_tokens`."""
-    return longest_prompt + max_new_tokens + margin
 
 
 def engine_kwargs(model: str, tokenizer: str | None = None, tensor_parallel_size: int = 1,
