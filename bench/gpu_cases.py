@@ -261,7 +261,7 @@ def drop_artifacts(run_id: str) -> None:
 def paper_path(student: str, train_file: Path, eval_set: str, eval_limit: int, eval_max_new_tokens: int,
                gpu: Gpu, out: dict) -> None:
     """What `main` does for one cell, in miniature: `sft` with the `paper` preset's settings as they are
-    (one epoch here), its checkpoint uploaded, the student logged, loaded back and generating, registered
+    (one epoch here), its checkpoint uploaded (and removed once the model is logged: keep_checkpoints=last), the student logged, loaded back and generating, registered
     with its aliases; then `evaluate` of the registered version with the transformers backend, which tags
     the version with its accuracy. Fills `out` as each stage ends (`sft`, `registry`, `evaluate`), so what
     came before a failure is kept."""
@@ -284,7 +284,7 @@ def paper_path(student: str, train_file: Path, eval_set: str, eval_limit: int, e
     name, version, uri = tags.get(REGISTERED_MODEL), tags.get(REGISTERED_VERSION), tags.get(MODEL_URI)
     client = MlflowClient()
     checkpoints = [a.path for a in mlflow.artifacts.list_artifacts(run_id=sft_id, artifact_path="checkpoints")]
-    out["registry"] = registry = {"name": name, "version": version, "model_uri": uri, "checkpoints_uploaded": checkpoints,
+    out["registry"] = registry = {"name": name, "version": version, "model_uri": uri, "checkpoints_left": checkpoints,
                 "aliases": sorted(client.get_registered_model(name).aliases) if name else []}
 
     gpu.reset()

@@ -186,6 +186,9 @@ def check_script(command: list[str]) -> None:
             else:
                 i += 1 if command[i].startswith("--") and "=" in command[i] else 2
         script, argv = command[i], command[i + 1:]
+        if not script.startswith("entrypoints/") and argv and argv[0].startswith("entrypoints/"):
+            assert (ROOT / script).is_file(), f"no script {script}"  # a wrapper that runs the entry point
+            script, argv = argv[0], argv[1:]
     else:
         script, argv = command[1], command[2:]
     _parse(_params_class(script), argv, "..." in argv)

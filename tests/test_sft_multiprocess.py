@@ -141,9 +141,9 @@ def test_ddp_two_processes_train_like_one(store):
 def test_fsdp2_two_processes_train_like_one_and_gather_the_model(store):
     config = yaml.safe_load((ROOT / "distill" / "accelerate" / "fsdp.yaml").read_text())
     assert config["fsdp_config"]["fsdp_version"] == 2 and config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
-    config.update(num_processes=2, use_cpu=True, mixed_precision="no")  # the shipped file, CPU-sized
-    path = store["root"] / "fsdp-cpu.yaml"
-    path.write_text(yaml.safe_dump(config))
+    config.update(num_processes=2, use_cpu=True, mixed_precision="no")  # the shipped file, CPU-sized:
+    path = ROOT / "distill" / "accelerate" / "fsdp-cpu.yaml"          # what the README's command launches
+    assert yaml.safe_load(path.read_text()) == config
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "--main_process_port",
                str(free_port()), str(ROOT / "tests" / "fsdp_on_cpu.py"), ENTRY]
     run, stderr = launch(store, command + sft_args(store, "--keep_checkpoints", "all"))
