@@ -53,7 +53,8 @@ def _cli_run(main_run_id: str):
 
 
 def mark_dead(key: str, me: str, cli_experiment: str | None) -> None:
-    """Earlier tries of this grid whose heartbeat stopped: main runs here, `mlflow run`'s in its experiment."""
+    """Earlier tries of this grid (or build) whose heartbeat stopped: parent runs here, `mlflow run`'s in its
+    experiment."""
     try:
         claims.mark_dead(key, me)
         if cli_experiment:
@@ -61,21 +62,29 @@ def mark_dead(key: str, me: str, cli_experiment: str | None) -> None:
                                               experiment_ids=[cli_experiment])
             claims.mark_dead(key, me, tries)
     except Exception as e:  # noqa: BLE001 - marking others is housekeeping; this run goes on
-        console.warning(f"main: could not mark dead runs of this grid KILLED ({type(e).__name__}: {e})")
+        console.warning(f"could not mark dead runs of this grid KILLED ({type(e).__name__}: {e})")
 
 
 @contextmanager
 def main_run(p, grid: planner.Grid) -> Iterator[Main]:
     """The main run, started with its params and tags, beating (and `mlflow run`'s with it) until it ends."""
+    params = planner.main_params(p, grid)
+    tags = {lineage.PHASE: "main", **({lineage.REHEARSAL: "true"} if p.rehearsal else {})}
+    with parent_run(f"main-{grid.preset.name}", params, grid_key(params), tags) as main:
+        yield main
+
+
+@contextmanager
+def parent_run(run_name: str, params: dict, key: str, tags: dict[str, str]) -> Iterator[Main]:
+    """A run that steps nest under (`main`'s, or an entry point's that builds its upstream): started with
+    its params, tags and the cache key of what it runs, beating, and `mlflow run`'s run with it, until it
+    ends; earlier tries of the same key whose heartbeat stopped are marked KILLED when it starts and ends."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    params = planner.main_params(p, grid)
-    key = grid_key(params)
     beat = {lineage.CACHE_KEY: key, lineage.HEARTBEAT: f"{time.time():.3f}"}
-    tags = {lineage.PHASE: "main", **beat, **({lineage.REHEARSAL: "true"} if p.rehearsal else {})}
     with ExitStack() as stack:
-        run = stack.enter_context(mlflow.start_run(run_name=f"main-{grid.preset.name}", tags=tags))
+        run = stack.enter_context(mlflow.start_run(run_name=run_name, tags={**tags, **beat}))
         stack.enter_context(claims.Heartbeat(run.info.run_id))
         cli = _cli_run(run.info.run_id)
         if cli is not None:
