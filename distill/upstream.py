@@ -64,6 +64,8 @@ def run(phase: str, module, params, up: UpstreamParams) -> str | None:
     label = phase
     if not up.upstream and not up.plan:
         return module.run(params)
+    if up.upstream and hasattr(module, "preflight"):  # a bad setting of the target stops it before its upstream runs
+        module.preflight(params)
     found = build(phase, params, up) if up.upstream else _alone(phase, params)
     status = planner.pending(found.steps, planner.finished_run)
     lines = plan_lines(label, status)

@@ -211,6 +211,17 @@ def default_seed(preset) -> int:
     return int((preset.grid.seeds or preset.sft.seeds or [42])[0])
 
 
+def preflight(p: SftParams) -> None:
+    """What run() would refuse before any work, asked before an entry point builds the upstream (distill.upstream):
+    a bad name or setting stops it at once, not after the teachers have run."""
+    preset = load_preset(p.preset)
+    canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
+    if p.student:
+        resolve_role(p.student, preset, "student")
+    check_keep(p.keep_checkpoints or "last")
+    resolved_hparams(dataclasses.replace(p, seed=p.seed if p.seed is not None else default_seed(preset)), preset)
+
+
 def run(p: SftParams) -> str:
     preset = load_preset(p.preset)
     teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
