@@ -102,7 +102,7 @@ def parent_run(run_name: str, params: dict, key: str, tags: dict[str, str]) -> I
             mark_dead(key, run.info.run_id, cli_experiment)
 
 
-def _link(text: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
+def run_link(text: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
     """A link the MLflow UI follows from any host: a hash route of its run page (or an artifact in it)."""
     tail = f"/artifactPath/{artifact}" if artifact else ""
     return f"[{text}](#/experiments/{experiment_id}/runs/{run_id}{tail})"
@@ -118,15 +118,15 @@ def main_note(preset: str, params: dict, log: list[dict], report_run: str, exper
         table = f"(Table 1 could not be read: {type(e).__name__})"
     out = [f"**distill `main`, preset `{preset}`**: teachers {params['teachers']} x students {params['students']} "
            f"x seeds {params['seeds']}; {params['limit'] or 'all'} evaluation questions each.", "",
-           f"**Table 1** below; the full report: {_link('report run', experiment_id, report_run)}, "
-           f"{_link('report.md', experiment_id, report_run, 'report.md')}, "
-           f"{_link('Fig. 1', experiment_id, report_run, 'figures/fig1_accuracy.html')}.", "",
+           f"**Table 1** below; the full report: {run_link('report run', experiment_id, report_run)}, "
+           f"{run_link('report.md', experiment_id, report_run, 'report.md')}, "
+           f"{run_link('Fig. 1', experiment_id, report_run, 'figures/fig1_accuracy.html')}.", "",
            "### Table 1: student accuracy by teacher (%)", "", table, "",
            f"### Steps: {len(log)}, " + (f"reused {reused} of {len(log)}" if reused else "none reused"), "",
            "| step | run | |", "|---|---|---|"]
     for s in log:
         what = "reused (an earlier run)" if s["reused"] else f"ran, {s['seconds']:.0f}s"
-        out.append(f"| {s['step']} | {_link(s['run_id'][:8], experiment_id, s['run_id'])} | {what} |")
+        out.append(f"| {s['step']} | {run_link(s['run_id'][:8], experiment_id, s['run_id'])} | {what} |")
     return "\n".join(out)
 
 

@@ -125,12 +125,12 @@ def run_steps(label: str, found: Build, to_run: list[planner.Step], preset_name:
 
 def note(label: str, preset_name: str, targets: list[str], log: list[dict], experiment_id: str) -> str:
     """The entry point's run description (Markdown): what it was asked for and every step's run."""
-    from distill.main_run import _link
+    from distill.main_run import run_link
 
     out = [f"**distill `-e {label}`**, preset `{preset_name}`: " + ", ".join(f"`{t}`" for t in targets)
            + ", and what it needs.", "", "| step | run | |", "|---|---|---|"]
     for s in log:
         what = "reused (an earlier run)" if s["reused"] else f"ran, {s['seconds']:.0f}s"
-        out.append(f"| {s['step']} | {_link(s['run_id'][:8], experiment_id, s['run_id'])} | {what} |")
+        out.append(f"| {s['step']} | {run_link(s['run_id'][:8], experiment_id, s['run_id'])} | {what} |")
     return "\n".join(out)
 
