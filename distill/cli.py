@@ -138,6 +138,22 @@ def parse_params(params_cls, argv: list[str] | None = None):
     return params
 
 
+def upstream_params(argv: list[str], params_cls, phase: str):
+    """argv without the parameters of what the entry point builds (targets.ALWAYS and the KNOBS it takes
+    that are not its own), and those, parsed (targets.UpstreamParams)."""
+    from distill.targets import ALWAYS, KNOBS, UpstreamParams
+
+    own = {f.name for f in dataclasses.fields(params_cls)}
+    taken = []
+    for name in (*ALWAYS, *KNOBS[phase]):
+        if name in own:
+            continue
+        argv, value = _pop_arg(argv, name)
+        if value is not None:
+            taken += [f"--{name}", value]
+    return argv, parse_params(UpstreamParams, taken)
+
+
 def _preset_of(argv: list[str]) -> str | None:
     rest, base = _pop_arg(argv, BASE_DIR)
     _, preset = _pop_arg(rest, "preset")
@@ -204,16 +220,30 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         module = importlib.import_module(module_name(phase))
         params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
+        from distill.targets import KNOBS
+
+        builds = phase in KNOBS  # an entry point that builds its upstream (distill.upstream)
+        if builds:
+            argv, up = upstream_params(argv, params_cls, phase)
         params = parse_params(params_cls, argv)
         prepare = getattr(module, "prepare", None)  # work a phase starts before the tracking store is set up
         if prepare:
             prepare(params)
+        if builds:
+            from distill import main_run
+
+            main_run.note_cli_run()  # `mlflow run`'s run, before the preset's experiment may take it away
         from distill.store import ensure_tracking_reachable, ensure_tracking_store, use_preset_experiment
 
         ensure_tracking_reachable()
         ensure_tracking_store()
         use_preset_experiment(preset)
-        module.run(params)
+        if builds:
+            from distill import upstream
+
+            upstream.run(phase, module, params, up)
+        else:
+            module.run(params)
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from distill import DistillError, main_run, planner, tracking
 from distill.config import OFFLINE_ENV
+from distill.redact import redact_uri
 from distill.phases import module_name
 from distill.task_tracking import LoopbackServer, tracking_for_tasks, stop_process_group  # noqa: F401 - re-exported
 
@@ -33,9 +34,13 @@ console = logging.getLogger(__name__)
 
 EXECUTORS = ("sequential", "ray")
 SCRATCH_ENV = "DISTILL_TASK_SCRATCH"
+# How a task signs in to a team's tracking server (README, "A team's set-up"): passed as the task's environment
+# only, never as a param or a tag.
+CREDENTIALS_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                   "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH")
 # Passed to every task (a local Ray's workers inherit the rest of the environment; a cluster's nodes have their own).
 PASSED_ENV = (*OFFLINE_ENV, "HF_HOME", "DISTILL_HOME", SCRATCH_ENV,
-              "TOKENIZERS_PARALLELISM", "OPENAI_BASE_URL")
+              "TOKENIZERS_PARALLELISM", "OPENAI_BASE_URL", *CREDENTIALS_ENV)
 PARENT_ENV = "DISTILL_PARENT_RUN_ID"  # the main run, which each task's phase run nests under
 
 
@@ -109,7 +114,7 @@ def _start_ray(address: str):
         except Exception as e:  # noqa: BLE001
             ray.shutdown()
             if attempt == 2:
-                where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+                where = redact_uri(address or os.environ.get("RAY_ADDRESS") or "") or "a local Ray"
                 raise DistillError(f"executor=ray could not start or join {where}: {type(e).__name__}: "
                                    f"{str(e).splitlines()[0] if str(e) else ''}") from None
     raise AssertionError("unreachable")
@@ -161,8 +166,8 @@ def run_concurrent(p, grid: planner.Grid, steps: list[planner.Step]) -> str:
             check_placement(steps, nodes)
             if isinstance(server, LoopbackServer) and len(nodes) > 1:
                 raise DistillError(f"executor=ray on a Ray cluster of {len(nodes)} nodes needs a tracking server "
-                                   f"every node reaches (MLFLOW_TRACKING_URI=http://...); the local store {store} "
-                                   "is served only on this machine")
+                                   "every node reaches (MLFLOW_TRACKING_URI=http://...); the local store "
+                                   f"{redact_uri(store)} is served only on this machine")
             task_uri = server.wait()
             mlflow.set_tracking_uri(task_uri)  # the main run, too, goes through the server
             remote = remote_functions(ray)
@@ -226,7 +231,7 @@ def _warn_unshared_artifacts(n_nodes: int) -> None:
 
     uri = mlflow.get_artifact_uri()
     if n_nodes > 1 and (uri.startswith("file:") or uri.startswith("/")):
-        console.warning(f"main: artifacts go to {uri}, a path on each node's own disk: unless every node shares "
+        console.warning(f"main: artifacts go to {redact_uri(uri)}, a path on each node's own disk: unless every node shares "
                         "it, steps cannot read each other's results; serve them through the tracking server "
                         "(mlflow server --artifacts-destination ...)")
 

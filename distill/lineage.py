@@ -24,6 +24,8 @@ MODE = "distill.mode"
 EVAL_SET = "distill.eval_set"
 BASELINE = "distill.baseline"             # evaluate: "<k>-shot" for a base student's baseline
 REHEARSAL = "distill.rehearsal"           # stand-in models under real ids (distill.rehearsal)
+ENTRY_POINT = "distill.entry_point"       # the run an entry point's upstream steps nest under (distill.upstream)
+PLAN_ONLY = "distill.plan_only"           # `mlflow run`'s run of an entry point typed with plan=true: nothing ran
 
 # The runs it consumed: phase_run tags each upstream run id `distill.<name>` (upstream_tags)
 TRANSLATION_RUN_ID = "distill.translation_run_id"

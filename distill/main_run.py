@@ -53,7 +53,8 @@ def _cli_run(main_run_id: str):
 
 
 def mark_dead(key: str, me: str, cli_experiment: str | None) -> None:
-    """Earlier tries of this grid whose heartbeat stopped: main runs here, `mlflow run`'s in its experiment."""
+    """Earlier tries of this grid (or build) whose heartbeat stopped: parent runs here, `mlflow run`'s in its
+    experiment."""
     try:
         claims.mark_dead(key, me)
         if cli_experiment:
@@ -61,21 +62,29 @@ def mark_dead(key: str, me: str, cli_experiment: str | None) -> None:
                                               experiment_ids=[cli_experiment])
             claims.mark_dead(key, me, tries)
     except Exception as e:  # noqa: BLE001 - marking others is housekeeping; this run goes on
-        console.warning(f"main: could not mark dead runs of this grid KILLED ({type(e).__name__}: {e})")
+        console.warning(f"could not mark dead runs of this grid KILLED ({type(e).__name__}: {e})")
 
 
 @contextmanager
 def main_run(p, grid: planner.Grid) -> Iterator[Main]:
     """The main run, started with its params and tags, beating (and `mlflow run`'s with it) until it ends."""
+    params = planner.main_params(p, grid)
+    tags = {lineage.PHASE: "main", **({lineage.REHEARSAL: "true"} if p.rehearsal else {})}
+    with parent_run(f"main-{grid.preset.name}", params, grid_key(params), tags) as main:
+        yield main
+
+
+@contextmanager
+def parent_run(run_name: str, params: dict, key: str, tags: dict[str, str]) -> Iterator[Main]:
+    """A run that steps nest under (`main`'s, or an entry point's that builds its upstream): started with
+    its params, tags and the cache key of what it runs, beating, and `mlflow run`'s run with it, until it
+    ends; earlier tries of the same key whose heartbeat stopped are marked KILLED when it starts and ends."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    params = planner.main_params(p, grid)
-    key = grid_key(params)
     beat = {lineage.CACHE_KEY: key, lineage.HEARTBEAT: f"{time.time():.3f}"}
-    tags = {lineage.PHASE: "main", **beat, **({lineage.REHEARSAL: "true"} if p.rehearsal else {})}
     with ExitStack() as stack:
-        run = stack.enter_context(mlflow.start_run(run_name=f"main-{grid.preset.name}", tags=tags))
+        run = stack.enter_context(mlflow.start_run(run_name=run_name, tags={**tags, **beat}))
         stack.enter_context(claims.Heartbeat(run.info.run_id))
         cli = _cli_run(run.info.run_id)
         if cli is not None:
@@ -93,7 +102,7 @@ def main_run(p, grid: planner.Grid) -> Iterator[Main]:
             mark_dead(key, run.info.run_id, cli_experiment)
 
 
-def _link(text: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
+def run_link(text: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
     """A link the MLflow UI follows from any host: a hash route of its run page (or an artifact in it)."""
     tail = f"/artifactPath/{artifact}" if artifact else ""
     return f"[{text}](#/experiments/{experiment_id}/runs/{run_id}{tail})"
@@ -109,15 +118,15 @@ def main_note(preset: str, params: dict, log: list[dict], report_run: str, exper
         table = f"(Table 1 could not be read: {type(e).__name__})"
     out = [f"**distill `main`, preset `{preset}`**: teachers {params['teachers']} x students {params['students']} "
            f"x seeds {params['seeds']}; {params['limit'] or 'all'} evaluation questions each.", "",
-           f"**Table 1** below; the full report: {_link('report run', experiment_id, report_run)}, "
-           f"{_link('report.md', experiment_id, report_run, 'report.md')}, "
-           f"{_link('Fig. 1', experiment_id, report_run, 'figures/fig1_accuracy.html')}.", "",
+           f"**Table 1** below; the full report: {run_link('report run', experiment_id, report_run)}, "
+           f"{run_link('report.md', experiment_id, report_run, 'report.md')}, "
+           f"{run_link('Fig. 1', experiment_id, report_run, 'figures/fig1_accuracy.html')}.", "",
            "### Table 1: student accuracy by teacher (%)", "", table, "",
            f"### Steps: {len(log)}, " + (f"reused {reused} of {len(log)}" if reused else "none reused"), "",
            "| step | run | |", "|---|---|---|"]
     for s in log:
         what = "reused (an earlier run)" if s["reused"] else f"ran, {s['seconds']:.0f}s"
-        out.append(f"| {s['step']} | {_link(s['run_id'][:8], experiment_id, s['run_id'])} | {what} |")
+        out.append(f"| {s['step']} | {run_link(s['run_id'][:8], experiment_id, s['run_id'])} | {what} |")
     return "\n".join(out)
 
 

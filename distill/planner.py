@@ -73,8 +73,10 @@ def parse_seeds(text: list[str], default: list) -> list[int]:
     return seeds
 
 
-def resolve_grid(p) -> Grid:
-    """The grid of `main`'s parameters (distill.phases.main.MainParams): names checked against the preset."""
+def resolve_grid(p, who: str = "main", hardware: bool = True) -> Grid:
+    """The grid of `main`'s parameters (distill.phases.main.MainParams): names checked against the preset.
+    `who` names the command in the refusals; `hardware`: refuse a GPU preset on a machine without a GPU now
+    (an entry point that builds its upstream checks only the steps it will run: gpus.check_fits)."""
     from distill.config import load_preset, resolve_names
     from distill.gpus import check_hardware
 
@@ -85,9 +87,10 @@ def resolve_grid(p) -> Grid:
     students = resolve_names(_names(p.students, grid.students or list(preset.students)), preset, "student", "students")
     seeds = parse_seeds(p.seeds, grid.seeds)
     if len(teachers) < 2:
-        raise DistillError(f"main needs at least two teachers to select questions on (got {teachers})")
+        raise DistillError(f"{who} needs at least two teachers to select questions on (got {teachers})")
     backend = p.backend or preset.backend
-    check_hardware(preset, backend, p.rehearsal)
+    if hardware:
+        check_hardware(preset, backend, p.rehearsal)
     limit = p.limit if p.limit is not None else grid.eval_limit
     judge = bool(p.judge_base_url or os.environ.get("OPENAI_API_KEY") or preset.judge.base_url)
     return Grid(preset, teachers, students, seeds, backend, limit, judge)
@@ -114,6 +117,25 @@ def gpus_for_generation(preset, backend: str, tensor_parallel_size: int, rehears
     return 0  # openai: the server does the work; transformers on a CPU preset, or on rehearsal's stand-ins
 
 
+def sft_gpu_count(preset, rehearsal: bool = False) -> int:
+    """GPUs of an SFT step: one where the preset needs a GPU (each student on its own), else none."""
+    return 1 if preset.needs_gpu and not rehearsal else 0
+
+
+def sft_name(teacher: str, student: str, seed) -> str:
+    return f"sft {teacher} -> {student} (seed {seed})"
+
+
+def sft_step(teacher: str, student: str, seed: int, common: dict, gpus: int) -> Step:
+    """One SFT cell of the grid, fed the `select` step's run: `main`'s, and what an entry point builds
+    for a student it needs (a teacher mix `7B+72B` included)."""
+    from distill.phases.sft import SftParams
+
+    return Step(sft_name(teacher, student, seed), "sft",
+                SftParams(teacher=teacher, student=student, seed=seed, select_run="", **common),
+                inputs={"select_run": ["select"]}, gpus=gpus)
+
+
 def plan(p, grid: Grid) -> list[Step]:
     """Every step of the grid, in the sequential executor's order, with its inputs and GPUs."""
     from distill.config import resolve_role
@@ -121,7 +143,6 @@ def plan(p, grid: Grid) -> list[Step]:
     from distill.phases.judge import ErrorsParams
     from distill.phases.report import ReportParams
     from distill.phases.select import SelectParams
-    from distill.phases.sft import SftParams
     from distill.phases.teacher import TeacherParams
     from distill.phases.tokens import TokensParams
     from distill.phases.translate import TranslateParams
@@ -134,7 +155,7 @@ def plan(p, grid: Grid) -> list[Step]:
     tp |= {s: resolve_role(s, preset, "student").tensor_parallel_size for s in students}
     translator_tp = int(preset.translator.tensor_parallel_size or default_tp)
     gpu = lambda n: gpus_for_generation(preset, grid.backend, n, p.rehearsal)  # noqa: E731
-    sft_gpus = 1 if preset.needs_gpu and not p.rehearsal else 0
+    sft_gpus = sft_gpu_count(preset, p.rehearsal)
     steps = [Step("translate", "translate", TranslateParams(limit=p.train_limit, **gen, **common), gpus=gpu(translator_tp))]
     steps += [Step(f"teacher {t}", "teacher", TeacherParams(teacher=t, translation_run="", **gen, **common),
                    inputs={"translation_run": ["translate"]}, gpus=gpu(tp[t])) for t in teachers]
@@ -146,9 +167,8 @@ def plan(p, grid: Grid) -> list[Step]:
     for t in teachers:
         for s in students:
             for seed in seeds:
-                sft, ev = f"sft {t} -> {s} (seed {seed})", f"evaluate {s} <- {t} (seed {seed})"
-                steps.append(Step(sft, "sft", SftParams(teacher=t, student=s, seed=seed, select_run="", **common),
-                                  inputs={"select_run": ["select"]}, gpus=sft_gpus))
+                sft, ev = sft_name(t, s, seed), f"evaluate {s} <- {t} (seed {seed})"
+                steps.append(sft_step(t, s, seed, common, sft_gpus))
                 steps.append(Step(ev, "evaluate", EvaluateParams(model="", limit=limit, **gen, **common),
                                   inputs={"model": [sft]}, gpus=gpu(default_tp)))
                 cells.append((t, s, seed, ev))
@@ -213,18 +233,17 @@ def pending(steps: list[Step], probe: Callable[[Step, Any], str | None]) -> list
 
 def finished_run(step: Step, params: Any) -> str | None:
     """The id of a FINISHED run of this step's work (the phase's own reuse check under tracking.REUSE_ONLY:
-    same parameters, input run ids and code; no model is loaded), None where the step must run. Asked inside
-    a run (`main`'s, or the one `mlflow run` opened), it writes nothing; outside any, a found run gets the
-    pointer run that a reused phase leaves under `mlflow run` (tracking.phase_run)."""
+    same parameters, input run ids and code; no model is loaded), None where the step must run. It writes
+    nothing (tracking.LOOK_ONLY): no pointer run, no tag, inside a run or outside any."""
     import importlib
 
     from distill import tracking
     from distill.phases import module_name
 
-    tracking.REUSE_ONLY = True
+    tracking.REUSE_ONLY = tracking.LOOK_ONLY = True
     try:
         return importlib.import_module(module_name(step.phase)).run(params)
     except tracking.NotReused:
         return None
     finally:
-        tracking.REUSE_ONLY = False
+        tracking.REUSE_ONLY = tracking.LOOK_ONLY = False

@@ -6,7 +6,8 @@ root stays the store's own `./mlruns` (file:, written by the tasks directly), so
 read back without a server, as the sequential executor's do. Tasks on other machines can reach neither
 that server nor that folder: a Ray cluster needs a tracking server every node reaches, with a proxied
 artifact store (`mlflow server --artifacts-destination ...`), through which every step then writes and
-reads its artifacts (`mlflow-artifacts:` URIs).
+reads its artifacts (`mlflow-artifacts:` URIs). Every store URI in a message goes through redact_uri: a
+password in it is shown as `***`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from distill import DistillError
+from distill.redact import redact_uri
 
 console = logging.getLogger(__name__)
 
@@ -54,17 +56,19 @@ class LoopbackServer:
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise DistillError(f"could not start an mlflow server over {self.store_uri} for executor=ray: "
-                                   f"{self.log.read_text()[-300:].strip()}")
+                tail = self.log.read_text()[-300:].strip().replace(self.store_uri, redact_uri(self.store_uri))
+                raise DistillError(f"could not start an mlflow server over {redact_uri(self.store_uri)} for "
+                                   f"executor=ray: {tail}")
             try:
                 if requests.get(self.uri + "/health", timeout=1).ok:
-                    console.info(f"main: serving {self.store_uri} at {self.uri} for the Ray tasks")
+                    console.info(f"main: serving {redact_uri(self.store_uri)} at {self.uri} for the Ray tasks")
                     return self.uri
             except requests.RequestException:
                 pass
             time.sleep(0.3)
         self.__exit__()
-        raise DistillError(f"the mlflow server over {self.store_uri} did not answer within 180 s (log: {self.log})")
+        raise DistillError(f"the mlflow server over {redact_uri(self.store_uri)} did not answer within 180 s "
+                           f"(log: {self.log})")
 
     def __exit__(self, *exc) -> None:
         if self.proc:
@@ -119,6 +123,7 @@ def tracking_for_tasks(uri: str, address: str):
     if uri.startswith("databricks") or "://" in uri and not uri.startswith(("sqlite:", "file:")):
         return Served(uri)  # a database URL (postgresql://, mysql://): made for many writers
     if address:
-        raise DistillError(f"executor=ray on the Ray cluster {address} needs a tracking server every node reaches "
-                           f"(MLFLOW_TRACKING_URI=http://...); the local store {uri} is served only on this machine")
+        raise DistillError(f"executor=ray on the Ray cluster {redact_uri(address)} needs a tracking server every "
+                           f"node reaches (MLFLOW_TRACKING_URI=http://...); the local store {redact_uri(uri)} is served "
+                           "only on this machine")
     return LoopbackServer(uri)

@@ -29,6 +29,9 @@ IGNORE_CODE = "ignore_code"
 # active in this process, and the parent's reuse probe.
 PARENT_RUN_ID: str | None = None
 REUSE_ONLY = False
+# Set by planner.finished_run (a plan printed before anything runs): a FINISHED run found is only named;
+# no pointer run, no tag on any run.
+LOOK_ONLY = False
 # Set by `main` for a step fed a run it made moments ago: no earlier run can carry this cache key, so the
 # lookups before the claim are skipped. The check after the claim still finds a concurrent try.
 FRESH_INPUTS = False
@@ -109,13 +112,19 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     work = cache_keys.work_key(phase, params, upstream)
     files = cache_keys.code_files(phase, preset, backend)
     look = mode and not FRESH_INPUTS
-    prior = claims.wait_for_holders(phase, key) if look else None
+    if look and LOOK_ONLY:  # a plan: what is finished now, without waiting for a live try of the same work
+        prior = claims.find_reusable(key)
+    else:
+        prior = claims.wait_for_holders(phase, key) if look else None
     stale = claims.find_same_work(work, files) if look and not prior else None
     ignored = None
     if stale and mode == IGNORE_CODE:
         prior, ignored = stale
     active = mlflow.active_run() is not None
     nested = active or PARENT_RUN_ID is not None
+    if prior and LOOK_ONLY:
+        yield PhaseRun(prior, True, key)
+        return
     if prior:
         if ignored is None:
             console.info(f"{phase}: reusing FINISHED run {prior} (same parameters, inputs and code)")

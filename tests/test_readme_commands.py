@@ -25,12 +25,10 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
 PLACEHOLDER = "PLACEHOLDER"           # what `<evaluate run id>` and the like stand for
 POPPED = {"base_dir", "verbose"}       # taken off argv by cli.py before the Params class parses it
-# Lines that cannot work yet, with the reason (the design card's line needs `sft` to build its upstream).
-# Not in the README today; an entry that starts to pass fails the test, so that it is taken out.
-EXPECTED_TO_FAIL = {
-    "mlflow run . -e sft --env-manager local -P teacher=7B":
-        "the design card's line needs `student` to be optional in MLproject: issue 21's planner (not merged yet)",
-}
+# Lines that cannot work yet, with the reason; an entry that starts to pass fails the test, so that it is
+# taken out. (The design card's `mlflow run . -e sft --env-manager local -P teacher=7B` was one until the
+# entry points built their upstream: it is the README's sft example now.)
+EXPECTED_TO_FAIL: dict[str, str] = {}
 
 
 def _commands_in(text: str) -> list[list[str]]:
@@ -97,7 +95,8 @@ COMMANDS = readme_commands()
 
 
 def _params_class(script: str):
-    """The Params class of the phase an entry-point script runs (`run_phase("pipeline")` -> MainParams)."""
+    """The Params class of the phase an entry-point script runs (`run_phase("pipeline")` -> MainParams), and
+    the phase."""
     import dataclasses
     import importlib
 
@@ -107,7 +106,7 @@ def _params_class(script: str):
     assert path.is_file(), f"{script} does not exist"
     phase = re.search(r'run_phase\("(\w+)"\)', path.read_text()).group(1)
     module = importlib.import_module(module_name(phase))
-    return next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
+    return next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v)), phase
 
 
 def _check_names(params) -> None:
@@ -127,16 +126,27 @@ def _check_names(params) -> None:
         resolve_role(s, preset, "student")
 
 
-def _parse(params_cls, argv: list[str], elided: bool):
-    """The flags as the entry point parses them; with `...` in the line, only that every flag is a field."""
+def _parse(params_cls, argv: list[str], elided: bool, phase: str = ""):
+    """The flags as the entry point parses them (the parameters of what it builds first, distill.targets,
+    as cli.py takes them off); with `...` in the line, only that every flag is a field."""
     import dataclasses
 
+    from distill.cli import upstream_params
+    from distill.targets import KNOBS
+
+    up = None
+    if phase in KNOBS:
+        argv, up = upstream_params([a for a in argv if a != "..."], params_cls, phase)
+        argv += ["..."] if elided else []
     fields = {f.name for f in dataclasses.fields(params_cls)} | POPPED
     flags = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
     unknown = [f for f in flags if f not in fields]
     assert not unknown, f"no such parameter {unknown} of {params_cls.__name__}"
     if not elided:
-        _check_names(parse_params(params_cls, [a for a in argv if a != "..."]))
+        params = parse_params(params_cls, [a for a in argv if a != "..."])
+        _check_names(params)
+        for t in up.teachers if up else []:  # the selection's teachers, of the command's preset
+            resolve_role(t, load_preset(getattr(params, "preset", "offline")), "teacher")
 
 
 def check_mlflow_run(command: list[str]) -> None:
@@ -166,14 +176,15 @@ def check_mlflow_run(command: list[str]) -> None:
     spec = MLPROJECT[entry]
     declared = spec.get("parameters") or {}
     script = re.search(r"python (entrypoints/\w+\.py)", spec["command"]).group(1)
-    params_cls = _params_class(script)
+    params_cls, phase = _params_class(script)
     required = [n for n, p in declared.items() if not isinstance(p, dict) or "default" not in p]
     missing = [n for n in required if n not in params]
     assert elided or not missing, f"MLflow refuses it: no value for {missing}"
     # MLflow passes declared parameters (with their defaults) and undeclared ones alike as `--name value`
     values = {n: str(p["default"]) for n, p in declared.items() if isinstance(p, dict) and "default" in p} | params
     values.pop("base_dir", None)
-    _parse(params_cls, [x for n, v in values.items() for x in (f"--{n}", v)] + (["..."] if elided else []), elided)
+    _parse(params_cls, [x for n, v in values.items() for x in (f"--{n}", v)] + (["..."] if elided else []), elided,
+           phase)
 
 
 def check_script(command: list[str]) -> None:
@@ -191,7 +202,8 @@ def check_script(command: list[str]) -> None:
             script, argv = argv[0], argv[1:]
     else:
         script, argv = command[1], command[2:]
-    _parse(_params_class(script), argv, "..." in argv)
+    params_cls, phase = _params_class(script)
+    _parse(params_cls, argv, "..." in argv, phase)
 
 
 def test_the_readme_has_the_commands_this_test_reads():
@@ -215,7 +227,10 @@ def test_a_readme_command_works_as_written(line, command):
 @pytest.mark.parametrize("line,message", [
     ("mlflow run . -e sft -P preset=paper -P teacher=7B -P student=qwen2.5-0.5b", "--env-manager local"),
     ("mlflow run . -e fine-tune --env-manager local -P teacher=7B", "no entry point 'fine-tune'"),
-    ("mlflow run . -e sft --env-manager local -P teacher=7B -P studnet=qwen2.5-0.5b", "no value for \\['student'\\]"),
+    ("mlflow run . -e sft --env-manager local -P teacher=7B -P studnet=qwen2.5-0.5b", "no such parameter \\['studnet'\\]"),
+    ("mlflow run . -e sft --env-manager local -P teacher=7B -P students=qwen2.5-0.5b", "no such parameter \\['students'\\]"),
+    ("mlflow run . -e sft --env-manager local -P teacher=7B -P train_limit=0", "train_limit must be an integer >= 1"),
+    ("mlflow run . -e evaluate --env-manager local -P model=7B -P plan=maybe", "plan: expected true or false"),
     ("mlflow run . -e evaluate --env-manager local -P model=7B -P limt=3", "no such parameter \\['limt'\\]"),
     ("mlflow run . -e evaluate --env-manager local -P model=7B -P limit=0", "limit must be an integer >= 1"),
     ("mlflow run . -e evaluate --env-manager local -P model=9B", "unknown model name '9B'"),

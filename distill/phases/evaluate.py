@@ -144,14 +144,19 @@ def build_prompts(questions: list[str], mode: str, prompt_format: str, shots: in
     return [plain_prompt(q) for q in questions]
 
 
-def run(p: EvaluateParams) -> str:
-    """Evaluate and return the run id (an earlier identical run's id when reused)."""
-    preset = load_preset(p.preset)
+def preflight(p: EvaluateParams) -> None:
+    """What run() would refuse before any work, asked before an entry point builds the student it evaluates."""
     if p.mode not in MODES:
         raise DistillError(f"unknown mode {p.mode!r}; choose one of {', '.join(MODES)}")
     if p.prompt_format not in FORMATS:
         raise DistillError(f"unknown prompt_format {p.prompt_format!r}; choose one of {', '.join(FORMATS)}")
     check_positive("limit", p.limit, allow_none=True)
+
+
+def run(p: EvaluateParams) -> str:
+    """Evaluate and return the run id (an earlier identical run's id when reused)."""
+    preset = load_preset(p.preset)
+    preflight(p)
     backend = check_backend(p.backend or preset.backend)
     eval_set = p.eval_set or preset.data.eval_set
     examples, source = load_eval_set(eval_set, p.limit)

@@ -91,9 +91,9 @@ class Steps:
     """Runs steps in order, records what was reused, and names the step that failed. `gpus`: the GPUs
     this process may hand out (distill.gpus.visible); each step process sees the first its step needs."""
 
-    def __init__(self, ctx=None, main_run_id: str | None = None, gpus: list[str] | None = None):
+    def __init__(self, ctx=None, main_run_id: str | None = None, gpus: list[str] | None = None, label: str = "main"):
         self.log: list[dict] = []
-        self.ctx, self.main_run_id, self.gpus = ctx, main_run_id, list(gpus or [])
+        self.ctx, self.main_run_id, self.gpus, self.label = ctx, main_run_id, list(gpus or []), label
         self.fresh: set[str] = set()  # runs this `main` made, not reused: no earlier run was fed them
 
     def _fed_fresh(self, params) -> bool:
@@ -145,7 +145,7 @@ class Steps:
             self.fresh.add(run_id)
         self.log.append({"step": name, "run_id": run_id, "reused": reused, "seconds": round(time.perf_counter() - t0, 2),
                          "gpus": gpus})
-        console.info(f"main: {name}: {'reused' if reused else 'ran'} {run_id} "
+        console.info(f"{self.label}: {name}: {'reused' if reused else 'ran'} {run_id} "
                      f"({time.perf_counter() - t0:.1f}s){_result(run_id)}")
         return run_id
 
@@ -153,6 +153,15 @@ class Steps:
 def phase_function(phase: str):
     """The `run` of a phase's module (`errors` -> distill.phases.judge.run)."""
     return importlib.import_module(module_name(phase)).run
+
+
+def walk(step: Steps, steps: list[planner.Step]) -> dict[str, str]:
+    """The sequential executor: every step in plan order, its inputs filled with the runs of the steps
+    before it; step name -> run id. `main` walks its whole grid, an entry point what its targets need."""
+    done: dict[str, str] = {}
+    for s in steps:
+        done[s.name] = step(s.name, phase_function(s.phase), s.filled(done), gpus=s.gpus)
+    return done
 
 
 def run(p: MainParams) -> str:
@@ -173,9 +182,7 @@ def run(p: MainParams) -> str:
     t0 = time.perf_counter()
     with (_rehearsal(p.rehearsal), step_server() as ctx, main_run.main_run(p, grid) as main):
         step = Steps(ctx, main.run_id, visible)
-        done: dict[str, str] = {}
-        for s in steps:
-            done[s.name] = step(s.name, phase_function(s.phase), s.filled(done), gpus=s.gpus)
+        done = walk(step, steps)
         seconds = time.perf_counter() - t0
         reused = sum(s["reused"] for s in step.log)
         main_run.record(main, step.log, seconds)

@@ -37,7 +37,7 @@ class SftParams:
     """Fine-tune one base student on one teacher's answers (or a mix of two: teacher=7B+72B)."""
 
     teacher: str
-    student: str
+    student: str = ""                        # empty: every student of the preset's grid (with its upstream)
     preset: str = "offline"
     select_run: str = ""                     # empty: the newest FINISHED select run with this teacher
     learning_rate: float | None = None
@@ -51,7 +51,7 @@ class SftParams:
     gradient_checkpointing: bool | None = None  # true/false; empty: the preset's (recompute activations: less memory)
     max_length: int | None = None
     batching: str = ""                       # padded (paper) | group_by_length | padding_free
-    seed: int = 42
+    seed: int | None = None                  # empty: the preset's grid seeds (with its upstream), else the first
     limit: int | None = None                 # train on the first N examples (smoke tests)
     save_steps: int | None = None            # empty: a checkpoint per epoch
     register: bool = True
@@ -206,11 +206,31 @@ def train_config(p: SftParams, h: dict, bf16: bool, out_dir: Path, run_id: str |
                        keep_checkpoints=p.keep_checkpoints, final_dir=out_dir / "final")
 
 
+def default_seed(preset) -> int:
+    """The seed of one SFT run when none is given: the first of the preset's grid (42 in both presets)."""
+    return int((preset.grid.seeds or preset.sft.seeds or [42])[0])
+
+
+def preflight(p: SftParams) -> None:
+    """What run() would refuse before any work, asked before an entry point builds the upstream (distill.upstream):
+    a bad name or setting stops it at once, not after the teachers have run."""
+    preset = load_preset(p.preset)
+    canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
+    if p.student:
+        resolve_role(p.student, preset, "student")
+    check_keep(p.keep_checkpoints or "last")
+    resolved_hparams(dataclasses.replace(p, seed=p.seed if p.seed is not None else default_seed(preset)), preset)
+
+
 def run(p: SftParams) -> str:
     preset = load_preset(p.preset)
     teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
+    if not p.student:
+        raise DistillError("sft with upstream=false trains one student: pass student=<name> (with upstream=true, "
+                           "the default, it trains every student of the preset's grid)")
     student = resolve_role(p.student, preset, "student")
-    p = dataclasses.replace(p, teacher=teacher, student=student.name)
+    seed = p.seed if p.seed is not None else default_seed(preset)
+    p = dataclasses.replace(p, teacher=teacher, student=student.name, seed=seed)
     teachers = teacher_names(p.teacher)
     check_params(p)                                       # bad numbers stop here, before any model loads
     p = dataclasses.replace(p, keep_checkpoints=check_keep(p.keep_checkpoints or "last"))  # empty: the default

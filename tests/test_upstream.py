@@ -1,0 +1,143 @@
+"""Entry points build what they need (distill.upstream), through the real `mlflow run` on fresh stores: the
+design card's line verbatim, typed again, `plan=true`, `upstream=false`, and `evaluate` of a student that
+does not exist yet."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from distill import lineage, steps
+from distill.phases import sft as sft_phase
+from distill.phases.sft import SftParams
+from distill.targets import UpstreamParams
+from tests.conftest import ROOT
+
+DESIGN_CARD = ["-e", "sft", "--env-manager", "local", "-P", "teacher=7B"]
+STUDENTS = ("qwen2.5-0.5b", "llm-jp-3.1-1.8b")  # the offline grid's
+
+
+def mlflow_run(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}  # as in an activated venv
+    return subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def all_runs(tmp_path) -> list:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+
+
+def phase_runs(runs) -> list[str]:
+    return sorted(r.data.tags[lineage.PHASE] for r in runs if lineage.PHASE in r.data.tags)
+
+
+@pytest.mark.slow
+def test_the_design_cards_line_builds_everything_then_reuses_it(tmp_path):
+    # plan=true on an empty store: the whole chain to run, and nothing run
+    plan = mlflow_run(tmp_path, *DESIGN_CARD, "-P", "plan=true")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert plan.stdout.splitlines()[:2] == ["sft: 6 steps, 6 to run, 0 reused", "  run    translate"]
+    [cli] = all_runs(tmp_path)  # only the run `mlflow run` opens before any entry point starts
+    assert cli.data.tags[lineage.PLAN_ONLY] == "true" and "sft 7B -> llm-jp-3.1-1.8b (seed 42)" in \
+        cli.data.tags["mlflow.note.content"]
+
+    first = mlflow_run(tmp_path, *DESIGN_CARD)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = all_runs(tmp_path)
+    assert phase_runs(runs) == ["select", "sft", "sft", "teacher", "teacher", "translate"]  # no evaluation
+    [parent] = [r for r in runs if r.data.tags.get(lineage.ENTRY_POINT) == "sft"]
+    assert parent.info.run_name == "sft-offline" and parent.info.status == "FINISHED"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs if lineage.PHASE in r.data.tags)
+    cli = next(r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "sft")
+    assert cli.info.status == "FINISHED" and cli.data.tags[lineage.EXPERIMENT] == "distill-offline"
+    assert cli.data.tags[lineage.CACHE_KEY] == parent.data.tags[lineage.CACHE_KEY]  # it beat with the parent
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for student in STUDENTS:  # every student of the grid, on the 7B teacher's data
+        version = client.get_model_version_by_alias(f"offline-student-{student}", "teacher-7b")
+        assert version.tags["teacher"] == "7B" and version.tags["seed"] == "42"
+
+    again = mlflow_run(tmp_path, "-e", "sft", "--env-manager", "local", "-P", "teacher=7b")  # the same, forgiving name
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.splitlines()[0] == "sft: 6 steps, 0 to run, 6 reused"
+    later = all_runs(tmp_path)
+    assert phase_runs(later) == phase_runs(runs)  # no step ran again
+    assert any(r.info.run_name == "sft-offline (reused 6 of 6 steps)" for r in later)
+
+
+@pytest.mark.slow
+def test_upstream_false_refuses_the_missing_input_as_before(tmp_path):
+    proc = mlflow_run(tmp_path, *DESIGN_CARD, "-P", "student=qwen2.5-0.5b", "-P", "upstream=false")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: no FINISHED select run has a training set for 7B; run `select` with those teachers "
+                      "first or pass select_run=<id>"], proc.stderr[-3000:]
+    assert phase_runs(all_runs(tmp_path)) == []
+
+
+@pytest.mark.slow
+def test_evaluate_of_a_student_not_trained_yet_trains_it_first(tmp_path):
+    uri = "models:/offline-student-qwen2.5-0.5b@teacher-72b"
+    proc = mlflow_run(tmp_path, "-e", "evaluate", "--env-manager", "local", "--experiment-name", "mine",
+                      "-P", f"model={uri}", "-P", "limit=3", "-P", "max_new_tokens=4", "-P", "train_limit=8", "-P", "n=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[0] == "evaluate: 6 steps, 6 to run, 0 reused"
+    runs = all_runs(tmp_path)
+    assert phase_runs(runs) == ["evaluate", "select", "sft", "teacher", "teacher", "translate"]
+    # under --experiment-name the run `mlflow run` opened is the one the steps nest under
+    [cli] = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "evaluate"]
+    assert cli.data.tags[lineage.ENTRY_POINT] == "evaluate"
+    assert all(r.data.tags["mlflow.parentRunId"] == cli.info.run_id for r in runs if lineage.PHASE in r.data.tags)
+    [evaluation] = [r for r in runs if r.data.tags.get(lineage.PHASE) == "evaluate"]
+    [trained] = [r for r in runs if r.data.tags.get(lineage.PHASE) == "sft"]
+    assert evaluation.data.tags[lineage.SFT_RUN_ID] == trained.info.run_id and trained.data.tags[lineage.TEACHER] == "72B"
+    assert evaluation.data.metrics["n_total"] == 3
+    # its own max_new_tokens is the evaluation's: the teachers generated the preset's 32 tokens
+    assert {r.data.params["max_new_tokens"] for r in runs if r.data.tags.get(lineage.PHASE) == "teacher"} == {"32"}
+
+
+def test_the_upstream_steps_that_load_a_model_run_in_processes_of_their_own(tracking, monkeypatch):
+    """What `main` does (distill.steps): translate, each teacher and every sft go to a process of their own,
+    select runs here; all of them nested under the entry point's run."""
+    import importlib
+
+    from distill import tracking as phase_tracking
+    from distill import upstream
+
+    handed = []
+
+    def in_a_process(ctx, module, params, parent_run_id, fresh_inputs=False, cuda_visible_devices=None):
+        handed.append((module, cuda_visible_devices))  # then the step, as its process would run it
+        phase_tracking.FRESH_INPUTS = fresh_inputs
+        try:
+            return importlib.import_module(module).run(params)
+        finally:
+            phase_tracking.FRESH_INPUTS = False
+
+    monkeypatch.setattr(steps, "run_in_process", in_a_process)
+    last = upstream.run("sft", sft_phase, SftParams(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=1),
+                        UpstreamParams(train_limit=8, n=4, max_new_tokens=4))
+    assert [m for m, _ in handed] == ["distill.phases.translate", "distill.phases.teacher", "distill.phases.teacher",
+                                      "distill.phases.sft"]
+    assert {gpus for _, gpus in handed} == {""}  # the offline preset's steps see no GPU
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    [parent] = [r for r in runs if r.data.tags.get(lineage.ENTRY_POINT) == "sft"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs if lineage.PHASE in r.data.tags)
+    assert mlflow.get_run(last).data.tags[lineage.PHASE] == "sft"
+
+
+def test_a_bad_setting_of_the_target_stops_it_before_its_upstream_runs(tracking, capsys):
+    from distill import DistillError, upstream
+    from distill.phases import evaluate
+    from distill.phases.evaluate import EvaluateParams
+
+    with pytest.raises(DistillError, match="unknown batching 'foo'"):
+        upstream.run("sft", sft_phase, SftParams(teacher="7B", batching="foo"), UpstreamParams())
+    with pytest.raises(DistillError, match="unknown mode 'two-shot'"):
+        upstream.run("evaluate", evaluate, EvaluateParams(model="models:/offline-student-qwen2.5-0.5b@teacher-7b",
+                                                          mode="two-shot"), UpstreamParams())
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == [] and capsys.readouterr().out == ""
