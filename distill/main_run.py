@@ -11,6 +11,7 @@ again when it ends (a try typed again at once may find the heartbeat of the dead
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from distill import cache_keys, claims, lineage, planner, tracking
+from distill import cache_keys, claims, lineage, params, planner, tracking
 
 console = logging.getLogger(__name__)
 
@@ -35,9 +36,16 @@ class Main:
     key: str
 
 
-def grid_key(params: dict) -> str:
-    """The cache key of the grid: the same for either executor."""
-    return cache_keys.cache_key("pipeline", {k: v for k, v in params.items() if k not in planner.HOW_PARAMS})
+def key_payload(p, grid: planner.Grid) -> dict:
+    """The payload of the grid's key: `main`'s keyed parameters (not how it runs: the executor), as the grid
+    resolved them. The same for either executor."""
+    resolved = dataclasses.replace(p, teachers=list(grid.teachers), students=list(grid.students),
+                                   seeds=[str(s) for s in grid.seeds], limit=grid.limit, backend=grid.backend)
+    return params.key_payload(resolved, grid.preset, judge=grid.judge)
+
+
+def grid_key(p, grid: planner.Grid) -> str:
+    return cache_keys.cache_key("pipeline", key_payload(p, grid))
 
 
 def _cli_run(main_run_id: str):
@@ -70,8 +78,8 @@ def main_run(p, grid: planner.Grid) -> Iterator[Main]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    params = planner.main_params(p, grid)
-    key = grid_key(params)
+    logged = planner.main_params(p, grid)
+    key = grid_key(p, grid)
     beat = {lineage.CACHE_KEY: key, lineage.HEARTBEAT: f"{time.time():.3f}"}
     tags = {lineage.PHASE: "main", **beat, **({lineage.REHEARSAL: "true"} if p.rehearsal else {})}
     with ExitStack() as stack:
@@ -86,9 +94,9 @@ def main_run(p, grid: planner.Grid) -> Iterator[Main]:
         cli_experiment = cli.info.experiment_id if cli is not None and cli.info.experiment_id != run.info.experiment_id \
             else None
         mark_dead(key, run.info.run_id, cli_experiment)
-        tracking.log_params_merged(run, params)
+        tracking.log_params_merged(run, logged)
         try:
-            yield Main(run.info.run_id, run.info.experiment_id, params, key)
+            yield Main(run.info.run_id, run.info.experiment_id, logged, key)
         finally:
             mark_dead(key, run.info.run_id, cli_experiment)
 
