@@ -88,8 +88,8 @@ def preset_values(preset, path: str) -> list[tuple[str, Any]]:
         for where, node in found:
             table = node if isinstance(node, dict) else None
             keys = list(table) if part == "*" and table is not None else [part]
-            for key in keys:
-                value = table.get(key) if table is not None else getattr(node, key, None)
+            for key in keys:  # a path the preset's shape lacks is a wrong declaration: it raises
+                value = table[key] if table is not None else getattr(node, key)
                 step.append((f"{where}.{key}".lstrip("."), value))
         found = step
     return found

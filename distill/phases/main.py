@@ -171,6 +171,11 @@ def phase_function(phase: str):
     return importlib.import_module(module_name(phase)).run
 
 
+def reuse_key(p: MainParams) -> dict:
+    """The payload of the grid's key (main_run.key_payload): it finds the dead tries of the same grid."""
+    return main_run.key_payload(p, planner.resolve_grid(p))
+
+
 def run(p: MainParams) -> str:
     grid = planner.resolve_grid(p)
     steps = planner.plan(p, grid)

@@ -68,7 +68,8 @@ class TranslateParams(GenerationOptions):
     translator: str = param("", preset=Default("the preset's `translator`"),
                             help="the translating model: a short name of the preset, a Hub id or a folder")
     source: str = param("", preset="data.train", help="`hub` (openai/gsm8k), `shipped` (256 questions) or a JSONL path")
-    limit: int | None = limit_param("the first N training questions", preset="data.train_limit")
+    limit: int | None = limit_param("the first N training questions", preset="data.train_limit",
+                                    note="a number of training questions")
     max_new_tokens: int | None = max_new_tokens_param("generation.translate_max_new_tokens")
     shard_size: int | None = shards.shard_size_param()
     reuse: bool = reuse_param()

@@ -65,10 +65,10 @@ class ReportParams:
     error_teachers: list[str] = param(factory=list, help="comma-separated teachers of Fig. 2 (the paper: 7B, 72B)",
                                       preset=Default("preset's `judge.teachers`, else the first and the last teacher"))
     tokens_run: str = upstream_param("the `tokens` run of Fig. 3", "newest")
-    teachers: list[str] = param(factory=list, preset=Default("preset's"),
+    teachers: list[str] = param(factory=list, preset=Default("preset's `teachers`"),
                                 help="comma-separated: the grid Table 1, the figures and **Missing** cover (`main` "
                                      "passes the grid it ran; evaluations outside it are left out)")
-    students: list[str] = param(factory=list, preset=Default("preset's"), help="as `teachers`")
+    students: list[str] = param(factory=list, preset=Default("preset's `students`"), help="as `teachers`")
     seeds: list[str] = param(factory=list, preset="sft.seeds", rule=SEED, help="as `teachers`: the seeds **Missing** "
                                                                                "expects")
     reuse: bool = reuse_param(False, "`true` reuses an earlier report only if it read exactly the same input runs "
