@@ -98,6 +98,12 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+def data_digest(records: list[dict]) -> str:
+    """The content of data a phase reads from a file rather than from a run (an eval set, a train_file), for its
+    reuse key: an edited file is other work."""
+    return _digest(json.dumps(records, sort_keys=True, ensure_ascii=False, default=str).encode())
+
+
 def _preset_digest(name: str) -> tuple[str, str] | None:
     """The preset in use, by its parsed content: a comment or a reordering changes nothing."""
     import yaml

@@ -1,8 +1,8 @@
 """Command-line plumbing for the thin scripts in entrypoints/: parameters in, one clear error out.
 
 Each phase module exposes a `*Params` dataclass and `run(params)`; the dataclass fields are the
-entry point's parameters. MLflow passes every `-P` value as text, and an empty text means
-"the preset's default".
+entry point's parameters, each declared with its help text and rule (distill/params.py). MLflow passes
+every `-P` value as text, and an empty text means "the preset's default".
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import typing
 
 from distill import DistillError
 from distill.log import setup_logging
+from distill.params import Param, check_preset, check_value, declared, default_text, doc_order, required
 from distill.params_text import split_list, yes_no
 from distill.phases import module_name
 
@@ -109,32 +110,45 @@ def _pop_arg(argv: list[str], name: str) -> tuple[list[str], str | None]:
     return out, value
 
 
-def _reuse(text: str):
-    """`reuse`: true, false, or ignore_code (see tracking.reuse_mode)."""
-    from distill.tracking import reuse_mode
+def _parsing(parse):
+    """A declared text -> value function (`reuse`), its DistillError reported as argparse reports a bad value."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except DistillError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
-    try:
-        return reuse_mode(text)
-    except DistillError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
 
 
-def parse_params(params_cls, argv: list[str] | None = None):
-    """Text -> the phase's dataclass: file parameters made absolute, every number checked (distill/checks.py)."""
-    from distill.checks import check_params
+def help_text(f: dataclasses.Field, s: Param) -> str:
+    """A field's `--help` line: what it is, its default, what is allowed."""
+    default = "required" if required(f) else f"default: {default_text(f, s)}"
+    text = f"{s.help} ({default}{'; ' + s.rule.allowed() if s.rule else ''})"
+    return text.replace("`", "").replace("%", "%%")
 
+
+def parse_params(params_cls, argv: list[str] | None = None, builds: str = ""):
+    """Text -> the phase's dataclass: file parameters made absolute, every number checked by its field's rule.
+    `builds`: the entry point whose parameters of what it builds `--help` lists too (parsed by upstream_params)."""
     argv, base = _pop_arg(list(sys.argv[1:] if argv is None else argv), BASE_DIR)
     base = base or os.getcwd()
     hints = typing.get_type_hints(params_cls)
     parser = _Parser(description=(params_cls.__doc__ or "").strip() or None)
-    for f in dataclasses.fields(params_cls):
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        convert = _reuse if f.name == "reuse" else _converter(hints[f.name])
-        parser.add_argument(f"--{f.name}", type=convert, required=required,
-                            default=None if required else argparse.SUPPRESS)
+    for f, s in doc_order(params_cls):
+        convert = _parsing(s.parse) if s.parse else _converter(hints[f.name])
+        parser.add_argument(f"--{f.name}", type=convert, required=required(f), help=help_text(f, s),
+                            default=None if required(f) else argparse.SUPPRESS)
+    if builds:
+        from distill.params_doc import upstream_fields
+
+        group = parser.add_argument_group("what it builds first (distill/targets.py)")
+        for f, s in upstream_fields(builds):
+            group.add_argument(f"--{f.name}", help=help_text(f, s), default=argparse.SUPPRESS)
     ns = {k: resolve_file_param(k, v, base) for k, v in vars(parser.parse_args(argv)).items()}
     params = params_cls(**ns)
-    check_params(params)
+    for f, s in declared(params_cls):
+        check_value(f.name, s, getattr(params, f.name))
     return params
 
 
@@ -220,12 +234,13 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         module = importlib.import_module(module_name(phase))
         params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
+        check_preset(preset, [params_cls])  # the preset's values this entry point may read, by their rules
         from distill.targets import KNOBS
 
         builds = phase in KNOBS  # an entry point that builds its upstream (distill.upstream)
         if builds:
             argv, up = upstream_params(argv, params_cls, phase)
-        params = parse_params(params_cls, argv)
+        params = parse_params(params_cls, argv, builds=phase if builds else "")
         prepare = getattr(module, "prepare", None)  # work a phase starts before the tracking store is set up
         if prepare:
             prepare(params)

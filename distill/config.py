@@ -46,11 +46,9 @@ def _load_preset_file(path: str) -> Preset:
 
 
 def parse_preset(data: dict[str, Any], path: str) -> Preset:
-    """Every key known and every needed key there (distill/preset.py), every number by distill/checks.py."""
-    from distill.checks import check_preset
-
+    """Every key known and every needed key there (distill/preset.py). Its numbers are checked by the rules of
+    the parameters that take them, by each entry point before it starts (distill.params.check_preset)."""
     preset = build(Preset, data, path)
-    check_preset(data, path)
     return dataclasses.replace(canonical_lists(preset, path), raw=data)
 
 

@@ -11,6 +11,7 @@ again when it ends (a try typed again at once may find the heartbeat of the dead
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from distill import cache_keys, claims, lineage, planner, tracking
+from distill import cache_keys, claims, lineage, params, planner, tracking
 
 console = logging.getLogger(__name__)
 
@@ -35,9 +36,16 @@ class Main:
     key: str
 
 
-def grid_key(params: dict) -> str:
-    """The cache key of the grid: the same for either executor."""
-    return cache_keys.cache_key("pipeline", {k: v for k, v in params.items() if k not in planner.HOW_PARAMS})
+def key_payload(p, grid: planner.Grid) -> dict:
+    """The payload of the grid's key: `main`'s keyed parameters (not how it runs: the executor), as the grid
+    resolved them. The same for either executor."""
+    resolved = dataclasses.replace(p, teachers=list(grid.teachers), students=list(grid.students),
+                                   seeds=[str(s) for s in grid.seeds], limit=grid.limit, backend=grid.backend)
+    return params.key_payload(resolved, grid.preset, judge=grid.judge)
+
+
+def grid_key(p, grid: planner.Grid) -> str:
+    return cache_keys.cache_key("pipeline", key_payload(p, grid))
 
 
 def _cli_run(main_run_id: str):
@@ -70,7 +78,7 @@ def main_run(p, grid: planner.Grid) -> Iterator[Main]:
     """The main run, started with its params and tags, beating (and `mlflow run`'s with it) until it ends."""
     params = planner.main_params(p, grid)
     tags = {lineage.PHASE: "main", **({lineage.REHEARSAL: "true"} if p.rehearsal else {})}
-    with parent_run(f"main-{grid.preset.name}", params, grid_key(params), tags) as main:
+    with parent_run(f"main-{grid.preset.name}", params, grid_key(p, grid), tags) as main:
         yield main
 
 

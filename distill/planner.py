@@ -61,7 +61,7 @@ def _names(given: list[str], default: list) -> list[str]:
 
 def parse_seeds(text: list[str], default: list) -> list[int]:
     """`1,2,3` -> [1, 2, 3]; anything else is one line naming the bad item."""
-    from distill.checks import check
+    from distill.checks import SEED, check
 
     seeds = []
     for item in _names(text, default):
@@ -69,7 +69,7 @@ def parse_seeds(text: list[str], default: list) -> list[int]:
             seeds.append(int(item))
         except ValueError:
             raise DistillError(f"seeds must be comma-separated integers like 1,2,3 (got {item!r} in {','.join(map(str, text))!r})") from None
-        check("seed", seeds[-1], label="seeds")
+        check(SEED, "seeds", seeds[-1])
     return seeds
 
 
@@ -103,9 +103,6 @@ def main_params(p, grid: Grid) -> dict[str, Any]:
             "backend": grid.backend, "judge": grid.judge, "max_new_tokens": p.max_new_tokens,
             "rehearsal": p.rehearsal, "executor": p.executor}
 
-
-# Params of `main` that say how it runs, not what: a killed Ray `main` is the same grid for a sequential rerun.
-HOW_PARAMS = ("executor",)
 
 
 def gpus_for_generation(preset, backend: str, tensor_parallel_size: int, rehearsal: bool = False) -> int:

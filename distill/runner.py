@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from distill.checks import check
 from distill.config import ModelRef
 from distill.generation import GenerationConfig, Generator, Prompt, check_backend, make_generator
+from distill.checks import Rule, check_from_preset
+from distill.params import Default, count_param, param, preset_file_name
 
 console = logging.getLogger(__name__)
+
+
+def max_new_tokens_param(path: str = "generation.max_new_tokens") -> Any:
+    return count_param(None, help="the longest answer, in tokens (greedy always)", preset=path)
+
+
+def _served_url(p, preset) -> str | None:
+    return os.environ.get("OPENAI_BASE_URL") or None if p.backend == "openai" else None
 
 
 @dataclass(kw_only=True)
 class GenerationOptions:
     """Parameters every generating phase takes; empty means the preset's."""
 
-    backend: str = ""
-    max_new_tokens: int | None = None
-    batch_size: int | None = None
-    base_url: str | None = None            # the server for backend=openai (else OPENAI_BASE_URL)
-    tensor_parallel_size: int | None = None
+    backend: str = param("", preset="backend", help='`transformers` (CPU/GPU, batched), `vllm` (GPU, `pip install '
+                                                    '-e ".[vllm]"`), `openai` (any OpenAI-compatible server)')
+    max_new_tokens: int | None = max_new_tokens_param()
+    batch_size: int | None = count_param(None, help="prompts generated together", preset="generation.batch_size")
+    # Another server may serve another model under the same name: the URL is in the key.
+    base_url: str | None = param(None, preset=Default("`$OPENAI_BASE_URL` with `backend=openai`", _served_url),
+                                 help="the server for `backend=openai`; `model` is then the name the server knows "
+                                      "(a preset name sends its Hub id, any other name is sent as it is)")
+    tensor_parallel_size: int | None = count_param(
+        None, help="GPUs per model for `vllm`",
+        preset=Default("the model's `tensor_parallel_size` in the preset, else the preset's",
+                       paths=("tensor_parallel_size", "translator.tensor_parallel_size",
+                              "teachers.*.tensor_parallel_size", "students.*.tensor_parallel_size")))
 
 
 @dataclass(frozen=True)
@@ -36,20 +55,24 @@ class EngineSizing:
     gpu_memory_utilization: float
 
 
-def generation_config(preset, max_new_tokens: int | None, batch_size: int | None,
-                      length_key: str = "max_new_tokens", **extra) -> GenerationConfig:
-    """Explicit values, else the preset's `generation` section (an explicit 0 is refused, never the default)."""
-    defaults = preset.generation
-    return GenerationConfig(
-        max_new_tokens=check("max_new_tokens",
-                             max_new_tokens if max_new_tokens is not None else getattr(defaults, length_key)),
-        batch_size=check("batch_size", batch_size if batch_size is not None else defaults.batch_size),
-        **extra,
-    )
+def generation_config(options: GenerationOptions, **extra) -> GenerationConfig:
+    """The decoding of resolved options (distill.params.resolve: the preset's where they were empty)."""
+    return GenerationConfig(max_new_tokens=options.max_new_tokens, batch_size=options.batch_size, **extra)
+
+
+def with_model_parallelism(options, ref: ModelRef):
+    """Options with `tensor_parallel_size` resolved: as typed, else the model's in the preset (ModelRef)."""
+    return dataclasses.replace(options, tensor_parallel_size=options.tensor_parallel_size or ref.tensor_parallel_size)
+
+
+# A preset value no parameter takes: its rule is here, where it is read.
+GPU_MEMORY = Rule(float, 0, 1, low_open=True, note="the share of each GPU's memory vLLM takes")
 
 
 def engine_sizing(preset, prompts: Sequence[Prompt], config: GenerationConfig) -> EngineSizing:
-    return EngineSizing(prompts, config.max_new_tokens, preset.vllm.gpu_memory_utilization)
+    share = check_from_preset(GPU_MEMORY, "vllm.gpu_memory_utilization", preset.vllm.gpu_memory_utilization,
+                              preset_file_name(preset))
+    return EngineSizing(prompts, config.max_new_tokens, share)
 
 
 def vllm_engine_options(sizing: EngineSizing, tokenizer_source: str, trust_remote_code: bool = False) -> dict:

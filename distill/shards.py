@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from distill.params import Default, count_param
+
 console = logging.getLogger(__name__)
 
 SHARD_DIR = "shards"
@@ -25,14 +27,19 @@ SHARD_DIR = "shards"
 DEFAULT_SHARD_SIZE = 256
 
 
-def shard_size(explicit: int | None, backend: str, preset) -> int:
-    """Items per shard: `explicit`, else the preset's `vllm.shard_size` for backend=vllm (each shard is one
-    `LLM.generate`, which waits for its longest answer: bench/shard_tail.py sizes it), else 256."""
-    from distill.checks import check
-
-    if explicit is not None:
-        return check("shard_size", explicit)
+def default_shard_size(backend: str, preset) -> int:
+    """Items per shard: the preset's `vllm.shard_size` for backend=vllm (each shard is one `LLM.generate`, which
+    waits for its longest answer: bench/shard_tail.py sizes it), else 256."""
     return preset.vllm.shard_size if backend == "vllm" else DEFAULT_SHARD_SIZE
+
+
+def shard_size_param() -> Any:
+    """The `shard_size` of translate and teacher. In their key: a shard bounds the batches (transformers) and
+    the engine's calls (vLLM), and either may decode a prompt differently."""
+    return count_param(None, help="items per shard of the run's resumable output",
+                       preset=Default("the preset's `vllm.shard_size` with `backend=vllm`, else 256",
+                                      lambda p, preset: default_shard_size(p.backend, preset),
+                                      paths=("vllm.shard_size",)))
 
 
 def _read_shard_dir(path: Path) -> list[dict]:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from distill import planner
 from distill.config import load_preset, resolve_model, resolve_names, resolve_role
+from distill.params import param, same_as
 from distill.params_text import lists_from_text
+from distill.phases.main import MainParams
 from distill.planner import Step
 
 # The parameters of the grid (named as `main`'s) each entry point takes for what it builds. A name the entry point
@@ -44,16 +46,16 @@ ALWAYS = ("plan", "upstream")
 class UpstreamParams:
     """How an entry point builds what it needs (distill.upstream). Each entry point takes ALWAYS and its KNOBS."""
 
-    plan: bool = False              # print the steps it would run and those it reuses, then stop
-    upstream: bool = True           # false: this phase only; a missing input is refused (one step per job)
-    teachers: list[str] = field(default_factory=list)  # the selection's teachers; empty: the preset's grid
-    limit: int | None = None        # eval questions per evaluation (report's grid); empty: the preset's
-    train_limit: int | None = None  # translated training questions; empty: the preset's
-    n: int | None = None            # questions to select; empty: the preset's
-    backend: str = ""               # of the upstream generation steps; empty: the preset's
-    max_new_tokens: int | None = None
-    judge_model: str = ""
-    judge_base_url: str = ""
+    plan: bool = param(False, help="`true`: print the steps it would run and those it reuses, then stop")
+    upstream: bool = param(True, help="`false`: this phase only; a missing input is refused (one step per job)")
+    teachers: list[str] = same_as(MainParams, "teachers")  # the selection's teachers
+    limit: int | None = same_as(MainParams, "limit")
+    train_limit: int | None = same_as(MainParams, "train_limit")
+    n: int | None = same_as(MainParams, "n")
+    backend: str = same_as(MainParams, "backend")      # of the upstream generation steps
+    max_new_tokens: int | None = same_as(MainParams, "max_new_tokens")
+    judge_model: str = same_as(MainParams, "judge_model")
+    judge_base_url: str = same_as(MainParams, "judge_base_url")
 
     __post_init__ = lists_from_text
 
@@ -83,7 +85,6 @@ def _alone(target: Step) -> Build:
 def _grid(phase: str, p, up: UpstreamParams, teachers=(), students=(), seeds=()) -> list[Step]:
     """`main`'s plan of the grid of these names and the entry point's KNOBS. The entry point's own parameters
     are its target's alone (`-e evaluate -P max_new_tokens=` is the evaluation's, not its teachers')."""
-    from distill.phases.main import MainParams
 
     knobs = {k: getattr(up, k) for k in ("limit", "train_limit", "n", "backend", "max_new_tokens", "judge_model",
                                          "judge_base_url") if k in KNOBS[phase]}

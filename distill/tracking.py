@@ -95,11 +95,13 @@ def _run_name(phase: str, tags: dict[str, str]) -> str:
 
 @contextmanager
 def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | None = None,
-              tags: dict[str, str] | None = None, reuse: bool = True, run_name: str | None = None) -> Iterator[PhaseRun]:
+              tags: dict[str, str] | None = None, reuse: bool = True, run_name: str | None = None,
+              key: dict[str, Any] | None = None) -> Iterator[PhaseRun]:
     """Start (or reuse) the run of one phase.
 
-    Yields PhaseRun; when `reused` is True the body must not do the work again. Under
-    `mlflow run` the run that the CLI made is used; inside `main` the run is nested.
+    `params` are logged; `key` is what decides the result (the phase's `key_payload`: its keyed parameters as
+    resolved, distill.params), `params` where not given. Yields PhaseRun; when `reused` is True the body must
+    not do the work again. Under `mlflow run` the run that the CLI made is used; inside `main` it is nested.
     """
     import mlflow
 
@@ -107,9 +109,10 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     mode = reuse_mode(reuse)
     upstream = {k: v for k, v in (upstream or {}).items() if v}
     tags = {k: str(v) for k, v in (tags or {}).items() if v not in (None, "")}
-    preset, backend = cache_keys.code_scope(params)
-    key = cache_keys.cache_key(phase, params, upstream)
-    work = cache_keys.work_key(phase, params, upstream)
+    payload = params if key is None else key
+    preset, backend = cache_keys.code_scope(payload)
+    key = cache_keys.cache_key(phase, payload, upstream)
+    work = cache_keys.work_key(phase, payload, upstream)
     files = cache_keys.code_files(phase, preset, backend)
     look = mode and not FRESH_INPUTS
     if look and LOOK_ONLY:  # a plan: what is finished now, without waiting for a live try of the same work

@@ -80,10 +80,18 @@ def test_optional_keys_may_be_left_out(tmp_path):
     assert "warmup_ratio" not in preset.sweep.ranges()
 
 
-def test_preset_numbers_still_follow_the_rules_of_checks(tmp_path):
+def test_preset_numbers_follow_the_rules_of_the_parameters_that_take_them(tmp_path):
+    from distill.params import check_preset, resolve
+    from distill.phases.select import SelectParams
+
     path = _write(tmp_path, lambda d: d["select"].update(n=0))
-    with pytest.raises(DistillError, match="select.n must be an integer >= 1"):
-        load_preset(path)
+    preset = load_preset(path)  # its shape is right; its numbers are the parameters' business
+    message = rf"^preset {path}: select.n must be an integer >= 1 \(questions to select\) \(got 0\)$"
+    with pytest.raises(DistillError, match=message):
+        check_preset(preset, [SelectParams])        # an entry point, before it starts
+    with pytest.raises(DistillError, match=message):
+        resolve(SelectParams(), preset)             # a Python caller, when the value is taken
+    assert resolve(SelectParams(n=5), preset).n == 5  # typed: the preset's value is not taken
 
 
 @pytest.mark.parametrize("text, value", [("true", True), ("Yes", True), (" 1 ", True), ("on", True), ("y", True),

@@ -121,7 +121,7 @@ def test_shots_come_from_the_preset(tracking, tmp_path):
                                          base_url=server.base_url, eval_set=str(_jsonl(tmp_path)), limit=1))
     assert server.requests[0]["body"]["prompt"].count("ステップごとに考えて") == 3
     assert mlflow.get_run(run_id).data.tags["distill.baseline"] == "2-shot"
-    with pytest.raises(DistillError, match="shots must be between 1 and 8"):
+    with pytest.raises(DistillError, match=r"shots must be an integer in \[1, 8\]"):
         evaluate(EvaluateParams(model="qwen2.5-0.5b", mode="few-shot", shots=9, eval_set=str(_jsonl(tmp_path))))
     no_shots = tmp_path / "no-shots.yaml"
     no_shots.write_text(text.replace("name: offline", "name: no-shots").replace("  shots: 4\n", ""))

@@ -41,7 +41,7 @@ def test_sweep_runs_trials_as_nested_runs_and_logs_plots(selected, tmp_path):
 
 
 @pytest.mark.parametrize("params,message", [
-    (dict(n_trials=0), "n_trials must be > 0"),
+    (dict(n_trials=0), "n_trials must be an integer >= 1"),
     (dict(space=""), "empty search space"),
     (dict(space="dropout"), "cannot search dropout"),
 ])

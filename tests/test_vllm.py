@@ -18,7 +18,6 @@ from distill.generation import vllm_backend
 from distill.generation.vllm_backend import CONTEXT_MARGIN, cuda_problem, engine_kwargs
 from distill.prompts import chat_messages
 from distill.runner import engine_sizing, lazy_generate, open_generator
-from distill import shards
 
 
 class Calls(list):
@@ -154,12 +153,19 @@ def test_the_engine_is_shut_down_when_the_step_fails(fake_vllm, tiny_teacher, mo
 
 
 def test_vllm_shards_are_the_preset_size_and_others_256():
+    from distill.params import resolve
+    from distill.phases.teacher import TeacherParams
+
     paper = load_preset("paper")
-    assert shards.shard_size(None, "vllm", paper) == paper.vllm.shard_size
-    assert shards.shard_size(None, "transformers", paper) == shards.shard_size(None, "openai", paper) == 256
-    assert shards.shard_size(7, "vllm", paper) == 7
+
+    def shard_size(backend, typed=None):
+        return resolve(TeacherParams(teacher="7B", backend=backend, shard_size=typed), paper).shard_size
+
+    assert shard_size("vllm") == paper.vllm.shard_size
+    assert shard_size("transformers") == shard_size("openai") == 256
+    assert shard_size("vllm", 7) == 7
     with pytest.raises(DistillError, match=r"shard_size must be an integer >= 1 \(got 0\)"):
-        shards.shard_size(0, "vllm", paper)
+        shard_size("vllm", 0)
 
 
 @pytest.mark.parametrize("cuda,available,driver,says", [

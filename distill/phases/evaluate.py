@@ -8,6 +8,7 @@ baseline, which runs on past its answer as the paper's did (no stop string, repe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import closing
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ from distill.config import RUN_ID_RE, ModelRef, load_preset, resolve_model
 from distill.context import check_context
 from distill.data import load_eval_set, repeated_questions
 from distill.prompts import chat_messages, cut_at_next_question, few_shot_prompt, mgsm_exemplars, plain_prompt
-from distill.checks import check_positive
+from distill.cache_keys import data_digest
+from distill.checks import Rule
+from distill.params import Default, limit_param, param, preset_param, resolve, reuse_param
 from distill.runner import (GenerationOptions, check_backend, engine_sizing, generation_config, open_generator,
-                            timed_generate)
+                            timed_generate, with_model_parallelism)
 from distill.stats import accuracy_metrics
-from distill import tracking
+from distill import params, tracking
 from distill.lineage import (BASELINE, EVAL_SET, LOGGED_MODEL, MODE, MODEL, MODEL_ID, PHASE, REGISTERED_MODEL,
                              REGISTERED_VERSION, ROLE, SEED, SFT_RUN_ID, STUDENT, TEACHER)
 
@@ -32,19 +35,33 @@ MODES = ("zero-shot", "few-shot")
 FORMATS = ("auto", "chat", "plain")
 
 
+def _repetition_penalty(p, preset) -> float:
+    return preset.baseline.repetition_penalty if p.mode == "few-shot" else 1.0
+
+
 @dataclass(kw_only=True)
 class EvaluateParams(GenerationOptions):
     """Score one model on an eval set."""
 
-    model: str
-    preset: str = "offline"
-    eval_set: str = ""            # empty: the preset's
-    mode: str = "zero-shot"
-    prompt_format: str = "auto"    # auto: chat for teachers and served names, plain for students and base models
-    limit: int | None = None
-    repetition_penalty: float | None = None  # empty: the preset's baseline value for few-shot (paper 1.1), else 1.0
-    shots: int | None = None       # empty: the preset's baseline.shots (paper 4)
-    reuse: bool = True
+    model: str = param(help="a short name of the preset (`7B`, `72B`, `qwen2.5-0.5b`, `llm-jp-3.1-1.8b`, ...), a Hub "
+                            "id, a local model folder, `runs:/<id>/model`, `models:/<name>@<alias>`, or an `sft` run "
+                            "id; with `backend=openai` also any name the server knows (`gpt-4o-mini`)")
+    preset: str = preset_param()
+    eval_set: str = param("", preset="data.eval_set",
+                          help="`gsm8k-ja` (`SakanaAI/gsm8k-ja-test_250-1319`, 1,069 questions, from the Hub), "
+                               "`mgsm-ja` (250, shipped), or a JSONL file with `question` and `answer_number` per line")
+    mode: str = param("zero-shot", help="`few-shot`: the paper's base-model baseline (below)")
+    prompt_format: str = param("auto", help="`chat` (chat template; teachers) or `plain` (base models, students); "
+                                            "`auto`: chat for the preset's teachers and for a served name without a "
+                                            "slash, plain for the rest")
+    limit: int | None = limit_param("the first N questions")
+    repetition_penalty: float | None = param(
+        None, help="sent to every backend explicitly", rule=Rule(float, 0, 10, low_open=True, note="1.0: none"),
+        preset=Default("`1.0`; few-shot: preset's `baseline.repetition_penalty` (1.1)", _repetition_penalty,
+                       paths=("baseline.repetition_penalty",)))
+    shots: int | None = param(None, preset="baseline.shots", rule=Rule(int, 1, 8, note="MGSM-ja has 8 exemplars"),
+                              help="exemplars in the few-shot prompt (the paper: 4)")
+    reuse: bool = reuse_param()
 
 
 CUT = "cut_at_next_question"
@@ -144,47 +161,72 @@ def build_prompts(questions: list[str], mode: str, prompt_format: str, shots: in
     return [plain_prompt(q) for q in questions]
 
 
-def preflight(p: EvaluateParams) -> None:
-    """What run() would refuse before any work, asked before an entry point builds the student it evaluates."""
+@dataclass(frozen=True)
+class Settled:
+    """What evaluate decides before its run starts: the parameters resolved against the preset, the model and
+    the tags that say what it is, the questions and where they come from."""
+
+    p: EvaluateParams
+    ref: ModelRef
+    lineage: dict[str, str]
+    examples: list
+    source: str
+
+
+def preflight(p: EvaluateParams, preset=None) -> EvaluateParams:
+    """What run() would refuse before any work (asked before an entry point builds the student it evaluates):
+    the parameters resolved against the preset and checked."""
+    p = resolve(p, preset or load_preset(p.preset))
     if p.mode not in MODES:
         raise DistillError(f"unknown mode {p.mode!r}; choose one of {', '.join(MODES)}")
     if p.prompt_format not in FORMATS:
         raise DistillError(f"unknown prompt_format {p.prompt_format!r}; choose one of {', '.join(FORMATS)}")
-    check_positive("limit", p.limit, allow_none=True)
+    check_backend(p.backend)
+    return p
+
+
+def settle(p: EvaluateParams, preset) -> Settled:
+    p = preflight(p, preset)
+    examples, source = load_eval_set(p.eval_set, p.limit)
+    ref, lineage = resolve_eval_model(p.model, preset, p.backend)
+    prompt_format = p.prompt_format
+    if prompt_format == "auto":
+        chat = ref.role == "teacher" or ref.role == "served"
+        prompt_format = "chat" if chat and p.mode == "zero-shot" else "plain"
+    if p.mode == "few-shot" and p.shots is None:
+        raise DistillError(f"preset {preset.name!r} has no baseline.shots; pass shots=<n> (the paper: 4)")
+    if p.mode == "few-shot" and not 0 < p.shots <= len(mgsm_exemplars()):
+        raise DistillError(f"shots must be between 1 and {len(mgsm_exemplars())} (the MGSM-ja exemplars); got {p.shots}")
+    p = dataclasses.replace(with_model_parallelism(p, ref), model=ref.name, prompt_format=prompt_format)
+    return Settled(p, ref, lineage, examples, source)
+
+
+def key_payload(s: Settled, preset) -> dict:
+    return params.key_payload(s.p, preset, model_source=s.ref.source,
+                              eval_set_digest=data_digest([e.to_dict() for e in s.examples]))
+
+
+def reuse_key(p: EvaluateParams, preset) -> dict:
+    """The payload of evaluate(p)'s reuse key, from the parameters and the preset; nothing is generated."""
+    return key_payload(settle(p, preset), preset)
 
 
 def run(p: EvaluateParams) -> str:
     """Evaluate and return the run id (an earlier identical run's id when reused)."""
     preset = load_preset(p.preset)
-    preflight(p)
-    backend = check_backend(p.backend or preset.backend)
-    eval_set = p.eval_set or preset.data.eval_set
-    examples, source = load_eval_set(eval_set, p.limit)
-    ref, lineage = resolve_eval_model(p.model, preset, backend)
-    prompt_format = p.prompt_format
-    if prompt_format == "auto":
-        chat = ref.role == "teacher" or ref.role == "served"
-        prompt_format = "chat" if chat and p.mode == "zero-shot" else "plain"
-    baseline = preset.baseline
-    few_shot = p.mode == "few-shot"
-    shots = p.shots if p.shots is not None else baseline.shots
-    if few_shot and shots is None:
-        raise DistillError(f"preset {preset.name!r} has no baseline.shots; pass shots=<n> (the paper: 4)")
-    if few_shot and not 0 < shots <= len(mgsm_exemplars()):
-        raise DistillError(f"shots must be between 1 and {len(mgsm_exemplars())} (the MGSM-ja exemplars); got {shots}")
-    rep = p.repetition_penalty if p.repetition_penalty is not None else (
-        baseline.repetition_penalty if few_shot else 1.0)
-    check_positive("repetition_penalty", rep)
+    settled = settle(p, preset)
+    p, ref, lineage, examples, source = settled.p, settled.ref, settled.lineage, settled.examples, settled.source
+    few_shot, shots, eval_set = p.mode == "few-shot", p.shots, p.eval_set
     # No stop string beyond EOS, as in the paper: the few-shot output is scored whole, its cut beside it.
-    config = generation_config(preset, p.max_new_tokens, p.batch_size, repetition_penalty=rep)
+    config = generation_config(p, repetition_penalty=p.repetition_penalty)
     who = describe(ref, lineage, few_shot, shots)
     # `model` is the readable name (a student's sft run id is `model_source` and the tag distill.sft_run_id);
     # under `mlflow run -P model=<run id>` the typed value stays and the name goes to `model.resolved`.
-    params = {"preset": preset.name, "model": who["model_name"], "model_source": ref.source,
+    logged = {"preset": preset.name, "model": who["model_name"], "model_source": ref.source,
               "role": who["role"], "teacher": who["teacher"], "student": who["student"], "seed": who["seed"], "eval_set": eval_set,
-              "mode": p.mode, "shots": shots if few_shot else 0, "prompt_format": prompt_format,
-              "backend": backend, "limit": p.limit, "max_new_tokens": config.max_new_tokens,
-              "repetition_penalty": rep, "temperature": config.temperature, "stop": "eos",
+              "mode": p.mode, "shots": shots if few_shot else 0, "prompt_format": p.prompt_format,
+              "backend": p.backend, "limit": p.limit, "max_new_tokens": config.max_new_tokens,
+              "repetition_penalty": p.repetition_penalty, "temperature": config.temperature, "stop": "eos",
               "scoring": "paper", "batch_size": config.batch_size, "n_examples": len(examples)}
     tags = dict(lineage)
     tags[MODEL] = ref.name
@@ -193,16 +235,17 @@ def run(p: EvaluateParams) -> str:
     tags[ROLE] = who["role"]
     if few_shot:
         tags[BASELINE] = f"{shots}-shot"
-    with tracking.phase_run("evaluate", params, tags=tags, reuse=p.reuse, run_name=f"evaluate-{who['model_name']}") as pr:
+    with tracking.phase_run("evaluate", logged, key=key_payload(settled, preset), tags=tags, reuse=p.reuse,
+                            run_name=f"evaluate-{who['model_name']}") as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
 
         tracking.log_dataset([e.to_dict() for e in examples], name=eval_set.split("/")[-1], source=source,
                              context="evaluation")
-        prompts = build_prompts([e.question for e in examples], p.mode, prompt_format, shots)
-        check_context(ref, backend, prompts, config.max_new_tokens, [e.id for e in examples])  # before any loading
-        with closing(open_generator(ref, backend, base_url=p.base_url, tensor_parallel_size=p.tensor_parallel_size,
+        prompts = build_prompts([e.question for e in examples], p.mode, p.prompt_format, shots)
+        check_context(ref, p.backend, prompts, config.max_new_tokens, [e.id for e in examples])  # before any loading
+        with closing(open_generator(ref, p.backend, base_url=p.base_url, tensor_parallel_size=p.tensor_parallel_size,
                                     sizing=engine_sizing(preset, prompts, config))) as gen:
             outs, timing = timed_generate(gen, prompts, config)
         records = []

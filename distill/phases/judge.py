@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import dataclasses
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,9 @@ from distill.config import load_preset
 from distill.data import reference_solutions
 from distill.generation.openai_backend import make_client
 from distill.prompts import judge_messages
-from distill.checks import check_positive
-from distill import shards, tracking
+from distill.checks import Rule
+from distill.params import Default, count_param, param, preset_param, resolve, reuse_param, upstream_param
+from distill import params, shards, tracking
 from distill.lineage import EVAL_SET, INCOMPLETE, SEED, SFT_RUN_ID, STUDENT, TEACHER
 
 console = logging.getLogger(__name__)
@@ -45,20 +47,30 @@ JUDGE_SCHEMA = {
 }
 
 
+# A judgment that failed (timeout, retries used up) leaves the run incomplete, which is never reused.
+_HOW = "how the judge is asked, not what it answers: a failed judgment leaves the run incomplete, never reused"
+
+
 @dataclass
 class ErrorsParams:
     """Sort the wrong answers of one evaluate run into (A) semantic, (B) step missing, (C) calculation."""
 
-    eval_run: str
-    preset: str = "offline"
-    judge_model: str = ""            # empty: the preset's (gpt-4o)
-    judge_base_url: str = ""         # empty: the preset's, else OPENAI_BASE_URL, else api.openai.com
-    concurrency: int = 8
-    timeout: float = 60.0
-    max_retries: int = 5
-    shard_size: int = 32
-    trace: bool = True               # MLflow tracing of every judge call
-    reuse: bool = True
+    eval_run: str = upstream_param("the `evaluate` run whose wrong answers are judged")
+    preset: str = preset_param()
+    judge_model: str = param("", preset="judge.model", help="the judge (the paper: gpt-4o)")
+    judge_base_url: str = param("", preset=Default("the preset's `judge.base_url`, else `$OPENAI_BASE_URL`, else "
+                                                   "api.openai.com", paths=("judge.base_url",)),
+                                help="an OpenAI-compatible server (a local `vllm serve`); the key comes from "
+                                     "OPENAI_API_KEY, never from a parameter")
+    concurrency: int = count_param(8, "requests at once", unkeyed=_HOW)
+    timeout: float = param(60.0, rule=Rule(float, 0, low_open=True, note="seconds"), unkeyed=_HOW,
+                           help="seconds to wait for one answer")
+    max_retries: int = param(5, rule=Rule(int, 0), unkeyed=_HOW, help="retries of a request (429, 5xx, timeouts)")
+    shard_size: int = count_param(32, "judgments per shard of the run's resumable output",
+                                  unkeyed="each answer is judged alone: shards cannot change a judgment")
+    trace: bool = param(True, unkeyed="MLflow traces of the calls, not the judgments",
+                        help="MLflow tracing of every judge call")
+    reuse: bool = reuse_param()
 
 
 def parse_judgment(text: str | None) -> tuple[str | None, str]:
@@ -144,21 +156,29 @@ class Judge:
             return {**record, "failure": "connection"}
 
 
-def judge_settings(p: ErrorsParams, preset) -> tuple[str, str | None]:
-    judge = preset.judge
-    model = p.judge_model or judge.model
-    base_url = p.judge_base_url or judge.base_url or os.environ.get("OPENAI_BASE_URL") or None
-    if not os.environ.get("OPENAI_API_KEY") and not (p.judge_base_url or judge.base_url):
+API = "api.openai.com"
+
+
+def settle(p: ErrorsParams, preset) -> ErrorsParams:
+    """The parameters resolved against the preset; `judge_base_url` as the judge is asked (`api.openai.com`
+    when no server is named anywhere)."""
+    p = resolve(p, preset)
+    base_url = p.judge_base_url or preset.judge.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    if not os.environ.get("OPENAI_API_KEY") and not (p.judge_base_url or preset.judge.base_url):
         raise DistillError("the error judge needs OPENAI_API_KEY (for api.openai.com or OPENAI_BASE_URL), or "
                            "judge_base_url=<an OpenAI-compatible server> such as a local `vllm serve`")
-    return model, base_url
+    return dataclasses.replace(p, judge_base_url=base_url or API)
+
+
+def reuse_key(p: ErrorsParams, preset) -> dict:
+    """The payload of errors(p)'s reuse key (its upstream: the evaluate run id)."""
+    return params.key_payload(settle(p, preset), preset)
 
 
 def run(p: ErrorsParams) -> str:
     preset = load_preset(p.preset)
-    model, base_url = judge_settings(p, preset)            # before any work
-    check_positive("concurrency", p.concurrency)
-    check_positive("shard_size", p.shard_size)
+    p = settle(p, preset)            # before any work
+    model, base_url = p.judge_model, (None if p.judge_base_url == API else p.judge_base_url)
     eval_run = tracking.require_run(p.eval_run, "evaluate", "errors")
     predictions = tracking.read_jsonl_artifact(eval_run.info.run_id, "predictions.jsonl")
     wrong = [r for r in predictions if not r["correct"]]
@@ -167,10 +187,9 @@ def run(p: ErrorsParams) -> str:
         r["reference"] = references.get(r["id"])
     lineage = {k: v for k, v in eval_run.data.tags.items()
                if k in (STUDENT, TEACHER, SEED, SFT_RUN_ID, EVAL_SET)}
-    params = {"preset": preset.name, "judge_model": model, "judge_base_url": base_url or "api.openai.com",
-              "n_wrong": len(wrong)}
-    with tracking.phase_run("errors", params, {"eval_run_id": eval_run.info.run_id}, tags=lineage,
-                            reuse=p.reuse) as pr:
+    logged = {"preset": preset.name, "judge_model": model, "judge_base_url": p.judge_base_url, "n_wrong": len(wrong)}
+    with tracking.phase_run("errors", logged, {"eval_run_id": eval_run.info.run_id}, tags=lineage,
+                            reuse=p.reuse, key=params.key_payload(p, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow

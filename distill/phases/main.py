@@ -16,34 +16,50 @@ import importlib
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from distill import DistillError, cache_keys, gpus, main_run, planner, tracking
+from distill.checks import SEED, Rule
+from distill.params import Default, check_preset, count_param, limit_param, param, preset_param, reuse_param
 from distill.params_text import lists_from_text
 from distill.phases import module_name
 
 console = logging.getLogger(__name__)
 
 
+_HOW = "how the grid runs, not what it computes: a killed Ray `main` is the same grid for a sequential rerun"
+_EACH = "each step's own: the preset's"
+
+
 @dataclass
 class MainParams:
     """Run the whole grid of a preset (narrowed by teachers, students, seeds, limit)."""
 
-    preset: str = "offline"
-    teachers: list[str] = field(default_factory=list)  # comma-separated; empty: the preset's grid
-    students: list[str] = field(default_factory=list)
-    seeds: list[str] = field(default_factory=list)
-    limit: int | None = None        # eval questions per evaluation; empty: the preset's grid
-    train_limit: int | None = None  # translated training questions; empty: the preset's
-    n: int | None = None            # questions to select; empty: the preset's
-    backend: str = ""
-    judge_model: str = ""
-    judge_base_url: str = ""
-    max_new_tokens: int | None = None  # generation length of every step; empty: the preset's
-    rehearsal: bool = False        # let a GPU preset run on a CPU (stand-in models: distill.rehearsal)
-    reuse: bool = True
-    executor: str = "sequential"    # sequential | ray: independent steps at once as Ray tasks (distill/executors.py)
-    ray_address: str = ""           # a Ray cluster to join; empty: $RAY_ADDRESS, else a local Ray
+    preset: str = preset_param()
+    teachers: list[str] = param(factory=list, preset=Default("the preset's `grid.teachers`", paths=("grid.teachers",)),
+                                help="comma-separated teachers of the grid")
+    students: list[str] = param(factory=list, preset=Default("the preset's `grid.students`", paths=("grid.students",)),
+                                help="comma-separated students of the grid")
+    seeds: list[str] = param(factory=list, preset=Default("the preset's `grid.seeds`", paths=("grid.seeds",)),
+                             rule=SEED, help="comma-separated sft seeds of the grid")
+    limit: int | None = limit_param("eval questions per evaluation",
+                                    preset=Default("the preset's `grid.eval_limit`", paths=("grid.eval_limit",)))
+    train_limit: int | None = param(None, preset=Default(_EACH, paths=("data.train_limit",)),
+                                    rule=Rule(int, 1, note="a number of training questions"),
+                                    help="translated training questions")
+    n: int | None = param(None, preset=Default(_EACH, paths=("select.n",)), help="questions to select",
+                          rule=Rule(int, 1, note="questions to select"))
+    backend: str = param("", preset=Default("the preset's `backend`"), help="every generating step's backend")
+    judge_model: str = param("", preset=Default(_EACH), help="the judge of the `errors` steps")
+    judge_base_url: str = param("", preset=Default(_EACH),
+                                help="the judge's server; without one (nor OPENAI_API_KEY) `errors` is skipped")
+    max_new_tokens: int | None = count_param(None, "generation length of every step", preset=Default(_EACH))
+    rehearsal: bool = param(False, help="let a GPU preset run on a CPU (stand-in models: distill.rehearsal)")
+    reuse: bool = reuse_param()
+    executor: str = param("sequential", unkeyed=_HOW, help="`sequential`, or `ray`: independent steps at once as "
+                                                           "Ray tasks (distill/executors.py)")
+    ray_address: str = param("", preset=Default("`$RAY_ADDRESS`, else a local Ray"), unkeyed=_HOW,
+                             help="a Ray cluster to join")
 
     __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
@@ -164,9 +180,15 @@ def walk(step: Steps, steps: list[planner.Step]) -> dict[str, str]:
     return done
 
 
+def reuse_key(p: MainParams) -> dict:
+    """The payload of the grid's key (main_run.key_payload): it finds the dead tries of the same grid."""
+    return main_run.key_payload(p, planner.resolve_grid(p))
+
+
 def run(p: MainParams) -> str:
     grid = planner.resolve_grid(p)
     steps = planner.plan(p, grid)
+    check_preset(grid.preset, dict.fromkeys(type(s.params) for s in steps))  # every value a step will read, before any runs
     if not grid.judge:
         console.info("main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)")
     if p.executor != "sequential":

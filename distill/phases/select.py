@@ -8,19 +8,21 @@ would teach the student to stop mid-sentence: its question is left out unless ke
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
 from distill.config import load_preset
 from distill.jsonl import write_jsonl
 from distill.prompts import plain_prompt
-from distill.checks import check_positive
-from distill import lineage, tracking
+from distill.checks import Rule
+from distill.params import param, preset_param, resolve, reuse_param, seed_param, upstream_param
+from distill import lineage, params, tracking
 from distill.params_text import lists_from_text
 
 console = logging.getLogger(__name__)
@@ -32,15 +34,19 @@ FILTERS = ("all_correct", "none")
 class SelectParams:
     """Keep the questions every teacher answered correctly and take n of them with a seed."""
 
-    preset: str = "offline"
-    teacher_runs: list[str] = field(default_factory=list)  # comma-separated teacher run ids; empty: the newest per teacher
-    n: int | None = None            # empty: the preset's (5,000 in `paper`)
-    seed: int | None = None
-    filter: str = ""               # all_correct (the paper) or none
-    dev_size: int | None = None
-    allow_fewer: bool = False       # take what qualifies when fewer than n do
-    keep_truncated: bool | None = None  # empty: the preset's (false: answers cut at max_new_tokens are left out)
-    reuse: bool = True
+    preset: str = preset_param()
+    teacher_runs: list[str] = upstream_param("comma-separated `teacher` run ids", "the newest FINISHED run of each "
+                                             "teacher on the newest translation", factory=list)
+    n: int | None = param(None, preset="select.n", rule=Rule(int, 1, note="questions to select"),
+                          help="questions to select (the paper: 5,000)")
+    seed: int | None = seed_param(None, "the seeded choice, one for every teacher", preset="select.seed")
+    filter: str = param("", preset="select.filter", help="`all_correct` (the paper) or `none`")
+    dev_size: int | None = param(None, preset="select.dev_size", rule=Rule(int, 0, note="0: no dev split"),
+                                 help="translated questions that were not selected, for the sweep's dev split")
+    allow_fewer: bool = param(False, help="take what qualifies when fewer than `n` do")
+    keep_truncated: bool | None = param(None, preset="select.keep_truncated",
+                                        help="keep questions a teacher's answer was cut at `max_new_tokens` on")
+    reuse: bool = reuse_param()
 
     __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
@@ -90,16 +96,23 @@ def _teacher_runs(p: SelectParams, preset) -> list:
     return runs
 
 
+def settle(p: SelectParams, preset) -> SelectParams:
+    """The parameters resolved against the preset."""
+    p = resolve(p, preset)
+    if p.filter not in FILTERS:
+        raise DistillError(f"unknown filter {p.filter!r}; choose one of {', '.join(FILTERS)}")
+    return dataclasses.replace(p, keep_truncated=bool(p.keep_truncated))
+
+
+def reuse_key(p: SelectParams, preset) -> dict:
+    """The payload of select(p)'s reuse key (its upstream: the translation and teacher run ids)."""
+    return params.key_payload(settle(p, preset), preset)
+
+
 def run(p: SelectParams) -> str:
     preset = load_preset(p.preset)
-    defaults = preset.select
-    n = check_positive("n", p.n if p.n is not None else defaults.n)
-    seed = p.seed if p.seed is not None else defaults.seed
-    rule = p.filter or defaults.filter
-    if rule not in FILTERS:
-        raise DistillError(f"unknown filter {rule!r}; choose one of {', '.join(FILTERS)}")
-    dev_size = p.dev_size if p.dev_size is not None else defaults.dev_size
-    keep_truncated = bool(p.keep_truncated if p.keep_truncated is not None else defaults.keep_truncated)
+    p = settle(p, preset)
+    n, seed, rule, dev_size, keep_truncated = p.n, p.seed, p.filter, p.dev_size, p.keep_truncated
     runs = _teacher_runs(p, preset)
     order = {name: i for i, name in enumerate(preset.teachers)}  # preset order: small to large
     runs.sort(key=lambda r: (order.get(r.data.tags[lineage.TEACHER], len(order)), r.data.tags[lineage.TEACHER]))
@@ -123,13 +136,13 @@ def run(p: SelectParams) -> str:
     dev_ids = choose(rest, min(dev_size, len(rest)), seed + 1) if dev_size > 0 else []
 
     teachers = list(answers)
-    params = {"preset": preset.name, "n": n, "seed": seed, "filter": rule, "dev_size": dev_size,
+    logged = {"preset": preset.name, "n": n, "seed": seed, "filter": rule, "dev_size": dev_size,
               "allow_fewer": p.allow_fewer, "keep_truncated": keep_truncated, "teachers": ",".join(teachers)}
     upstream = {"translation_run_id": translation_run_id,
                 **{f"teacher_run_id.{r.data.tags[lineage.TEACHER]}": r.info.run_id for r in runs}}
     tags = {lineage.TEACHERS: ",".join(teachers),
             lineage.TEACHER_RUN_IDS: json.dumps({r.data.tags[lineage.TEACHER]: r.info.run_id for r in runs})}
-    with tracking.phase_run("select", params, upstream, tags=tags, reuse=p.reuse) as pr:
+    with tracking.phase_run("select", logged, upstream, tags=tags, reuse=p.reuse, key=params.key_payload(p, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow

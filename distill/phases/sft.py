@@ -19,80 +19,116 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.config import load_preset, preset_spelling, resolve_role
+from distill.cache_keys import data_digest
+from distill.checks import SEED, Rule
+from distill.params import (Default, count_param, limit_param, param, preset_param, resolve, reuse_param,
+                            upstream_param)
 from distill.params_text import yes_no
-from distill.checks import check, check_params
 from distill.batching import split_batch
 from distill.checkpoints import check_keep, checkpoint_root, resume_point
 from distill.checkpoints import remove as remove_checkpoints
 from distill.training import TrainConfig, train
-from distill import lineage, ranks, tracking
+from distill import lineage, params, ranks, tracking
 
 console = logging.getLogger(__name__)
 
 BATCHING = ("padded", "group_by_length", "padding_free")
 
 
+_CHECKPOINTS = "where and how often checkpoints are kept while training (resuming), not what is trained"
+
+
 @dataclass
 class SftParams:
     """Fine-tune one base student on one teacher's answers (or a mix of two: teacher=7B+72B)."""
 
-    teacher: str
-    student: str = ""                        # empty: every student of the preset's grid (with its upstream)
-    preset: str = "offline"
-    select_run: str = ""                     # empty: the newest FINISHED select run with this teacher
-    learning_rate: float | None = None
-    num_train_epochs: float | None = None
-    per_device_train_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
-    max_grad_norm: float | None = None
-    lr_scheduler_type: str = ""
-    warmup_ratio: float | None = None
-    bf16: str = "auto"                       # auto: where the hardware has it and the preset asks
-    gradient_checkpointing: bool | None = None  # true/false; empty: the preset's (recompute activations: less memory)
-    max_length: int | None = None
-    batching: str = ""                       # padded (paper) | group_by_length | padding_free
-    seed: int | None = None                  # empty: the preset's grid seeds (with its upstream), else the first
-    limit: int | None = None                 # train on the first N examples (smoke tests)
-    save_steps: int | None = None            # empty: a checkpoint per epoch
-    register: bool = True
-    checkpoints_to_run: bool = True          # upload each checkpoint to the run (resume on another machine)
-    keep_checkpoints: str = "last"           # last: only the newest complete checkpoint while training, none
-                                             # once the model is logged; all: every one, kept
-    reuse: bool = True
-    train_file: str = ""                     # a JSONL of prompt/completion instead of a select run (sweep)
-    output_dir: str = ""                     # checkpoints; empty: $DISTILL_HOME/checkpoints/<cache key>
+    teacher: str = param(help="a short name of the preset (`7B`), or two joined by `+` (`7B+72B`: half the "
+                              "questions answered by each)")
+    student: str = param("", help="a base student of the preset (`qwen2.5-0.5b`), a Hub id or a folder",
+                         preset=Default("every student of the preset's grid (with its upstream)"))
+    preset: str = preset_param()
+    select_run: str = upstream_param("the `select` run to train on", "the newest FINISHED one with this teacher")
+    learning_rate: float | None = param(None, preset="sft.learning_rate", rule=Rule(float, 0, 1, low_open=True),
+                                        help="peak learning rate (Table 2: 1.0e-5)")
+    num_train_epochs: float | None = param(None, preset="sft.num_train_epochs", help="epochs (Table 2: 2)",
+                                           rule=Rule(float, 0, 1000, low_open=True))
+    per_device_train_batch_size: int | None = count_param(None, "examples per device and step (Table 2: 8)",
+                                                          preset="sft.per_device_train_batch_size")
+    gradient_accumulation_steps: int | None = count_param(None, "steps accumulated per optimizer step (Table 2: 1)",
+                                                          preset="sft.gradient_accumulation_steps")
+    max_grad_norm: float | None = param(None, preset="sft.max_grad_norm", rule=Rule(float, 0, note="0: no clipping"),
+                                        help="gradient clipping (Table 2: 1.0)")
+    lr_scheduler_type: str = param("", preset="sft.lr_scheduler_type", help="HF Trainer's schedule (Table 2: linear)")
+    warmup_ratio: float | None = param(None, preset="sft.warmup_ratio", rule=Rule(float, 0, 1, high_open=True),
+                                       help="share of the steps spent warming up")
+    bf16: str = param("auto", help="`true`, `false`, or `auto`: where the hardware has it and the preset asks "
+                                   "(`sft.bf16`)")
+    gradient_checkpointing: bool | None = param(None, preset="sft.gradient_checkpointing",
+                                                help="recompute activations: less memory, slower")
+    max_length: int | None = param(None, preset="sft.max_length", rule=Rule(int, 1, note="tokens per example"),
+                                   help="examples cut at this many tokens")
+    batching: str = param("", preset="sft.batching", help="`padded` (the paper), `group_by_length` or `padding_free`")
+    seed: int | None = param(None, rule=SEED, help="training seed, and which teacher answers a mix takes",
+                             preset=Default("the preset's grid seeds (with its upstream), else the first",
+                                            value=lambda p, preset: default_seed(preset), paths=("grid.seeds",)))
+    limit: int | None = limit_param("train on the first N examples (smoke tests)")
+    save_steps: int | None = param(None, preset=Default("a checkpoint per epoch"), unkeyed=_CHECKPOINTS,
+                                   rule=Rule(int, 1, note="steps between checkpoints; leave it out for one per epoch"),
+                                   help="steps between checkpoints")
+    register: bool = param(True, help="register the student in the model registry, with its aliases")
+    checkpoints_to_run: bool = param(True, unkeyed=_CHECKPOINTS,
+                                     help="upload each checkpoint to the run (resume on another machine)")
+    keep_checkpoints: str = param("last", unkeyed=_CHECKPOINTS,
+                                  help="`last`: only the newest complete checkpoint while training, none once the "
+                                       "model is logged; `all`: every one, kept")
+    reuse: bool = reuse_param()
+    train_file: str = param("", help="a JSONL of prompt/completion to train on instead of a `select` run (sweep)")
+    output_dir: str = param("", preset=Default("`$DISTILL_HOME/checkpoints/<cache key>`"), unkeyed=_CHECKPOINTS,
+                            help="where checkpoints are written (kept after the run when given)")
 
 
-def resolved_hparams(p: SftParams, preset) -> dict:
-    d = preset.sft
-    h = {
-        "learning_rate": p.learning_rate if p.learning_rate is not None else d.learning_rate,
-        "num_train_epochs": p.num_train_epochs if p.num_train_epochs is not None else d.num_train_epochs,
-        "per_device_train_batch_size": (p.per_device_train_batch_size if p.per_device_train_batch_size is not None
-                                        else d.per_device_train_batch_size),
-        "gradient_accumulation_steps": (p.gradient_accumulation_steps if p.gradient_accumulation_steps is not None
-                                        else d.gradient_accumulation_steps),
-        "max_grad_norm": p.max_grad_norm if p.max_grad_norm is not None else d.max_grad_norm,
-        "lr_scheduler_type": p.lr_scheduler_type or d.lr_scheduler_type,
-        "warmup_ratio": p.warmup_ratio if p.warmup_ratio is not None else d.warmup_ratio,
-        "max_length": p.max_length if p.max_length is not None else d.max_length,
-        "batching": p.batching or d.batching,
-        "gradient_checkpointing": (p.gradient_checkpointing if p.gradient_checkpointing is not None
-                                   else bool(d.gradient_checkpointing)),
-        "seed": p.seed,
-    }
-    for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                 "max_grad_norm", "warmup_ratio", "max_length", "seed"):
-        h[name] = check(name, h[name])  # the preset's values too, by the rules of distill/checks.py
-    if h["batching"] not in BATCHING:
-        raise DistillError(f"unknown batching {h['batching']!r}; choose one of {', '.join(BATCHING)}")
-    if h["batching"] == "padding_free":
+HPARAMS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+           "max_grad_norm", "lr_scheduler_type", "warmup_ratio", "max_length", "batching", "gradient_checkpointing",
+           "seed")
+
+
+def settle(p: SftParams, preset) -> tuple[SftParams, object]:
+    """The parameters resolved against the preset (names in its spelling), and the student."""
+    teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
+    student = resolve_role(p.student, preset, "student")
+    p = dataclasses.replace(p, teacher=teacher, student=student.name)
+    p = resolve(p, preset)                                # bad numbers stop here, before any model loads
+    p = dataclasses.replace(p, keep_checkpoints=check_keep(p.keep_checkpoints or "last"),  # empty: the default
+                            gradient_checkpointing=bool(p.gradient_checkpointing))
+    if p.batching not in BATCHING:
+        raise DistillError(f"unknown batching {p.batching!r}; choose one of {', '.join(BATCHING)}")
+    if p.batching == "padding_free":
         import importlib.util
 
         if importlib.util.find_spec("flash_attn") is None:
             raise DistillError("batching=padding_free needs FlashAttention 2 (pip install flash-attn, a GPU); "
                                "batching=group_by_length wastes less padding with any attention")
-    return h
+    return p, student
+
+
+def resolved_hparams(p: SftParams, preset) -> dict:
+    """Table 2's settings of `p`, the preset's where empty, checked (shared with `sweep`)."""
+    p = settle(p, preset)[0]
+    return {name: getattr(p, name) for name in HPARAMS}
+
+
+def training_rows(p: SftParams, rows: list[dict]) -> list[dict]:
+    return rows[:p.limit] if p.limit is not None else rows
+
+
+def key_payload(p: SftParams, student, rows: list[dict], preset) -> dict:
+    return params.key_payload(p, preset, student_source=student.source, train_digest=data_digest(rows))
+
+
+def reuse_key(p: SftParams, preset, rows: list[dict]) -> dict:
+    """The payload of sft(p)'s reuse key, given its training rows (its upstream: the select run ids)."""
+    p, student = settle(p, preset)
+    return key_payload(p, student, training_rows(p, rows), preset)
 
 
 def use_bf16(setting: str, preset) -> bool:
@@ -215,26 +251,17 @@ def preflight(p: SftParams) -> None:
     """What run() would refuse before any work, asked before an entry point builds the upstream (distill.upstream):
     a bad name or setting stops it at once, not after the teachers have run."""
     preset = load_preset(p.preset)
-    canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
-    if p.student:
-        resolve_role(p.student, preset, "student")
-    check_keep(p.keep_checkpoints or "last")
-    resolved_hparams(dataclasses.replace(p, seed=p.seed if p.seed is not None else default_seed(preset)), preset)
+    settle(p if p.student else dataclasses.replace(p, student=(preset.grid.students or preset.students)[0]), preset)
 
 
 def run(p: SftParams) -> str:
     preset = load_preset(p.preset)
-    teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
     if not p.student:
         raise DistillError("sft with upstream=false trains one student: pass student=<name> (with upstream=true, "
                            "the default, it trains every student of the preset's grid)")
-    student = resolve_role(p.student, preset, "student")
-    seed = p.seed if p.seed is not None else default_seed(preset)
-    p = dataclasses.replace(p, teacher=teacher, student=student.name, seed=seed)
+    p, student = settle(p, preset)
     teachers = teacher_names(p.teacher)
-    check_params(p)                                       # bad numbers stop here, before any model loads
-    p = dataclasses.replace(p, keep_checkpoints=check_keep(p.keep_checkpoints or "last"))  # empty: the default
-    h = resolved_hparams(p, preset)
+    h = {name: getattr(p, name) for name in HPARAMS}
     # A launch whose processes cannot share the effective batch evenly stops here, before a run exists;
     # train() checks the split again against what HF Trainer itself counts.
     split_batch(h["per_device_train_batch_size"], h["gradient_accumulation_steps"], ranks.world_size())
@@ -272,15 +299,16 @@ def _follow_main(p: SftParams, h: dict, student, preset) -> str:
 def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> str:
     """Rank 0 (or the only process): the run, the plan for the other ranks, the training, the model."""
     rows, upstream, source, select_run = load_training_rows(p, teachers, preset)
-    rows = rows[:p.limit] if p.limit is not None else rows
+    rows = training_rows(p, rows)
     if not rows:
         raise DistillError(f"the training set for {p.teacher} is empty ({source})")
     # The setting, not its outcome, goes into the parameters: resolving `auto` needs torch, and a reused
     # run should be found without importing it. The outcome is logged as `bf16_used`.
-    params = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "student_source": student.source,
+    logged = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "student_source": student.source,
               **h, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
     tags = {lineage.TEACHER: p.teacher, lineage.STUDENT: student.name, lineage.SEED: str(p.seed)}
-    with tracking.phase_run("sft", params, upstream, tags=tags, reuse=p.reuse) as pr:
+    with tracking.phase_run("sft", logged, upstream, tags=tags, reuse=p.reuse,
+                            key=key_payload(p, student, rows, preset)) as pr:
         if pr.reused:
             tell({"reused": pr.run_id})
             return pr.run_id

@@ -11,13 +11,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
 from distill.config import load_preset, resolve_role
-from distill import lineage, tracking
+from distill import lineage, params, tracking
+from distill.checks import Rule, check_from_preset
+from distill.params import (Default, count_param, limit_param, param, preset_file_name, preset_param, resolve,
+                            seed_param, spec, upstream_param)
 from distill.params_text import lists_from_text
+from distill.runner import max_new_tokens_param
 from distill.redact import has_password, redact_uri
 from distill.schema_lock import creation_lock
 
@@ -30,21 +34,24 @@ SPACE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "wa
 class SweepParams:
     """Search SFT hyperparameters on the dev split with Optuna."""
 
-    teacher: str
-    student: str
-    preset: str = "offline"
-    select_run: str = ""
-    n_trials: int | None = None          # empty: the preset's; trials of the study, all workers together
-    space: list[str] = field(default_factory=lambda: ["all"])  # comma-separated subset of learning_rate, num_train_epochs,
-                                         # per_device_train_batch_size, warmup_ratio
-    storage: str = "sqlite:///optuna.db" # an RDB URL (postgresql://...) lets several workers share the study
-    study_name: str = ""                 # empty: sft-<preset>-<teacher>-<student>
-    seed: int = 42
-    worker: int = 0                      # this worker's index when several share a study (sampler seed + worker)
-    dev_limit: int | None = None         # score on the first N dev questions
-    max_new_tokens: int | None = None
-    pruning: bool = True
-    register_best: bool = False          # train the best setting with `sft` and register it
+    teacher: str = param(help="a teacher of the preset (`7B`): its training set")
+    student: str = param(help="a base student of the preset")
+    preset: str = preset_param()
+    select_run: str = upstream_param("the `select` run whose training set and dev split are used",
+                                     "the newest FINISHED one with this teacher")
+    n_trials: int | None = count_param(None, "trials of the study, all workers together", preset="sweep.n_trials")
+    space: list[str] = param(factory=lambda: ["all"], help="comma-separated subset of " + ", ".join(SPACE) +
+                                                           "; `all`: every one the preset gives a range for")
+    storage: str = param("sqlite:///optuna.db", help="the study's database; an RDB URL (postgresql://...) lets "
+                                                     "several workers share it")
+    study_name: str = param("", preset=Default("`sft-<preset>-<teacher>-<student>`"), help="the Optuna study")
+    seed: int = seed_param(42, "training seed, and the sampler's (plus `worker`)")
+    worker: int = param(0, rule=Rule(int, 0, note="index of this worker in a shared study"),
+                        help="this worker's index when several share a study (sampler seed + worker)")
+    dev_limit: int | None = limit_param("score on the first N dev questions", note="a number of dev questions")
+    max_new_tokens: int | None = max_new_tokens_param()
+    pruning: bool = param(True, help="stop a trial after an epoch when its dev accuracy is below the median")
+    register_best: bool = param(False, help="train the best setting with `sft` and register it")
 
     __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
@@ -60,6 +67,10 @@ def search_space(p: SweepParams, preset) -> dict:
         raise DistillError(f"preset {preset.name!r} gives no range for {', '.join(missing)} (section `sweep`)")
     if not wanted:
         raise DistillError("empty search space: name at least one of " + ", ".join(SPACE))
+    from distill.phases.sft import SftParams
+
+    for name in wanted:  # each bound by the rule of the sft parameter it searches
+        check_from_preset(spec(SftParams, name).rule, f"sweep.{name}", ranges[name], preset_file_name(preset))
     return {s: ranges[s] for s in wanted}
 
 
@@ -118,6 +129,25 @@ def open_study(storage: str, study_name: str, sampler, pruner):
                                pruner=pruner, load_if_exists=True)
 
 
+def settle(p: SweepParams, preset) -> tuple[SweepParams, object, dict]:
+    """The parameters resolved against the preset (names in its spelling: the select run's training set, the
+    study's name and the tags use it; `space` as searched), the student, and the search space."""
+    p = resolve(p, preset)
+    space = search_space(p, preset)
+    student = resolve_role(p.student, preset, "student")
+    p = dataclasses.replace(p, teacher=resolve_role(p.teacher, preset, "teacher").name, student=student.name,
+                            space=list(space))
+    return dataclasses.replace(p, study_name=p.study_name or f"sft-{preset.name}-{p.teacher}-{student.name}"), \
+        student, space
+
+
+def reuse_key(p: SweepParams, preset) -> dict:
+    """The payload of sweep(p)'s key (its upstream: the select run id); a sweep is never reused, the key finds
+    the dead tries of the same sweep."""
+    p, student, _ = settle(p, preset)
+    return params.key_payload(p, preset, student_source=student.source)
+
+
 def run(p: SweepParams) -> str:
     import optuna
 
@@ -126,13 +156,8 @@ def run(p: SweepParams) -> str:
 
     check_storage(p.storage)
     preset = load_preset(p.preset)
-    n_trials = p.n_trials if p.n_trials is not None else preset.sweep.n_trials
-    if n_trials <= 0:
-        raise DistillError(f"n_trials must be > 0 (got {n_trials})")
-    space = search_space(p, preset)
-    student = resolve_role(p.student, preset, "student")
-    # the preset's spelling (`7b` -> `7B`): the select run's training set, the study's name and the tags use it
-    p = dataclasses.replace(p, teacher=resolve_role(p.teacher, preset, "teacher").name, student=student.name)
+    p, student, space = settle(p, preset)
+    n_trials = p.n_trials
     select_run = find_select_run(SftParams(teacher=p.teacher, student=p.student, select_run=p.select_run),
                                  [p.teacher], preset)
     rows = tracking.read_jsonl_artifact(select_run.info.run_id, f"train/{p.teacher}.jsonl")
@@ -140,16 +165,16 @@ def run(p: SweepParams) -> str:
     dev = dev[:p.dev_limit] if p.dev_limit is not None else dev
     if not dev:
         raise DistillError(f"select run {select_run.info.run_id} has an empty dev split; run select with dev_size > 0")
-    max_new = p.max_new_tokens if p.max_new_tokens is not None else preset.generation.max_new_tokens
-    study_name = p.study_name or f"sft-{preset.name}-{p.teacher}-{student.name}"
-    params = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "n_trials": n_trials,
+    max_new, study_name = p.max_new_tokens, p.study_name
+    logged = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "n_trials": n_trials,
               "space": ",".join(space), "storage": p.storage.split("://")[0], "study_name": study_name,
               "seed": p.seed, "n_dev": len(dev), "pruning": p.pruning}
     import mlflow
     from transformers import TrainerCallback
 
-    with tracking.phase_run("sweep", params, {"select_run_id": select_run.info.run_id},
-                            tags={lineage.TEACHER: p.teacher, lineage.STUDENT: student.name}, reuse=False) as pr:
+    with tracking.phase_run("sweep", logged, {"select_run_id": select_run.info.run_id},
+                            tags={lineage.TEACHER: p.teacher, lineage.STUDENT: student.name}, reuse=False,
+                            key=params.key_payload(p, preset, student_source=student.source)) as pr:
         # Workers seeded alike would try the same settings in the same order.
         sampler = optuna.samplers.TPESampler(seed=p.seed + p.worker)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0) if p.pruning else optuna.pruners.NopPruner()

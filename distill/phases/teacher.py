@@ -7,16 +7,18 @@ answer; `correct_answer_line` is recorded beside it. `finish_reason` says why ea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 from distill.answers import format_number, score
-from distill.config import load_preset, resolve_role
+from distill.config import ModelRef, load_preset, resolve_role
+from distill.params import limit_param, param, preset_param, resolve, reuse_param, upstream_param
 from distill.prompts import chat_messages, paper_prompt
-from distill.checks import check_positive
-from distill.runner import GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate
+from distill.runner import (GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate,
+                            with_model_parallelism)
 from distill.stats import accuracy_metrics, accuracy_with_ci
-from distill import lineage, shards, tracking
+from distill import lineage, params, shards, tracking
 
 console = logging.getLogger(__name__)
 
@@ -25,30 +27,47 @@ console = logging.getLogger(__name__)
 class TeacherParams(GenerationOptions):
     """One teacher answers every translated training question with the paper's prompt."""
 
-    teacher: str
-    preset: str = "offline"
-    translation_run: str = ""      # empty: the newest FINISHED translate run of this experiment
-    limit: int | None = None        # the first N translated questions (all by default)
-    shard_size: int | None = None  # empty: the preset's vllm.shard_size with backend=vllm, else 256
-    reuse: bool = True
+    teacher: str = param(help="a short name of the preset (`7B`), a Hub id or a folder; with `backend=openai` any "
+                              "served name")
+    preset: str = preset_param()
+    translation_run: str = upstream_param("the `translate` run whose questions it answers",
+                                          "the newest FINISHED one of this experiment")
+    limit: int | None = limit_param("the first N translated questions")
+    shard_size: int | None = shards.shard_size_param()
+    reuse: bool = reuse_param()
+
+
+def settle(p: TeacherParams, preset) -> tuple[TeacherParams, ModelRef]:
+    """The parameters resolved against the preset, and the teacher."""
+    p = resolve(p, preset)
+    check_backend(p.backend)
+    ref = resolve_role(p.teacher, preset, "teacher", served=p.backend == "openai")
+    return dataclasses.replace(with_model_parallelism(p, ref), teacher=ref.name), ref
+
+
+def key_payload(p: TeacherParams, ref: ModelRef, preset) -> dict:
+    return params.key_payload(p, preset, model_source=ref.source)
+
+
+def reuse_key(p: TeacherParams, preset) -> dict:
+    """The payload of teacher(p)'s reuse key (its upstream: the translation run id); nothing is generated."""
+    return key_payload(*settle(p, preset), preset)
 
 
 def run(p: TeacherParams) -> str:
     preset = load_preset(p.preset)
-    backend = check_backend(p.backend or preset.backend)
-    ref = resolve_role(p.teacher, preset, "teacher", served=backend == "openai")
-    check_positive("limit", p.limit, allow_none=True)
-    shard_size = shards.shard_size(p.shard_size, backend, preset)
+    p, ref = settle(p, preset)
     translation = tracking.require_run(p.translation_run or None, "translate", "the teacher's questions",
                                        params={"preset": preset.name})
     questions = tracking.read_jsonl_artifact(translation.info.run_id, "translations.jsonl")
     questions = questions[:p.limit] if p.limit else questions
-    config = generation_config(preset, p.max_new_tokens, p.batch_size)
-    params = {"preset": preset.name, "teacher": ref.name, "model_source": ref.source, "backend": backend,
+    config = generation_config(p)
+    logged = {"preset": preset.name, "teacher": ref.name, "model_source": ref.source, "backend": p.backend,
               "limit": p.limit, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "prompt_format": "chat", "n_questions": len(questions)}
     upstream = {"translation_run_id": translation.info.run_id}
-    with tracking.phase_run("teacher", params, upstream, tags={lineage.TEACHER: ref.name}, reuse=p.reuse) as pr:
+    with tracking.phase_run("teacher", logged, upstream, tags={lineage.TEACHER: ref.name}, reuse=p.reuse,
+                            key=key_payload(p, ref, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
@@ -66,9 +85,9 @@ def run(p: TeacherParams) -> str:
             return chat_messages(q["question_ja"])
 
         sizing = engine_sizing(preset, [prompt(q) for q in questions], config)
-        with lazy_generate(ref, backend, p, config, sizing) as generate:
+        with lazy_generate(ref, p.backend, p, config, sizing) as generate:
             work = shards.per_item(generate, prompt, answer)
-            records, reused = shards.generate_in_shards(pr, questions, work, shard_size, "answers")
+            records, reused = shards.generate_in_shards(pr, questions, work, p.shard_size, "answers")
         correct = [r["correct"] for r in records]
         acc, lo, hi = accuracy_with_ci(correct)
         n_truncated = sum(r["finish_reason"] == "length" for r in records)

@@ -6,10 +6,11 @@ points at: calculation steps per answer and answers that use decimals.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from distill import DistillError
 from distill.answers import normalize
 from distill.config import ModelRef, load_preset
 from distill.names import did_you_mean, match_name
-from distill import lineage, tracking
+from distill import lineage, params, tracking
+from distill.params import Default, param, preset_param, resolve, reuse_param, upstream_param
 from distill.params_text import lists_from_text
 
 console = logging.getLogger(__name__)
@@ -40,10 +42,12 @@ def uses_decimal(text: str) -> bool:
 class TokensParams:
     """Token counts and style of every teacher's training answers."""
 
-    preset: str = "offline"
-    select_run: str = ""        # empty: the newest FINISHED select run
-    tokenizers: list[str] = field(default_factory=list)  # comma-separated names of the preset's tokenizers; empty: all
-    reuse: bool = True
+    preset: str = preset_param()
+    select_run: str = upstream_param("the `select` run whose training answers are counted",
+                                     "the newest FINISHED one")
+    tokenizers: list[str] = param(factory=list, preset=Default("all of the preset's `tokenizers`"),
+                                  help="comma-separated names of the preset's tokenizers")
+    reuse: bool = reuse_param()
 
     __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
@@ -93,19 +97,34 @@ def log_figure(fig, name: str, run_id: str) -> None:
         mlflow.log_artifacts(tmp)
 
 
-def run(p: TokensParams) -> str:
-    preset = load_preset(p.preset)
+def settle(p: TokensParams, preset) -> TokensParams:
+    """The parameters resolved against the preset: `tokenizers` as the preset's names (`Qwen2.5` -> `qwen2.5`)."""
+    p = resolve(p, preset)
     available = preset.tokenizers
-    names = [match_name(n, available) or n for n in p.tokenizers] or list(available)  # `Qwen2.5` -> `qwen2.5`
+    names = [match_name(n, available) or n for n in p.tokenizers] or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise DistillError(f"unknown tokenizer(s) {', '.join(unknown)}; {did_you_mean(unknown[0], available)}"
                            f"the preset has {', '.join(available)}")
+    return dataclasses.replace(p, tokenizers=names)
+
+
+def reuse_key(p: TokensParams, preset) -> dict:
+    """The payload of tokens(p)'s reuse key (its upstream: the select run id)."""
+    p = settle(p, preset)
+    return params.key_payload(p, preset, tokenizer_sources=[preset.tokenizers[n] for n in p.tokenizers])
+
+
+def run(p: TokensParams) -> str:
+    preset = load_preset(p.preset)
+    p = settle(p, preset)
+    available, names = preset.tokenizers, p.tokenizers
     select = tracking.require_run(p.select_run or None, "select", "tokens", params={"preset": preset.name})
     teachers = lineage.teachers_of(select)
-    params = {"preset": preset.name, "tokenizers": ",".join(f"{n}={available[n]}" for n in names),
+    logged = {"preset": preset.name, "tokenizers": ",".join(f"{n}={available[n]}" for n in names),
               "teachers": ",".join(teachers)}
-    with tracking.phase_run("tokens", params, {"select_run_id": select.info.run_id}, reuse=p.reuse) as pr:
+    with tracking.phase_run("tokens", logged, {"select_run_id": select.info.run_id}, reuse=p.reuse,
+                            key=reuse_key(p, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow

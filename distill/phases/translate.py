@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -10,9 +11,11 @@ from distill.answers import normalize
 from distill.config import ModelRef, load_preset, resolve_model
 from distill.data import load_gsm8k
 from distill.prompts import translation_messages
-from distill.checks import check_positive
-from distill.runner import GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate
-from distill import lineage, shards, tracking
+from distill.cache_keys import data_digest
+from distill.params import Default, limit_param, param, preset_param, resolve, reuse_param
+from distill.runner import (GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate,
+                            max_new_tokens_param, with_model_parallelism)
+from distill import lineage, params, shards, tracking
 
 console = logging.getLogger(__name__)
 
@@ -61,30 +64,49 @@ def translation_flag(english: str, japanese: str) -> str:
 class TranslateParams(GenerationOptions):
     """Translate the GSM8K training questions into Japanese."""
 
-    preset: str = "offline"
-    translator: str = ""          # empty: the preset's translator
-    source: str = ""              # hub / shipped / a JSONL path; empty: the preset's
-    limit: int | None = None      # empty: the preset's (all 7,473 in `paper`)
-    shard_size: int | None = None  # empty: the preset's vllm.shard_size with backend=vllm, else 256
-    reuse: bool = True
+    preset: str = preset_param()
+    translator: str = param("", preset=Default("the preset's `translator`"),
+                            help="the translating model: a short name of the preset, a Hub id or a folder")
+    source: str = param("", preset="data.train", help="`hub` (openai/gsm8k), `shipped` (256 questions) or a JSONL path")
+    limit: int | None = limit_param("the first N training questions", preset="data.train_limit",
+                                    note="a number of training questions")
+    max_new_tokens: int | None = max_new_tokens_param("generation.translate_max_new_tokens")
+    shard_size: int | None = shards.shard_size_param()
+    reuse: bool = reuse_param()
 
 
-def run(p: TranslateParams) -> str:
-    preset = load_preset(p.preset)
-    backend = check_backend(p.backend or preset.backend)
-    limit = check_positive("limit", p.limit if p.limit is not None else preset.data.train_limit, allow_none=True)
-    shard_size = shards.shard_size(p.shard_size, backend, preset)
+def settle(p: TranslateParams, preset) -> tuple[TranslateParams, ModelRef, list[dict]]:
+    """The parameters resolved against the preset (`translator` as the model's source), the model, the rows."""
+    p = resolve(p, preset)
+    check_backend(p.backend)
     translator = preset.translator
     ref = (resolve_model(p.translator, preset) if p.translator
            else ModelRef("translator", translator.model, "translator",
                          int(translator.tensor_parallel_size or preset.tensor_parallel_size or 1)))
-    source = p.source or preset.data.train
-    rows = load_gsm8k("train", source="hub" if source == "openai/gsm8k" else source, limit=limit)
-    config = generation_config(preset, p.max_new_tokens, p.batch_size, length_key="translate_max_new_tokens")
-    params = {"preset": preset.name, "translator": ref.source, "source": source, "limit": limit,
-              "backend": backend, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
+    rows = load_gsm8k("train", source="hub" if p.source == "openai/gsm8k" else p.source, limit=p.limit)
+    return dataclasses.replace(with_model_parallelism(p, ref), translator=ref.source), ref, rows
+
+
+def key_payload(p: TranslateParams, rows: list[dict], preset) -> dict:
+    return params.key_payload(p, preset, source_digest=data_digest(rows))
+
+
+def reuse_key(p: TranslateParams, preset) -> dict:
+    """The payload of translate(p)'s reuse key, from the parameters, the preset and the source questions."""
+    p, _, rows = settle(p, preset)
+    return key_payload(p, rows, preset)
+
+
+def run(p: TranslateParams) -> str:
+    preset = load_preset(p.preset)
+    p, ref, rows = settle(p, preset)
+    source = p.source
+    config = generation_config(p)
+    logged = {"preset": preset.name, "translator": ref.source, "source": source, "limit": p.limit,
+              "backend": p.backend, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "n_questions": len(rows)}
-    with tracking.phase_run("translate", params, tags={lineage.TRANSLATOR: ref.source}, reuse=p.reuse) as pr:
+    with tracking.phase_run("translate", logged, tags={lineage.TRANSLATOR: ref.source}, reuse=p.reuse,
+                            key=key_payload(p, rows, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
@@ -103,9 +125,9 @@ def run(p: TranslateParams) -> str:
             return translation_messages(r["question"])
 
         sizing = engine_sizing(preset, [prompt(r) for r in rows], config)
-        with lazy_generate(ref, backend, p, config, sizing) as generate:
+        with lazy_generate(ref, p.backend, p, config, sizing) as generate:
             work = shards.per_item(generate, prompt, translation)
-            records, reused = shards.generate_in_shards(pr, rows, work, shard_size, "translations")
+            records, reused = shards.generate_in_shards(pr, rows, work, p.shard_size, "translations")
         flags = [r["flag"] for r in records]
         mlflow.log_metrics({"n_total": len(records), "n_flagged_empty": flags.count("empty"),
                             "n_flagged_missing_numbers": flags.count("missing_numbers"),

@@ -25,11 +25,12 @@ the run's description; this module resolves the parameters and logs it all as on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,7 +39,9 @@ import numpy as np
 from distill import DistillError
 from distill.config import load_preset
 from distill.names import did_you_mean, match_name
-from distill import lineage, tracking
+from distill import lineage, params, tracking
+from distill.checks import SEED
+from distill.params import Default, param, resolve, reuse_param, upstream_param
 from distill.params_text import lists_from_text
 from distill.phases.report.document import render_report, report_note, summary_lines
 from distill.phases.report.figures import (figure_accuracy, figure_errors, figure_tokens, teacher_colors,
@@ -56,14 +59,20 @@ console = logging.getLogger(__name__)
 class ReportParams:
     """Tables 1 and 3, Fig. 1-3 and paired significance tests from the runs in the experiment."""
 
-    preset: str = "offline"
-    eval_set: str = ""             # empty: the preset's data.eval_set
-    error_teachers: list[str] = field(default_factory=list)  # comma-separated, Fig. 2; empty: the preset's judge.teachers
-    tokens_run: str = ""           # a tokens run id for Fig. 3; empty: the newest FINISHED one
-    teachers: list[str] = field(default_factory=list)  # comma-separated grid Table 1, the figures and Missing cover; empty: the preset's
-    students: list[str] = field(default_factory=list)
-    seeds: list[str] = field(default_factory=list)  # seeds Missing expects; empty: the preset's sft.seeds
-    reuse: bool = False            # true: reuse a report of exactly the same input runs and code
+    preset: str = param("offline", help="`offline`, `paper`, or a preset file: the order of teachers and students, "
+                                        "the eval set, the judged teachers")
+    eval_set: str = param("", preset="data.eval_set", help="only evaluations on this set are read")
+    error_teachers: list[str] = param(factory=list, help="comma-separated teachers of Fig. 2 (the paper: 7B, 72B)",
+                                      preset=Default("preset's `judge.teachers`, else the first and the last teacher"))
+    tokens_run: str = upstream_param("the `tokens` run of Fig. 3", "newest")
+    teachers: list[str] = param(factory=list, preset=Default("preset's `teachers`"),
+                                help="comma-separated: the grid Table 1, the figures and **Missing** cover (`main` "
+                                     "passes the grid it ran; evaluations outside it are left out)")
+    students: list[str] = param(factory=list, preset=Default("preset's `students`"), help="as `teachers`")
+    seeds: list[str] = param(factory=list, preset="sft.seeds", rule=SEED, help="as `teachers`: the seeds **Missing** "
+                                                                               "expects")
+    reuse: bool = reuse_param(False, "`true` reuses an earlier report only if it read exactly the same input runs "
+                                     "with the same code")
 
     __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
@@ -105,36 +114,52 @@ def _save(df, md: str, folder: Path, name: str) -> None:
     (folder / f"{name}.md").write_text(md + "\n", encoding="utf-8")
 
 
+def narrowed(p: ReportParams) -> bool:
+    """Teachers or students given: the grid a `main` ran, nothing of the experiment outside it."""
+    return bool(p.teachers or p.students)
+
+
+def settle(p: ReportParams, preset) -> ReportParams:
+    """The parameters resolved against the preset: the grid in its spelling, the error teachers chosen."""
+    p = resolve(p, preset)
+    teachers = grid_names(p.teachers, preset_list(preset, "teachers"), "teachers")
+    students = grid_names(p.students, preset_list(preset, "students"), "students")
+    error_teachers = [match_name(t, teachers) or t for t in p.error_teachers] or \
+        [str(t) for t in (preset.judge.teachers or teachers[:1] + teachers[-1:])]
+    return dataclasses.replace(p, teachers=teachers, students=students, error_teachers=error_teachers)
+
+
+def reuse_key(p: ReportParams, preset, inputs_digest: str) -> dict:
+    """The payload of report(p)'s reuse key, given the digest of the runs it reads (its upstream: the tokens run)."""
+    return params.key_payload(settle(p, preset), preset, narrowed=narrowed(p), inputs_digest=inputs_digest)
+
+
 def run(p: ReportParams) -> str:
     """Write the report and return its run id (an earlier report of identical inputs when reused)."""
     preset = load_preset(p.preset)
-    eval_set = p.eval_set or preset.data.eval_set
-    preset_teachers = grid_names(p.teachers, preset_list(preset, "teachers"), "teachers")
-    preset_students = grid_names(p.students, preset_list(preset, "students"), "students")
-    seeds_wanted = (list(p.seeds) if p.seeds
-                    else [str(x) for x in preset.sft.seeds])
-    error_teachers = (list(p.error_teachers) if p.error_teachers
-                      else [str(t) for t in (preset.judge.teachers or preset_teachers[:1] + preset_teachers[-1:])])
+    narrow, p = narrowed(p), settle(p, preset)
+    eval_set, preset_teachers, preset_students = p.eval_set, p.teachers, p.students
+    seeds_wanted, error_teachers = p.seeds, p.error_teachers
     baseline_label = f"{preset.baseline.shots}-shot" if preset.baseline.shots else "few-shot"  # as evaluate tags it
 
     inputs = collect_inputs(eval_set, p.tokens_run)
-    narrowed = bool(p.teachers or p.students)
     found_t = {t for t, _ in inputs.cells}
     found_s = {s for _, s in inputs.cells} | {s for b in inputs.baselines.values() for s in b}
-    if narrowed:  # the grid a `main` ran: nothing of the experiment outside it
+    if narrow:
         found_t &= set(preset_teachers)
         found_s &= set(preset_students)
     teachers = ordered_names(preset_teachers, found_t)
     students = ordered_names(preset_students, found_s)
     table3_teachers = ordered_names(preset_teachers, set(inputs.teacher_evals) & set(preset_teachers)
-                                    if narrowed else inputs.teacher_evals)
+                                    if narrow else inputs.teacher_evals)
     error_teachers = [_known(t, teachers) for t in error_teachers]
-    params = {"preset": preset.name, "eval_set": eval_set, "error_teachers": ",".join(error_teachers),
+    logged = {"preset": preset.name, "eval_set": eval_set, "error_teachers": ",".join(error_teachers),
               "teachers": ",".join(preset_teachers), "students": ",".join(preset_students), "seeds": ",".join(seeds_wanted),
               "tokens_run": p.tokens_run, "inputs_digest": inputs.digest()}
     upstream = {"tokens_run_id": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
     tags = {lineage.EVAL_SET: eval_set}
-    with tracking.phase_run("report", params, upstream, tags=tags, reuse=p.reuse) as pr:
+    with tracking.phase_run("report", logged, upstream, tags=tags, reuse=p.reuse,
+                            key=params.key_payload(p, preset, narrowed=narrow, inputs_digest=inputs.digest())) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow

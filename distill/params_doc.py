@@ -1,0 +1,113 @@
+"""The parameters of every entry point as a reader sees them, from their declarations (distill/params.py): the
+README's parameter tables and MLproject's `also:` lines.
+
+`python -m distill.params_doc [PHASE ...]` prints the tables; `--write` rewrites those the README holds (between
+`<!-- params: PHASE -->` and `<!-- /params -->`). tests/test_params.py checks both files against the fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+import sys
+from pathlib import Path
+
+from distill.params import declared, default_text, doc_order
+
+# The entry points (MLproject's names), in the order the README describes them.
+PHASES = ("translate", "teacher", "select", "sft", "evaluate", "errors", "tokens", "report", "sweep", "main")
+README = Path(__file__).resolve().parents[1] / "README.md"
+_TABLE = re.compile(r"<!-- params: (\w+) -->\n(.*?)<!-- /params -->", re.S)
+
+
+def params_class(phase: str):
+    """The `*Params` class of an entry point (`errors` -> distill.phases.judge.ErrorsParams)."""
+    from distill.phases import module_name
+
+    module = importlib.import_module(module_name(phase))
+    return next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v)
+                and v.__module__ == module.__name__)
+
+
+def upstream_fields(phase: str) -> list:
+    """The parameters of what an entry point builds first (distill.targets: its KNOBS it does not have itself,
+    then `upstream` and `plan`), declared on targets.UpstreamParams; none for an entry point that builds nothing."""
+    from distill.targets import ALWAYS, KNOBS, UpstreamParams
+
+    if phase not in KNOBS:
+        return []
+    own = {f.name for f in dataclasses.fields(params_class(phase))}
+    names = [n for n in (*KNOBS[phase], *ALWAYS) if n not in own]
+    by_name = {f.name: (f, s) for f, s in declared(UpstreamParams)}
+    return [by_name[n] for n in names]
+
+
+def entry_point_fields(phase: str) -> list:
+    """Every parameter an entry point takes: its phase's fields, then those of what it builds."""
+    return doc_order(params_class(phase)) + upstream_fields(phase)
+
+
+def table(phase: str) -> str:
+    """The README's table of an entry point's parameters: name, what empty means, what it is and what is allowed."""
+    from distill.targets import ALWAYS
+
+    rows = ["| parameter | default | meaning |", "|---|---|---|"]
+    builds = {f.name for f, _ in upstream_fields(phase)} - set(ALWAYS)
+    for f, s in entry_point_fields(phase):
+        meaning = ("for what it builds: " if f.name in builds else "") + s.help + (f"; {s.rule.allowed()}" if s.rule else "")
+        rows.append(f"| `{f.name}` | {default_text(f, s)} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def readme_tables(text: str) -> dict[str, str]:
+    """Phase -> the table the README holds for it."""
+    return {m.group(1): m.group(2) for m in _TABLE.finditer(text)}
+
+
+def write_readme(path: Path = README) -> None:
+    text = path.read_text(encoding="utf-8")
+    path.write_text(_TABLE.sub(lambda m: f"<!-- params: {m.group(1)} -->\n{table(m.group(1))}"
+                                         "<!-- /params -->", text), encoding="utf-8")
+
+
+def mlproject_also(text: str) -> dict[str, list[str]]:
+    """Entry point -> the parameters its `# also:` comment names (the list ends at a `;` or with the comment)."""
+    out: dict[str, list[str]] = {}
+    entry, collecting = None, False
+    for line in text.splitlines():
+        if m := re.match(r"^  (\w+):\s*$", line):
+            entry, collecting = m.group(1), False
+        elif m := re.match(r"^\s*# also:(.*)$", line):
+            out[entry], collecting = [], True
+            collecting = _take(out[entry], m.group(1))
+        elif collecting and (m := re.match(r"^\s*#\s{3,}(\S.*)$", line)):
+            collecting = _take(out[entry], m.group(1))
+        else:
+            collecting = False
+    return out
+
+
+def _take(names: list[str], text: str) -> bool:
+    """Names of a comma-separated list into `names`; False once the list has ended (`;`), unless what follows
+    is the list of what the entry point builds (`; for what it builds: ...`)."""
+    head, ended, rest = text.partition(";")
+    names += [n.strip() for n in head.split(",") if n.strip()]
+    if ended and rest.strip().startswith(BUILDS):
+        return _take(names, rest.strip()[len(BUILDS):])
+    return not ended
+
+
+BUILDS = "for what it builds:"
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--write"]:
+        write_readme()
+        return
+    for phase in argv or PHASES:
+        print(f"### `{phase}`\n\n{table(phase)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
