@@ -2,7 +2,10 @@
 inputs), and both together (the cache key a finished run is reused by).
 
 A phase run is reused when a FINISHED run in the same experiment has the same cache key: the
-hash of its entry point, its parameters, the run ids it consumed and the code version.
+hash of its entry point, its parameters, the run ids it consumed and the code version. The code
+version hashes what each module is, not where it lives: its syntax tree without comments and
+docstrings, with the package's own module paths (in imports, and strings naming a module) cut to
+the module's name; so moving a module into another folder keeps every finished step reusable.
 """
 
 from __future__ import annotations
@@ -92,6 +95,72 @@ def warm_code_cache() -> None:
         source = file.read_text(encoding="utf-8")
         _imports_in(source)
         _file_names_in(source)
+        _behaviour_digest(source, _module_names())
+
+
+@lru_cache(maxsize=None)
+def _module_names() -> frozenset[str]:
+    """Every module of the package by its dotted name: strings that name one are module references."""
+    names = set()
+    for file in PACKAGE_DIR.rglob("*.py"):
+        parts = file.relative_to(PACKAGE_DIR).with_suffix("").parts
+        names.add(".".join(("distill", *(parts[:-1] if parts[-1] == "__init__" else parts))))
+    return frozenset(names)
+
+
+@lru_cache(maxsize=None)
+def _behaviour_digest(source: str, modules: frozenset[str]) -> str:
+    """The digest of what a module does, not of where it lives or how it is commented: its syntax tree
+    without docstrings, every `distill...` module path (an import's, or a string naming a module of the
+    package) cut to its last name. Empty for a module that does nothing (a folder's bare __init__.py)."""
+    import ast
+
+    def own(node) -> bool:
+        return isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "distill"
+
+    def canonical(stmts: list) -> list:
+        """A run of the package's own imports as one import per name, sorted: splitting `from distill import
+        a, b` when `b` moves to a folder is no change."""
+        out, run = [], []
+        for stmt in [*stmts, None]:
+            if stmt is not None and own(stmt):
+                run += [(a.name, a.asname) for a in stmt.names]
+                continue
+            out += [ast.ImportFrom("distill", [ast.alias(n, a)], 0) for n, a in sorted(set(run), key=str)]
+            run = []
+            if stmt is not None:
+                out.append(stmt)
+        return out
+
+    class Normalize(ast.NodeTransformer):
+        def generic_visit(self, node):
+            for field in ("body", "orelse", "finalbody"):
+                stmts = getattr(node, field, None)
+                if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
+                    setattr(node, field, canonical(stmts))
+            return super().generic_visit(node)
+
+        def visit_Import(self, node):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "distill":
+                    alias.name = alias.name.rsplit(".", 1)[-1]
+            return node
+
+        def visit_Constant(self, node):  # "distill.generation.hf", "distill.generation.hf:HFGenerator"
+            if isinstance(node.value, str) and node.value.partition(":")[0] in modules:
+                path, colon, name = node.value.partition(":")
+                node.value = path.rsplit(".", 1)[-1] + colon + name
+            return node
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    text = ast.unparse(Normalize().visit(tree))
+    return "" if text in ("", "pass") else _digest(text.encode())
 
 
 def _digest(data: bytes) -> str:
@@ -132,12 +201,19 @@ def _code_files(phase: str | None, preset: str | None, backend: str | None) -> t
             todo.extend(_distill_imports(module))
         files = {f for f in map(_module_file, seen) if f is not None}
         files |= {data for f in list(files) for data in _resources_read(f)}
-    out = {str(f.relative_to(PACKAGE_DIR.parent)): _digest(f.read_bytes()) for f in files}
+    out = {str(f.relative_to(PACKAGE_DIR.parent)): _file_digest(f) for f in files}
     if phase is not None and preset:
         entry = _preset_digest(preset)
         if entry:
             out[entry[0]] = entry[1]
-    return tuple(sorted(out.items()))
+    return tuple(sorted((path, digest) for path, digest in out.items() if digest))
+
+
+def _file_digest(file: Path) -> str:
+    """A module by what it does (_behaviour_digest), a data file by its bytes."""
+    if file.suffix == ".py":
+        return _behaviour_digest(file.read_text(encoding="utf-8"), _module_names())
+    return _digest(file.read_bytes())
 
 
 def code_files(phase: str | None = None, preset: str | None = None, backend: str | None = None) -> dict[str, str]:
@@ -148,9 +224,10 @@ def code_files(phase: str | None = None, preset: str | None = None, backend: str
 
 
 def code_version(phase: str | None = None, preset: str | None = None, backend: str | None = None) -> str:
-    """One hash of code_files: editing the report does not invalidate finished teacher runs,
-    editing the scoring code does, editing the vLLM backend does not retrain a student."""
-    return _digest(json.dumps(code_files(phase, preset, backend), sort_keys=True).encode())
+    """One hash of code_files' hashes, not of their paths (a moved module is the same code): editing the
+    report does not invalidate finished teacher runs, editing the scoring code does, editing the vLLM
+    backend does not retrain a student."""
+    return _digest(json.dumps(sorted(code_files(phase, preset, backend).values())).encode())
 
 
 def _work_payload(phase: str, params: dict[str, Any], upstream: dict[str, str] | None) -> dict:
@@ -183,3 +260,4 @@ def _opt(value) -> str | None:
 def clear_code_cache() -> None:
     """Hash the package's files again: for a process that edits them (the reuse key's tests)."""
     _code_files.cache_clear()
+    _module_names.cache_clear()

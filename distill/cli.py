@@ -8,7 +8,6 @@ every `-P` value as text, and an empty text means "the preset's default".
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
 import os
@@ -18,7 +17,7 @@ import types
 import typing
 
 from distill import DistillError
-from distill.log import setup_logging
+from distill.log import QUIET_ENV, quiet_loggers, setup_logging
 from distill.params import Param, check_preset, check_value, declared, default_text, doc_order, required
 from distill.params_text import split_list, yes_no
 from distill.phases import module_name
@@ -172,39 +171,6 @@ def _preset_of(argv: list[str]) -> str | None:
     rest, base = _pop_arg(argv, BASE_DIR)
     _, preset = _pop_arg(rest, "preset")
     return resolve_file_param("preset", preset, base or os.getcwd()) if preset else None
-
-
-# Progress bars of work that takes no time worth watching (MLflow's artifact up- and downloads, the
-# Hub's and transformers' "Writing model shards", TRL's dataset maps before training); generation and
-# training keep theirs.
-QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-# Library lines that say nothing to this study's user: a local student has no Hub model card or license,
-# where MLflow resolved a `models:/` URI, and how transformers sorts checkpoints on this file system.
-QUIET_LOGGERS = ("mlflow.transformers", "transformers.trainer_utils")
-
-
-def quiet_loggers() -> None:
-    """Raise QUIET_LOGGERS to errors only, unless verbose. Per process: `main`'s and each step's."""
-    if os.environ.get("DISTILL_VERBOSE") != "1":
-        import logging
-
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def quiet_mlflow_prints():
-    """MLflow's own prints (`Successfully registered model ...`, `Created version ...`) off inside, unless
-    verbose; the step prints its one line with the registered version itself."""
-    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
-
-    was = MLFLOW_LOGGING_STREAM.enabled
-    MLFLOW_LOGGING_STREAM.enabled = os.environ.get("DISTILL_VERBOSE") == "1" and was
-    try:
-        yield
-    finally:
-        MLFLOW_LOGGING_STREAM.enabled = was
 
 
 def quiet_console(argv: list[str]) -> list[str]:

@@ -64,7 +64,7 @@ def execute_step(phase: str, params: Any, env: dict[str, str], gpus: int = 0) ->
     if not gpus:  # Ray sets CUDA_VISIBLE_DEVICES only for a task that asked for GPUs: this one sees none
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     scratch = _own_scratch(env[SCRATCH_ENV]) if env.get(SCRATCH_ENV) else None
-    from distill.cli import quiet_loggers
+    from distill.log import quiet_loggers
 
     quiet_loggers()  # per worker process, as in a step process
     tracking.PARENT_RUN_ID = env.get(PARENT_ENV)  # the phase run nests under `main`

@@ -9,6 +9,7 @@ open-r1's scripts do: INFO on the main process (rank 0), WARNING on the others, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -60,3 +61,34 @@ def setup_logging() -> logging.Logger:
     logger.setLevel(console_level())
     logger.propagate = False  # a root handler set up by someone else would print every line twice
     return logger
+
+
+# Progress bars of work that takes no time worth watching (MLflow's artifact up- and downloads, the
+# Hub's and transformers' "Writing model shards", TRL's dataset maps before training); generation and
+# training keep theirs.
+QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+# Library lines that say nothing to this study's user: a local student has no Hub model card or license,
+# where MLflow resolved a `models:/` URI, and how transformers sorts checkpoints on this file system.
+QUIET_LOGGERS = ("mlflow.transformers", "transformers.trainer_utils")
+
+
+def quiet_loggers() -> None:
+    """Raise QUIET_LOGGERS to errors only, unless verbose. Per process: `main`'s and each step's."""
+    if os.environ.get("DISTILL_VERBOSE") != "1":
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def quiet_mlflow_prints():
+    """MLflow's own prints (`Successfully registered model ...`, `Created version ...`) off inside, unless
+    verbose; the step prints its one line with the registered version itself."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    was = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = os.environ.get("DISTILL_VERBOSE") == "1" and was
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = was

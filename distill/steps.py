@@ -109,7 +109,7 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
     os.environ.update(env)  # CUDA_VISIBLE_DEVICES first of all: the fork server made no CUDA context (step_preload)
     os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s main run: a phase would take it for its own
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
-    from distill.cli import quiet_loggers
+    from distill.log import quiet_loggers
 
     quiet_loggers()  # per process: logger levels are not inherited from the parent
     import mlflow

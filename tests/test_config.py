@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import os
 from pathlib import Path
 
@@ -14,29 +12,9 @@ from distill import DistillError
 from distill.cli import parse_params
 from distill.config import OFFLINE_ENV, PRESET_DIR, load_preset, offline_env
 from distill.params_text import split_list, yes_no
-from distill.phases import module_name
 
 ROOT = Path(__file__).resolve().parents[1]
-# MLflow's `path` parameter that cli.py pops before parsing (see cli.BASE_DIR): no field of any Params.
-NOT_A_FIELD = {"base_dir"}
-# MLproject's entry point -> the phase whose module holds its Params class.
-PHASE_OF = {"main": "pipeline"}
-
-
-def _params_class(entry_point: str):
-    module = importlib.import_module(module_name(PHASE_OF.get(entry_point, entry_point)))
-    return next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
-
-
-def _entry_points() -> dict:
-    return yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
-
-
-@pytest.mark.parametrize("entry_point", sorted(_entry_points()))
-def test_every_declared_mlproject_parameter_is_a_field_of_the_params(entry_point):
-    declared = set(_entry_points()[entry_point].get("parameters") or {}) - NOT_A_FIELD
-    fields = {f.name for f in dataclasses.fields(_params_class(entry_point))}
-    assert declared <= fields, f"{entry_point}: MLproject declares {sorted(declared - fields)}, no field of its Params"
+# MLproject's parameters against the fields: tests/test_params.py.
 
 
 @pytest.mark.parametrize("name", ["paper", "offline"])

@@ -3,7 +3,8 @@
 import pytest
 
 from distill import DistillError
-from distill.cli import QUIET_ENV, quiet_console
+from distill.cli import quiet_console
+from distill.log import QUIET_ENV
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_quiet_hides_library_chatter_and_verbose_keeps_it(clean_env):
 
     from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM, eprint
 
-    from distill.cli import QUIET_LOGGERS, quiet_loggers, quiet_mlflow_prints
+    from distill.log import QUIET_LOGGERS, quiet_loggers, quiet_mlflow_prints
 
     levels = {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
     try:

@@ -1,6 +1,7 @@
 """The reuse key covers exactly what decides a phase's results (cache_keys.code_files), and a finished run
 that differs only in its code is named, and accepted with reuse=ignore_code."""
 
+import re
 import shutil
 
 import pytest
@@ -55,7 +56,7 @@ def test_a_comment_in_the_preset_in_use_changes_nothing(package):
 
 def test_editing_the_vllm_backend_leaves_non_generating_phases_unchanged(package):
     vllm, hf = keys("paper", "vllm"), keys("paper", "transformers")
-    edit(package / "generation" / "vllm_backend.py", '"""vLLM backend', '"""Edited vLLM backend')
+    edit(package / "generation" / "vllm_backend.py", "\nimport ", "\nEDITED = 1\nimport ")
     after_vllm, after_hf = keys("paper", "vllm"), keys("paper", "transformers")
     for phase in ("select", "sft", "tokens", "report", "errors"):
         assert after_vllm[phase] == vllm[phase], phase
@@ -66,12 +67,63 @@ def test_editing_the_vllm_backend_leaves_non_generating_phases_unchanged(package
 
 def test_editing_the_scoring_code_changes_evaluate(package):
     before = keys("paper")
-    edit(package / "answers.py", "import math\n", "import math  # edited\n")
+    edit(package / "answers.py", "import math\n", "import math\nEDITED = 1\n")
     after = keys("paper")
     for phase in ("evaluate", "teacher", "tokens"):
         assert after[phase] != before[phase], phase
     for phase in ("select", "sft", "report"):  # they move records around and never score
         assert after[phase] == before[phase], phase
+
+
+def test_comments_and_docstrings_change_nothing(package):
+    before = keys("paper")
+    edit(package / "answers.py", "import math\n", "import math  # a comment\n")
+    edit(package / "generation" / "vllm_backend.py", '"""vLLM backend', '"""The vLLM backend')
+    assert keys("paper") == before
+
+
+def _move(package, module: str, folder: str) -> None:
+    """`git mv distill/<module>.py distill/<folder>/`, with every import and module string that names it."""
+    old, new = f"distill.{module.replace('/', '.')}", f"distill.{folder}.{module.rsplit('/', 1)[-1]}"
+    old_parent, name = old.rsplit(".", 1)
+    (package / folder).mkdir(exist_ok=True)
+    (package / folder / "__init__.py").write_text('"""A room of the package."""\n', encoding="utf-8")
+    (package / f"{module}.py").rename(package / folder / f"{name}.py")
+
+    def split(m: re.Match) -> str:  # `from <parent> import a, <name>, b` -> the others, and <name> from its folder
+        names = [n.strip() for n in m.group(3).split(",")]
+        if name not in names:
+            return m.group(0)
+        rest = [n for n in names if n != name]
+        moved = f"{m.group(1)}from distill.{folder} import {name}"
+        return (f"{m.group(1)}from {m.group(2)} import {', '.join(rest)}\n" if rest else "") + moved
+
+    for file in package.rglob("*.py"):
+        text = file.read_text(encoding="utf-8")
+        moved = re.sub(rf"\b{re.escape(old)}\b", new, text)
+        moved = re.sub(rf"^([ \t]*)from ({re.escape(old_parent)}) import ([\w ,]+)$", split, moved, flags=re.M)
+        if moved != text:
+            file.write_text(moved, encoding="utf-8")
+
+
+def test_a_pure_move_keeps_every_key(package, monkeypatch):
+    """Modules moved into other folders, their importers and the strings naming them rewritten: every
+    finished step stays reusable (the key hashes what the code is, not where it lives)."""
+    paper, offline = keys("paper"), keys("offline", "transformers")
+    _move(package, "answers", "scoring")                     # imported by name and from: by most phases
+    _move(package, "generation/vllm_backend", "engines")    # named by a string (generation/registry.py)
+    _move(package, "lineage", "tracking_room")
+    # The running cache_keys is not the edited copy: its own string naming the backend, as the copy now has it.
+    monkeypatch.setitem(cache_keys.BACKEND_MODULES, "vllm", "distill.engines.vllm_backend")
+    assert (package / "scoring" / "answers.py").is_file() and not (package / "answers.py").exists()
+    assert keys("paper") == paper and keys("offline", "transformers") == offline
+
+
+def test_a_moved_module_that_changed_is_other_code(package):
+    before = keys("paper")
+    _move(package, "answers", "scoring")
+    edit(package / "scoring" / "answers.py", "import math\n", "import math\nEDITED = 1\n")
+    assert keys("paper")["evaluate"] != before["evaluate"]
 
 
 def test_shipped_data_counts_only_where_it_is_read(package):
@@ -119,7 +171,7 @@ def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(package
     first = _phase(params)
     assert not first.reused and _phase(params).reused
 
-    edit(package / "phases" / "select.py", '"""The `select` phase', '"""The edited `select` phase')
+    edit(package / "phases" / "select.py", "\nimport json\n", "\nimport json\nEDITED = 1\n")
     cache_keys.clear_code_cache()
     second = _phase(params)
     err = capsys.readouterr().err
@@ -128,7 +180,7 @@ def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(package
     tags = mlflow.get_run(second.run_id).data.tags
     assert tags[lineage.CODE_CHANGED] == f"{first.run_id}: distill/phases/select.py"
 
-    edit(package / "phases" / "select.py", '"""The edited `select` phase', '"""The twice edited `select` phase')
+    edit(package / "phases" / "select.py", "EDITED = 1\n", "EDITED = 2\n")
     cache_keys.clear_code_cache()
     with mlflow.start_run(run_name="main") as main:
         third = _phase(params, reuse="ignore_code")

@@ -365,7 +365,7 @@ def register_once(model_uri: str, name: str, run_id: str) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from distill.cli import quiet_mlflow_prints
+    from distill.log import quiet_mlflow_prints
 
     try:
         found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
