@@ -11,6 +11,8 @@ import difflib
 import unicodedata
 from typing import Iterable
 
+from distill import DistillError
+
 
 def name_key(name: str) -> str:
     """What two spellings of one name share: NFKC (full-width -> ASCII), trimmed, case-folded."""
@@ -45,3 +47,11 @@ def colliding_names(names: Iterable[str]) -> list[tuple[str, str]]:
             pairs.append((seen[key], n))
         seen.setdefault(key, n)
     return pairs
+
+
+def teacher_names(spec: str) -> list[str]:
+    """`7B+72B` -> ['7B', '72B']: one teacher, or a mix of two (`＋` counts as `+`)."""
+    names = [t.strip() for t in spec.replace("＋", "+").split("+") if t.strip()]
+    if not 1 <= len(names) <= 2:
+        raise DistillError(f"teacher must be one name or two joined by '+' (got {spec!r})")
+    return names

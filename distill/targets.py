@@ -119,7 +119,8 @@ def grid_seeds(preset) -> list[int]:
 
 
 def sft(p, up: UpstreamParams) -> Build:
-    from distill.phases.sft import canonical_teacher, teacher_names
+    from distill.names import teacher_names
+    from distill.phases.sft import canonical_teacher
 
     preset = load_preset(p.preset)
     teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
@@ -152,7 +153,7 @@ def _evaluated_tp(p, preset, backend: str) -> int:
 def student_to_build(model: str, preset) -> tuple[str, str, int | None] | None:
     """(teacher, student, seed or None) of `models:/<registered student>@teacher-<T>[-seed<k>]` (the names
     `sft` registers under this preset) when that alias is not registered yet; None for any other model."""
-    from distill.phases.sft import alias_for, registered_name
+    from distill.registry import alias_for, registered_name
 
     m = re.fullmatch(r"models:/([^@/]+)@([\w.\-]+)", model.strip())
     if not m:
@@ -177,7 +178,7 @@ def student_to_build(model: str, preset) -> tuple[str, str, int | None] | None:
 
 
 def evaluate(p, up: UpstreamParams) -> Build:
-    from distill.phases.sft import teacher_names
+    from distill.names import teacher_names
 
     preset = load_preset(p.preset)
     backend = p.backend or preset.backend

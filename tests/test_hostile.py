@@ -150,7 +150,7 @@ def test_a_version_is_registered_once_and_only_after_it_loads_and_generates(trac
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distill import DistillError
-    from distill.phases.sft import register_once, verify_logged_model
+    from distill.registry import register_once, verify_logged_model
 
     def log(folder):
         with mlflow.start_run() as run:

@@ -11,7 +11,8 @@ from distill.names import close_names, did_you_mean, match_name, name_key
 from distill.phases.main import MainParams
 from distill.planner import resolve_grid
 from distill.phases.report import grid_names
-from distill.phases.sft import alias_for, canonical_teacher
+from distill.phases.sft import canonical_teacher
+from distill.registry import alias_for
 
 
 @pytest.fixture(scope="module")

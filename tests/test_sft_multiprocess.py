@@ -21,9 +21,10 @@ from mlflow.tracking import MlflowClient
 
 from distill import checkpoints
 from distill.jsonl import write_jsonl
-from distill.phases.sft import SftParams, registered_name
+from distill.phases.sft import SftParams
 from distill.phases.sft import run as sft
 from distill.prompts import RESOURCES, paper_prompt
+from distill.registry import registered_name
 from tests.conftest import ROOT, free_port
 
 STUDENT = "qwen2.5-0.5b"

@@ -25,7 +25,7 @@ from distill.params import Default, limit_param, param, preset_param, resolve, r
 from distill.runner import (GenerationOptions, check_backend, engine_sizing, generation_config, open_generator,
                             timed_generate, with_model_parallelism)
 from distill.stats import accuracy_metrics
-from distill import params, tracking
+from distill import params, registry, tracking
 from distill.lineage import (BASELINE, EVAL_SET, LOGGED_MODEL, MODE, MODEL, MODEL_ID, PHASE, REGISTERED_MODEL,
                              REGISTERED_VERSION, ROLE, SEED, SFT_RUN_ID, STUDENT, TEACHER)
 
@@ -127,28 +127,6 @@ def describe(ref: ModelRef, lineage: dict[str, str], few_shot: bool, shots) -> d
         name = f"baseline-{ref.name}" + (f"-{shots}shot" if few_shot else "-zeroshot")
     return {"role": role, "teacher": teacher if role != "baseline" else "", "student": student,
             "seed": seed, "model_name": name}
-
-
-def note_version(lineage: dict[str, str], metrics: dict, run_id: str, eval_set: str) -> None:
-    """The registered version of an evaluated student says how good it is: tag `accuracy`, and a
-    description with the interval and a link to this evaluation."""
-    from mlflow.tracking import MlflowClient
-
-    import mlflow
-
-    name, version = lineage[REGISTERED_MODEL], lineage[REGISTERED_VERSION]
-    client = MlflowClient()
-    exp = mlflow.get_run(run_id).info.experiment_id
-    acc = f"{metrics['accuracy']:.2f}"
-    client.set_model_version_tag(name, version, "accuracy", acc)
-    client.set_model_version_tag(name, version, "eval_run_id", run_id)
-    client.update_model_version(name, version, description=(
-        f"Student **{lineage[STUDENT]}** distilled from teacher **{lineage[TEACHER]}**, seed "
-        f"{lineage[SEED]}; trained in run [{lineage[SFT_RUN_ID]}]"
-        f"(#/experiments/{exp}/runs/{lineage[SFT_RUN_ID]}).\n\n"
-        f"**Accuracy {acc}%** on `{eval_set}` (95% interval {metrics['accuracy_ci_low']:.2f} to "
-        f"{metrics['accuracy_ci_high']:.2f}; {metrics['n_correct']:.0f}/{metrics['n_total']:.0f}), "
-        f"evaluation run [{run_id}](#/experiments/{exp}/runs/{run_id})."))
 
 
 def build_prompts(questions: list[str], mode: str, prompt_format: str, shots: int) -> list:
@@ -271,7 +249,7 @@ def run(p: EvaluateParams) -> str:
         mlflow.log_metrics(metrics, model_id=lineage.get(MODEL_ID) or None)
         tracking.log_records(records, "predictions")
         if lineage.get(REGISTERED_MODEL):
-            note_version(lineage, metrics, pr.run_id, eval_set)
+            registry.note_accuracy(lineage, metrics, pr.run_id, eval_set)
         line = (f"evaluate {ref.name} on {eval_set}: accuracy {metrics['accuracy']:.2f}% "
                 f"[{metrics['accuracy_ci_low']:.2f}, {metrics['accuracy_ci_high']:.2f}] ({sum(correct)}/{len(correct)}; "
                 f"answer line {metrics['accuracy_answer_line']:.2f}%")

@@ -1,9 +1,9 @@
 """The `sft` phase: full-parameter SFT of one base student on one teacher's answers, with TRL.
 
-The training itself is `distill.training.train` (shared with `sweep`); this phase finds the data,
-makes the run, logs, checks and registers the student. Defaults are the paper's Table 2. Under
-torchrun or `accelerate launch` every rank trains and only rank 0 talks to MLflow: it sends the other
-ranks what to do (distill/ranks.py), and the batch of a step stays Table 2's (distill/batching.py).
+The training itself is `distill.training.train` (shared with `sweep`); this phase finds the data, makes
+the run and trains; distill/registry.py logs, checks and registers the student. Defaults are the paper's
+Table 2. Under torchrun or `accelerate launch` every rank trains and only rank 0 talks to MLflow: it sends
+the other ranks what to do (distill/ranks.py), and the batch of a step stays Table 2's (distill/batching.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import logging
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,9 @@ from distill.params_text import yes_no
 from distill.batching import split_batch
 from distill.checkpoints import check_keep, checkpoint_root, resume_point
 from distill.checkpoints import remove as remove_checkpoints
+from distill.names import teacher_names
 from distill.training import TrainConfig, train
-from distill import lineage, params, ranks, tracking
+from distill import lineage, params, ranks, registry, tracking
 
 console = logging.getLogger(__name__)
 
@@ -138,13 +138,6 @@ def use_bf16(setting: str, preset) -> bool:
     return bool(wanted and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
-def teacher_names(spec: str) -> list[str]:
-    names = [t.strip() for t in spec.replace("＋", "+").split("+") if t.strip()]
-    if not 1 <= len(names) <= 2:
-        raise DistillError(f"teacher must be one name or two joined by '+' (got {spec!r})")
-    return names
-
-
 def canonical_teacher(spec: str, preset, labels: bool = False) -> str:
     """`7b+72b` -> `7B+72B`, the preset's spelling that every tag, parameter, cache key and alias uses, so
     `7b` and `7B` are the same runs. With a train_file (`labels`) a name that is no teacher stays a label."""
@@ -210,26 +203,6 @@ def sft_note(p: SftParams, student: str, source: str, n_rows: int, digest: str, 
         lines.append(f"- registered: `{tags[lineage.MODEL_URI]}` (version {tags[lineage.REGISTERED_VERSION]}); "
                      "its version says the accuracy once `main` (or `evaluate`) has scored it")
     return "\n".join(lines)
-
-
-def version_note(tags: dict[str, str], teacher: str, seed, student: str) -> str:
-    """A registered version's description before it is evaluated."""
-    return (f"Student **{student}** distilled from teacher **{teacher}**, seed {seed}; trained in run "
-            f"`{tags.get('sft_run_id', '')}` on `{tags.get('train_source', '')}`. Not evaluated yet.")
-
-
-def logged_model_name(student: str, teacher: str, seed) -> str:
-    """What the logged model is, as its name: `student-qwen2_5-0_5b-7B-seed42` (MLflow allows no `.`, `/`, `:`)."""
-    return re.sub(r"[^\w\-]", "_", f"student-{student}-{teacher}-seed{seed}")
-
-
-def registered_name(student: str, preset_name: str) -> str:
-    base = f"student-{student}".replace("/", "-")
-    return base if preset_name == "paper" else f"{preset_name}-{base}"
-
-
-def alias_for(teacher: str) -> str:
-    return "teacher-" + "-".join(t.lower() for t in teacher_names(teacher))
 
 
 def train_config(p: SftParams, h: dict, bf16: bool, out_dir: Path, run_id: str | None = None,
@@ -327,7 +300,9 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
         tell({"reused": "", "rows": rows, "out_dir": str(out_dir), "resume": str(resume) if resume else ""})
         model, tokenizer, stats = train(student, rows, train_config(p, h, bf16, out_dir, pr.run_id, resume, earlier))
         mlflow.log_metrics(stats)
-        _log_student(model, tokenizer, p, preset, student.name, pr.run_id, source)
+        info = registry.log_student(model, tokenizer, student.name, p.teacher, p.seed)
+        if p.register:  # only a student that loads back and generates is registered
+            registry.register_student(info.model_uri, student.name, p.teacher, p.seed, preset.name, pr.run_id, source)
         mlflow.set_tag("mlflow.note.content", sft_note(p, student.name, source, len(rows), digest, pr.run_id))
         if p.keep_checkpoints == "last":  # the logged model holds the weights; the run is done with resuming
             remove_checkpoints(pr.run_id)
@@ -336,80 +311,3 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
         console.info(f"sft {student.name} on {p.teacher}: {stats['train_tokens_per_second']:.0f} tokens/s, "
                      f"padding {100 * stats['padding_fraction']:.1f}%, run {pr.run_id}")
         return pr.run_id
-
-
-def verify_logged_model(model_uri: str) -> None:
-    """Load the logged model back the way users will and generate a few tokens; the registry and the
-    aliases only ever point at a version that passed. load_model puts the model on `cuda:0` whenever
-    there is a GPU and the tokenizer makes CPU tensors: the inputs go where the model is."""
-    import mlflow
-    import torch
-
-    try:
-        pipe = mlflow.transformers.load_model(model_uri)
-        inputs = pipe.tokenizer("問題: 1+1は？\n", return_tensors="pt").to(pipe.model.device)
-        with torch.no_grad():
-            logits = pipe.model(**inputs).logits
-            out = pipe.model.generate(**inputs, max_new_tokens=4, do_sample=False,
-                                      pad_token_id=pipe.tokenizer.pad_token_id or pipe.tokenizer.eos_token_id)
-    except Exception as e:
-        raise DistillError(f"the logged model {model_uri} does not load and generate "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); nothing was registered")
-    if not torch.isfinite(logits).all() or out.shape[-1] <= inputs["input_ids"].shape[-1]:
-        raise DistillError(f"the logged model {model_uri} loads but its output is not finite; nothing was registered")
-
-
-def register_once(model_uri: str, name: str, run_id: str) -> str:
-    """The version of `name` made from this run, registering it only if there is none (idempotent)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from distill.log import quiet_mlflow_prints
-
-    try:
-        found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except MlflowException:  # no such registered model yet
-        found = []
-    if found:
-        return str(min(int(v.version) for v in found))
-    with quiet_mlflow_prints():
-        return str(mlflow.register_model(model_uri, name).version)
-
-
-def _log_student(model, tokenizer, p: SftParams, preset, student: str, run_id: str,
-                 train_source: str = "") -> None:
-    """Log the student (transformers flavour), check that it loads and generates, register it once,
-    tag the version, then point the aliases at it."""
-    import mlflow
-    import transformers
-    from mlflow.tracking import MlflowClient
-
-    import torch
-
-    name = registered_name(student, preset.name)
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
-                    f"mlflow=={mlflow.__version__}", "accelerate", "safetensors"]
-    model_name = logged_model_name(student, p.teacher, p.seed)
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": model, "tokenizer": tokenizer}, name=model_name, task="text-generation",
-        pip_requirements=requirements,
-    )
-    # evaluate finds the model by this name (runs:/<run>/<name>) and links its metrics to the model id
-    mlflow.set_tags({lineage.LOGGED_MODEL: model_name, lineage.MODEL_ID: info.model_id or ""})
-    if not p.register:
-        return
-    verify_logged_model(info.model_uri)
-    client = MlflowClient()
-    version = register_once(info.model_uri, name, run_id)
-    vtags = {"teacher": p.teacher, "seed": str(p.seed), "student": student, "sft_run_id": run_id,
-             "preset": preset.name, "train_source": train_source}
-    for k, v in vtags.items():
-        client.set_model_version_tag(name, version, k, v)
-    client.update_model_version(name, version, description=version_note(vtags, p.teacher, p.seed, student))
-    alias = alias_for(p.teacher)
-    client.set_registered_model_alias(name, alias, version)
-    client.set_registered_model_alias(name, f"{alias}-seed{p.seed}", version)
-    mlflow.set_tags({"distill.registered_model": name, "distill.registered_version": version,
-                     "distill.model_uri": f"models:/{name}@{alias}"})
-    console.info(f"registered models:/{name}@{alias} (version {version})")
