@@ -101,8 +101,42 @@ def step_server():
         stop_server()
 
 
+def die_with(pid: int) -> None:
+    """Kill this process when process `pid` ends. A step's parent is the fork server, not the `main` (or entry
+    point) that waits for it: killed with `kill -9`, that one leaves no one to end the step, which would train
+    or generate on (holding its GPU) while the next try waits for its heartbeat. Dying at once leaves its run
+    RUNNING with a heartbeat that stops, which the next try marks KILLED and takes over (shards, checkpoints)."""
+    import threading
+
+    try:
+        fd = os.pidfd_open(pid)  # Linux: readable once `pid` has ended, never confused with a reused pid
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    except (AttributeError, OSError):  # no pidfd here: ask every second
+        fd = None
+
+    def watch() -> None:
+        import select
+        import time
+
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="distill-die-with-parent", daemon=True).start()
+
+
 def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking_uri: str, env: dict, cwd: str,
-           rehearsal: bool, fresh_inputs: bool, conn) -> None:
+           rehearsal: bool, fresh_inputs: bool, conn, waiter: int) -> None:
+    die_with(waiter)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the fork server ignores ^C; a step must not
     os.chdir(cwd)  # the fork server's is the parent's when it started; a relative sqlite:///mlflow.db needs this one
     os.environ.clear()
@@ -147,7 +181,7 @@ def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: b
         env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
     proc = ctx.Process(target=_child, name=f"distill-{module.rsplit('.', 1)[-1]}",
                        args=(module, params, parent_run_id, experiment_id, mlflow.get_tracking_uri(),
-                             env, os.getcwd(), cache_keys.REHEARSAL, fresh_inputs, send))
+                             env, os.getcwd(), cache_keys.REHEARSAL, fresh_inputs, send, os.getpid()))
     sys.stdout.flush()
     sys.stderr.flush()
     proc.start()

@@ -1,7 +1,9 @@
 """What each entry point is asked to build, as steps of `main`'s grid, and what those steps need.
 
-An entry point's targets are steps named and made as distill.planner makes them, with the entry point's own
-parameters; they take the place of the grid's steps of the same name, and planner.upstream gives what they
+An entry point builds only what is missing: an input it is not given is first looked up as the phase itself
+looks it up (the newest FINISHED translation, teacher runs, selection with its teachers), and only where there
+is none does the planner build it. An entry point's targets are steps named and made as distill.planner makes
+them, with the entry point's own parameters; they take the place of the grid's steps of the same name, and planner.upstream gives what they
 need. The grid they come from is the one `main` would run with the same names, so a step built here is the
 step `main` builds (same parameters, same cache key): whichever runs first, the other reuses it.
 
@@ -118,12 +120,35 @@ def grid_seeds(preset) -> list[int]:
     return [int(s) for s in preset.grid.seeds] or [default_seed(preset)]
 
 
+def _finished(phase: str, preset) -> str:
+    """The newest FINISHED run of a phase under this preset, as the phase finds its input itself; "" if none."""
+    from distill import lineage
+
+    run = lineage.newest_finished(phase, params={"preset": preset.name})
+    return run.info.run_id if run else ""
+
+
+def _teacher_runs(preset, teachers: list[str]) -> list[str]:
+    """The teacher runs select would read itself (each teacher's newest on the newest translation), when every
+    teacher of the selection has one; else [] (missing: built)."""
+    from distill import lineage
+
+    translation = _finished("translate", preset)
+    runs = {r.data.tags.get(lineage.TEACHER): r.info.run_id for r in lineage.teacher_runs_of(translation)} \
+        if translation else {}
+    return [runs[t] for t in teachers] if teachers and all(t in runs for t in teachers) else []
+
+
 def sft(p, up: UpstreamParams) -> Build:
+    from distill import lineage
     from distill.names import teacher_names
     from distill.phases.sft import canonical_teacher
 
     preset = load_preset(p.preset)
     teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
+    if not (p.select_run or p.train_file):  # a selection with this teacher's training set: not missing
+        found = lineage.select_run_for(teacher_names(teacher), preset.name)
+        p = dataclasses.replace(p, select_run=found.info.run_id) if found is not None else p
     students = ([resolve_role(p.student, preset, "student").name] if p.student
                 else list(preset.grid.students or preset.students))
     seeds = [p.seed] if p.seed is not None else grid_seeds(preset)
@@ -203,23 +228,30 @@ def teacher(p, up: UpstreamParams) -> Build:
     target = Step(f"teacher {ref.name}", "teacher", dataclasses.replace(p, teacher=ref.name),
                   inputs={"translation_run": ["translate"]},
                   gpus=planner.gpus_for_generation(preset, backend, p.tensor_parallel_size or ref.tensor_parallel_size))
+    if not p.translation_run and (found := _finished("translate", preset)):
+        target.params = dataclasses.replace(target.params, translation_run=found)
+        p = target.params
     if p.translation_run:
         return _alone(target)
     return _build(_grid("teacher", p, up), [target])
 
 
 def select(p, up: UpstreamParams) -> Build:
+    preset = load_preset(p.preset)
+    if not p.teacher_runs and (found := _teacher_runs(preset, _selection(preset, up.teachers))):
+        p = dataclasses.replace(p, teacher_runs=found)
     if p.teacher_runs:
         return _alone(Step("select", "select", p))
-    preset = load_preset(p.preset)
     plan = _grid("select", p, up, _selection(preset, up.teachers))
     return _build(plan, [Step("select", "select", p, inputs=_in_plan(plan, "select").inputs)])
 
 
 def tokens(p, up: UpstreamParams) -> Build:
+    preset = load_preset(p.preset)
+    if not p.select_run and (found := _finished("select", preset)):
+        p = dataclasses.replace(p, select_run=found)
     if p.select_run:
         return _alone(Step("tokens", "tokens", p))
-    preset = load_preset(p.preset)
     plan = _grid("tokens", p, up, _selection(preset, up.teachers))
     return _build(plan, [Step("tokens", "tokens", p, inputs=_in_plan(plan, "tokens").inputs)])
 

@@ -11,7 +11,9 @@ that). Then:
   (distill.steps), nested under one run of this entry point (distill.main_run.parent_run: the run
   `mlflow run` opened under `--experiment-name`, else one in the preset's experiment, which `mlflow run`'s
   run then beats with), finished steps reused.
-`-P upstream=false` runs the phase alone, which refuses a missing input as it always did.
+`-P upstream=false` runs the phase alone, which refuses a missing input as it always did; so does each process
+of a launcher (`torchrun`, `accelerate launch`: one rank each of one `sft` run), whose upstream is built before
+the launch, in one process.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def _alone(phase: str, params) -> Build:
 def run(phase: str, module, params, up: UpstreamParams) -> str | None:
     """`-e <phase>` with its upstream (or without: upstream=false); the target's run id when there is one."""
     label = phase
+    from distill.ranks import world_size
+
+    if world_size() > 1 and not up.plan:  # one rank of a launch: this phase only, as every other rank runs it
+        return module.run(params)
     if not up.upstream and not up.plan:
         return module.run(params)
     if up.upstream and hasattr(module, "preflight"):  # a bad setting of the target stops it before its upstream runs

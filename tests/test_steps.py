@@ -137,3 +137,47 @@ def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(t
             "print(os.path.exists('m.db'), [e.name for e in MlflowClient().search_experiments()])\n")
     out, err = _python_in(tmp_path, code, store="m.db")
     assert out == ["True", "['Default']"], err
+
+
+PARENT = """
+import multiprocessing, os, sys, time
+from distill.steps import die_with
+
+def child(waiter):
+    die_with(waiter)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")  # the step's parent is the fork server, not this process
+    proc = ctx.Process(target=child, args=(os.getpid(),))
+    proc.start()
+    print(proc.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_step_process_dies_with_the_process_that_waits_for_it(tmp_path):
+    """`kill -9` of `main` (or of an entry point building its upstream) ends its step too, not only the step's
+    own parent (the fork server): a step left behind trains on, holding its GPU, while the next try waits."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    step_pid = int(parent.stdout.readline())
+    os.kill(step_pid, 0)  # running
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(step_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(step_pid, signal.SIGKILL)
+        pytest.fail("the step process outlived the process that waited for it")
