@@ -12,7 +12,7 @@ Models:
   once to an fp32 safetensors folder under bench/out/ (needs `pip install -e ".[bench]"`), on English
   GSM8K test questions (the shipped sample). Prompt: `--smollm2-prompt chat` (default) sends the
   question as one English user turn through the model's chat template; `paper-chat` sends
-  `distill.prompts.chat_messages(q)` (the paper's Japanese wrapper around the English question);
+  `distill.data.prompts.chat_messages(q)` (the paper's Japanese wrapper around the English question);
   `plain` sends the bare question text.
 
 Tokens are the useful new tokens (`Generation.n_tokens`: up to and including EOS), the same count at
@@ -87,16 +87,16 @@ def smollm2_dir(rebuild: bool = False) -> Path:
 
 
 def tiny_prompts(n: int) -> list:
-    from distill.data import load_eval_set
-    from distill.prompts import plain_prompt
+    from distill.data.prompts import plain_prompt
+    from distill.data.questions import load_eval_set
 
     examples, _ = load_eval_set("mgsm-ja", limit=n)
     return [plain_prompt(e.question) for e in examples]
 
 
 def smollm2_prompts(n: int, style: str) -> list:
-    from distill.data import load_gsm8k
-    from distill.prompts import chat_messages
+    from distill.data.prompts import chat_messages
+    from distill.data.questions import load_gsm8k
 
     rows = load_gsm8k("test", source="shipped", limit=n)
     questions = [r["question"] for r in rows]
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     for name in models:
         t = time.perf_counter()
         if name == "tiny":
-            from distill.tiny import tiny_model_dir
+            from distill.standins.tiny import tiny_model_dir
 
             path, prompts, mnt = tiny_model_dir(TINY_SPEC), tiny_prompts(args.prompts), args.max_new_tokens
             label = TINY_SPEC

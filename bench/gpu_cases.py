@@ -28,7 +28,7 @@ def build_model(folder: Path, shape: dict, seed: int = 0) -> dict:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from distill.tiny import build_tokenizer
+    from distill.standins.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     shape = {"vocab_size": len(tokenizer), **shape}
@@ -51,8 +51,8 @@ def build_model(folder: Path, shape: dict, seed: int = 0) -> dict:
 
 def training_rows(n: int) -> list[dict]:
     """Shipped GSM8K questions in the study's prompt, their reference solutions as completions, cycled to n."""
-    from distill.data import load_gsm8k
-    from distill.prompts import plain_prompt
+    from distill.data.prompts import plain_prompt
+    from distill.data.questions import load_gsm8k
 
     base = [{"prompt": plain_prompt(r["question"]), "completion": r["answer"]}
             for r in load_gsm8k("train", source="shipped")]
@@ -231,7 +231,7 @@ def failure(e: BaseException) -> str:
 
 def requested(params) -> dict:
     """The batching and checkpointing a run was asked for: the params', else the preset's."""
-    from distill.config import load_preset
+    from distill.config.presets import load_preset
 
     sft = load_preset(params.preset).sft
     ckpt = params.gradient_checkpointing
@@ -247,7 +247,7 @@ def drop_artifacts(run_id: str) -> None:
 
     import mlflow
 
-    from distill.lineage import MODEL_ID
+    from distill.tracking.lineage import MODEL_ID
 
     run = mlflow.get_run(run_id)
     folders = [run.info.artifact_uri.rstrip("/") + "/checkpoints"]
@@ -268,9 +268,9 @@ def paper_path(student: str, train_file: Path, eval_set: str, eval_limit: int, e
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from distill.lineage import MODEL_URI, REGISTERED_MODEL, REGISTERED_VERSION
     from distill.phases.evaluate import EvaluateParams, run as evaluate_run
     from distill.phases.sft import SftParams, run as sft_run
+    from distill.tracking.lineage import MODEL_URI, REGISTERED_MODEL, REGISTERED_VERSION
 
     params = SftParams(teacher="7B", student=student, preset="paper", train_file=str(train_file), num_train_epochs=1,
                        reuse=False)  # everything else the preset's: register, checkpoints, bf16, batch 8, ...
@@ -311,7 +311,7 @@ def trl_default_case(model_dir: Path, rows: list[dict], out_dir: Path, gpu: Gpu)
     from trl import SFTConfig, SFTTrainer
 
     from distill.generation.hf import load_tokenizer
-    from distill.sft_callbacks import PaddingCounter
+    from distill.training.callbacks import PaddingCounter
 
     gpu.reset()
     overrides = {"output_dir": str(out_dir), "num_train_epochs": 1, "save_strategy": "no", "report_to": "none"}

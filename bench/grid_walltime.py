@@ -1,7 +1,7 @@
 """Expected wall time of the `paper` preset's grid on 1, 8 and 32 GPUs, sequential vs `executor=ray`: an ESTIMATE.
 
 No GPU was at hand, so the per-step times are not measured: they come from one published throughput figure and
-stated scaling rules (below), and the schedule from the executor's own graph (`distill.planner.plan`, the same
+stated scaling rules (below), and the schedule from the executor's own graph (`distill.phases.main.planner.plan`, the same
 steps, dependencies and GPU requests `main -P executor=ray` submits). The schedule is simulated: the sequential
 executor runs one step at a time; the Ray executor starts, in plan order, every step whose inputs exist and whose
 GPUs are free (Ray's own scheduler may order them differently).
@@ -82,9 +82,8 @@ def main(argv=None) -> int:
     add_common_args(ap, "grid_walltime")
     args = ap.parse_args(argv)
     report = Results("grid_walltime", args)
-    from distill.config import load_preset
-    from distill import planner
-    from distill.phases.main import MainParams
+    from distill.config.presets import load_preset
+    from distill.phases.main import planner, MainParams
 
     preset = load_preset("paper")
     steps = planner.plan(MainParams(preset="paper", executor="ray"),

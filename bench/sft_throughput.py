@@ -10,7 +10,7 @@ Timed: `distill.phases.sft.run(SftParams(teacher="7B", student="qwen2.5-0.5b", p
 reuse=False, num_train_epochs=1, checkpoints_to_run=False, output_dir=<tmp>/ckpt-...))` for each batching mode,
 interleaved over `--repeats`, at the paper's batch size 8 (the preset's `per_device_train_batch_size`). Figures are the
 run's own metrics (`train_tokens_per_second`, `padding_fraction`, `train_seconds`, `train_tokens`: real tokens,
-padding excluded, counted by `distill.sft_callbacks.PaddingCounter`). A fresh `output_dir` per run matters: the
+padding excluded, counted by `distill.training.callbacks.PaddingCounter`). A fresh `output_dir` per run matters: the
 phase resumes from the newest checkpoint in its output folder, and the default folder is keyed by the cache key,
 which is the same for a repeat.
 
@@ -137,18 +137,16 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        from distill import DistillError, lineage, tracking
-        from distill.config import load_preset, resolve_role
+        from distill import DistillError
+        from distill.config.models import materialize
+        from distill.config.models import resolve_role
+        from distill.config.presets import load_preset
         from distill.generation.hf import load_tokenizer
-        from distill.models import materialize
-        from distill.phases.select import SelectParams
-        from distill.phases.select import run as select_run
-        from distill.phases.sft import SftParams, resolved_hparams
-        from distill.phases.sft import run as sft_run
-        from distill.phases.teacher import TeacherParams
-        from distill.phases.teacher import run as teacher_run
-        from distill.phases.translate import TranslateParams
-        from distill.phases.translate import run as translate_run
+        from distill.phases.select import SelectParams, run as select_run
+        from distill.phases.sft import SftParams, resolved_hparams, run as sft_run
+        from distill.phases.teacher import TeacherParams, run as teacher_run
+        from distill.phases.translate import TranslateParams, run as translate_run
+        from distill.tracking import lineage, phase_runs
 
         log(f"tracking store {mlflow.get_tracking_uri()}; load average {report.load_before[0]:.2f}")
         t = now()
@@ -157,8 +155,8 @@ def main(argv=None) -> int:
                                                      max_new_tokens=args.teacher_max_new_tokens)) for t_ in TEACHERS}
         n = args.n or args.limit
         select_id = select_run(SelectParams(preset="offline", n=n, dev_size=0, allow_fewer=True))
-        rows = tracking.read_jsonl_artifact(select_id, f"train/{TRAIN_TEACHER}.jsonl")
-        answers = tracking.read_jsonl_artifact(teacher_ids[TRAIN_TEACHER], "answers.jsonl")
+        rows = phase_runs.read_jsonl_artifact(select_id, f"train/{TRAIN_TEACHER}.jsonl")
+        answers = phase_runs.read_jsonl_artifact(teacher_ids[TRAIN_TEACHER], "answers.jsonl")
         log(f"set-up {now() - t:.1f} s (not timed): translate {translate_id}, teachers {teacher_ids}, select "
             f"{select_id}: {len(rows)} training examples for {TRAIN_TEACHER}")
 
@@ -181,8 +179,8 @@ def main(argv=None) -> int:
         sim_paper = simulate(paper_lengths, batch_size, max(args.seeds // 10, 20))
         # The tiny teachers' answers have a degenerate length distribution (most run to max_new_tokens); as a
         # proxy for real chain-of-thought lengths, the shipped GSM8K reference solutions in the same prompt format.
-        from distill.data import load_gsm8k
-        from distill.prompts import plain_prompt
+        from distill.data.prompts import plain_prompt
+        from distill.data.questions import load_gsm8k
 
         proxy_rows = [{"prompt": plain_prompt(r["question"]), "completion": r["answer"]}
                       for r in load_gsm8k("train", source="shipped")]

@@ -3,7 +3,7 @@
 vLLM's offline engine batches continuously: up to S sequences decode together and a finished one is
 replaced at once by the next prompt of the same call. A call ends only when its longest answer does, so
 in its tail the batch empties while each decode step still costs nearly as much as a full one. The
-translate and teacher phases make one `LLM.generate`/`LLM.chat` call per shard (distill/shards.py): every
+translate and teacher phases make one `LLM.generate`/`LLM.chat` call per shard (distill/tracking/shards.py): every
 shard pays a tail. This script simulates the engine's slots over answer lengths and reports, per shard
 size, the time of the sharded pass over one call of all prompts, then picks the smallest candidate shard
 size under --goal (5%) in every slot scenario: the `paper` preset's `vllm.shard_size`.
@@ -46,7 +46,7 @@ DRY = dict(prompts=600, slots="64,16", shard_sizes="100,600", sensitivity="64")
 
 def reference_lengths() -> list[int]:
     """Tokens per shipped GSM8K reference solution under the offline preset's tokenizer."""
-    from distill.tiny import build_tokenizer
+    from distill.standins.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     with open(SHIPPED, encoding="utf-8") as f:

@@ -17,9 +17,9 @@ The split of the phase's time is measured from outside, by wrapping (monkeypatch
 functions the phase calls: run set-up (find the translate run and read its questions, start the run and log its
 params, log the dataset input, look for unfinished tries), model load (`open_generator`), generation (the
 generator's `generate`), scoring (the rest of the phase's `work`: answer extraction and record building), shard
-upload (`shards.log_shard`), final logging (`tracking.log_records`, split into the JSONL artifact and
+upload (`shards.log_shard`), final logging (`phase_runs.log_records`, split into the JSONL artifact and
 `mlflow.log_table`; the bootstrap CI; `mlflow.log_metrics`; ending the run) and whatever is left ("other").
-Only public names are wrapped (`runner.open_generator`, `shards.run_sharded`, `tracking.phase_run`, ...): a
+Only public names are wrapped (`options.open_generator`, `shards.run_sharded`, `phase_runs.phase_run`, ...): a
 name the phase no longer calls fails the check (`--dry` runs in CI) instead of measuring nothing.
 
 A raw pass chunked like each smaller shard size (one `generate` call per chunk of S questions, as the phase makes)
@@ -81,8 +81,9 @@ def instrumented(timers: Timers, captured: dict):
     """Wrap the public functions `distill.phases.teacher.run` calls; restore everything afterwards."""
     import mlflow
 
-    from distill import runner, shards, tracking
+    from distill.generation import options
     from distill.phases import teacher
+    from distill.tracking import shards, phase_runs
 
     patches = []
 
@@ -101,7 +102,7 @@ def instrumented(timers: Timers, captured: dict):
 
         patch(obj, name, wrapped)
 
-    orig_open = runner.open_generator
+    orig_open = options.open_generator
 
     def open_generator(*a, **k):
         with timers.time("model_load"):
@@ -115,7 +116,7 @@ def instrumented(timers: Timers, captured: dict):
         gen.generate = generate  # instance attribute: only this generator is wrapped
         return gen
 
-    patch(runner, "open_generator", open_generator)  # lazy_generate looks it up as a module global
+    patch(options, "open_generator", open_generator)  # lazy_generate looks it up as a module global
     orig_run_sharded = shards.run_sharded
 
     def run_sharded(items, work, *a, **k):
@@ -129,13 +130,13 @@ def instrumented(timers: Timers, captured: dict):
 
     patch(shards, "run_sharded", run_sharded)
     timed(shards, "log_shard", "shard_upload")  # run_sharded looks it up as a module global
-    timed(tracking, "log_records", "log_records")
+    timed(phase_runs, "log_records", "log_records")
     timed(mlflow, "log_table", "log_records_table")  # log_records does `import mlflow; mlflow.log_table(...)`
     for name in ("require_run", "read_jsonl_artifact", "log_dataset", "earlier_tries"):
-        timed(tracking, name, "setup")
+        timed(phase_runs, name, "setup")
     timed(teacher, "accuracy_with_ci", "metrics_and_ci")
     timed(mlflow, "log_metrics", "metrics_and_ci")
-    orig_phase_run = tracking.phase_run
+    orig_phase_run = phase_runs.phase_run
 
     @contextlib.contextmanager
     def phase_run(*a, **k):
@@ -152,7 +153,7 @@ def instrumented(timers: Timers, captured: dict):
             with timers.time("run_end"):
                 cm.__exit__(None, None, None)
 
-    patch(tracking, "phase_run", phase_run)
+    patch(phase_runs, "phase_run", phase_run)
     try:
         yield
     finally:
@@ -183,9 +184,9 @@ def split_of(timers: Timers, total: float) -> dict[str, float]:
 def raw_pass(questions: list[dict], max_new_tokens: int, batch_size: int, chunk: int | None = None) -> dict:
     """Load the model and generate; with `chunk`, one `generate` call per chunk of questions, as the phase's
     shards do (the backend sorts prompts by length, and so groups them into batches, only within one call)."""
+    from distill.data.prompts import chat_messages
     from distill.generation import GenerationConfig, make_generator
-    from distill.prompts import chat_messages
-    from distill.tiny import tiny_model_dir
+    from distill.standins.tiny import tiny_model_dir
 
     cpu0, t0 = time.process_time(), now()
     gen = make_generator("transformers", str(tiny_model_dir(TEACHER_SPEC)))
@@ -253,17 +254,16 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        from distill import tracking
+        from distill.data.prompts import chat_messages
         from distill.generation import GenerationConfig, make_generator
-        from distill.prompts import chat_messages
-        from distill.tiny import tiny_model_dir
-        from distill.phases.translate import TranslateParams
-        from distill.phases.translate import run as translate_run
+        from distill.phases.translate import TranslateParams, run as translate_run
+        from distill.standins.tiny import tiny_model_dir
+        from distill.tracking import phase_runs
 
         log(f"tracking store {mlflow.get_tracking_uri()}; load average {report.load_before[0]:.2f}")
         t = now()
         translation_run = translate_run(TranslateParams(preset="offline", limit=args.limit))
-        questions = tracking.read_jsonl_artifact(translation_run, "translations.jsonl")
+        questions = phase_runs.read_jsonl_artifact(translation_run, "translations.jsonl")
         log(f"translate run {translation_run}: {len(questions)} questions in {now() - t:.1f} s (set-up, not timed)")
 
         # Warm-up (torch kernels, tokenizer, lazy imports of the MLflow logging path): one short generation and one

@@ -1,7 +1,7 @@
 """Command-line plumbing for the thin scripts in entrypoints/: parameters in, one clear error out.
 
 Each phase module exposes a `*Params` dataclass and `run(params)`; the dataclass fields are the
-entry point's parameters, each declared with its help text and rule (distill/params.py). MLflow passes
+entry point's parameters, each declared with its help text and rule (distill/config/params.py). MLflow passes
 every `-P` value as text, and an empty text means "the preset's default".
 """
 
@@ -17,9 +17,9 @@ import types
 import typing
 
 from distill import DistillError
+from distill.config.params import Param, check_preset, check_value, declared, default_text, doc_order, required
+from distill.config.params_text import split_list, yes_no
 from distill.log import QUIET_ENV, quiet_loggers, setup_logging
-from distill.params import Param, check_preset, check_value, declared, default_text, doc_order, required
-from distill.params_text import split_list, yes_no
 from distill.phases import module_name
 
 
@@ -141,7 +141,7 @@ def parse_params(params_cls, argv: list[str] | None = None, builds: str = ""):
     if builds:
         from distill.params_doc import upstream_fields
 
-        group = parser.add_argument_group("what it builds first (distill/targets.py)")
+        group = parser.add_argument_group("what it builds first (distill/phases/main/targets.py)")
         for f, s in upstream_fields(builds):
             group.add_argument(f"--{f.name}", help=help_text(f, s), default=argparse.SUPPRESS)
     ns = {k: resolve_file_param(k, v, base) for k, v in vars(parser.parse_args(argv)).items()}
@@ -154,7 +154,7 @@ def parse_params(params_cls, argv: list[str] | None = None, builds: str = ""):
 def upstream_params(argv: list[str], params_cls, phase: str):
     """argv without the parameters of what the entry point builds (targets.ALWAYS and the KNOBS it takes
     that are not its own), and those, parsed (targets.UpstreamParams)."""
-    from distill.targets import ALWAYS, KNOBS, UpstreamParams
+    from distill.phases.main.targets import ALWAYS, KNOBS, UpstreamParams
 
     own = {f.name for f in dataclasses.fields(params_cls)}
     taken = []
@@ -192,7 +192,8 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         argv = quiet_console(list(argv))
         quiet_loggers()
         setup_logging()  # the level `--verbose` and the launcher's rank ask for
-        from distill.config import apply_offline_env, load_preset
+        from distill.config.environment import apply_offline_env
+        from distill.config.presets import load_preset
 
         preset_name = _preset_of(argv)
         preset = load_preset(preset_name or "offline")
@@ -201,9 +202,9 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         module = importlib.import_module(module_name(phase))
         params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
         check_preset(preset, [params_cls])  # the preset's values this entry point may read, by their rules
-        from distill.targets import KNOBS
+        from distill.phases.main.targets import KNOBS
 
-        builds = phase in KNOBS  # an entry point that builds its upstream (distill.upstream)
+        builds = phase in KNOBS  # an entry point that builds its upstream (distill.phases.main.upstream)
         if builds:
             argv, up = upstream_params(argv, params_cls, phase)
         params = parse_params(params_cls, argv, builds=phase if builds else "")
@@ -211,16 +212,16 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         if prepare:
             prepare(params)
         if builds:
-            from distill import main_run
+            from distill.phases.main import main_run
 
             main_run.note_cli_run()  # `mlflow run`'s run, before the preset's experiment may take it away
-        from distill.store import ensure_tracking_reachable, ensure_tracking_store, use_preset_experiment
+        from distill.tracking.store import ensure_tracking_reachable, ensure_tracking_store, use_preset_experiment
 
         ensure_tracking_reachable()
         ensure_tracking_store()
         use_preset_experiment(preset)
         if builds:
-            from distill import upstream
+            from distill.phases.main import upstream
 
             upstream.run(phase, module, params, up)
         else:

@@ -1,4 +1,4 @@
-"""The parameters of every entry point as a reader sees them, from their declarations (distill/params.py): the
+"""The parameters of every entry point as a reader sees them, from their declarations (distill/config/params.py): the
 README's parameter tables and MLproject's `also:` lines.
 
 `python -m distill.params_doc [PHASE ...]` prints the tables; `--write` rewrites those the README holds (between
@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from distill.params import declared, default_text, doc_order
+from distill.config.params import declared, default_text, doc_order
 
 # The entry points (MLproject's names), in the order the README describes them.
 PHASES = ("translate", "teacher", "select", "sft", "evaluate", "errors", "tokens", "report", "sweep", "main")
@@ -31,9 +31,9 @@ def params_class(phase: str):
 
 
 def upstream_fields(phase: str) -> list:
-    """The parameters of what an entry point builds first (distill.targets: its KNOBS it does not have itself,
+    """The parameters of what an entry point builds first (distill.phases.main.targets: its KNOBS it does not have itself,
     then `upstream` and `plan`), declared on targets.UpstreamParams; none for an entry point that builds nothing."""
-    from distill.targets import ALWAYS, KNOBS, UpstreamParams
+    from distill.phases.main.targets import ALWAYS, KNOBS, UpstreamParams
 
     if phase not in KNOBS:
         return []
@@ -50,7 +50,7 @@ def entry_point_fields(phase: str) -> list:
 
 def table(phase: str) -> str:
     """The README's table of an entry point's parameters: name, what empty means, what it is and what is allowed."""
-    from distill.targets import ALWAYS
+    from distill.phases.main.targets import ALWAYS
 
     rows = ["| parameter | default | meaning |", "|---|---|---|"]
     builds = {f.name for f, _ in upstream_fields(phase)} - set(ALWAYS)

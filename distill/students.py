@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from distill import DistillError
-from distill.names import match_name
+from distill.config.names import match_name
 
 DASH = "—"
 COLUMNS = ("registered name", "version", "teacher", "seed", "accuracy", "aliases", "uri")
@@ -89,7 +89,7 @@ def _check_store() -> None:
     """The default store is ./mlflow.db: asking MLflow about a folder without one would create an empty one."""
     import mlflow
 
-    from distill.store import ensure_tracking_reachable
+    from distill.tracking.store import ensure_tracking_reachable
 
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):

@@ -1,4 +1,4 @@
-"""Entry point `main`: see distill/phases/main.py for what it does and its parameters."""
+"""Entry point `main`: see distill/phases/main/__init__.py for what it does and its parameters."""
 
 from distill.cli import run_phase
 

@@ -34,8 +34,8 @@ def open_mlflow(url: str, worker: int) -> None:
     then one run, to show the store works."""
     import mlflow
 
-    from distill import store
-    from distill.config import load_preset
+    from distill.config.presets import load_preset
+    from distill.tracking import store
 
     os.environ["MLFLOW_TRACKING_URI"] = url
     mlflow.set_tracking_uri(url)
@@ -64,7 +64,7 @@ def main(n: int, rounds: list[str]) -> list[list[str]]:
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     import distill.phases.sweep  # noqa: F401
-    from distill import store  # noqa: F401
+    from distill.tracking import store  # noqa: F401
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-from distill.config import offline_env  # noqa: E402  (light: yaml and the preset dataclasses)
+from distill.config.environment import offline_env# noqa: E402  (light: yaml and the preset dataclasses)
 
 offline_env(force=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -60,7 +60,7 @@ def start_mlflow_server(root: Path, backend_store_uri: str | None = None):
     try:
         yield uri
     finally:
-        from distill.executors import stop_process_group
+        from distill.phases.main.executors import stop_process_group
 
         stop_process_group(proc)
         log.close()
@@ -103,14 +103,14 @@ def tracking(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_student():
-    from distill.tiny import tiny_model_dir
+    from distill.standins.tiny import tiny_model_dir
 
     return tiny_model_dir("tiny:student-qwen2.5-0.5b")
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher():
-    from distill.tiny import tiny_model_dir
+    from distill.standins.tiny import tiny_model_dir
 
     return tiny_model_dir("tiny:teacher-7b")
 

@@ -3,7 +3,8 @@
 import os
 from dataclasses import dataclass
 
-from distill import DistillError, tracking
+from distill import DistillError
+from distill.tracking import phase_runs
 
 
 @dataclass
@@ -13,9 +14,9 @@ class FixtureParams:
 
 
 def run(p: FixtureParams) -> str:
-    params = {"preset": "offline", "how": p.how, "pid": os.getpid(), "fresh_inputs": tracking.FRESH_INPUTS,
+    params = {"preset": "offline", "how": p.how, "pid": os.getpid(), "fresh_inputs": phase_runs.FRESH_INPUTS,
               "cuda_visible_devices": repr(os.environ.get("CUDA_VISIBLE_DEVICES"))}  # what this process was given
-    with tracking.phase_run("select", params, upstream={"upstream": p.upstream}, reuse=False) as pr:
+    with phase_runs.phase_run("select", params, upstream={"upstream": p.upstream}, reuse=False) as pr:
         if p.how == "die":
             os._exit(9)  # a kill -9, an OOM kill: no exception, no message
         if p.how == "raise":

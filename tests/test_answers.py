@@ -1,6 +1,6 @@
 import pytest
 
-from distill.answers import RULES, extract_answer, extract_answer_line, is_correct, parse_gold, score
+from distill.scoring.answers import RULES, extract_answer, extract_answer_line, is_correct, parse_gold, score
 
 # (output, the paper's rule: last number of the output, the answer-line rule)
 CASES = [

@@ -1,9 +1,9 @@
-"""The effective batch: Table 2's 8 examples a step however many processes or GPUs train (distill/batching.py)."""
+"""The effective batch: Table 2's 8 examples a step however many processes or GPUs train (distill/training/batching.py)."""
 
 import pytest
 
 from distill import DistillError
-from distill.batching import split_batch
+from distill.training.batching import split_batch
 
 
 @pytest.mark.parametrize("per_device,accumulation,world,expected", [
@@ -42,7 +42,7 @@ def test_a_process_that_sees_four_gpus_trains_on_one_with_the_effective_batch(ti
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from distill.batching import check_trainer_batch, split_for
+    from distill.training.batching import check_trainer_batch, split_for
 
     args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=1,
                      use_cpu=True, report_to="none")

@@ -7,8 +7,8 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.checkpoints import UPLOAD_COMPLETE, check_keep, remove, uploaded
-from distill.sft_callbacks import MlflowLogger, PaddingCounter
+from distill.training.callbacks import MlflowLogger, PaddingCounter
+from distill.training.checkpoints import UPLOAD_COMPLETE, check_keep, remove, uploaded
 
 
 def save(output_dir, step):

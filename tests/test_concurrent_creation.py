@@ -1,6 +1,6 @@
 """Workers started at the same instant on empty storage all succeed: sweep workers creating one Optuna
 storage, phases creating one MLflow tracking store (a `postgresql://` tracking URI opened directly), on
-fresh PostgreSQL databases, several rounds. Without distill.schema_lock all but one worker of a round
+fresh PostgreSQL databases, several rounds. Without distill.tracking.schema_lock all but one worker of a round
 died with `UniqueViolation ... (studydirection, 2200) already exists` (or `experiments`, `alembic_version`)."""
 
 import json

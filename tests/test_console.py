@@ -82,16 +82,16 @@ def test_sft_names_checkpointing_as_the_installed_transformers_does(tmp_path):
 
     from trl import SFTConfig
 
-    from distill import training
+    from distill.training import train
 
     for on in (True, False):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
-                             **training.checkpointing_arg(SFTConfig, on))
+                             **train.checkpointing_arg(SFTConfig, on))
         assert args.gradient_checkpointing is on and getattr(args, "activation_checkpointing", on) is on
         assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
-    call = inspect.getsource(training.train)
+    call = inspect.getsource(train.train)
     assert '**checkpointing_arg(SFTConfig, h["gradient_checkpointing"])' in call
     assert "activation_checkpointing=" not in call and "gradient_checkpointing=" not in call
 

@@ -33,7 +33,7 @@ def test_the_load_back_check_feeds_the_model_on_its_own_device(monkeypatch, tiny
     from transformers import AutoTokenizer
 
     from distill import DistillError
-    from distill.registry import verify_logged_model
+    from distill.tracking.registry import verify_logged_model
 
     model, seen = on_meta_recording_inputs(tiny_student)
     pipe = type("Pipeline", (), {"model": model, "tokenizer": AutoTokenizer.from_pretrained(tiny_student)})()

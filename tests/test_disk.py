@@ -1,9 +1,9 @@
-"""The disk figures of the README's sft section come from the preset (distill/disk.py), not a hand count."""
+"""The disk figures of the README's sft section come from the preset (distill/training/disk.py), not a hand count."""
 
 import re
 
-from distill.config import load_preset
-from distill.disk import count_parameters, sft_disk
+from distill.config.presets import load_preset
+from distill.training.disk import count_parameters, sft_disk
 from tests.conftest import ROOT
 
 

@@ -9,13 +9,13 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.config import load_preset, resolve_model
-from distill.context import check_context, context_length
-from distill.data import load_eval_set, read_mgsm_ja, repeated_questions
+from distill.config.models import resolve_model
+from distill.config.presets import load_preset
+from distill.data.prompts import chat_messages
+from distill.data.questions import load_eval_set, read_mgsm_ja, repeated_questions
+from distill.generation.context import check_context, context_length
 from distill.phases import evaluate as evaluate_module
-from distill.phases.evaluate import EvaluateParams
-from distill.phases.evaluate import run as evaluate
-from distill.prompts import chat_messages
+from distill.phases.evaluate import EvaluateParams, run as evaluate
 
 
 def _jsonl(path, rows):

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from distill import DistillError
+from distill.data.prompts import chat_messages, plain_prompt
 from distill.generation import GenerationConfig, make_generator
 from distill.generation.vllm_backend import sampling_kwargs, split_by_kind
-from distill.prompts import chat_messages, plain_prompt
 from tests.openai_server import OpenAIStub
 
 QUESTIONS = ["りんごが3個あります。", "ジャネットのアヒルは1日に16個の卵を生みます。残りはいくつ？", "1+1は？",
@@ -130,7 +130,7 @@ def test_vllm_request_building_without_a_gpu():
 
 
 def test_vllm_is_imported_only_when_chosen():
-    code = ("import sys, distill.generation, distill.phases.evaluate, distill.runner; "
+    code = ("import sys, distill.generation, distill.phases.evaluate, distill.generation.options; "
             "assert 'vllm' not in sys.modules; print('ok')")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
 
@@ -143,8 +143,8 @@ def test_unknown_backend():
 def test_the_registry_imports_no_backend_and_matches_the_reuse_key():
     """Backends import `base`; nothing imports a backend until it is chosen (no import circle), and the
     reuse key's backend modules are the registry's."""
-    from distill import cache_keys
     from distill.generation.registry import BACKENDS, backend_module
+    from distill.tracking import cache_keys
 
     assert cache_keys.BACKEND_MODULES == {b: backend_module(b) for b in BACKENDS}
     code = ("import sys, distill.generation; "

@@ -12,7 +12,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from distill.training import UPLOAD_COMPLETE
+from distill.training.train import UPLOAD_COMPLETE
 from tests.conftest import ROOT
 
 GRID = ("-P", "preset=offline", "-P", "students=qwen2.5-0.5b", "-P", "limit=4", "-P", "train_limit=16", "-P", "n=12")

@@ -6,13 +6,14 @@ import pytest
 import yaml
 
 from distill import DistillError
-from distill.config import PRESET_DIR, load_preset, resolve_model, resolve_names, resolve_role
-from distill.names import close_names, did_you_mean, match_name, name_key
+from distill.config.names import close_names, did_you_mean, match_name, name_key
+from distill.config.models import resolve_model, resolve_names, resolve_role
+from distill.config.presets import PRESET_DIR, load_preset
 from distill.phases.main import MainParams
-from distill.planner import resolve_grid
+from distill.phases.main.planner import resolve_grid
 from distill.phases.report import grid_names
 from distill.phases.sft import canonical_teacher
-from distill.registry import alias_for
+from distill.tracking.registry import alias_for
 
 
 @pytest.fixture(scope="module")

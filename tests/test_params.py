@@ -1,4 +1,4 @@
-"""Each parameter declared once (distill/params.py): every field of every phase carries its declaration, every
+"""Each parameter declared once (distill/config/params.py): every field of every phase carries its declaration, every
 field that can change a phase's output is in its reuse key (changing it alone changes the key), a field left
 out says why, and the README's tables and MLproject's `also:` lines follow the fields."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import PRESET_DIR, load_preset
-from distill.params import Default, declared, preset_paths, preset_values
+from distill.config.params import Default, declared, preset_paths, preset_values
 from distill.params_doc import PHASES, entry_point_fields, mlproject_also, params_class, readme_tables, table
+from distill.config.presets import PRESET_DIR, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [{"id": str(i), "prompt": f"問題: {i}+1は？\n", "completion": f"解答: {i + 1}"} for i in range(6)]

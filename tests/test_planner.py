@@ -1,4 +1,4 @@
-"""The grid written once (distill.planner): its steps, their GPUs, what a target needs, and that the
+"""The grid written once (distill.phases.main.planner): its steps, their GPUs, what a target needs, and that the
 sequential and the Ray executor hand exactly the same steps to their processes."""
 
 import hashlib
@@ -6,10 +6,10 @@ import hashlib
 import mlflow
 import pytest
 
-from distill import DistillError, executors, planner
-from distill.config import load_preset
+from distill import DistillError
+from distill.config.presets import load_preset
 from distill.phases import main as pipeline
-from distill.phases.main import MainParams
+from distill.phases.main import executors, planner, MainParams
 
 
 def _plan(preset: str, judge: bool = False, **kw):

@@ -10,14 +10,10 @@ import mlflow
 import optuna
 import pytest
 
-from distill import lineage
-from distill import tracking as tr
-from distill.phases.select import SelectParams
-from distill.phases.select import run as select
-from distill.phases.teacher import TeacherParams
-from distill.phases.teacher import run as teacher
-from distill.phases.translate import TranslateParams
-from distill.phases.translate import run as translate
+from distill.phases.select import SelectParams, run as select
+from distill.phases.teacher import TeacherParams, run as teacher
+from distill.phases.translate import TranslateParams, run as translate
+from distill.tracking import lineage, phase_runs as tr
 from tests.conftest import ROOT, start_mlflow_server
 
 

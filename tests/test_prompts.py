@@ -1,4 +1,4 @@
-from distill.prompts import PAPER_PROMPT, chat_messages, few_shot_prompt, mgsm_exemplars, plain_prompt
+from distill.data.prompts import PAPER_PROMPT, chat_messages, few_shot_prompt, mgsm_exemplars, plain_prompt
 
 APPENDIX_B = """問題: {問題文}
 ステップごとに考えて答えを導いてください。
@@ -26,7 +26,7 @@ def test_few_shot_uses_four_mgsm_exemplars_in_the_papers_format():
 
 
 def test_cut_at_next_question_keeps_the_answer_and_drops_the_invented_question():
-    from distill.prompts import cut_at_next_question
+    from distill.data.prompts import cut_at_next_question
 
     assert cut_at_next_question("3+4=7\n解答: 7\n\n問題: 次は5個") == "3+4=7\n解答: 7"
     assert cut_at_next_question("解答: 7\n問題: 5") == "解答: 7"

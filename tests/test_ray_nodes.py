@@ -5,8 +5,8 @@ node, so a step is refused when no single node has its GPUs, even where the clus
 import mlflow
 import pytest
 
-from distill import DistillError, executors, planner
-from distill.phases.main import MainParams
+from distill import DistillError
+from distill.phases.main import executors, planner, MainParams
 from distill.phases.select import SelectParams
 
 

@@ -18,7 +18,8 @@ import yaml
 
 from distill import DistillError
 from distill.cli import parse_params
-from distill.config import load_preset, resolve_model, resolve_role
+from distill.config.models import resolve_model, resolve_role
+from distill.config.presets import load_preset
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -127,12 +128,12 @@ def _check_names(params) -> None:
 
 
 def _parse(params_cls, argv: list[str], elided: bool, phase: str = ""):
-    """The flags as the entry point parses them (the parameters of what it builds first, distill.targets,
+    """The flags as the entry point parses them (the parameters of what it builds first, distill.phases.main.targets,
     as cli.py takes them off); with `...` in the line, only that every flag is a field."""
     import dataclasses
 
     from distill.cli import upstream_params
-    from distill.targets import KNOBS
+    from distill.phases.main.targets import KNOBS
 
     up = None
     if phase in KNOBS:

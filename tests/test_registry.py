@@ -1,4 +1,4 @@
-"""distill.registry on its own: the names it registers under, and nothing registered before the load-back check.
+"""distill.tracking.registry on its own: the names it registers under, and nothing registered before the load-back check.
 
 The whole path (sft registers, evaluate notes the accuracy) runs in tests/test_sft.py and tests/test_students.py.
 """
@@ -6,8 +6,8 @@ The whole path (sft registers, evaluate notes the accuracy) runs in tests/test_s
 import pytest
 
 from distill import DistillError
-from distill.registry import alias_for, logged_model_name, register_student, registered_name
-from tests.test_hostile import _nan_student
+from distill.tracking.registry import alias_for, logged_model_name, register_student, registered_name
+from tests.test_bad_input import _nan_student
 
 
 def test_names_and_aliases():
@@ -24,7 +24,7 @@ def test_a_student_that_fails_the_load_back_check_is_not_registered(tracking, tm
     from mlflow.tracking import MlflowClient
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distill.registry import log_student
+    from distill.tracking.registry import log_student
 
     folder = _nan_student(tiny_student, tmp_path / "nan-student")
     with mlflow.start_run() as run:

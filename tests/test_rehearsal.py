@@ -1,5 +1,5 @@
 """The `paper` preset end to end on a CPU: every model and data set under its real id, from a local
-Hugging Face cache of stand-ins (distill.rehearsal), through the same calls the paper run makes; the
+Hugging Face cache of stand-ins (distill.standins.rehearsal), through the same calls the paper run makes; the
 parent process of `main` never imports torch, transformers, TRL or vLLM (every model loads in a step
 process of its own)."""
 
@@ -10,11 +10,12 @@ import sys
 import mlflow
 import pytest
 
-from distill import config, rehearsal
+from distill.config import models, presets
+from distill.standins import rehearsal
 from tests.conftest import ROOT
 from tests.openai_server import OpenAIStub, stand_in_judge
 
-PAPER = config.load_preset("paper")
+PAPER = presets.load_preset("paper")
 TEACHER_IDS = {e.model for e in PAPER.teachers.values()}
 STUDENT_IDS = {e.model for e in PAPER.students.values()}
 
@@ -38,7 +39,7 @@ run_phase("pipeline", sys.argv[1:])
 # Where the rehearsal exercises each key of paper.yaml (a new key fails this test until it is placed).
 KEYS = {
     "name": "params.preset of every run", "description": "documentation only: read by no code",
-    "needs_gpu": "refused without rehearsal=true (test_pipeline), waived with it",
+    "needs_gpu": "refused without rehearsal=true (test_main), waived with it",
     "backend": "overridden: backend=transformers", "tensor_parallel_size": "resolve_role (vLLM only)",
     "translator.model": "translate params.translator", "translator.tensor_parallel_size": "resolve (vLLM only)",
     **{f"teachers.{t}.model": "teacher/evaluate params.model_source" for t in PAPER.teachers},
@@ -93,7 +94,7 @@ def test_the_stand_in_cache_has_every_id_in_the_real_layout(standins):
     for repo_id, role in rehearsal.preset_models(PAPER).items():
         repo = hub / f"models--{repo_id.replace('/', '--')}"
         commit = (repo / "refs" / "main").read_text()
-        assert (repo / "snapshots" / commit / "config.json").is_symlink()
+        assert (repo / "snapshots" / commit / "presets.json").is_symlink()
         tok = AutoTokenizer.from_pretrained(repo_id, cache_dir=hub, local_files_only=True)
         has_template = bool(tok.chat_template)
         assert has_template == (repo_id not in {"sbintuitions/sarashina2.2-1b", "llm-jp/llm-jp-3.1-1.8b"}), repo_id
@@ -181,4 +182,4 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
         assert len(steps) == 56
     finally:
         mlflow.set_tracking_uri(None)
-    assert config.resolve_role("72B", PAPER, "teacher").tensor_parallel_size == 4
+    assert models.resolve_role("72B", PAPER, "teacher").tensor_parallel_size == 4

@@ -13,9 +13,8 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 
 from distill import DistillError
-from distill.phases.report import ReportParams, holm
-from distill.phases.report import run as report
-from distill.stats import accuracy_with_ci
+from distill.phases.report import ReportParams, holm, run as report
+from distill.scoring.stats import accuracy_with_ci
 from tests.conftest import run_entry
 
 N = 50  # questions per evaluation
@@ -315,7 +314,7 @@ def test_entry_point(tmp_path):
 
 
 def test_exact_mcnemar_p_matches_scipy_binomtest():
-    from distill.stats import binomial_two_sided_half
+    from distill.scoring.stats import binomial_two_sided_half
 
     for n in [1, 2, 3, 7, 15, 40, 101, 400, 1319]:
         for k in sorted({0, 1, n // 3, n // 2, (n + 1) // 2, n - 1, n}):

@@ -6,7 +6,9 @@ import shutil
 
 import pytest
 
-from distill import DistillError, cache_keys, config, lineage, tracking
+from distill import DistillError
+from distill.config import params_text, presets
+from distill.tracking import cache_keys, lineage, phase_runs
 
 PHASES = ("translate", "teacher", "evaluate", "select", "sft", "errors", "tokens", "report", "sweep")
 GENERATING = {"translate", "teacher", "evaluate"}
@@ -18,8 +20,8 @@ def package(tmp_path, monkeypatch):
     copy = tmp_path / "distill"
     shutil.copytree(cache_keys.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(cache_keys, "PACKAGE_DIR", copy)
-    monkeypatch.setattr(config, "PRESET_DIR", copy / "presets")
-    monkeypatch.setattr(config, "_PRESET_FILES", {})
+    monkeypatch.setattr(presets, "PRESET_DIR", copy / "presets")
+    monkeypatch.setattr(presets, "_PRESET_FILES", {})
     cache_keys.clear_code_cache()
     yield copy
     cache_keys.clear_code_cache()
@@ -27,7 +29,7 @@ def package(tmp_path, monkeypatch):
 
 def keys(preset: str, backend: str = "vllm") -> dict[str, str]:
     cache_keys.clear_code_cache()
-    config.load_preset(preset)
+    presets.load_preset(preset)
     out = {}
     for phase in PHASES:
         params = {"preset": preset, "x": 1, **({"backend": backend} if phase in GENERATING else {})}
@@ -67,7 +69,7 @@ def test_editing_the_vllm_backend_leaves_non_generating_phases_unchanged(package
 
 def test_editing_the_scoring_code_changes_evaluate(package):
     before = keys("paper")
-    edit(package / "answers.py", "import math\n", "import math\nEDITED = 1\n")
+    edit(package / "scoring" / "answers.py", "import math\n", "import math\nEDITED = 1\n")
     after = keys("paper")
     for phase in ("evaluate", "teacher", "tokens"):
         assert after[phase] != before[phase], phase
@@ -77,7 +79,7 @@ def test_editing_the_scoring_code_changes_evaluate(package):
 
 def test_comments_and_docstrings_change_nothing(package):
     before = keys("paper")
-    edit(package / "answers.py", "import math\n", "import math  # a comment\n")
+    edit(package / "scoring" / "answers.py", "import math\n", "import math  # a comment\n")
     edit(package / "generation" / "vllm_backend.py", '"""vLLM backend', '"""The vLLM backend')
     assert keys("paper") == before
 
@@ -110,19 +112,19 @@ def test_a_pure_move_keeps_every_key(package, monkeypatch):
     """Modules moved into other folders, their importers and the strings naming them rewritten: every
     finished step stays reusable (the key hashes what the code is, not where it lives)."""
     paper, offline = keys("paper"), keys("offline", "transformers")
-    _move(package, "answers", "scoring")                     # imported by name and from: by most phases
+    _move(package, "scoring/answers", "grading")             # imported by name and from: by most phases
     _move(package, "generation/vllm_backend", "engines")    # named by a string (generation/registry.py)
-    _move(package, "lineage", "tracking_room")
+    _move(package, "tracking/lineage", "records")
     # The running cache_keys is not the edited copy: its own string naming the backend, as the copy now has it.
     monkeypatch.setitem(cache_keys.BACKEND_MODULES, "vllm", "distill.engines.vllm_backend")
-    assert (package / "scoring" / "answers.py").is_file() and not (package / "answers.py").exists()
+    assert (package / "grading" / "answers.py").is_file() and not (package / "scoring" / "answers.py").exists()
     assert keys("paper") == paper and keys("offline", "transformers") == offline
 
 
 def test_a_moved_module_that_changed_is_other_code(package):
     before = keys("paper")
-    _move(package, "answers", "scoring")
-    edit(package / "scoring" / "answers.py", "import math\n", "import math\nEDITED = 1\n")
+    _move(package, "scoring/answers", "grading")
+    edit(package / "grading" / "answers.py", "import math\n", "import math\nEDITED = 1\n")
     assert keys("paper")["evaluate"] != before["evaluate"]
 
 
@@ -136,25 +138,25 @@ def test_shipped_data_counts_only_where_it_is_read(package):
 
 
 def test_code_files_names_what_changed(package):
-    config.load_preset("paper")
+    presets.load_preset("paper")
     before = cache_keys.code_files("evaluate", "paper", "transformers")
-    assert "distill/answers.py" in before and "distill/presets/paper.yaml" in before
+    assert "distill/scoring/answers.py" in before and "distill/presets/paper.yaml" in before
     assert "distill/presets/offline.yaml" not in before and "distill/generation/vllm_backend.py" not in before
     assert "distill/generation/hf.py" in before
 
 
 @pytest.mark.parametrize("text,expected", [("true", True), ("False", False), ("ignore_code", "ignore_code")])
 def test_reuse_mode(text, expected):
-    assert tracking.reuse_mode(text) == expected
+    assert params_text.reuse_mode(text) == expected
 
 
 def test_reuse_mode_rejects_other_values():
     with pytest.raises(DistillError, match="reuse must be true, false or ignore_code"):
-        tracking.reuse_mode("sometimes")
+        params_text.reuse_mode("sometimes")
 
 
 def _phase(params, reuse=True):
-    with tracking.phase_run("select", params, reuse=reuse) as pr:
+    with phase_runs.phase_run("select", params, reuse=reuse) as pr:
         if not pr.reused:
             import mlflow
 
@@ -166,7 +168,7 @@ def _phase(params, reuse=True):
 def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(package, capsys):
     import mlflow
 
-    config.load_preset("paper")
+    presets.load_preset("paper")
     params = {"preset": "paper", "n": 5}
     first = _phase(params)
     assert not first.reused and _phase(params).reused

@@ -12,18 +12,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from distill import DistillError
-from distill.phases.evaluate import EvaluateParams
-from distill.phases.evaluate import run as evaluate
-from distill.phases.select import SelectParams
-from distill.phases.select import run as select
-from distill.phases.sft import SftParams, checkpoint_root, mix
-from distill.phases.sft import run as sft
-from distill.phases.teacher import TeacherParams
-from distill.phases.teacher import run as teacher
-from distill.phases.translate import TranslateParams
-from distill.phases.translate import run as translate
-from distill import checkpoints
-from distill.checkpoints import UPLOAD_COMPLETE
+from distill.phases.evaluate import EvaluateParams, run as evaluate
+from distill.phases.select import SelectParams, run as select
+from distill.phases.sft import SftParams, checkpoint_root, mix, run as sft
+from distill.phases.teacher import TeacherParams, run as teacher
+from distill.phases.translate import TranslateParams, run as translate
+from distill.training import checkpoints
+from distill.training.checkpoints import UPLOAD_COMPLETE
 from tests.conftest import ROOT
 
 
@@ -203,7 +198,7 @@ def test_padding_free_without_flash_attention_is_refused_before_a_run_starts(stu
 def test_a_partly_uploaded_checkpoint_is_not_resumed_from(tracking, tmp_path):  # noqa: F811
     """A try killed while uploading a checkpoint leaves a folder without its last file; resume takes the
     newest complete one (CI once resumed from such a folder: "Can't find a valid checkpoint")."""
-    from distill.checkpoints import checkpoint_from_runs
+    from distill.training.checkpoints import checkpoint_from_runs
 
     src = tmp_path / "src"
     src.mkdir()

@@ -19,12 +19,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from distill import checkpoints
-from distill.jsonl import write_jsonl
-from distill.phases.sft import SftParams
-from distill.phases.sft import run as sft
-from distill.prompts import RESOURCES, paper_prompt
-from distill.registry import registered_name
+from distill.data.jsonl import write_jsonl
+from distill.data.prompts import RESOURCES, paper_prompt
+from distill.phases.sft import SftParams, run as sft
+from distill.tracking.registry import registered_name
+from distill.training import checkpoints
 from tests.conftest import ROOT, free_port
 
 STUDENT = "qwen2.5-0.5b"

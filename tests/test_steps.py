@@ -7,8 +7,9 @@ import os
 import mlflow
 import pytest
 
-from distill import DistillError, tracking
-from distill import tracking as phase_tracking  # where a test's `tracking` is conftest's store fixture
+from distill import DistillError
+from distill.tracking import phase_runs
+from distill.tracking import phase_runs as phase_tracking  # where a test's `tracking` is conftest's store fixture
 from distill.phases import main as pipeline
 from tests import step_fixtures
 from tests.step_fixtures import FixtureParams
@@ -39,7 +40,7 @@ def test_a_step_runs_in_its_own_process_nested_under_main(steps):
 def test_a_failed_step_is_named_with_its_run(steps, how, message):
     step, _ = steps
     started = []
-    with pytest.raises(DistillError) as e, tracking.on_phase_run(started.append):
+    with pytest.raises(DistillError) as e, phase_runs.on_phase_run(started.append):
         step("fixture", step_fixtures.run, FixtureParams(how=how))
     assert len(started) == 1  # reported by the child as it started, before it died
     assert str(e.value) == (f"step fixture failed (run {started[0].run_id}): {message}; type the same command again "
@@ -60,7 +61,7 @@ def test_a_step_fed_a_run_main_just_made_skips_the_lookups_before_its_claim(step
 def test_fresh_inputs_still_find_a_finished_run_after_the_claim(tracking, monkeypatch):  # noqa: F811
     """The lookups skipped before the claim are a saving, not a hole: the one after it still finds the work
     done (here: by another `main` that reused the same input and finished first) and points at it."""
-    from distill import claims
+    from distill.tracking import claims
 
     params = {"preset": "offline", "x": "1"}
     with phase_tracking.phase_run("select", params) as done:
@@ -90,7 +91,7 @@ def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
     before its first step (bad input, all reused) must not wait ~10 s for the server's imports to finish."""
     code = ("import os, time\n"
             "from multiprocessing import forkserver\n"
-            "from distill import steps\n"
+            "from distill.phases.main import steps\n"
             "steps.start_server_early()\n"
             "pid = forkserver._forkserver._forkserver_pid\n"
             "time.sleep(0.5)\n"
@@ -102,11 +103,11 @@ def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
 
 
 def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(tmp_path):
-    """distill.step_preload warms MLflow's SQLite store so that steps inherit it; an SQLite connection that
+    """distill.phases.main.step_preload warms MLflow's SQLite store so that steps inherit it; an SQLite connection that
     crossed a fork could corrupt the file, so none may be open when the server forks."""
     code = ("import os\n"
             "from mlflow.tracking import MlflowClient\n"
-            "from distill import store\n"
+            "from distill.tracking import store\n"
             "store.warm_tracking_store()\n"
             "db = os.path.realpath('m.db')\n"
             "held = [fd for fd in os.listdir('/proc/self/fd') if os.path.realpath(f'/proc/self/fd/{fd}') == db]\n"
@@ -126,7 +127,7 @@ def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(t
     then (bad input, an early error) waits for the setup instead of leaving a half-made file behind."""
     code = ("import os, time\n"
             "import mlflow  # as in `main`, imported by now: the stop below is at once\n"
-            "from distill import steps\n"
+            "from distill.phases.main import steps\n"
             "steps.start_server_early()\n"
             "deadline = time.time() + 120\n"
             "while not os.path.exists('m.db') and time.time() < deadline:\n"
@@ -141,7 +142,7 @@ def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(t
 
 PARENT = """
 import multiprocessing, os, sys, time
-from distill.steps import die_with
+from distill.phases.main.steps import die_with
 
 def child(waiter):
     die_with(waiter)

@@ -7,9 +7,10 @@ import time
 import mlflow
 import pytest
 
-from distill import DistillError, store
+from distill import DistillError
 from distill.cli import run_phase
-from distill.redact import redact_uri
+from distill.tracking import store
+from distill.tracking.redact import redact_uri
 from tests.conftest import free_port
 
 

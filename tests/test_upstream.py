@@ -1,4 +1,4 @@
-"""Entry points build what they need (distill.upstream), through the real `mlflow run` on fresh stores: the
+"""Entry points build what they need (distill.phases.main.upstream), through the real `mlflow run` on fresh stores: the
 design card's line verbatim, typed again, `plan=true`, `upstream=false`, and `evaluate` of a student that
 does not exist yet."""
 
@@ -10,10 +10,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from distill import lineage, steps
 from distill.phases import sft as sft_phase
+from distill.phases.main import steps
+from distill.phases.main.targets import UpstreamParams
 from distill.phases.sft import SftParams
-from distill.targets import UpstreamParams
+from distill.tracking import lineage
 from tests.conftest import ROOT
 
 DESIGN_CARD = ["-e", "sft", "--env-manager", "local", "-P", "teacher=7B"]
@@ -102,12 +103,12 @@ def test_evaluate_of_a_student_not_trained_yet_trains_it_first(tmp_path):
 
 
 def test_the_upstream_steps_that_load_a_model_run_in_processes_of_their_own(tracking, monkeypatch):
-    """What `main` does (distill.steps): translate, each teacher and every sft go to a process of their own,
+    """What `main` does (distill.phases.main.steps): translate, each teacher and every sft go to a process of their own,
     select runs here; all of them nested under the entry point's run."""
     import importlib
 
-    from distill import tracking as phase_tracking
-    from distill import upstream
+    from distill.phases.main import upstream
+    from distill.tracking import phase_runs as phase_tracking
 
     handed = []
 
@@ -132,9 +133,10 @@ def test_the_upstream_steps_that_load_a_model_run_in_processes_of_their_own(trac
 
 
 def test_a_bad_setting_of_the_target_stops_it_before_its_upstream_runs(tracking, capsys):
-    from distill import DistillError, upstream
+    from distill import DistillError
     from distill.phases import evaluate
     from distill.phases.evaluate import EvaluateParams
+    from distill.phases.main import upstream
 
     with pytest.raises(DistillError, match="unknown batching 'foo'"):
         upstream.run("sft", sft_phase, SftParams(teacher="7B", batching="foo"), UpstreamParams())

@@ -12,12 +12,12 @@ import types
 import pytest
 
 from distill import DistillError
-from distill.config import ModelRef, load_preset
-from distill.generation import GenerationConfig
-from distill.generation import vllm_backend
+from distill.config.models import ModelRef
+from distill.config.presets import load_preset
+from distill.data.prompts import chat_messages
+from distill.generation import GenerationConfig, vllm_backend
+from distill.generation.options import engine_sizing, lazy_generate, open_generator
 from distill.generation.vllm_backend import CONTEXT_MARGIN, cuda_problem, engine_kwargs
-from distill.prompts import chat_messages
-from distill.runner import engine_sizing, lazy_generate, open_generator
 
 
 class Calls(list):
@@ -120,12 +120,10 @@ def test_each_keyword_is_a_field_of_vllm_engine_args():
 def test_a_step_opens_one_engine_for_all_its_shards_and_shuts_it_down(fake_vllm, tracking):
     import mlflow
 
-    from distill.phases.teacher import TeacherParams
-    from distill.phases.teacher import run as teacher
-    from distill.phases.translate import TranslateParams
-    from distill.phases.translate import run as translate
-    from distill.tiny import tiny_model_dir
-    from distill.tracking import read_jsonl_artifact
+    from distill.phases.teacher import TeacherParams, run as teacher
+    from distill.phases.translate import TranslateParams, run as translate
+    from distill.standins.tiny import tiny_model_dir
+    from distill.tracking.phase_runs import read_jsonl_artifact
 
     translated = translate(TranslateParams(limit=12, max_new_tokens=8))  # transformers: the fake is vLLM only
     run = mlflow.get_run(teacher(TeacherParams(teacher="7B", backend="vllm", shard_size=5, max_new_tokens=64)))
@@ -153,7 +151,7 @@ def test_the_engine_is_shut_down_when_the_step_fails(fake_vllm, tiny_teacher, mo
 
 
 def test_vllm_shards_are_the_preset_size_and_others_256():
-    from distill.params import resolve
+    from distill.config.params import resolve
     from distill.phases.teacher import TeacherParams
 
     paper = load_preset("paper")

@@ -1,6 +1,6 @@
 """The `evaluate` phase: score any model on Japanese GSM8K and log everything a comparison needs.
 
-`accuracy` is the paper's: the last number of the output (distill/answers.py). Logged beside it on
+`accuracy` is the paper's: the last number of the output (distill/scoring/answers.py). Logged beside it on
 every run: `accuracy_answer_line` (the last number on the final `解答:` line), and for the few-shot
 baseline, which runs on past its answer as the paper's did (no stop string, repetition penalty 1.1),
 `accuracy_cut_at_next_question` (the same output cut where the model starts inventing a new question).
@@ -14,19 +14,21 @@ from contextlib import closing
 from dataclasses import dataclass
 
 from distill import DistillError
-from distill.answers import format_number, score
-from distill.config import RUN_ID_RE, ModelRef, load_preset, resolve_model
-from distill.context import check_context
-from distill.data import load_eval_set, repeated_questions
-from distill.prompts import chat_messages, cut_at_next_question, few_shot_prompt, mgsm_exemplars, plain_prompt
-from distill.cache_keys import data_digest
-from distill.checks import Rule
-from distill.params import Default, limit_param, param, preset_param, resolve, reuse_param
-from distill.runner import (GenerationOptions, check_backend, engine_sizing, generation_config, open_generator,
+from distill.config.checks import Rule
+from distill.config.params import Default, limit_param, param, preset_param, resolve, reuse_param
+from distill.config.models import RUN_ID_RE, ModelRef, resolve_model
+from distill.config.presets import load_preset
+from distill.data.prompts import chat_messages, cut_at_next_question, few_shot_prompt, mgsm_exemplars, plain_prompt
+from distill.data.questions import load_eval_set, repeated_questions
+from distill.generation.context import check_context
+from distill.scoring.answers import format_number, score
+from distill.tracking.cache_keys import data_digest
+from distill.generation.options import (GenerationOptions, check_backend, engine_sizing, generation_config, open_generator,
                             timed_generate, with_model_parallelism)
-from distill.stats import accuracy_metrics
-from distill import params, registry, tracking
-from distill.lineage import (BASELINE, EVAL_SET, LOGGED_MODEL, MODE, MODEL, MODEL_ID, PHASE, REGISTERED_MODEL,
+from distill.config import params
+from distill.scoring.stats import accuracy_metrics
+from distill.tracking import registry, phase_runs
+from distill.tracking.lineage import (BASELINE, EVAL_SET, LOGGED_MODEL, MODE, MODEL, MODEL_ID, PHASE, REGISTERED_MODEL,
                              REGISTERED_VERSION, ROLE, SEED, SFT_RUN_ID, STUDENT, TEACHER)
 
 console = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ CUT = "cut_at_next_question"
 
 
 def _lineage_from_run(run_id: str) -> dict[str, str]:
-    run = tracking.get_run(run_id)
+    run = phase_runs.get_run(run_id)
     tags = run.data.tags
     if tags.get(PHASE) != "sft":
         raise DistillError(f"run {run_id} is not an sft run (phase {tags.get(PHASE)!r}); "
@@ -213,13 +215,13 @@ def run(p: EvaluateParams) -> str:
     tags[ROLE] = who["role"]
     if few_shot:
         tags[BASELINE] = f"{shots}-shot"
-    with tracking.phase_run("evaluate", logged, key=key_payload(settled, preset), tags=tags, reuse=p.reuse,
+    with phase_runs.phase_run("evaluate", logged, key=key_payload(settled, preset), tags=tags, reuse=p.reuse,
                             run_name=f"evaluate-{who['model_name']}") as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
 
-        tracking.log_dataset([e.to_dict() for e in examples], name=eval_set.split("/")[-1], source=source,
+        phase_runs.log_dataset([e.to_dict() for e in examples], name=eval_set.split("/")[-1], source=source,
                              context="evaluation")
         prompts = build_prompts([e.question for e in examples], p.mode, p.prompt_format, shots)
         check_context(ref, p.backend, prompts, config.max_new_tokens, [e.id for e in examples])  # before any loading
@@ -247,7 +249,7 @@ def run(p: EvaluateParams) -> str:
         if few_shot:
             metrics.update(accuracy_metrics([r[f"correct_{CUT}"] for r in records], CUT))
         mlflow.log_metrics(metrics, model_id=lineage.get(MODEL_ID) or None)
-        tracking.log_records(records, "predictions")
+        phase_runs.log_records(records, "predictions")
         if lineage.get(REGISTERED_MODEL):
             registry.note_accuracy(lineage, metrics, pr.run_id, eval_set)
         line = (f"evaluate {ref.name} on {eval_set}: accuracy {metrics['accuracy']:.2f}% "

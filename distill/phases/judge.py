@@ -19,14 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from distill import DistillError
-from distill.config import load_preset
-from distill.data import reference_solutions
+from distill.config import params
+from distill.config.checks import Rule
+from distill.config.params import Default, count_param, param, preset_param, resolve, reuse_param, upstream_param
+from distill.config.presets import load_preset
+from distill.data.prompts import judge_messages
+from distill.data.questions import reference_solutions
 from distill.generation.openai_backend import make_client
-from distill.prompts import judge_messages
-from distill.checks import Rule
-from distill.params import Default, count_param, param, preset_param, resolve, reuse_param, upstream_param
-from distill import params, shards, tracking
-from distill.lineage import EVAL_SET, INCOMPLETE, SEED, SFT_RUN_ID, STUDENT, TEACHER
+from distill.tracking import shards, phase_runs
+from distill.tracking.lineage import EVAL_SET, INCOMPLETE, SEED, SFT_RUN_ID, STUDENT, TEACHER
 
 console = logging.getLogger(__name__)
 
@@ -179,8 +180,8 @@ def run(p: ErrorsParams) -> str:
     preset = load_preset(p.preset)
     p = settle(p, preset)            # before any work
     model, base_url = p.judge_model, (None if p.judge_base_url == API else p.judge_base_url)
-    eval_run = tracking.require_run(p.eval_run, "evaluate", "errors")
-    predictions = tracking.read_jsonl_artifact(eval_run.info.run_id, "predictions.jsonl")
+    eval_run = phase_runs.require_run(p.eval_run, "evaluate", "errors")
+    predictions = phase_runs.read_jsonl_artifact(eval_run.info.run_id, "predictions.jsonl")
     wrong = [r for r in predictions if not r["correct"]]
     references = reference_solutions([r["id"] for r in wrong])
     for r in wrong:
@@ -188,7 +189,7 @@ def run(p: ErrorsParams) -> str:
     lineage = {k: v for k, v in eval_run.data.tags.items()
                if k in (STUDENT, TEACHER, SEED, SFT_RUN_ID, EVAL_SET)}
     logged = {"preset": preset.name, "judge_model": model, "judge_base_url": p.judge_base_url, "n_wrong": len(wrong)}
-    with tracking.phase_run("errors", logged, {"eval_run_id": eval_run.info.run_id}, tags=lineage,
+    with phase_runs.phase_run("errors", logged, {"eval_run_id": eval_run.info.run_id}, tags=lineage,
                             reuse=p.reuse, key=params.key_payload(p, preset)) as pr:
         if pr.reused:
             return pr.run_id

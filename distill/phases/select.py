@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
-from distill.config import load_preset
-from distill.jsonl import write_jsonl
-from distill.prompts import plain_prompt
-from distill.checks import Rule
-from distill.params import param, preset_param, resolve, reuse_param, seed_param, upstream_param
-from distill import lineage, params, tracking
-from distill.params_text import lists_from_text
+from distill.config import params
+from distill.config.checks import Rule
+from distill.config.params import param, preset_param, resolve, reuse_param, seed_param, upstream_param
+from distill.config.params_text import lists_from_text
+from distill.config.presets import load_preset
+from distill.data.jsonl import write_jsonl
+from distill.data.prompts import plain_prompt
+from distill.tracking import lineage, phase_runs
 
 console = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ def choose(ids: list[str], n: int, seed: int) -> list[str]:
 
 def _teacher_runs(p: SelectParams, preset) -> list:
     if p.teacher_runs:
-        runs = [tracking.require_run(rid, "teacher", "select") for rid in p.teacher_runs]
+        runs = [phase_runs.require_run(rid, "teacher", "select") for rid in p.teacher_runs]
     else:
-        latest_translation = tracking.require_run(None, "translate", "select", params={"preset": preset.name})
+        latest_translation = phase_runs.require_run(None, "translate", "select", params={"preset": preset.name})
         runs = lineage.teacher_runs_of(latest_translation.info.run_id)
     teachers = [r.data.tags.get(lineage.TEACHER) for r in runs]
     if len(runs) < 2:
@@ -117,8 +118,8 @@ def run(p: SelectParams) -> str:
     order = {name: i for i, name in enumerate(preset.teachers)}  # preset order: small to large
     runs.sort(key=lambda r: (order.get(r.data.tags[lineage.TEACHER], len(order)), r.data.tags[lineage.TEACHER]))
     translation_run_id = runs[0].data.tags[lineage.TRANSLATION_RUN_ID]
-    answers = {r.data.tags[lineage.TEACHER]: tracking.read_jsonl_artifact(r.info.run_id, "answers.jsonl") for r in runs}
-    translations = {t["id"]: t for t in tracking.read_jsonl_artifact(translation_run_id, "translations.jsonl")}
+    answers = {r.data.tags[lineage.TEACHER]: phase_runs.read_jsonl_artifact(r.info.run_id, "answers.jsonl") for r in runs}
+    translations = {t["id"]: t for t in phase_runs.read_jsonl_artifact(translation_run_id, "translations.jsonl")}
     ids = qualifying_ids(answers, translations, rule, keep_truncated)
     n_truncated = {t: sum(truncated(a) for a in rows) for t, rows in answers.items()}
     if len(ids) < n:
@@ -142,7 +143,7 @@ def run(p: SelectParams) -> str:
                 **{f"teacher_run_id.{r.data.tags[lineage.TEACHER]}": r.info.run_id for r in runs}}
     tags = {lineage.TEACHERS: ",".join(teachers),
             lineage.TEACHER_RUN_IDS: json.dumps({r.data.tags[lineage.TEACHER]: r.info.run_id for r in runs})}
-    with tracking.phase_run("select", logged, upstream, tags=tags, reuse=p.reuse, key=params.key_payload(p, preset)) as pr:
+    with phase_runs.phase_run("select", logged, upstream, tags=tags, reuse=p.reuse, key=params.key_payload(p, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
@@ -158,7 +159,7 @@ def run(p: SelectParams) -> str:
                 path = tmp / "train" / f"{teacher}.jsonl"
                 path.parent.mkdir(exist_ok=True)
                 write_jsonl(path, train)
-                tracking.log_dataset(train, name=f"train-{teacher}", source=f"runs:/{pr.run_id}/train/{teacher}.jsonl",
+                phase_runs.log_dataset(train, name=f"train-{teacher}", source=f"runs:/{pr.run_id}/train/{teacher}.jsonl",
                                      context=f"training:{teacher}")
             dev = [{"id": i, "question": translations[i]["question_ja"], "answer_number": translations[i]["answer_number"]}
                    for i in dev_ids]

@@ -1,9 +1,9 @@
 """The `sft` phase: full-parameter SFT of one base student on one teacher's answers, with TRL.
 
-The training itself is `distill.training.train` (shared with `sweep`); this phase finds the data, makes
-the run and trains; distill/registry.py logs, checks and registers the student. Defaults are the paper's
+The training itself is `distill.training.train.train` (shared with `sweep`); this phase finds the data, makes
+the run and trains; distill/tracking/registry.py logs, checks and registers the student. Defaults are the paper's
 Table 2. Under torchrun or `accelerate launch` every rank trains and only rank 0 talks to MLflow: it sends
-the other ranks what to do (distill/ranks.py), and the batch of a step stays Table 2's (distill/batching.py).
+the other ranks what to do (distill/training/ranks.py), and the batch of a step stays Table 2's (distill/training/batching.py).
 """
 
 from __future__ import annotations
@@ -17,18 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
-from distill.config import load_preset, preset_spelling, resolve_role
-from distill.cache_keys import data_digest
-from distill.checks import SEED, Rule
-from distill.params import (Default, count_param, limit_param, param, preset_param, resolve, reuse_param,
+from distill.config.checks import SEED, Rule
+from distill.config.models import preset_spelling, resolve_role
+from distill.config.presets import load_preset
+from distill.tracking.cache_keys import data_digest
+from distill.config.params import (Default, count_param, limit_param, param, preset_param, resolve, reuse_param,
                             upstream_param)
-from distill.params_text import yes_no
-from distill.batching import split_batch
-from distill.checkpoints import check_keep, checkpoint_root, resume_point
-from distill.checkpoints import remove as remove_checkpoints
-from distill.names import teacher_names
-from distill.training import TrainConfig, train
-from distill import lineage, params, ranks, registry, tracking
+from distill.config import params
+from distill.config.names import teacher_names
+from distill.config.params_text import yes_no
+from distill.tracking import lineage, registry, phase_runs
+from distill.training import ranks
+from distill.training.batching import split_batch
+from distill.training.checkpoints import check_keep, checkpoint_root, resume_point, remove as remove_checkpoints
+from distill.training.train import TrainConfig, train
 
 console = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ def mix(sets: dict[str, list[dict]], seed: int) -> list[dict]:
 
 def find_select_run(p: SftParams, teachers: list[str], preset):
     if p.select_run:
-        run = tracking.require_run(p.select_run, "select", "sft")
+        run = phase_runs.require_run(p.select_run, "select", "sft")
     else:
         run = lineage.select_run_for(teachers, preset.name)
         if run is None:
@@ -176,7 +178,7 @@ def find_select_run(p: SftParams, teachers: list[str], preset):
 def load_training_rows(p: SftParams, teachers: list[str], preset) -> tuple[list[dict], dict[str, str], str, object]:
     """Training rows, upstream run ids, a description of the data's source, and the select run."""
     if p.train_file:
-        from distill.jsonl import read_train_file
+        from distill.data.jsonl import read_train_file
 
         path = Path(p.train_file).expanduser().absolute()
         if not path.is_file():
@@ -184,7 +186,7 @@ def load_training_rows(p: SftParams, teachers: list[str], preset) -> tuple[list[
         return read_train_file(path), {}, str(path.resolve()), None
     run = find_select_run(p, teachers, preset)
     run_ids = lineage.teacher_run_ids(run)
-    sets = {t: tracking.read_jsonl_artifact(run.info.run_id, f"train/{t}.jsonl") for t in teachers}
+    sets = {t: phase_runs.read_jsonl_artifact(run.info.run_id, f"train/{t}.jsonl") for t in teachers}
     rows = sets[teachers[0]] if len(teachers) == 1 else mix(sets, p.seed)
     upstream = {"select_run_id": run.info.run_id, "teacher_run_id": ",".join(run_ids.get(t, "") for t in teachers)}
     source = f"runs:/{run.info.run_id}/train/{teachers[0]}.jsonl" if len(teachers) == 1 else f"runs:/{run.info.run_id}/train"
@@ -221,7 +223,7 @@ def default_seed(preset) -> int:
 
 
 def preflight(p: SftParams) -> None:
-    """What run() would refuse before any work, asked before an entry point builds the upstream (distill.upstream):
+    """What run() would refuse before any work, asked before an entry point builds the upstream (distill.phases.main.upstream):
     a bad name or setting stops it at once, not after the teachers have run."""
     preset = load_preset(p.preset)
     settle(p if p.student else dataclasses.replace(p, student=(preset.grid.students or preset.students)[0]), preset)
@@ -280,23 +282,23 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
     logged = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "student_source": student.source,
               **h, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
     tags = {lineage.TEACHER: p.teacher, lineage.STUDENT: student.name, lineage.SEED: str(p.seed)}
-    with tracking.phase_run("sft", logged, upstream, tags=tags, reuse=p.reuse,
+    with phase_runs.phase_run("sft", logged, upstream, tags=tags, reuse=p.reuse,
                             key=key_payload(p, student, rows, preset)) as pr:
         if pr.reused:
             tell({"reused": pr.run_id})
             return pr.run_id
         import mlflow
 
-        digest = tracking.log_dataset(rows, name=f"train-{p.teacher}", source=source, context="training")
+        digest = phase_runs.log_dataset(rows, name=f"train-{p.teacher}", source=source, context="training")
         mlflow.set_tag(lineage.TRAIN_DIGEST, digest)
-        earlier = tracking.earlier_tries(pr, tag=False)  # tagged with the checkpoint it resumes from
+        earlier = phase_runs.earlier_tries(pr, tag=False)  # tagged with the checkpoint it resumes from
         out_dir = Path(p.output_dir) if p.output_dir else checkpoint_root() / pr.key
         resume = resume_point(out_dir, earlier)
         if resume is not None:
             mlflow.set_tag(lineage.RESUMED_FROM, f"{','.join(earlier) or 'local'}:{resume.name}")
             console.info(f"sft: resuming from {resume}")
         bf16 = use_bf16(p.bf16, preset)
-        tracking.log_params_merged(mlflow.active_run(), {"bf16_used": bf16, "keep_checkpoints": p.keep_checkpoints})
+        phase_runs.log_params_merged(mlflow.active_run(), {"bf16_used": bf16, "keep_checkpoints": p.keep_checkpoints})
         tell({"reused": "", "rows": rows, "out_dir": str(out_dir), "resume": str(resume) if resume else ""})
         model, tokenizer, stats = train(student, rows, train_config(p, h, bf16, out_dir, pr.run_id, resume, earlier))
         mlflow.log_metrics(stats)

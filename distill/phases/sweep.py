@@ -15,15 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
-from distill.config import load_preset, resolve_role
-from distill import lineage, params, tracking
-from distill.checks import Rule, check_from_preset
-from distill.params import (Default, count_param, limit_param, param, preset_file_name, preset_param, resolve,
+from distill.config import params
+from distill.config.checks import Rule, check_from_preset
+from distill.config.models import resolve_role
+from distill.config.presets import load_preset
+from distill.tracking import lineage, phase_runs
+from distill.config.params import (Default, count_param, limit_param, param, preset_file_name, preset_param, resolve,
                             seed_param, spec, upstream_param)
-from distill.params_text import lists_from_text
-from distill.runner import max_new_tokens_param
-from distill.redact import has_password, redact_uri
-from distill.schema_lock import creation_lock
+from distill.config.params_text import lists_from_text
+from distill.generation.options import max_new_tokens_param
+from distill.tracking.redact import has_password, redact_uri
+from distill.tracking.schema_lock import creation_lock
 
 console = logging.getLogger(__name__)
 
@@ -89,10 +91,10 @@ def suggest(trial, space: dict) -> dict:
 
 
 def dev_accuracy(model, tokenizer, dev: list[dict], max_new_tokens: int) -> float:
-    from distill.answers import extract_answer, is_correct
+    from distill.data.prompts import plain_prompt
     from distill.generation import GenerationConfig
     from distill.generation.hf import TransformersGenerator
-    from distill.prompts import plain_prompt
+    from distill.scoring.answers import extract_answer, is_correct
 
     was_training = model.training
     gen = TransformersGenerator("in-memory", model=model, tokenizer=tokenizer, device=str(model.device))
@@ -151,8 +153,7 @@ def reuse_key(p: SweepParams, preset) -> dict:
 def run(p: SweepParams) -> str:
     import optuna
 
-    from distill.phases.sft import SftParams, find_select_run, resolved_hparams, use_bf16
-    from distill.phases.sft import run as sft_run
+    from distill.phases.sft import SftParams, find_select_run, resolved_hparams, use_bf16, run as sft_run
 
     check_storage(p.storage)
     preset = load_preset(p.preset)
@@ -160,8 +161,8 @@ def run(p: SweepParams) -> str:
     n_trials = p.n_trials
     select_run = find_select_run(SftParams(teacher=p.teacher, student=p.student, select_run=p.select_run),
                                  [p.teacher], preset)
-    rows = tracking.read_jsonl_artifact(select_run.info.run_id, f"train/{p.teacher}.jsonl")
-    dev = tracking.read_jsonl_artifact(select_run.info.run_id, "dev.jsonl")
+    rows = phase_runs.read_jsonl_artifact(select_run.info.run_id, f"train/{p.teacher}.jsonl")
+    dev = phase_runs.read_jsonl_artifact(select_run.info.run_id, "dev.jsonl")
     dev = dev[:p.dev_limit] if p.dev_limit is not None else dev
     if not dev:
         raise DistillError(f"select run {select_run.info.run_id} has an empty dev split; run select with dev_size > 0")
@@ -172,7 +173,7 @@ def run(p: SweepParams) -> str:
     import mlflow
     from transformers import TrainerCallback
 
-    with tracking.phase_run("sweep", logged, {"select_run_id": select_run.info.run_id},
+    with phase_runs.phase_run("sweep", logged, {"select_run_id": select_run.info.run_id},
                             tags={lineage.TEACHER: p.teacher, lineage.STUDENT: student.name}, reuse=False,
                             key=params.key_payload(p, preset, student_source=student.source)) as pr:
         # Workers seeded alike would try the same settings in the same order.
@@ -196,9 +197,9 @@ def run(p: SweepParams) -> str:
                     control.should_training_stop = True
 
         def objective(trial):
+            from distill.config.models import materialize
             from distill.generation.hf import load_tokenizer
-            from distill.models import materialize
-            from distill.training import TrainConfig, train
+            from distill.training.train import TrainConfig, train
 
             hp = suggest(trial, space)
             sp = SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed, register=False, **hp)
@@ -253,7 +254,7 @@ def run_trials(study, objective, n_trials: int) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    from distill.sft_callbacks import TrainingDiverged
+    from distill.training.callbacks import TrainingDiverged
 
     states = tuple(TrialState[s] for s in COUNTED)
     ran = 0

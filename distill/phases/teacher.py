@@ -11,14 +11,16 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from distill.answers import format_number, score
-from distill.config import ModelRef, load_preset, resolve_role
-from distill.params import limit_param, param, preset_param, resolve, reuse_param, upstream_param
-from distill.prompts import chat_messages, paper_prompt
-from distill.runner import (GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate,
+from distill.config.params import limit_param, param, preset_param, resolve, reuse_param, upstream_param
+from distill.config.models import ModelRef, resolve_role
+from distill.config.presets import load_preset
+from distill.data.prompts import chat_messages, paper_prompt
+from distill.scoring.answers import format_number, score
+from distill.generation.options import (GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate,
                             with_model_parallelism)
-from distill.stats import accuracy_metrics, accuracy_with_ci
-from distill import lineage, params, shards, tracking
+from distill.config import params
+from distill.scoring.stats import accuracy_metrics, accuracy_with_ci
+from distill.tracking import lineage, shards, phase_runs
 
 console = logging.getLogger(__name__)
 
@@ -57,22 +59,22 @@ def reuse_key(p: TeacherParams, preset) -> dict:
 def run(p: TeacherParams) -> str:
     preset = load_preset(p.preset)
     p, ref = settle(p, preset)
-    translation = tracking.require_run(p.translation_run or None, "translate", "the teacher's questions",
+    translation = phase_runs.require_run(p.translation_run or None, "translate", "the teacher's questions",
                                        params={"preset": preset.name})
-    questions = tracking.read_jsonl_artifact(translation.info.run_id, "translations.jsonl")
+    questions = phase_runs.read_jsonl_artifact(translation.info.run_id, "translations.jsonl")
     questions = questions[:p.limit] if p.limit else questions
     config = generation_config(p)
     logged = {"preset": preset.name, "teacher": ref.name, "model_source": ref.source, "backend": p.backend,
               "limit": p.limit, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "prompt_format": "chat", "n_questions": len(questions)}
     upstream = {"translation_run_id": translation.info.run_id}
-    with tracking.phase_run("teacher", logged, upstream, tags={lineage.TEACHER: ref.name}, reuse=p.reuse,
+    with phase_runs.phase_run("teacher", logged, upstream, tags={lineage.TEACHER: ref.name}, reuse=p.reuse,
                             key=key_payload(p, ref, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
 
-        tracking.log_dataset([{k: q[k] for k in ("id", "question_ja", "answer_number", "flag")} for q in questions],
+        phase_runs.log_dataset([{k: q[k] for k in ("id", "question_ja", "answer_number", "flag")} for q in questions],
                              name="gsm8k-train-ja", source=f"runs:/{translation.info.run_id}/translations.jsonl",
                              context="training-questions")
 

@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from distill import DistillError
-from distill.answers import normalize
-from distill.config import ModelRef, load_preset
-from distill.names import did_you_mean, match_name
-from distill import lineage, params, tracking
-from distill.params import Default, param, preset_param, resolve, reuse_param, upstream_param
-from distill.params_text import lists_from_text
+from distill.config import params
+from distill.config.names import did_you_mean, match_name
+from distill.config.params import Default, param, preset_param, resolve, reuse_param, upstream_param
+from distill.config.params_text import lists_from_text
+from distill.config.models import ModelRef
+from distill.config.presets import load_preset
+from distill.scoring.answers import normalize
+from distill.tracking import lineage, phase_runs
 
 console = logging.getLogger(__name__)
 
@@ -54,8 +56,8 @@ class TokensParams:
 
 def load_counter(source: str):
     """A tokenizer by Hub id, folder or `tiny:` name (only the tokenizer is loaded)."""
+    from distill.config.models import materialize
     from distill.generation.hf import load_tokenizer
-    from distill.models import materialize
 
     return load_tokenizer(materialize(ModelRef(source, source)).tokenizer)
 
@@ -119,17 +121,17 @@ def run(p: TokensParams) -> str:
     preset = load_preset(p.preset)
     p = settle(p, preset)
     available, names = preset.tokenizers, p.tokenizers
-    select = tracking.require_run(p.select_run or None, "select", "tokens", params={"preset": preset.name})
+    select = phase_runs.require_run(p.select_run or None, "select", "tokens", params={"preset": preset.name})
     teachers = lineage.teachers_of(select)
     logged = {"preset": preset.name, "tokenizers": ",".join(f"{n}={available[n]}" for n in names),
               "teachers": ",".join(teachers)}
-    with tracking.phase_run("tokens", logged, {"select_run_id": select.info.run_id}, reuse=p.reuse,
+    with phase_runs.phase_run("tokens", logged, {"select_run_id": select.info.run_id}, reuse=p.reuse,
                             key=reuse_key(p, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
 
-        sets = {t: tracking.read_jsonl_artifact(select.info.run_id, f"train/{t}.jsonl") for t in teachers}
+        sets = {t: phase_runs.read_jsonl_artifact(select.info.run_id, f"train/{t}.jsonl") for t in teachers}
         rows, metrics, table = [], {}, []
         for name in names:
             tok = load_counter(available[name])
@@ -149,8 +151,8 @@ def run(p: TokensParams) -> str:
         metrics["n_answers"] = len(rows)
         metrics["n_tokenizers"] = len(names)
         mlflow.log_metrics(metrics)
-        tracking.log_records(rows, "token_counts")
-        tracking.log_records(table, "token_summary")
+        phase_runs.log_records(rows, "token_counts")
+        phase_runs.log_records(table, "token_summary")
         log_figure(token_figure(rows, names, teachers), "token_counts", pr.run_id)
         for t in table:
             console.info(f"tokens {t['tokenizer']:>14} {t['teacher']:>8}: mean {t.get('tokens_mean', float('nan')):.1f}, "

@@ -7,15 +7,17 @@ import logging
 import re
 from dataclasses import dataclass
 
-from distill.answers import normalize
-from distill.config import ModelRef, load_preset, resolve_model
-from distill.data import load_gsm8k
-from distill.prompts import translation_messages
-from distill.cache_keys import data_digest
-from distill.params import Default, limit_param, param, preset_param, resolve, reuse_param
-from distill.runner import (GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate,
+from distill.config.params import Default, limit_param, param, preset_param, resolve, reuse_param
+from distill.config.models import ModelRef, resolve_model
+from distill.config.presets import load_preset
+from distill.data.prompts import translation_messages
+from distill.data.questions import load_gsm8k
+from distill.scoring.answers import normalize
+from distill.tracking.cache_keys import data_digest
+from distill.generation.options import (GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate,
                             max_new_tokens_param, with_model_parallelism)
-from distill import lineage, params, shards, tracking
+from distill.config import params
+from distill.tracking import lineage, shards, phase_runs
 
 console = logging.getLogger(__name__)
 
@@ -105,13 +107,13 @@ def run(p: TranslateParams) -> str:
     logged = {"preset": preset.name, "translator": ref.source, "source": source, "limit": p.limit,
               "backend": p.backend, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
               "n_questions": len(rows)}
-    with tracking.phase_run("translate", logged, tags={lineage.TRANSLATOR: ref.source}, reuse=p.reuse,
+    with phase_runs.phase_run("translate", logged, tags={lineage.TRANSLATOR: ref.source}, reuse=p.reuse,
                             key=key_payload(p, rows, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
 
-        tracking.log_dataset([{k: r[k] for k in ("id", "question", "answer_number")} for r in rows],
+        phase_runs.log_dataset([{k: r[k] for k in ("id", "question", "answer_number")} for r in rows],
                              name="gsm8k-train-en", source="hf://datasets/openai/gsm8k" if source in ("hub", "openai/gsm8k") else source,
                              context="source")
 

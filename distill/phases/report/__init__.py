@@ -37,13 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from distill import DistillError
-from distill.config import load_preset
-from distill.names import did_you_mean, match_name
-from distill import lineage, params, tracking
-from distill.checks import SEED
-from distill.params import Default, param, resolve, reuse_param, upstream_param
-from distill.params_text import lists_from_text
+from distill.config import params
+from distill.config.checks import SEED
+from distill.config.names import did_you_mean, match_name
+from distill.config.params import Default, param, resolve, reuse_param, upstream_param
+from distill.config.params_text import lists_from_text
+from distill.config.presets import load_preset
 from distill.phases.report.document import render_report, report_note, summary_lines
+from distill.tracking import lineage, phase_runs
 from distill.phases.report.figures import (figure_accuracy, figure_errors, figure_tokens, teacher_colors,
                                            write_figure, write_plotlyjs)
 from distill.phases.report.inputs import Predictions, collect_inputs, load_tokens, ordered_names
@@ -158,7 +159,7 @@ def run(p: ReportParams) -> str:
               "tokens_run": p.tokens_run, "inputs_digest": inputs.digest()}
     upstream = {"tokens_run_id": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
     tags = {lineage.EVAL_SET: eval_set}
-    with tracking.phase_run("report", logged, upstream, tags=tags, reuse=p.reuse,
+    with phase_runs.phase_run("report", logged, upstream, tags=tags, reuse=p.reuse,
                             key=params.key_payload(p, preset, narrowed=narrow, inputs_digest=inputs.digest())) as pr:
         if pr.reused:
             return pr.run_id

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distill import DistillError
-from distill import lineage, tracking
+from distill.tracking import lineage, phase_runs
 
 CUT = "cut_at_next_question"
 # (judge letter, metric stem, label); metrics are `errors_<stem>` (count) and `errors_<stem>_frac`
@@ -110,7 +110,7 @@ def collect_inputs(eval_set: str, tokens_run: str = "") -> Inputs:
     wanted = {r.run_id for seeds in inputs.cells.values() for r in seeds.values()}
     inputs.errors.update(lineage.judgments_of(wanted))
     if tokens_run:
-        inputs.tokens_run = tracking.require_run(tokens_run, "tokens", "the report")
+        inputs.tokens_run = phase_runs.require_run(tokens_run, "tokens", "the report")
     else:
         inputs.tokens_run = lineage.newest_finished("tokens")
     return inputs
@@ -131,7 +131,7 @@ class Predictions:
     def get(self, run_id: str) -> dict[str, bool] | None:
         if run_id not in self._cache:
             try:
-                rows = tracking.read_jsonl_artifact(run_id, "predictions.jsonl")
+                rows = phase_runs.read_jsonl_artifact(run_id, "predictions.jsonl")
                 self._cache[run_id] = {str(r["id"]): bool(r["correct"]) for r in rows}
             except (DistillError, KeyError, ValueError, TypeError) as e:
                 self.unreadable[run_id] = str(e) if isinstance(e, DistillError) else f"malformed ({type(e).__name__}: {e})"
@@ -148,7 +148,7 @@ def error_counts(run) -> dict[str, float]:
         total = sum(counts.values())
         return {**counts, "n_wrong": float(m.get("n_wrong", total)), "n_judged": float(m.get("n_judged", total))}
     try:
-        rows = tracking.read_jsonl_artifact(run.info.run_id, "judgments.jsonl")
+        rows = phase_runs.read_jsonl_artifact(run.info.run_id, "judgments.jsonl")
     except DistillError:
         rows = []
     counts = {stem: float(sum(r.get("category") == letter for r in rows)) for letter, stem, _ in CATEGORIES}
@@ -159,6 +159,6 @@ def load_tokens(run) -> list[dict]:
     if run is None:
         return []
     try:
-        return tracking.read_jsonl_artifact(run.info.run_id, "token_counts.jsonl")
+        return phase_runs.read_jsonl_artifact(run.info.run_id, "token_counts.jsonl")
     except DistillError:
         return []

@@ -9,7 +9,7 @@ import numpy as np
 
 from distill.phases.report.inputs import Inputs, Predictions
 from distill.phases.report.tables import DASH, fmt, fmt_p, md_table
-from distill.stats import mcnemar, paired_bootstrap
+from distill.scoring.stats import mcnemar, paired_bootstrap
 
 
 def holm(pvalues) -> list[float]:

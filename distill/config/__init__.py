@@ -1,0 +1,1 @@
+"""Presets, model names, and every parameter declared once (help, preset path, rule, reuse key)."""

@@ -1,0 +1,1 @@
+"""Reading a number out of an answer, and the statistics of accuracies."""

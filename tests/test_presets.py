@@ -1,0 +1,122 @@
+"""Presets as typed data and parameters parsed in one place (distill/config/preset.py, distill/config/params_text.py, cli.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill import DistillError
+from distill.cli import parse_params
+from distill.config.params_text import split_list, yes_no
+from distill.config.environment import OFFLINE_ENV, offline_env
+from distill.config.presets import PRESET_DIR, load_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+# MLproject's parameters against the fields: tests/test_params.py.
+
+
+@pytest.mark.parametrize("name", ["paper", "offline"])
+def test_the_shipped_presets_load_as_typed_data(name):
+    preset = load_preset(name)
+    assert preset.name == name and preset.data.eval_set and preset.sft.seeds == [42]
+    assert preset.as_dict() == yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+
+
+def _write(tmp_path, edit) -> str:
+    data = yaml.safe_load((PRESET_DIR / "offline.yaml").read_text())
+    data["name"] = f"edited-{len(list(tmp_path.iterdir()))}"
+    edit(data)
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return str(path)
+
+
+def test_an_unknown_key_is_refused_naming_the_file_and_the_key(tmp_path):
+    path = _write(tmp_path, lambda d: d["sft"].update(learning_rte=1.0e-4))
+    with pytest.raises(DistillError, match=rf"preset file {path} has an unknown key 'sft.learning_rte'"):
+        load_preset(path)
+    path = _write(tmp_path, lambda d: d.update(teachrs={}))
+    with pytest.raises(DistillError, match=rf"{path} has an unknown key 'teachrs'"):
+        load_preset(path)
+
+
+def test_a_missing_key_is_refused_naming_the_file_and_the_key(tmp_path):
+    path = _write(tmp_path, lambda d: d["select"].pop("n"))
+    with pytest.raises(DistillError, match=rf"preset file {path} has no 'select.n'"):
+        load_preset(path)
+    path = _write(tmp_path, lambda d: d.pop("sweep"))
+    with pytest.raises(DistillError, match=rf"{path} has no 'sweep'"):
+        load_preset(path)
+
+
+def test_optional_keys_may_be_left_out(tmp_path):
+    path = _write(tmp_path, lambda d: (d["baseline"].pop("shots"), d.pop("description"), d["sweep"].pop("warmup_ratio")))
+    preset = load_preset(path)
+    assert preset.baseline.shots is None and preset.description is None
+    assert "warmup_ratio" not in preset.sweep.ranges()
+
+
+def test_preset_numbers_follow_the_rules_of_the_parameters_that_take_them(tmp_path):
+    from distill.config.params import check_preset, resolve
+    from distill.phases.select import SelectParams
+
+    path = _write(tmp_path, lambda d: d["select"].update(n=0))
+    preset = load_preset(path)  # its shape is right; its numbers are the parameters' business
+    message = rf"^preset {path}: select.n must be an integer >= 1 \(questions to select\) \(got 0\)$"
+    with pytest.raises(DistillError, match=message):
+        check_preset(preset, [SelectParams])        # an entry point, before it starts
+    with pytest.raises(DistillError, match=message):
+        resolve(SelectParams(), preset)             # a Python caller, when the value is taken
+    assert resolve(SelectParams(n=5), preset).n == 5  # typed: the preset's value is not taken
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("Yes", True), (" 1 ", True), ("on", True), ("y", True),
+                                         ("false", False), ("NO", False), ("0", False), ("off", False), ("n", False)])
+def test_yes_no(text, value):
+    assert yes_no(text) is value
+
+
+def test_yes_no_refuses_anything_else_by_name():
+    with pytest.raises(DistillError, match="register: expected true or false, got 'maybe'"):
+        yes_no("maybe", "register")
+    from distill.phases.sft import SftParams
+
+    with pytest.raises(DistillError, match="^register: expected true or false, got 'maybe'$"):
+        parse_params(SftParams, ["--teacher", "7B", "--student", "s", "--register", "maybe"])
+
+
+def test_lists_are_parsed_once():
+    from distill.phases.main import MainParams
+    from distill.phases.report import ReportParams
+
+    assert split_list(" 7B, 72B ,,") == ["7B", "72B"] and split_list("") == [] and split_list(None) == []
+    p = parse_params(MainParams, ["--teachers", "7B,72B", "--students", "", "--seeds", "None"])
+    assert (p.teachers, p.students, p.seeds) == (["7B", "72B"], [], [])
+    assert ReportParams(teachers="7B, 72b").teachers == ["7B", "72b"]  # a Python caller's text, split there
+    with pytest.raises(DistillError, match="seeds must be comma-separated numbers"):
+        parse_params(MainParams, ["--seeds", "1,x"])
+
+
+@pytest.mark.parametrize("unset", ["", "None"])
+def test_an_unset_mlflow_value_means_the_preset(unset):
+    from distill.phases.teacher import TeacherParams
+
+    p = parse_params(TeacherParams, ["--teacher", "7B", "--batch_size", unset, "--max_new_tokens", unset])
+    assert p.batch_size is None and p.max_new_tokens is None
+
+
+def test_a_typed_zero_is_refused_by_name():
+    from distill.phases.teacher import TeacherParams
+
+    with pytest.raises(DistillError, match=r"^batch_size must be an integer >= 1 \(got 0\)"):
+        parse_params(TeacherParams, ["--teacher", "7B", "--batch_size", "0"])
+
+
+def test_the_offline_variables_are_set_in_one_place(monkeypatch):
+    for name in OFFLINE_ENV:
+        monkeypatch.setenv(name, "0")
+    assert {n: os.environ[n] for n in offline_env()} and all(os.environ[n] == "0" for n in OFFLINE_ENV)
+    assert {n: v for n, v in offline_env({}, force=True).items()} == dict.fromkeys(OFFLINE_ENV, "1")
