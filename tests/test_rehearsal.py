@@ -94,7 +94,7 @@ def test_the_stand_in_cache_has_every_id_in_the_real_layout(standins):
     for repo_id, role in rehearsal.preset_models(PAPER).items():
         repo = hub / f"models--{repo_id.replace('/', '--')}"
         commit = (repo / "refs" / "main").read_text()
-        assert (repo / "snapshots" / commit / "presets.json").is_symlink()
+        assert (repo / "snapshots" / commit / "config.json").is_symlink()
         tok = AutoTokenizer.from_pretrained(repo_id, cache_dir=hub, local_files_only=True)
         has_template = bool(tok.chat_template)
         assert has_template == (repo_id not in {"sbintuitions/sarashina2.2-1b", "llm-jp/llm-jp-3.1-1.8b"}), repo_id
