@@ -118,3 +118,36 @@ def test_each_entry_point_takes_the_grid_parameters_it_uses_and_refuses_the_othe
         parse_params(SftParams, upstream_params(["--teacher", "7B", "--students", "qwen2.5-0.5b"], SftParams, "sft")[0])
     with pytest.raises(DistillError, match="n must be an integer >= 1"):
         upstream_params(["--teacher", "7B", "--n", "0"], SftParams, "sft")
+
+
+def _finished(phase: str, params: dict, tags: dict) -> str:
+    import mlflow
+
+    with mlflow.start_run(run_name=phase, tags={"distill.phase": phase, **tags}) as run:
+        mlflow.log_params(params)
+    return run.info.run_id
+
+
+def test_only_what_is_missing_is_built(tracking):
+    """An input not given is looked up as the phase looks it up itself; only where there is none is it built."""
+    translation = _finished("translate", {"preset": "offline"}, {})
+    seven = _finished("teacher", {"preset": "offline"}, {"distill.teacher": "7B", "distill.translation_run_id": translation})
+    # the translation is there: a teacher reads it; one teacher of the grid is not: select builds it
+    teacher = build("teacher", TeacherParams(teacher="72B"), UP)
+    assert names(teacher) == ["teacher 72B"] and teacher.targets[0].params.translation_run == translation
+    assert "teacher 72B" in names(build("select", SelectParams(), UP))
+    seventy_two = _finished("teacher", {"preset": "offline"},
+                            {"distill.teacher": "72B", "distill.translation_run_id": translation})
+    select = build("select", SelectParams(), UP)
+    assert names(select) == ["select"] and select.targets[0].params.teacher_runs == [seven, seventy_two]
+    # a selection with the teacher's training set: sft trains on it, every cell of the grid, nothing upstream
+    chosen = _finished("select", {"preset": "offline"}, {"distill.teachers": "7B,72B"})
+    sft = build("sft", SftParams(teacher="7B"), UP)
+    assert names(sft) == ["sft 7B -> qwen2.5-0.5b (seed 42)", "sft 7B -> llm-jp-3.1-1.8b (seed 42)"]
+    assert {t.params.select_run for t in sft.targets} == {chosen}
+    # ... but not for a teacher it has no set for, nor when `teachers=` asks for another selection
+    assert "select" in names(build("sft", SftParams(teacher="14B", student="qwen2.5-0.5b"), UP))
+    assert "teacher 32B" in names(build("sft", SftParams(teacher="7B", student="qwen2.5-0.5b"),
+                                        UpstreamParams(teachers=["7B", "32B"])))
+    tokens = build("tokens", TokensParams(), UP)
+    assert names(tokens) == ["tokens"] and tokens.targets[0].params.select_run == chosen

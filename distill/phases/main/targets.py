@@ -146,8 +146,9 @@ def sft(p, up: UpstreamParams) -> Build:
 
     preset = load_preset(p.preset)
     teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
-    if not (p.select_run or p.train_file):  # a selection with this teacher's training set: not missing
-        found = lineage.select_run_for(teacher_names(teacher), preset.name)
+    if not (p.select_run or p.train_file):  # a selection with this teacher's set (and `teachers=`'): not missing
+        wanted = _selection(preset, up.teachers, teacher_names(teacher)) if up.teachers else teacher_names(teacher)
+        found = lineage.select_run_for(wanted, preset.name)
         p = dataclasses.replace(p, select_run=found.info.run_id) if found is not None else p
     students = ([resolve_role(p.student, preset, "student").name] if p.student
                 else list(preset.grid.students or preset.students))
