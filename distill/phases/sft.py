@@ -1,9 +1,9 @@
 """The `sft` phase: full-parameter SFT of one base student on one teacher's answers, with TRL.
 
-The training itself is `distill.training.train.train` (shared with `sweep`); this phase finds the data, makes
-the run and trains; distill/tracking/registry.py logs, checks and registers the student. Defaults are the paper's
-Table 2. Under torchrun or `accelerate launch` every rank trains and only rank 0 talks to MLflow: it sends
-the other ranks what to do (distill/training/ranks.py), and the batch of a step stays Table 2's (distill/training/batching.py).
+The training itself is `distill.training.train.train` (shared with `sweep`); this phase finds the data, makes the
+run and trains; distill/tracking/registry.py logs, checks and registers the student. Defaults are the paper's Table
+2. Under torchrun or `accelerate launch` every rank trains and only rank 0 talks to MLflow: it sends the other ranks
+what to do (distill/training/ranks.py), and the batch of a step stays Table 2's (distill/training/batching.py).
 """
 
 from __future__ import annotations

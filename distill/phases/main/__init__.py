@@ -1,12 +1,12 @@
 """The `main` entry point: the whole study of a preset, every step a nested run of its own phase.
 
 The steps are the plan of distill.phases.main.planner (translate -> teachers -> their evaluations -> select -> sft
-for every teacher x student x seed -> evaluations, 4-shot baselines, the judge, tokens, report); this
-module runs them in order (the sequential executor), distill.phases.main.executors as Ray tasks. A step whose
-FINISHED run already exists (same entry point, parameters, upstream run ids and code version) is
-reused, so typing the command again costs seconds. Every step that loads a model runs in a process of
-its own (distill.phases.main.steps) that sees only the GPUs its step needs (distill.phases.main.gpus); `rehearsal=true` runs a
-GPU preset on a CPU, on stand-ins (distill.standins.rehearsal).
+for every teacher x student x seed -> evaluations, 4-shot baselines, the judge, tokens, report); this module runs
+them in order (the sequential executor), distill.phases.main.executors as Ray tasks. A step whose FINISHED run
+already exists (same entry point, parameters, upstream run ids and code version) is reused, so typing the command
+again costs seconds. Every step that loads a model runs in a process of its own (distill.phases.main.steps) that
+sees only the GPUs its step needs (distill.phases.main.gpus); `rehearsal=true` runs a GPU preset on a CPU, on
+stand-ins (distill.standins.rehearsal).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """What each entry point is asked to build, as steps of `main`'s grid, and what those steps need.
 
-An entry point builds only what is missing: an input it is not given is first looked up as the phase itself
-looks it up (the newest FINISHED translation, teacher runs, selection with its teachers), and only where there
-is none does the planner build it. An entry point's targets are steps named and made as distill.phases.main.planner makes
-them, with the entry point's own parameters; they take the place of the grid's steps of the same name, and planner.upstream gives what they
-need. The grid they come from is the one `main` would run with the same names, so a step built here is the
-step `main` builds (same parameters, same cache key): whichever runs first, the other reuses it.
+An entry point builds only what is missing: an input it is not given is first looked up as the phase itself looks it
+up (the newest FINISHED translation, teacher runs, selection with its teachers), and only where there is none does
+the planner build it. An entry point's targets are steps named and made as distill.phases.main.planner makes them,
+with the entry point's own parameters; they take the place of the grid's steps of the same name, and
+planner.upstream gives what they need. The grid they come from is the one `main` would run with the same names, so a
+step built here is the step `main` builds (same parameters, same cache key): whichever runs first, the other reuses
+it.
 
 | entry point | targets | what they need (unless the input is given) |
 |---|---|---|
