@@ -1,16 +1,15 @@
 """An entry point that builds what it needs first, like `make`: `mlflow run . -e sft -P teacher=7B` on an empty
 store translates, runs the teachers the selection needs, selects, then trains the preset's students.
 
-The targets and what they need come from distill.phases.main.targets (the planner's grid); which of those steps are
-finished comes from planner.pending, asked before anything starts and printed (`-P plan=true` prints only
-that). Then:
+The targets and what they need come from targets.py (the planner's grid); which of those steps are finished
+comes from planner.pending, asked before anything starts and printed (`-P plan=true` prints only that). Then:
 - nothing but the one target to run (its upstream finished, or given): the phase runs here, as it always did,
   with its inputs set to the finished runs;
-- anything more: the steps run as `main` runs its grid, by the same sequential executor
-  (distill.phases.main.walk): every model-loading step in a process of its own that sees only its GPUs
-  (distill.phases.main.steps), nested under one run of this entry point (distill.phases.main.main_run.parent_run: the run
-  `mlflow run` opened under `--experiment-name`, else one in the preset's experiment, which `mlflow run`'s
-  run then beats with), finished steps reused.
+- anything more: the steps run as `main` runs its grid, by the same sequential executor (`walk` in this
+  package's __init__): every model-loading step in a process of its own that sees only its GPUs (steps.py),
+  nested under one run of this entry point (main_run.parent_run: the run `mlflow run` opened under
+  `--experiment-name`, else one in the preset's experiment, which `mlflow run`'s run then beats with), finished
+  steps reused.
 `-P upstream=false` runs the phase alone, which refuses a missing input as it always did; so does each process
 of a launcher (`torchrun`, `accelerate launch`: one rank each of one `sft` run), whose upstream is built before
 the launch, in one process.
