@@ -56,6 +56,8 @@ def table(phase: str) -> str:
     builds = {f.name for f, _ in upstream_fields(phase)} - set(ALWAYS)
     for f, s in entry_point_fields(phase):
         meaning = ("for what it builds: " if f.name in builds else "") + s.help + (f"; {s.rule.allowed()}" if s.rule else "")
+        if s.unkeyed and f.name not in builds:
+            meaning += f" (not in the reuse key: {s.unkeyed})"
         rows.append(f"| `{f.name}` | {default_text(f, s)} | {meaning} |")
     return "\n".join(rows) + "\n"
 

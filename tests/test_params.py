@@ -143,7 +143,7 @@ def test_the_readme_tables_are_the_fields():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for phase in readme_tables(readme):
         assert table(phase) in readme, f"README's {phase} table is stale: python -m distill.params_doc --write"
-    assert set(readme_tables(readme)) == {"evaluate", "report"}
+    assert set(readme_tables(readme)) == set(PHASES)
 
 
 def test_help_gives_each_parameter_its_text_default_and_rule():
