@@ -23,6 +23,7 @@ import time
 from distill.phases.main import planner
 from distill.phases.main.targets import Build, UpstreamParams, build
 from distill.tracking import cache_keys, lineage
+from distill.training.ranks import world_size
 
 console = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ def _alone(phase: str, params) -> Build:
 def run(phase: str, module, params, up: UpstreamParams) -> str | None:
     """`-e <phase>` with its upstream (or without: upstream=false); the target's run id when there is one."""
     label = phase
-    from distill.training.ranks import world_size
-
     if world_size() > 1 and not up.plan:  # one rank of a launch: this phase only, as every other rank runs it
         return module.run(params)
     if not up.upstream and not up.plan:
