@@ -53,8 +53,9 @@ def table(phase: str) -> str:
     from distill.phases.main.targets import ALWAYS
 
     rows = ["| parameter | default | meaning |", "|---|---|---|"]
-    builds = {f.name for f, _ in upstream_fields(phase)} - set(ALWAYS)
-    for f, s in entry_point_fields(phase):
+    built = upstream_fields(phase)
+    builds = {f.name for f, _ in built} - set(ALWAYS)
+    for f, s in doc_order(params_class(phase)) + built:
         meaning = ("for what it builds: " if f.name in builds else "") + s.help + (f"; {s.rule.allowed()}" if s.rule else "")
         if s.unkeyed and f.name not in builds:
             meaning += f" (not in the reuse key: {s.unkeyed})"

@@ -30,6 +30,7 @@ from distill.config.models import resolve_model, resolve_names, resolve_role
 from distill.config.presets import load_preset
 from distill.phases.main import planner, MainParams
 from distill.phases.main.planner import Step
+from distill.tracking import lineage
 
 # The parameters of the grid (named as `main`'s) each entry point takes for what it builds. A name the entry point
 # has itself keeps its own meaning and is its target's alone (`limit` of `sft`, `backend` of `evaluate`), except
@@ -123,8 +124,6 @@ def grid_seeds(preset) -> list[int]:
 
 def _finished(phase: str, preset) -> str:
     """The newest FINISHED run of a phase under this preset, as the phase finds its input itself; "" if none."""
-    from distill.tracking import lineage
-
     run = lineage.newest_finished(phase, params={"preset": preset.name})
     return run.info.run_id if run else ""
 
@@ -132,8 +131,6 @@ def _finished(phase: str, preset) -> str:
 def _teacher_runs(preset, teachers: list[str]) -> list[str]:
     """The teacher runs select would read itself (each teacher's newest on the newest translation), when every
     teacher of the selection has one; else [] (missing: built)."""
-    from distill.tracking import lineage
-
     translation = _finished("translate", preset)
     runs = {r.data.tags.get(lineage.TEACHER): r.info.run_id for r in lineage.teacher_runs_of(translation)} \
         if translation else {}
@@ -143,11 +140,10 @@ def _teacher_runs(preset, teachers: list[str]) -> list[str]:
 def sft(p, up: UpstreamParams) -> Build:
     from distill.config.names import teacher_names
     from distill.phases.sft import canonical_teacher
-    from distill.tracking import lineage
 
     preset = load_preset(p.preset)
     teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
-    if not (p.select_run or p.train_file):  # a selection with this teacher's set (and `teachers=`'): not missing
+    if not (p.select_run or p.train_file):  # a selection with this teacher's set (and `teachers=`'s): not missing
         wanted = _selection(preset, up.teachers, teacher_names(teacher)) if up.teachers else teacher_names(teacher)
         found = lineage.select_run_for(wanted, preset.name)
         p = dataclasses.replace(p, select_run=found.info.run_id) if found is not None else p

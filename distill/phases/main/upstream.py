@@ -65,9 +65,8 @@ def _alone(phase: str, params) -> Build:
 def run(phase: str, module, params, up: UpstreamParams) -> str | None:
     """`-e <phase>` with its upstream (or without: upstream=false); the target's run id when there is one."""
     label = phase
-    if world_size() > 1 and not up.plan:  # one rank of a launch: this phase only, as every other rank runs it
-        return module.run(params)
-    if not up.upstream and not up.plan:
+    # this phase only: asked to, or one rank of a launch (every other rank runs the same phase)
+    if not up.plan and (not up.upstream or world_size() > 1):
         return module.run(params)
     if up.upstream and hasattr(module, "preflight"):  # a bad setting of the target stops it before its upstream runs
         module.preflight(params)
