@@ -182,3 +182,70 @@ def test_a_step_process_dies_with_the_process_that_waits_for_it(tmp_path):
     else:
         os.kill(step_pid, signal.SIGKILL)
         pytest.fail("the step process outlived the process that waited for it")
+
+
+WAITER = """
+import multiprocessing, sys
+import mlflow
+from distill.phases import main as pipeline
+from tests import step_fixtures
+
+if __name__ == "__main__":
+    pipeline.ISOLATED = pipeline.ISOLATED | {"tests.step_fixtures"}
+    with mlflow.start_run(run_name="main") as main:
+        step = pipeline.Steps(multiprocessing.get_context("forkserver"), main.info.run_id)
+        print(step("fixture", step_fixtures.run, step_fixtures.FixtureParams(how=sys.argv[1])), flush=True)
+"""
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("how,signal_name", [("leave", None), ("hold", "SIGKILL"), ("hold", "SIGTERM"),
+                                             ("hold", "SIGINT")])
+def test_what_a_step_started_ends_with_it(tmp_path, how, signal_name):
+    """vLLM's EngineCore is a non-daemon child of the step that does not watch its parent: a step that ends, or
+    whose waiter is killed (kill -9, a scheduler's SIGTERM) or interrupted (^C), takes such a grandchild with it.
+    Otherwise the rerun's engine finds the GPU memory taken ("Free memory on device ... is less than desired")."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "waiter.py").write_text(WAITER)
+    pids = tmp_path / "pids"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}", "DISTILL_TEST_PIDS": str(pids),
+           "PYTHONPATH": str(ROOT)}
+    waiter = subprocess.Popen([sys.executable, str(tmp_path / "waiter.py"), how], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not pids.exists() and waiter.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert pids.exists(), waiter.communicate()[1][-3000:]
+    step_pid, grandchild = map(int, pids.read_text().split())
+    try:
+        if signal_name:
+            waiter.send_signal(getattr(signal, signal_name))
+        out, err = waiter.communicate(timeout=120)
+        if how == "leave":
+            assert waiter.returncode == 0 and len(out.split()) == 1, err[-3000:]
+        assert _gone_within(grandchild, 10), f"the step's grandchild outlived {signal_name or 'the step'}"
+        assert _gone_within(step_pid, 10)
+    finally:
+        for pid in (grandchild, step_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -43,6 +43,7 @@ def start_method() -> str:
 
 
 PRELOAD = ["distill.phases.main.step_preload"]
+INTERRUPT_GRACE_S = 60  # after a ^C, how long a step may take to mark its run before it is terminated
 
 
 def start_server_early() -> None:
@@ -103,10 +104,12 @@ def step_server():
 
 
 def die_with(pid: int) -> None:
-    """Kill this process when process `pid` ends. A step's parent is the fork server, not the `main` (or entry
-    point) that waits for it: killed with `kill -9`, that one leaves no one to end the step, which would train
-    or generate on (holding its GPU) while the next try waits for its heartbeat. Dying at once leaves its run
-    RUNNING with a heartbeat that stops, which the next try marks KILLED and takes over (shards, checkpoints)."""
+    """Kill this process, and its process group when it leads one (own_process_group), when process `pid` ends.
+    A step's parent is the fork server, not the `main` (or entry point) that waits for it: killed with `kill
+    -9`, that one leaves no one to end the step, which would train or generate on (holding its GPU) while the
+    next try waits for its heartbeat; nor would anyone end what the step started (vLLM's EngineCore, a
+    non-daemon process that does not watch its parent, and its workers, which watch only it). Dying at once
+    leaves its run RUNNING with a heartbeat that stops, which the next try marks KILLED and takes over."""
     import threading
 
     try:
@@ -130,13 +133,41 @@ def die_with(pid: int) -> None:
                 except ProcessLookupError:
                     break
                 time.sleep(1)
+        kill_own_group()
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="distill-die-with-parent", daemon=True).start()
 
 
+def own_process_group() -> None:
+    """Make this step process the leader of a process group of its own: everything it starts (vLLM's engine
+    processes, DataLoader workers, a compile worker pool) joins it unless it leaves on purpose, so the step is
+    ended as one (kill_group). The terminal's ^C then no longer reaches the step directly: the process that
+    waits for it passes it on (run_in_process)."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # already a session or group leader (spawned by a process manager): its group is its own
+        pass
+
+
+def kill_own_group() -> None:
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to a finished or running step's process group: a step's leftovers (an engine process its
+    shutdown missed) go with it. The group's id stays its leader's pid until its last member is gone, and
+    Linux gives no new process a pid that is still some group's id, so this reaches no stranger."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking_uri: str, env: dict, cwd: str,
            rehearsal: bool, fresh_inputs: bool, conn, waiter: int) -> None:
+    own_process_group()
     die_with(waiter)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the fork server ignores ^C; a step must not
     os.chdir(cwd)  # the fork server's is the parent's when it started; a relative sqlite:///mlflow.db needs this one
@@ -199,14 +230,17 @@ def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: b
             else:
                 outcome = message
         proc.join()
-    except KeyboardInterrupt:  # the child got the ^C too: let it mark its run and exit
-        proc.join(60)
+    except KeyboardInterrupt:  # the step leads its own group: pass the ^C on, let it mark its run and exit
+        kill_group(proc.pid, signal.SIGINT)
+        proc.join(INTERRUPT_GRACE_S)
         if proc.is_alive():
-            proc.terminate()
+            kill_group(proc.pid, signal.SIGTERM)
             proc.join()
         raise
     finally:
         recv.close()
+        if proc.pid is not None:
+            kill_group(proc.pid)  # what the step left running (it has ended, or this process is unwinding)
     if outcome is None:
         code = proc.exitcode
         why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
