@@ -41,3 +41,35 @@ def test_the_load_back_check_feeds_the_model_on_its_own_device(monkeypatch, tiny
     with pytest.raises(DistillError, match="stopped after recording"):
         verify_logged_model("runs:/0123456789abcdef0123456789abcdef/model")
     assert seen == [torch.device("meta")]
+
+
+def test_a_model_given_several_gpus_is_spread_over_them_and_one_gpu_or_a_cpu_gets_it_whole():
+    """The 72B teacher at tensor_parallel_size 4 under backend=transformers: `.to("cuda")` put it whole on one GPU."""
+    from distill.generation.hf import load_placement
+
+    assert load_placement("cuda", 4) == {"device_map": "auto"}
+    assert load_placement("cuda", 2) == {"device_map": "auto"}
+    assert load_placement("cuda", 1) == {} and load_placement("cpu", 0) == {} and load_placement("cpu", 4) == {}
+    assert load_placement("mps", 4) == {}
+
+
+def test_the_generator_leaves_a_spread_model_where_accelerate_put_it(monkeypatch, tiny_student):
+    """On CUDA with 4 GPUs visible it loads with device_map="auto" and never calls `.to(device)` on the model (no GPU
+    here: from_pretrained is recorded and loads on the CPU; `.to("cuda")` would fail on this CPU-only torch)."""
+    from transformers import AutoModelForCausalLM
+
+    from distill.generation.hf import TransformersGenerator
+
+    load, asked = AutoModelForCausalLM.from_pretrained, []
+
+    def recorded(source, **kwargs):
+        asked.append(kwargs)
+        model = load(source, **{k: v for k, v in kwargs.items() if k != "device_map"})
+        monkeypatch.setattr(model, "to", lambda *a, **k: pytest.fail(f"model moved to {a or k}"))
+        return model
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recorded)
+    generator = TransformersGenerator(str(tiny_student), device="cuda")
+    assert asked[0]["device_map"] == "auto"
+    assert generator.model.device == torch.device("cpu")  # where it was put; inputs follow model.device

@@ -42,6 +42,21 @@ def test_each_step_asks_for_what_it_needs_from_the_preset():
     assert not any(n.startswith("errors") and "14B" in n for n in steps)  # the judge sees 7B and 72B only
 
 
+def test_transformers_gives_the_large_models_their_tensor_parallel_gpus():
+    """backend=transformers on the paper preset: the 70B translator and the 72B teacher get as many GPUs as their
+    tensor_parallel_size (the generator spreads them over those: hf.load_placement); one GPU held ~140 GB of
+    weights and ran out of memory. A model of one GPU keeps one; a CPU preset or the rehearsal none."""
+    steps = {s.name: s for s in _plan("paper", backend="transformers")}
+    assert steps["translate"].gpus == 4
+    assert steps["teacher 72B"].gpus == 4 and steps["evaluate teacher 72B"].gpus == 4
+    assert steps["teacher 7B"].gpus == 1 and steps["evaluate llm-jp-3.1-1.8b <- 72B (seed 42)"].gpus == 1
+    assert steps["sft 72B -> llm-jp-3.1-1.8b (seed 42)"].gpus == 1
+    pr = load_preset("paper")
+    assert planner.gpus_for_generation(pr, "transformers", 4) == 4
+    assert planner.gpus_for_generation(pr, "transformers", 4, rehearsal=True) == 0
+    assert planner.gpus_for_generation(load_preset("offline"), "transformers", 4) == 0
+
+
 def test_what_a_target_needs_given_what_is_finished():
     steps = _plan("offline")
     target = "evaluate qwen2.5-0.5b <- 72B (seed 42)"

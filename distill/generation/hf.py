@@ -1,4 +1,5 @@
-"""transformers backend: batched greedy generation with left padding, for CPU or one GPU."""
+"""transformers backend: batched greedy generation with left padding, on a CPU, one GPU, or a model too large for one
+GPU spread over the step's GPUs (load_placement)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ def pick_device() -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def load_placement(device: str, n_visible_gpus: int) -> dict:
+    """from_pretrained arguments that place the model. A step given several GPUs (the 72B teacher and the 70B
+    translator at their tensor_parallel_size) gets accelerate's big-model placement over all of them
+    (device_map="auto", its layers split in order): a whole 72B model `.to("cuda")` fits no one GPU. Otherwise
+    nothing: the model loads on the CPU and goes whole to `device`."""
+    if device == "cuda" and n_visible_gpus > 1:
+        return {"device_map": "auto"}
+    return {}
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
@@ -39,12 +50,15 @@ class TransformersGenerator:
         self.device = device or pick_device()
         self.tokenizer = tokenizer or load_tokenizer(tokenizer_source or model_source, trust_remote_code)
         self.tokenizer.padding_side = "left"
+        placement = {}
         if model is None:
             torch_dtype = (torch.bfloat16 if self.device == "cuda" else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+            placement = load_placement(self.device, torch.cuda.device_count() if self.device == "cuda" else 0)
             model = AutoModelForCausalLM.from_pretrained(
-                model_source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+                model_source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **placement
             )
-        self.model = model.to(self.device).eval()
+        # placed over several GPUs, the model stays where accelerate put it; inputs go to its first device
+        self.model = (model if placement else model.to(self.device)).eval()
 
     def render(self, prompt: Prompt) -> tuple[str, bool]:
         """Text fed to the model and whether the tokenizer should add its special tokens."""
