@@ -249,3 +249,33 @@ def test_what_a_step_started_ends_with_it(tmp_path, how, signal_name):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_step_forked_after_cuda_was_initialised_starts_again_spawned_and_so_do_later_ones(steps, monkeypatch,
+                                                                                               capsys):
+    """A fork server whose preloading initialised CUDA: every step forked from it would die with "Cannot
+    re-initialize CUDA in forked subprocess". The step notices at its start (torch's own flag) and does nothing;
+    its waiter runs it, and every later step, spawned, and says so once. No GPU here: the forking process (this
+    one) patches torch's flag, which a forked child inherits and a spawned one does not (it would report again)."""
+    import torch
+
+    from distill.log import setup_logging
+    from distill.phases.main import steps as step_processes
+
+    setup_logging()
+    monkeypatch.setattr(step_processes, "SPAWN_STEPS", False, raising=False)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    contexts, get_context = [], multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda m=None: contexts.append(m) or get_context(m))
+    step, main_id = steps
+    started = []
+    with phase_runs.on_phase_run(started.append):
+        first = step("fixture", step_fixtures.run, FixtureParams())
+        second = step("again", step_fixtures.run, FixtureParams())
+    runs = [mlflow.get_run(r) for r in (first, second)]
+    assert [(r.info.status, r.data.tags["mlflow.parentRunId"]) for r in runs] == [("FINISHED", main_id)] * 2
+    assert [pr.run_id for pr in started] == [first, second]  # the forked try started no run
+    assert contexts == ["spawn", "spawn"] and step_processes.SPAWN_STEPS  # each step's process: spawned
+    assert all(int(r.data.params["pid"]) != os.getpid() for r in runs)
+    err = capsys.readouterr().err
+    assert err.count("CUDA was initialised while preloading the step processes; steps start with spawn") == 1, err

@@ -1,6 +1,7 @@
 """What every step process of `main` needs, imported once by the fork server (distill.phases.main.steps).
 
-Nothing here touches a GPU: a CUDA context made before the fork would break every child. Nothing here
+Nothing here touches a GPU: a CUDA context made before the fork would break every child (each step then
+notices, and its waiter starts it and every later one with spawn instead: steps.in_bad_fork). Nothing here
 keeps a thread or a database connection either: neither survives a fork intact.
 """
 
@@ -50,16 +51,9 @@ for _module, _function, _args in _WARM_UPS:
     except Exception:  # noqa: BLE001 - a warm-up only saves time; the step does the same work if it fails
         pass
 
-try:
-    import torch
-
-    if torch.cuda.is_initialized():  # a preloaded library made a CUDA context: children could not use the GPU
-        import logging
-
-        logging.getLogger(__name__).warning("warning: CUDA was initialised while preloading the step processes; if "
-                                            "steps fail to use the GPU, set DISTILL_STEP_START_METHOD=spawn")
-except Exception:  # noqa: BLE001
-    pass
+# A preloaded library that made a CUDA context anyway breaks no step: each one forked from this server finds itself in
+# torch's "bad fork", reports it before doing anything, and its waiter warns once and starts that step and every later
+# one with spawn (steps.in_bad_fork, steps.run_in_process).
 
 # The fork server ends when `main` closes it: its exit would run every loaded library's finalisers and
 # atexit hooks (~3 s of a `main`'s wall time) for a process that has nothing to write. Only the fork

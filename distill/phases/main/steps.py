@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import importlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -28,6 +29,8 @@ from contextlib import contextmanager, nullcontext
 from distill import DistillError
 from distill.log import setup_logging
 from distill.tracking import cache_keys, phase_runs
+
+console = logging.getLogger(__name__)
 
 
 class StepError(Exception):
@@ -44,6 +47,9 @@ def start_method() -> str:
 
 PRELOAD = ["distill.phases.main.step_preload"]
 INTERRUPT_GRACE_S = 60  # after a ^C, how long a step may take to mark its run before it is terminated
+# Set once a step found itself forked from a process that had initialised CUDA (in_bad_fork): every later step of
+# this process starts with spawn, a fresh interpreter, instead of from that fork server.
+SPAWN_STEPS = False
 
 
 def start_server_early() -> None:
@@ -165,8 +171,25 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def in_bad_fork() -> bool:
+    """Whether this process was forked from one that had initialised CUDA (torch's own flag, set in the child of
+    such a fork): its first CUDA call would fail with "Cannot re-initialize CUDA in forked subprocess". Asked only
+    where torch is imported already: a parent without torch made no CUDA context of torch's."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        return bool(torch.cuda._is_in_bad_fork())
+    except Exception:  # noqa: BLE001 - a torch without the flag: taken as a good fork
+        return False
+
+
 def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking_uri: str, env: dict, cwd: str,
            rehearsal: bool, fresh_inputs: bool, conn, waiter: int) -> None:
+    if in_bad_fork():  # before anything is done: the waiter starts this step again, spawned (run_in_process)
+        conn.send(("respawn",))
+        conn.close()
+        return
     own_process_group()
     die_with(waiter)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the fork server ignores ^C; a step must not
@@ -206,6 +229,8 @@ def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: b
     set in its environment before anything in it can initialise CUDA; None: this process's."""
     import mlflow
 
+    if SPAWN_STEPS:
+        ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
     env = dict(os.environ)
@@ -241,6 +266,8 @@ def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: b
         recv.close()
         if proc.pid is not None:
             kill_group(proc.pid)  # what the step left running (it has ended, or this process is unwinding)
+    if outcome is not None and outcome[0] == "respawn":
+        return _respawn(ctx, module, params, parent_run_id, fresh_inputs, cuda_visible_devices)
     if outcome is None:
         code = proc.exitcode
         why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -251,3 +278,19 @@ def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: b
         raise KeyboardInterrupt
     _, is_distill, detail = outcome
     raise DistillError(detail) if is_distill else StepError(detail)
+
+
+def _respawn(ctx, module: str, params, parent_run_id: str, fresh_inputs: bool, cuda_visible_devices: str | None) -> str:
+    """The step again, and every later one, with spawn: its process was forked from a fork server whose preloading
+    initialised CUDA, so no forked step could use a GPU. Said once; a spawned process that reports it is an error,
+    not a loop."""
+    global SPAWN_STEPS
+
+    if ctx.get_start_method() == "spawn":
+        raise StepError("a spawned step process found a CUDA context inherited through a fork")
+    if not SPAWN_STEPS:
+        SPAWN_STEPS = True
+        console.warning("warning: CUDA was initialised while preloading the step processes; steps start with spawn "
+                        "from now on")
+    return run_in_process(ctx, module, params, parent_run_id, fresh_inputs=fresh_inputs,  # spawned: SPAWN_STEPS
+                          cuda_visible_devices=cuda_visible_devices)
