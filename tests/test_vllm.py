@@ -78,6 +78,7 @@ def test_the_engine_is_sized_for_the_longest_prompt_not_the_model_window(fake_vl
     assert FakeLLM.made[0].kwargs == {
         "model": str(tiny_teacher), "tokenizer": str(tiny_teacher), "tensor_parallel_size": 2,
         "trust_remote_code": False, "dtype": "auto", "gpu_memory_utilization": paper.vllm.gpu_memory_utilization,
+        "enforce_eager": False,
         "max_model_len": longest + 1024 + CONTEXT_MARGIN}
     gen.close()
     gen.close()  # idempotent

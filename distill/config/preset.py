@@ -41,11 +41,13 @@ class Generation:
 
 @dataclass(frozen=True)
 class Vllm:
-    """backend=vllm only: the share of each GPU's memory the engine takes (weights, then KV cache), and the
-    prompts per `LLM.generate` call (one shard: each call waits for its longest answer)."""
+    """backend=vllm only: the share of each GPU's memory the engine takes (weights, then KV cache), the
+    prompts per `LLM.generate` call (one shard: each call waits for its longest answer), and whether the engine
+    skips compilation and CUDA graphs (`enforce_eager`: on tiny models compiling costs more than it saves)."""
 
     gpu_memory_utilization: float
     shard_size: int
+    enforce_eager: bool = False
 
 
 @dataclass(frozen=True)

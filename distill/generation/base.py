@@ -34,6 +34,7 @@ class Generation:
     n_tokens: int
     finish_reason: str = "stop"  # `stop` (EOS or a stop string) or `length`
     usage: dict = field(default_factory=dict)
+    token_ids: list = field(default_factory=list)  # the new tokens as generated (a server's backend: none)
 
 
 class Generator(Protocol):

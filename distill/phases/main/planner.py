@@ -107,10 +107,12 @@ def main_params(p, grid: Grid) -> dict[str, Any]:
 
 
 def gpus_for_generation(preset, backend: str, tensor_parallel_size: int, rehearsal: bool = False) -> int:
-    """GPUs of a generating step: the model's tensor-parallel size for vLLM and for transformers on a GPU preset
-    (which spreads a model too large for one GPU over them: hf.load_placement)."""
+    """GPUs of a generating step: the model's tensor-parallel size for vLLM (none on vLLM's CPU platform) and for
+    transformers on a GPU preset (which spreads a model too large for one GPU over them: hf.load_placement)."""
     if backend == "vllm":
-        return int(tensor_parallel_size)
+        from distill.generation.vllm_backend import on_cpu_platform
+
+        return 0 if on_cpu_platform() else int(tensor_parallel_size)
     if backend == "transformers" and preset.needs_gpu and not rehearsal:
         return max(1, int(tensor_parallel_size or 1))
     return 0  # openai: the server does the work; transformers on a CPU preset, or on rehearsal's stand-ins
