@@ -29,6 +29,12 @@ def check_generation_speed(result):
     assert [r["batch_size"] for r in rows] == [1, 2] and all(r["new_tokens"] > 0 for r in rows)
 
 
+def check_evaluate_backends(result):
+    backends = [r["backend"] for r in result["rows"]]
+    assert backends[0] == "transformers" and all(r["wall_median_s"] > 0 for r in result["rows"])
+    assert all(n == result["prompts"] for n in result["answers_equal"].values()), result["answers_equal"]
+
+
 def check_sft_throughput(result):
     assert result["train_tokens_match_analytic"] is True
     assert {r["batching"] for r in result["rows"]} == {"padded", "group_by_length"}
@@ -60,6 +66,7 @@ def test_the_shard_tail_model_counts_steps_as_its_docstring_says(monkeypatch):
 
 
 SCRIPTS = {"shard_tail.py": check_shard_tail, "teacher_overhead.py": check_teacher_overhead, "generation_speed.py": check_generation_speed,
+           "evaluate_backends.py": check_evaluate_backends,
            "sft_throughput.py": check_sft_throughput, "grid_walltime.py": check_grid_walltime,
            "ui_check.py": None}  # ui_check writes no JSON: its dry run checks its page checks on a saved page
 

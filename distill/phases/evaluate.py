@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -225,8 +226,10 @@ def run(p: EvaluateParams) -> str:
                              context="evaluation")
         prompts = build_prompts([e.question for e in examples], p.mode, p.prompt_format, shots)
         check_context(ref, p.backend, prompts, config.max_new_tokens, [e.id for e in examples])  # before any loading
+        t0 = time.perf_counter()
         with closing(open_generator(ref, p.backend, base_url=p.base_url, tensor_parallel_size=p.tensor_parallel_size,
                                     sizing=engine_sizing(preset, prompts, config))) as gen:
+            load_seconds = time.perf_counter() - t0  # a vLLM engine's start, apart from its generation
             outs, timing = timed_generate(gen, prompts, config)
         records = []
         for ex, prompt, out in zip(examples, prompts, outs):
@@ -244,7 +247,7 @@ def run(p: EvaluateParams) -> str:
                    "n_truncated": sum(r["finish_reason"] == "length" for r in records),
                    "n_repeated_questions": len(repeated_questions(examples)),  # same question and gold again
                    "output_tokens_mean": timing["output_tokens"] / max(len(records), 1),
-                   "generation_seconds": timing["generation_seconds"],
+                   "generation_seconds": timing["generation_seconds"], "model_load_seconds": load_seconds,
                    "tokens_per_second": timing["tokens_per_second"]}
         if few_shot:
             metrics.update(accuracy_metrics([r[f"correct_{CUT}"] for r in records], CUT))
