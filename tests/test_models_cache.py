@@ -97,11 +97,14 @@ def on_server(mlflow_server, monkeypatch, tmp_path):
     """This process's MLflow at the real `mlflow server` (proxied artifacts: mlflow-artifacts:/ URIs), in an
     experiment of the test's own."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # set_experiment sets it: restored (unset) after the test
     mlflow.set_tracking_uri(mlflow_server)
-    mlflow.set_experiment(f"models-cache-{tmp_path.name}")
+    experiment = mlflow.set_experiment(f"models-cache-{tmp_path.name}")
     yield mlflow_server
     while mlflow.active_run():
         mlflow.end_run()
+    if mlflow.tracking.fluent._active_experiment_id == experiment.experiment_id:  # MLflow's process-wide choice
+        mlflow.tracking.fluent._active_experiment_id = None
     mlflow.set_tracking_uri(None)
 
 
