@@ -18,11 +18,12 @@ from distill.phases.evaluate import EvaluateParams, build_prompts, run as evalua
 from distill.phases.sft import SftParams, run as sft
 from distill.scoring.answers import extract_answer
 
-# Measured here (2 shared CPU cores): 12 epochs at lr 1e-2 end at loss ~0.007 with every answer right in
-# ~30 s of training; 10 epochs at 5e-3 (loss 0.27) got 81%, the student not yet stopping after its answer.
+# Measured here (2 shared CPU cores) on the stand-ins with 64-dimension heads (vLLM's CPU attention needs them;
+# 128 hidden, 2 heads): 20 epochs at lr 2e-3 get every answer right; 12 at 3e-3 got 62.5%, 12 at 1e-2 31%, the
+# student writing one answer for every question. (The earlier 16-dimension heads learned at 12 epochs, 1e-2.)
 N_QUESTIONS = 16
-EPOCHS = 12
-LR = 1e-2
+EPOCHS = 20
+LR = 2e-3
 BATCH = 4
 MAX_NEW_TOKENS = 24  # the taught answers are ~18 tokens: room to show whether the student stops (EOS)
 
@@ -70,4 +71,5 @@ def test_a_trained_student_reproduces_what_it_was_taught_and_an_untrained_one_do
     assert trained.data.metrics["n_total"] == N_QUESTIONS
     assert trained.data.metrics["accuracy"] >= 90, outputs
     assert trained.data.metrics["n_truncated"] <= 0.1 * N_QUESTIONS, outputs  # it learned to stop (EOS)
-    assert untrained.data.metrics["accuracy"] <= 10  # near 0: the untrained student writes no such answers
+    # chance: the untrained student writes no such answers; its random digits hit 2 of 16 distinct golds (12.5%)
+    assert untrained.data.metrics["accuracy"] <= 25

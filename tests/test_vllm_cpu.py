@@ -202,4 +202,13 @@ def test_the_offline_study_runs_through_vllm_and_survives_kill_9(tmp_path):
     assert any(r.data.params.get("role") == "student" and r.data.params.get("mode") == "zero-shot"
                for r in evaluations), [r.data.params for r in evaluations]  # read back from MLflow's layout
     assert any(r.data.params.get("mode") == "few-shot" for r in evaluations)
-    assert not _descendants(os.getpid()) & tree
+    engines = [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if _comm(p).startswith("VLLM::")
+               and f"DISTILL_HOME={tmp_path / 'home'}" in _environ(p)]
+    assert engines == [], "engine processes outlived the study: each step shuts its engine down"
+
+
+def _environ(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -54,19 +54,13 @@ def _config_and_tokenizer_sources(ref: ModelRef) -> tuple[str, str]:
 
 
 def _mlflow_config_and_tokenizer(uri: str) -> tuple[str, str]:
-    """An MLflow transformers-flavour model's `model/config.json` and `components/tokenizer/`, fetched alone."""
-    import mlflow
+    """An MLflow model's folder and tokenizer as the generator will load them: read in place from a local store,
+    downloaded once into the model cache from a server (distill.config.models.materialize), so the check leaves
+    no copy behind and the generator that follows downloads nothing again."""
+    from distill.config.models import materialize
 
-    uri = uri.rstrip("/")
-    try:
-        config = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/model/config.json")).parent
-        tokenizer = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/components/tokenizer"))
-    except Exception:  # noqa: BLE001 - another layout: the whole model, as the generator will fetch it
-        from distill.config.models import materialize
-
-        loadable = materialize(ModelRef(uri, uri))
-        return loadable.model, loadable.tokenizer
-    return str(config), str(tokenizer)
+    loadable = materialize(ModelRef(uri, uri))
+    return loadable.model, loadable.tokenizer
 
 
 def check_context(ref: ModelRef, backend: str, prompts: Sequence, max_new_tokens: int,

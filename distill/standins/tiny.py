@@ -29,7 +29,7 @@ BUILD_VERSION = 3
 # Heads of 64 dimensions: the smallest that vLLM's CPU attention runs (32 is listed but fails there: it
 # supports 64, 80, 96, 112, 128, ...), and vLLM's Qwen2 takes hidden_size / heads, never config.head_dim.
 SIZES = {  # hidden, layers, heads, kv heads, intermediate
-    "small": (64, 2, 1, 1, 128),
+    "small": (128, 2, 2, 2, 256),
     "medium": (128, 3, 2, 1, 256),
 }
 
@@ -121,7 +121,8 @@ def tiny_model_dir(spec: str) -> Path:
     """`tiny:<name>` -> a built model folder, built once per machine and reused."""
     name = spec.removeprefix("tiny:")
     size = "medium" if name.endswith(("72b", "32b")) else "small"
-    target = cache_root() / f"{name}-v{BUILD_VERSION}"
+    shape = "-".join(map(str, SIZES[size]))  # a changed shape is another model, never an old one reused
+    target = cache_root() / f"{name}-v{BUILD_VERSION}-{shape}"
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
