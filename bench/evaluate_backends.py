@@ -66,7 +66,7 @@ def eval_set(folder: Path, n: int) -> Path:
 
 def available(backend: str) -> bool:
     if backend == "vllm":
-        from distill.generation.vllm_backend import on_cpu_platform
+        from distill.generation.vllm_platform import on_cpu_platform
 
         return on_cpu_platform()
     if backend == "lm-eval":

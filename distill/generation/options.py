@@ -135,7 +135,7 @@ def open_generator(ref: ModelRef, backend: str, base_url: str | None = None,
 
 
 def rehearsed_on_cpu() -> bool:
-    from distill.generation.vllm_backend import on_cpu_platform
+    from distill.generation.vllm_platform import on_cpu_platform
     from distill.tracking import cache_keys  # its REHEARSAL is set per process: read it now
 
     return bool(cache_keys.REHEARSAL) and on_cpu_platform()

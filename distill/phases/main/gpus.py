@@ -66,7 +66,7 @@ def check_hardware(preset, backend: str, rehearsal: bool = False) -> None:
         return
     if rehearsal:
         if backend == "vllm" and not has_gpu():  # with a GPU, or on vLLM's CPU platform, vLLM is rehearsed too
-            from distill.generation.vllm_backend import on_cpu_platform
+            from distill.generation.vllm_platform import on_cpu_platform
 
             if not on_cpu_platform():
                 raise DistillError("rehearsal=true with backend=vllm needs a GPU or vLLM's CPU platform (pip install "

@@ -110,7 +110,7 @@ def gpus_for_generation(preset, backend: str, tensor_parallel_size: int, rehears
     """GPUs of a generating step: the model's tensor-parallel size for vLLM (none on vLLM's CPU platform) and for
     transformers on a GPU preset (which spreads a model too large for one GPU over them: hf.load_placement)."""
     if backend == "vllm":
-        from distill.generation.vllm_backend import on_cpu_platform
+        from distill.generation.vllm_platform import on_cpu_platform
 
         return 0 if on_cpu_platform() else int(tensor_parallel_size)
     if backend == "transformers" and preset.needs_gpu and not rehearsal:
