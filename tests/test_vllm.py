@@ -46,7 +46,8 @@ class FakeLLM:
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    """`import vllm` finds the fake; the CUDA check (a GPU seam) passes; returns the cleanup calls."""
+    """`import vllm` finds the fake; the platform is a GPU and its CUDA check (a GPU seam) passes; returns the
+    cleanup calls."""
     cleanup = Calls()
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.SamplingParams = FakeLLM, lambda **kwargs: kwargs
@@ -56,6 +57,9 @@ def fake_vllm(monkeypatch):
                          ("vllm.distributed.parallel_state", parallel_state)):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(vllm_backend, "check_cuda", lambda: None)
+    # a GPU platform, also where vLLM's CPU platform is installed (CI's vLLM lane, where vllm.platforms is loaded)
+    monkeypatch.setattr(vllm_backend, "on_cpu_platform", lambda: False)
+    monkeypatch.setattr(vllm_platform, "on_cpu_platform", lambda: False)
     FakeLLM.made = []
     return cleanup
 
