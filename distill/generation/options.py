@@ -135,6 +135,8 @@ def open_generator(ref: ModelRef, backend: str, base_url: str | None = None,
 
 
 def rehearsed_on_cpu() -> bool:
+    """A rehearsal running vLLM on its CPU platform: a tensor-parallel split over GPUs means nothing there, and
+    one CPU engine split four ways would only make four processes share the same cores."""
     from distill.generation.vllm_platform import on_cpu_platform
     from distill.tracking import cache_keys  # its REHEARSAL is set per process: read it now
 

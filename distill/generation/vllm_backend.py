@@ -155,6 +155,7 @@ def check_cpu_model(config, model: str) -> None:
                            f"(it runs {', '.join(map(str, CPU_HEAD_SIZES))}); use backend=transformers for it")
 
 def describe_engine(platform: str, kwargs: dict) -> str:
+    """The console line saying where the engine runs and how it is sized: a CPU run must not read as a GPU's."""
     if platform == "cpu":
         kv = (f"KV cache {kwargs['kv_cache_memory_bytes'] / 2**20:.0f} MiB" if "kv_cache_memory_bytes" in kwargs
               else f"KV cache VLLM_CPU_KVCACHE_SPACE={os.environ.get('VLLM_CPU_KVCACHE_SPACE')} GiB"
