@@ -101,13 +101,11 @@ class TransformersGenerator:
         ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         return ids | {self.tokenizer.eos_token_id}
 
-    def stop_end(self, tokens: list[int], stop: Sequence[str]) -> int | None:
-        """How many tokens it took to complete the first stop string, or None. `generate` pads a row that met
-        a stop string with pad_token_id, which is often the EOS id: those tokens were never generated (vLLM's
-        token_ids end at the stop string too). Whether a prefix holds a stop string only turns true as the
-        prefix grows, so a binary search finds the end in ~10 decodes."""
-        if not stop or truncate_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)[1] is False:
-            return None
+    def stop_end(self, tokens: list[int], stop: Sequence[str]) -> int:
+        """How many tokens it took to complete the first stop string, which `tokens` holds. `generate` pads a row
+        that met a stop string with pad_token_id, which is often the EOS id: those tokens were never generated
+        (vLLM's token_ids end at the stop string too). Whether a prefix holds a stop string only turns true as
+        the prefix grows, so a binary search finds the end in ~10 decodes."""
         low, high = 1, len(tokens)
         while low < high:
             mid = (low + high) // 2
@@ -120,9 +118,10 @@ class TransformersGenerator:
     def finished(self, tokens: list[int], eos_ids: set[int], stop: Sequence[str]) -> Generation:
         """The new tokens of one row up to its first EOS or stop string, as text cut at the first stop string."""
         n = next((k + 1 for k, t in enumerate(tokens) if t in eos_ids), len(tokens))
-        n = min(n, self.stop_end(tokens[:n], stop) or n)
         text, stopped = truncate_at_stop(self.tokenizer.decode(tokens[:n], skip_special_tokens=True), stop)
         hit_eos = n < len(tokens) or bool(tokens) and tokens[n - 1] in eos_ids
+        if stopped:
+            n = self.stop_end(tokens[:n], stop)
         return Generation(text=text, n_tokens=n, finish_reason="stop" if (stopped or hit_eos) else "length",
                           token_ids=list(tokens[:n]))
 

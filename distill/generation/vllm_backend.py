@@ -154,6 +154,7 @@ def check_cpu_model(config, model: str) -> None:
         raise DistillError(f"{model}: attention heads of {size} dimensions, which vLLM's CPU platform cannot run "
                            f"(it runs {', '.join(map(str, CPU_HEAD_SIZES))}); use backend=transformers for it")
 
+
 def describe_engine(platform: str, kwargs: dict) -> str:
     """The console line saying where the engine runs and how it is sized: a CPU run must not read as a GPU's."""
     if platform == "cpu":
