@@ -132,14 +132,25 @@ def test_only_what_is_missing_is_built(tracking):
     """An input not given is looked up as the phase looks it up itself; only where there is none is it built."""
     translation = _finished("translate", {"preset": "offline"}, {})
     seven = _finished("teacher", {"preset": "offline"}, {"distill.teacher": "7B", "distill.translation_run_id": translation})
-    # the translation is there: a teacher reads it; one teacher of the grid is not: select builds it
+    # the translation is there: a teacher reads it; one teacher of the grid is not: select builds only it, on it
     teacher = build("teacher", TeacherParams(teacher="72B"), UP)
-    assert names(teacher) == ["teacher 72B"] and teacher.targets[0].params.translation_run == translation
-    assert "teacher 72B" in names(build("select", SelectParams(), UP))
+    assert names(teacher) == ["teacher 72B"] and teacher.targets[0].filled({}).translation_run == translation
+    partial = build("select", SelectParams(), UP)
+    assert names(partial) == ["teacher 72B", "select"] and [(s.name, u.run_id) for s, u in partial.used] == \
+        [("translate", translation), ("teacher 7B", seven)]
+    assert partial.steps[0].filled({}).translation_run == translation
+    assert partial.targets[0].filled({"teacher 72B": "new"}).teacher_runs == [seven, "new"]
+    # ... unless the command asks for other upstream runs (`train_limit=`): then only exactly that work is reused
+    assert names(build("select", SelectParams(), UpstreamParams(train_limit=16))) == SELECTION
+    assert names(build("teacher", TeacherParams(teacher="72B"), UpstreamParams(train_limit=16))) == \
+        ["translate", "teacher 72B"]
     seventy_two = _finished("teacher", {"preset": "offline"},
                             {"distill.teacher": "72B", "distill.translation_run_id": translation})
     select = build("select", SelectParams(), UP)
-    assert names(select) == ["select"] and select.targets[0].params.teacher_runs == [seven, seventy_two]
+    assert names(select) == ["select"] and select.targets[0].filled({}).teacher_runs == [seven, seventy_two]
+    # sft, with no selection yet, selects on those teacher runs
+    assert names(build("sft", SftParams(teacher="7B", student="qwen2.5-0.5b"), UP)) == \
+        ["select", "sft 7B -> qwen2.5-0.5b (seed 42)"]
     # a selection with the teacher's training set: sft trains on it, every cell of the grid, nothing upstream
     chosen = _finished("select", {"preset": "offline"}, {"distill.teachers": "7B,72B"})
     sft = build("sft", SftParams(teacher="7B"), UP)
@@ -151,3 +162,18 @@ def test_only_what_is_missing_is_built(tracking):
                                         UpstreamParams(teachers=["7B", "32B"])))
     tokens = build("tokens", TokensParams(), UP)
     assert names(tokens) == ["tokens"] and tokens.targets[0].params.select_run == chosen
+    # a selection of another size asked for (`n=`) is not that one: a new one, on the same teacher runs
+    assert names(build("sft", SftParams(teacher="7B", student="qwen2.5-0.5b"), UpstreamParams(n=12))) == \
+        ["select", "sft 7B -> qwen2.5-0.5b (seed 42)"]
+    assert names(build("tokens", TokensParams(), UpstreamParams(n=12))) == ["select", "tokens"]
+
+
+def test_a_selection_larger_than_the_users_translation_is_refused_before_any_teacher_runs(tracking):
+    translation = _finished("translate", {"preset": "offline", "n_questions": "16"}, {})
+    with pytest.raises(DistillError, match=f"the selection's n=32 is more than the 16 questions of your translation "
+                                           f"run {translation} \\(16 questions\\) from .*: pass n=16 or fewer"):
+        build("select", SelectParams(), UP)  # the offline preset's n: 32
+    assert names(build("select", SelectParams(n=16), UP)) == ["teacher 7B", "teacher 72B", "select"]
+    assert names(build("select", SelectParams(allow_fewer=True), UP))[-1] == "select"
+    with pytest.raises(DistillError, match="n=20 is more than the 16 questions"):
+        build("sft", SftParams(teacher="7B"), UpstreamParams(n=20))

@@ -144,3 +144,57 @@ def test_a_bad_setting_of_the_target_stops_it_before_its_upstream_runs(tracking,
         upstream.run("evaluate", evaluate, EvaluateParams(model="models:/offline-student-qwen2.5-0.5b@teacher-7b",
                                                           mode="two-shot"), UpstreamParams())
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == [] and capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_select_uses_the_users_translation_and_teacher_run_and_builds_only_the_missing_teacher(tmp_path):
+    """The issue's sequence: `translate limit=16`, `teacher 7B`, then `select` (the grid's teachers: 7B and 72B)
+    runs only 72B, on the user's 16 questions; `plan=true` says so first. `main` does not take the limited
+    translation for the preset's full data: it builds its own."""
+    from distill.phases.main import MainParams, planner, users_runs
+    from tests.conftest import run_entry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    run_entry("translate", "--preset", "offline", "--limit", "16", env=env, cwd=tmp_path)
+    run_entry("teacher", "--teacher", "7B", env=env, cwd=tmp_path)
+    [translation] = [r for r in all_runs(tmp_path) if r.data.tags.get(lineage.PHASE) == "translate"]
+    [seven] = [r for r in all_runs(tmp_path) if r.data.tags.get(lineage.PHASE) == "teacher"]
+    tid, sid = translation.info.run_id, seven.info.run_id
+
+    # the preset's n=32 of 16 questions cannot succeed: said before 72B runs, not after
+    refused = run_entry("select_questions", env=env, cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
+        f"error: the selection's n=32 is more than the 16 questions of your translation run {tid} (16 questions) "
+        f"from {users_runs.made(translation)}: pass n=16 or fewer (or allow_fewer=true), or train_limit=<N> to build "
+        "a translation of N questions"), refused.stderr[-3000:]
+    assert phase_runs(all_runs(tmp_path)) == ["teacher", "translate"]
+
+    plan = run_entry("select_questions", "--plan", "true", "--n", "8", env=env, cwd=tmp_path)
+    assert plan.stdout.splitlines() == ["select: 4 steps, 2 to run, 2 reused",
+                                        f"  reuse  translate    {tid}", f"  reuse  teacher 7B   {sid}",
+                                        "  run    teacher 72B", "  run    select"]
+    assert f"select: using your translation run {tid} (16 questions) from " in plan.stderr
+    assert f"select: using your teacher 7B run {sid} from " in plan.stderr
+    assert phase_runs(all_runs(tmp_path)) == ["teacher", "translate"]  # the plan ran nothing
+
+    proc = run_entry("select_questions", "--n", "8", env=env, cwd=tmp_path)
+    runs = all_runs(tmp_path)
+    assert phase_runs(runs) == ["select", "teacher", "teacher", "translate"], proc.stderr[-3000:]
+    [chosen] = [r for r in runs if r.data.tags.get(lineage.PHASE) == "select"]
+    [seventy_two] = [r for r in runs if r.data.tags.get(lineage.TEACHER) == "72B"]
+    assert chosen.info.status == "FINISHED" and seventy_two.data.tags[lineage.TRANSLATION_RUN_ID] == tid
+    assert lineage.teacher_run_ids(chosen) == {"7B": sid, "72B": seventy_two.info.run_id}
+    assert seventy_two.data.metrics["n_total"] == 16
+
+    # `main` (the preset's full data: 64 questions) does not fit the 16: it translates anew, and its teachers too
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        mlflow.set_tracking_uri(uri)
+        p = MainParams(preset="offline")
+        status = planner.pending(planner.plan(p, planner.resolve_grid(p)), planner.finished_run)
+        todo = {x.step.name for x in status if x.reuse is None}
+        assert {"translate", "teacher 7B", "teacher 72B", "select"} <= todo
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(None)

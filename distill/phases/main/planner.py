@@ -31,14 +31,17 @@ class Step:
     inputs: dict[str, list[str]] = field(default_factory=dict)  # params field -> steps whose run ids fill it
     after: list[str] = field(default_factory=list)          # steps that must finish first, ids not needed
     gpus: int = 0                                           # GPUs its process gets (CUDA_VISIBLE_DEVICES)
+    given: dict[str, str] = field(default_factory=dict)     # step -> a FINISHED run used in its place (users_runs)
 
     @property
     def needs(self) -> list[str]:
-        return [d for deps in self.inputs.values() for d in deps] + self.after
+        """The steps that must run (or be found finished) first; a step whose run is given is not one."""
+        return [d for d in [*(d for deps in self.inputs.values() for d in deps), *self.after] if d not in self.given]
 
     def filled(self, run_ids: dict[str, str]) -> Any:
         """The parameters with each input field set to its steps' run ids (comma-joined, in order)."""
-        return dataclasses.replace(self.params, **{f: ",".join(run_ids[d] for d in deps)
+        ids = {**self.given, **run_ids}
+        return dataclasses.replace(self.params, **{f: ",".join(ids[d] for d in deps)
                                                    for f, deps in self.inputs.items()})
 
 

@@ -2,7 +2,10 @@
 
 An entry point builds only what is missing: an input it is not given is first looked up as the phase itself looks it
 up (the newest FINISHED translation, teacher runs, selection with its teachers), and only where there is none does
-the planner build it. An entry point's targets are steps named and made as distill.phases.main.planner makes them,
+the planner build it; a translation and teacher runs found stand in for the grid's steps (users_runs: a teacher
+with no run on the user's translation is run on it). A command that sets the upstream's settings (`train_limit`,
+`backend`, `max_new_tokens`; for a selection `n` too) does not look them up: it reuses only runs of exactly that
+work, as `main` does. An entry point's targets are steps named and made as distill.phases.main.planner makes them,
 with the entry point's own parameters; they take the place of the grid's steps of the same name, and
 planner.upstream gives what they need. The grid they come from is the one `main` would run with the same names, so a
 step built here is the step `main` builds (same parameters, same cache key): whichever runs first, the other reuses
@@ -22,15 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from distill.config.params import param, same_as
 from distill.config.params_text import lists_from_text
 from distill.config.models import resolve_model, resolve_names, resolve_role
 from distill.config.presets import load_preset
-from distill.phases.main import planner, MainParams
+from distill.phases.main import planner, users_runs, MainParams
 from distill.phases.main.planner import Step
-from distill.tracking import lineage
+from distill.tracking import artifacts_present, lineage
 
 # The parameters of the grid (named as `main`'s) each entry point takes for what it builds. A name the entry point
 # has itself keeps its own meaning and is its target's alone (`limit` of `sft`, `backend` of `evaluate`), except
@@ -70,6 +73,13 @@ class Build:
 
     targets: list[Step]
     steps: list[Step]
+    used: list[tuple[Step, users_runs.Used]] = field(default_factory=list)  # runs in place of steps, not run
+    order: list[str] = field(default_factory=list)  # every step's name, the used ones too, in plan order
+
+    def status(self, pending: list[planner.Pending]) -> list[planner.Pending]:
+        """planner.pending's answer for `steps`, with the runs used in place of steps as reused, in plan order."""
+        rows = {x.step.name: x for x in pending} | {s.name: planner.Pending(s, u.run_id) for s, u in self.used}
+        return [rows[n] for n in self.order or [s.name for s in self.steps] if n in rows]
 
 
 def upstream_reuse(reuse):
@@ -97,11 +107,31 @@ def _grid(phase: str, p, up: UpstreamParams, teachers=(), students=(), seeds=())
     return planner.plan(mp, planner.resolve_grid(mp, who=f"{phase} (the selection of questions)", hardware=False))
 
 
-def _build(plan: list[Step], targets: list[Step], extra: list[Step] = ()) -> Build:
-    """The targets (and extra steps) in place of the plan's steps of the same name, and what they need."""
+def _build(plan: list[Step], targets: list[Step], extra: list[Step] = (),
+           used: dict[str, users_runs.Used] | None = None) -> Build:
+    """The targets (and extra steps) in place of the plan's steps of the same name, and what they need; a step
+    with a run in `used` is not run: the steps it feeds are given that run."""
     mine = {s.name: s for s in [*extra, *targets]}
     merged = [mine.pop(s.name, s) for s in plan] + list(mine.values())
-    return Build(targets, planner.upstream(merged, [t.name for t in targets]))
+    names = [t.name for t in targets]
+    needed = planner.upstream(merged, names)
+    used = {n: u for n, u in (used or {}).items() if n not in names and any(s.name == n for s in needed)}
+    if not used:
+        return Build(targets, needed)
+    for s in needed:
+        s.given = {d: used[d].run_id for d in [*(d for deps in s.inputs.values() for d in deps), *s.after] if d in used}
+    kept = planner.upstream([s for s in needed if s.name not in used], names)  # what only a used step needed goes too
+    selection = next((s for s in kept if s.phase == "select"), None)
+    if selection is not None and "translate" in used:
+        users_runs.check_selection_fits(used["translate"], selection.params, load_preset(selection.params.preset))
+    return Build(targets, kept, [(s, used[s.name]) for s in needed if s.name in used], [s.name for s in needed])
+
+
+def _users(phase: str, preset, up: UpstreamParams, teachers: list[str]) -> dict[str, users_runs.Used]:
+    """The translation and teacher runs that fit (users_runs), unless the command sets the upstream's settings."""
+    if users_runs.settings_given(up, KNOBS[phase]):
+        return {}
+    return users_runs.translation_and_teachers(preset.name, teachers)
 
 
 def _in_plan(plan: list[Step], name: str) -> Step:
@@ -128,24 +158,18 @@ def _finished(phase: str, preset) -> str:
     return run.info.run_id if run else ""
 
 
-def _teacher_runs(preset, teachers: list[str]) -> list[str]:
-    """The teacher runs select would read itself (each teacher's newest on the newest translation), when every
-    teacher of the selection has one; else [] (missing: built)."""
-    translation = _finished("translate", preset)
-    runs = {r.data.tags.get(lineage.TEACHER): r.info.run_id for r in lineage.teacher_runs_of(translation)} \
-        if translation else {}
-    return [runs[t] for t in teachers] if teachers and all(t in runs for t in teachers) else []
-
-
 def sft(p, up: UpstreamParams) -> Build:
     from distill.config.names import teacher_names
     from distill.phases.sft import canonical_teacher
 
     preset = load_preset(p.preset)
     teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
-    if not (p.select_run or p.train_file):  # a selection with this teacher's set (and `teachers=`'s): not missing
+    looks_up = not users_runs.settings_given(up, KNOBS["sft"], users_runs.SELECTION)
+    if not (p.select_run or p.train_file) and looks_up:  # a selection with this teacher's set (and `teachers=`'s)
         wanted = _selection(preset, up.teachers, teacher_names(teacher)) if up.teachers else teacher_names(teacher)
         found = lineage.select_run_for(wanted, preset.name)
+        if found is not None and not artifacts_present.still_whole("select", found):  # set aside: selected again
+            found = None
         p = dataclasses.replace(p, select_run=found.info.run_id) if found is not None else p
     students = ([resolve_role(p.student, preset, "student").name] if p.student
                 else list(preset.grid.students or preset.students))
@@ -158,8 +182,8 @@ def sft(p, up: UpstreamParams) -> Build:
         for t in targets:
             t.inputs = {}
         return Build(targets, targets)
-    plan = _grid("sft", p, up, _selection(preset, up.teachers, teacher_names(teacher)), students, seeds)
-    return _build(plan, targets)
+    teachers = _selection(preset, up.teachers, teacher_names(teacher))
+    return _build(_grid("sft", p, up, teachers, students, seeds), targets, used=_users("sft", preset, up, teachers))
 
 
 def _evaluated_tp(p, preset, backend: str) -> int:
@@ -215,8 +239,9 @@ def evaluate(p, up: UpstreamParams) -> Build:
     trained = planner.sft_step(teacher, student, seed, dict(preset=p.preset, reuse=upstream_reuse(p.reuse)),
                                planner.sft_gpu_count(preset))
     target.after = [trained.name]
-    plan = _grid("evaluate", p, up, _selection(preset, up.teachers, teacher_names(teacher)), [student], [seed])
-    return _build(plan, [target], extra=[trained])
+    teachers = _selection(preset, up.teachers, teacher_names(teacher))
+    plan = _grid("evaluate", p, up, teachers, [student], [seed])
+    return _build(plan, [target], extra=[trained], used=_users("evaluate", preset, up, teachers))
 
 
 def teacher(p, up: UpstreamParams) -> Build:
@@ -226,32 +251,31 @@ def teacher(p, up: UpstreamParams) -> Build:
     target = Step(f"teacher {ref.name}", "teacher", dataclasses.replace(p, teacher=ref.name),
                   inputs={"translation_run": ["translate"]},
                   gpus=planner.gpus_for_generation(preset, backend, p.tensor_parallel_size or ref.tensor_parallel_size))
-    if not p.translation_run and (found := _finished("translate", preset)):
-        target.params = dataclasses.replace(target.params, translation_run=found)
-        p = target.params
     if p.translation_run:
         return _alone(target)
-    return _build(_grid("teacher", p, up), [target])
+    return _build(_grid("teacher", p, up), [target], used=_users("teacher", preset, up, []))
 
 
 def select(p, up: UpstreamParams) -> Build:
     preset = load_preset(p.preset)
-    if not p.teacher_runs and (found := _teacher_runs(preset, _selection(preset, up.teachers))):
-        p = dataclasses.replace(p, teacher_runs=found)
     if p.teacher_runs:
         return _alone(Step("select", "select", p))
-    plan = _grid("select", p, up, _selection(preset, up.teachers))
-    return _build(plan, [Step("select", "select", p, inputs=_in_plan(plan, "select").inputs)])
+    teachers = _selection(preset, up.teachers)
+    plan = _grid("select", p, up, teachers)
+    return _build(plan, [Step("select", "select", p, inputs=_in_plan(plan, "select").inputs)],
+                  used=_users("select", preset, up, teachers))
 
 
 def tokens(p, up: UpstreamParams) -> Build:
     preset = load_preset(p.preset)
-    if not p.select_run and (found := _finished("select", preset)):
+    if not p.select_run and not users_runs.settings_given(up, KNOBS["tokens"], users_runs.SELECTION) and (found := _finished("select", preset)):
         p = dataclasses.replace(p, select_run=found)
     if p.select_run:
         return _alone(Step("tokens", "tokens", p))
-    plan = _grid("tokens", p, up, _selection(preset, up.teachers))
-    return _build(plan, [Step("tokens", "tokens", p, inputs=_in_plan(plan, "tokens").inputs)])
+    teachers = _selection(preset, up.teachers)
+    plan = _grid("tokens", p, up, teachers)
+    return _build(plan, [Step("tokens", "tokens", p, inputs=_in_plan(plan, "tokens").inputs)],
+                  used=_users("tokens", preset, up, teachers))
 
 
 def report(p, up: UpstreamParams) -> Build:

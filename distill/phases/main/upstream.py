@@ -71,7 +71,9 @@ def run(phase: str, module, params, up: UpstreamParams) -> str | None:
     if up.upstream and hasattr(module, "preflight"):  # a bad setting of the target stops it before its upstream runs
         module.preflight(params)
     found = build(phase, params, up) if up.upstream else _alone(phase, params)
-    status = planner.pending(found.steps, planner.finished_run)
+    for _, used in found.used:  # what it builds on instead of building it (users_runs): said before anything runs
+        console.info(f"{label}: using your {used.line}")
+    status = found.status(planner.pending(found.steps, planner.finished_run))
     lines = plan_lines(label, status)
     print("\n".join(lines), flush=True)
     if up.plan:
@@ -93,8 +95,8 @@ def load_preset_name(params) -> str:
 
 def build_key(label: str, steps: list[planner.Step]) -> str:
     """The cache key of what this command runs: a later try of the same command marks this one KILLED if it died."""
-    return cache_keys.cache_key("pipeline", {"entry_point": label,
-                                             "steps": "\n".join(f"{s.name}: {s.params!r}" for s in steps)})
+    return cache_keys.cache_key("pipeline", {"entry_point": label, "steps": "\n".join(
+        f"{s.name}: {s.params!r}" + (f" given {s.given}" if s.given else "") for s in steps)})
 
 
 def run_steps(label: str, found: Build, to_run: list[planner.Step], preset_name: str) -> str:
@@ -120,18 +122,21 @@ def run_steps(label: str, found: Build, to_run: list[planner.Step], preset_name:
         reused = sum(s["reused"] for s in step.log)
         n = len(step.log)
         mlflow.set_tags({"mlflow.runName": f"{label}-{preset_name}" + (f" (reused {reused} of {n} steps)" if reused else ""),
-                         "mlflow.note.content": note(label, preset_name, targets, step.log, parent.experiment_id)})
+                         "mlflow.note.content": note(label, preset_name, targets, step.log, parent.experiment_id,
+                                                     found.used)})
         console.info(f"{label}: {n} steps, {reused} reused, {seconds:.0f}s; "
                      + ", ".join(f"{t} {done[t]}" for t in targets))
         return done[targets[-1]]
 
 
-def note(label: str, preset_name: str, targets: list[str], log: list[dict], experiment_id: str) -> str:
-    """The entry point's run description (Markdown): what it was asked for and every step's run."""
+def note(label: str, preset_name: str, targets: list[str], log: list[dict], experiment_id: str, used=()) -> str:
+    """The entry point's run description (Markdown): what it was asked for, the runs it built on, every step's run."""
     from distill.phases.main.main_run import run_link
 
     out = [f"**distill `-e {label}`**, preset `{preset_name}`: " + ", ".join(f"`{t}`" for t in targets)
            + ", and what it needs.", "", "| step | run | |", "|---|---|---|"]
+    for step, u in used:
+        out.append(f"| {step.name} | {run_link(u.run_id[:8], experiment_id, u.run_id)} | used: yours, already there |")
     for s in log:
         what = "reused (an earlier run)" if s["reused"] else f"ran, {s['seconds']:.0f}s"
         out.append(f"| {s['step']} | {run_link(s['run_id'][:8], experiment_id, s['run_id'])} | {what} |")
