@@ -120,11 +120,18 @@ def test_each_entry_point_takes_the_grid_parameters_it_uses_and_refuses_the_othe
         upstream_params(["--teacher", "7B", "--n", "0"], SftParams, "sft")
 
 
+# what each phase's consumers read from its run (a run without them is not reused: artifacts_present)
+FILES = {"translate": ["translations.jsonl"], "teacher": ["answers.jsonl"],
+         "select": ["dev.jsonl", "train/7B.jsonl", "train/72B.jsonl"]}
+
+
 def _finished(phase: str, params: dict, tags: dict) -> str:
     import mlflow
 
     with mlflow.start_run(run_name=phase, tags={"distill.phase": phase, **tags}) as run:
         mlflow.log_params(params)
+        for path in FILES[phase]:
+            mlflow.log_text("", path)
     return run.info.run_id
 
 
@@ -177,3 +184,13 @@ def test_a_selection_larger_than_the_users_translation_is_refused_before_any_tea
     assert names(build("select", SelectParams(allow_fewer=True), UP))[-1] == "select"
     with pytest.raises(DistillError, match="n=20 is more than the 16 questions"):
         build("sft", SftParams(teacher="7B"), UpstreamParams(n=20))
+
+
+def test_a_translation_whose_files_are_gone_is_not_built_on(tracking):
+    import mlflow
+
+    whole = _finished("translate", {"preset": "offline"}, {})
+    with mlflow.start_run(tags={"distill.phase": "translate"}) as broken:  # newer, its translations.jsonl gone
+        mlflow.log_params({"preset": "offline"})
+    found = build("teacher", TeacherParams(teacher="7B"), UpstreamParams(plan=True))
+    assert [u.run_id for _, u in found.used] == [whole] and broken.info.run_id != whole

@@ -131,7 +131,7 @@ def _users(phase: str, preset, up: UpstreamParams, teachers: list[str]) -> dict[
     """The translation and teacher runs that fit (users_runs), unless the command sets the upstream's settings."""
     if users_runs.settings_given(up, KNOBS[phase]):
         return {}
-    return users_runs.translation_and_teachers(preset.name, teachers)
+    return users_runs.translation_and_teachers(preset.name, teachers, look_only=up.plan)
 
 
 def _in_plan(plan: list[Step], name: str) -> Step:

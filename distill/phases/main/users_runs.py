@@ -50,10 +50,15 @@ def size(run) -> int | None:
     return int(float(n)) if n is not None else None
 
 
-def translation_and_teachers(preset_name: str, teachers: list[str]) -> dict[str, Used]:
+def translation_and_teachers(preset_name: str, teachers: list[str], look_only: bool = False) -> dict[str, Used]:
     """Step name -> the run that fits it: the newest FINISHED translation of the preset and, of these teachers, the
-    newest FINISHED run of each on it. Empty when there is no translation."""
-    translation = lineage.newest_finished("translate", params={"preset": preset_name})
+    newest FINISHED run of each on it. Empty when there is no translation. A run whose files are gone is not used
+    (artifacts_present; set aside unless `look_only`, a plan)."""
+    from distill.tracking.artifacts_present import still_whole
+
+    translation = next((r for r in lineage.search_phase_runs("translate", status="FINISHED",
+                                                             params={"preset": preset_name}, max_results=20)
+                        if still_whole("translate", r, look_only=look_only)), None)
     if translation is None:
         return {}
     tid, n = translation.info.run_id, size(translation)
@@ -61,7 +66,7 @@ def translation_and_teachers(preset_name: str, teachers: list[str]) -> dict[str,
                                                f"from {made(translation)}", n)}
     for run in lineage.teacher_runs_of(tid):
         teacher = run.data.tags.get(lineage.TEACHER)
-        if teacher in teachers:
+        if teacher in teachers and still_whole("teacher", run, look_only=look_only):
             out[f"teacher {teacher}"] = Used(f"teacher {teacher}", run.info.run_id,
                                              f"teacher {teacher} run {run.info.run_id} from {made(run)}")
     return out
