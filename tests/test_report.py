@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+from urllib.parse import quote, unquote
 
 import mlflow
 import pandas as pd
@@ -67,6 +68,21 @@ class Store:
 def first(k: int, start: int = 0) -> list[bool]:
     """Questions start..start+k-1 right, the others wrong."""
     return [start <= i < start + k for i in range(N)]
+
+
+def shared_plotlyjs_of(html: str) -> tuple[str, str, str]:
+    """The run and path a figure's HTML fetches plotly.js from in the MLflow UI, and its address elsewhere."""
+    m = re.search(r'"/get-artifact\?path=([^&"]+)&run_uuid=(\w+)":"([^"]*)"', html)
+    assert m, html[:3000]
+    return m.group(2), unquote(m.group(1)), m.group(3)
+
+
+def plotly_js_logged(run_id: str, path: str) -> bool:
+    """The run is the experiment's plotly.js: FINISHED, tagged, the file complete."""
+    run, client = mlflow.get_run(run_id), MlflowClient()
+    sizes = {f.path: f.file_size for f in client.list_artifacts(run_id, path.rsplit("/", 1)[0])}
+    return (run.info.status == "FINISHED" and run.data.tags["distill.asset"] == "plotly.js"
+            and "distill.phase" not in run.data.tags and sizes.get(path, 0) > 1_000_000)
 
 
 def artifacts(run_id: str, tmp_path) -> str:
@@ -188,13 +204,14 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
         (20, 5, 9, 34, 35)
     assert e72.errors_calculation_frac == pytest.approx(9 / 34)
 
-    # figures: HTML that loads the one shared plotly.js beside it (offline), and a JSON twin holding the data
-    shared = os.path.join(local, "figures", "plotly.min.mjs")
-    assert os.path.getsize(shared) > 1_000_000 and "Plotly" in open(shared, encoding="utf-8").read(2000)
+    # figures: HTML that loads the experiment's one plotly.js (a run of its own), and a JSON twin holding the data
+    assert not os.path.exists(os.path.join(local, "figures", "plotly.min.mjs"))    # not a copy per report
     for name in ("fig1_accuracy", "fig2_errors", "fig3_tokens"):
         html = open(os.path.join(local, "figures", f"{name}.html"), encoding="utf-8").read()
-        assert re.search(r'<script[^>]*\bsrc="plotly\.min\.mjs"', html) and len(html) < 200_000
-        assert f"run_uuid={run_id}" in html   # the MLflow UI's blob: viewer fetches the shared copy from the server
+        assert re.search(r'<script[^>]*\bsrc="plotly\.min\.mjs"', html) and len(html) < 200_000  # a copy beside it
+        asset_run, path, address = shared_plotlyjs_of(html)  # where the MLflow UI's blob: viewer and a browser fetch it
+        assert asset_run != run_id and path == "figures/plotly.min.mjs" and plotly_js_logged(asset_run, path)
+        assert address.startswith("file://") and os.path.getsize(address.removeprefix("file://")) > 1_000_000
     fig1 = json.load(open(os.path.join(local, "figures", "fig1_accuracy.json")))
     bar = next(t for t in fig1["data"] if t["type"] == "bar" and t["name"] == "qwen2.5-0.5b")
     assert bar["x"] == ["7B", "14B", "32B", "72B", "7B+72B"]
@@ -322,3 +339,31 @@ def test_exact_mcnemar_p_matches_scipy_binomtest():
     assert binomial_two_sided_half(0, 0) == 1.0
     with pytest.raises(ValueError):
         binomial_two_sided_half(5, 3)
+
+
+def test_plotly_js_is_stored_once_per_experiment_and_served_where_the_ui_fetches_it(mlflow_server, tmp_path):
+    """Two reports through the real CLI on a real server: one plotly.js run between them, each report run ~80 KB
+    instead of 4.9 MB, and the URL the UI's artifact viewer builds from the HTML serves the script."""
+    import requests
+
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    ids = [re.search(r"run (\w{32})", run_entry("report", "--upstream", "false", env=env, cwd=tmp_path).stderr).group(1)
+           for _ in range(2)]
+    mlflow.set_tracking_uri(mlflow_server)
+    try:
+        client = MlflowClient()
+        shared = set()
+        for run_id in ids:
+            html = mlflow.artifacts.load_text(f"runs:/{run_id}/figures/fig1_accuracy.html")
+            asset_run, path, address = shared_plotlyjs_of(html)
+            shared.add(asset_run)
+            assert plotly_js_logged(asset_run, path)
+            stored = sum(f.file_size or 0 for d in ("", "figures", "tables") for f in client.list_artifacts(run_id, d or None))
+            assert stored < 300_000, stored                                    # no 4.8 MB copy in the report run
+            ui = f"{mlflow_server}/get-artifact?path={quote(path, safe='')}&run_uuid={asset_run}"
+            assert address == ui                                               # outside the UI: the same server
+            got = requests.get(ui, timeout=30)
+            assert got.ok and "javascript" in got.headers["content-type"] and len(got.content) > 1_000_000
+        assert len(shared) == 1
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -12,6 +12,7 @@ from distill.phases.tokens import TokensParams, calculation_steps, uses_decimal
 from distill.phases.tokens import run as tokens
 from distill.phases.translate import TranslateParams
 from distill.phases.translate import run as translate
+from tests.test_report import plotly_js_logged, shared_plotlyjs_of
 
 
 def test_style_measures():
@@ -40,10 +41,11 @@ def test_tokens_per_teacher_and_tokenizer(tracking):
         r = dict(zip(cols, row))
         assert r["tokens_q1"] <= r["tokens_median"] <= r["tokens_q3"]
     html = mlflow.artifacts.load_text(f"runs:/{run_id}/figures/token_counts.html")
-    assert "Plotly" in html and "cdn" not in html.lower()  # no network: the shared plotly.js beside it
-    assert 'src="plotly.min.mjs"' in html and f"run_uuid={run_id}" in html
-    assert {"figures/plotly.min.mjs", "figures/token_counts.json"} <= {
-        f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "figures")}
+    assert "Plotly" in html and "cdn" not in html.lower()  # no network: the experiment's one plotly.js
+    asset_run, path, _ = shared_plotlyjs_of(html)
+    assert 'src="plotly.min.mjs"' in html and asset_run != run_id and plotly_js_logged(asset_run, path)
+    assert {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "figures")} == {
+        "figures/token_counts.html", "figures/token_counts.json"}         # no copy of plotly.js per run
     rows = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{run_id}/token_counts.jsonl").splitlines()]
     assert len(rows) == 3 * 2 * 6 and all(r["tokens"] > 0 for r in rows)
     with pytest.raises(DistillError, match="unknown tokenizer"):

@@ -85,17 +85,19 @@ def token_figure(rows: list[dict], tokenizers: list[str], teachers: list[str]):
 
 
 def log_figure(fig, name: str, run_id: str) -> None:
-    """`figures/<name>.html` with the report's shared plotly.js beside it (opens without a network, in
-    the MLflow UI too), not `mlflow.log_figure`'s HTML that loads plotly.js from a CDN."""
+    """`figures/<name>.html` loading the experiment's one plotly.js (distill/phases/report/assets.py: opens
+    without a network, in the MLflow UI too), not `mlflow.log_figure`'s HTML that loads plotly.js from a CDN."""
     import mlflow
 
-    from distill.phases.report.figures import write_figure, write_plotlyjs
+    from distill.disk_full import writing
+    from distill.phases.report.assets import shared_plotlyjs
+    from distill.phases.report.figures import write_figure
 
-    with tempfile.TemporaryDirectory() as tmp:
+    asset = shared_plotlyjs(mlflow.get_run(run_id).info.experiment_id)
+    with tempfile.TemporaryDirectory() as tmp, writing("the tokens figure", tmp):
         folder = Path(tmp) / "figures"
         folder.mkdir()
-        write_plotlyjs(folder)
-        write_figure(fig, folder / name, run_id)
+        write_figure(fig, folder / name, asset)
         mlflow.log_artifacts(tmp)
 
 

@@ -13,7 +13,8 @@ writes (as artifacts of one `report` run):
   paired-bootstrap 95% interval, bootstrap p, exact McNemar p, Holm-adjusted McNemar p
   (`tables/paired_tests.{md,csv}`);
 - error categories (`tables/errors.{md,csv}`) and token counts per teacher answer (`tables/tokens.{md,csv}`);
-- Fig. 1-3 as standalone plotly HTML that opens offline, each with a plotly JSON twin (`figures/`);
+- Fig. 1-3 as plotly HTML that opens offline, each with a plotly JSON twin (`figures/`); plotly.js itself is
+  stored once per experiment (`assets`);
 - `report.md`, which puts it together and lists everything missing; `missing.json`; `inputs.json`.
 
 Nothing missing is an error: an absent cell is shown as "—" and listed under "Missing".
@@ -45,8 +46,9 @@ from distill.config.params_text import lists_from_text
 from distill.config.presets import load_preset
 from distill.phases.report.document import render_report, report_note, summary_lines
 from distill.tracking import lineage, phase_runs
-from distill.phases.report.figures import (figure_accuracy, figure_errors, figure_tokens, teacher_colors,
-                                           write_figure, write_plotlyjs)
+from distill.disk_full import writing
+from distill.phases.report.assets import shared_plotlyjs
+from distill.phases.report.figures import figure_accuracy, figure_errors, figure_tokens, teacher_colors, write_figure
 from distill.phases.report.inputs import Predictions, collect_inputs, load_tokens, ordered_names
 from distill.phases.report.missing import missing_items
 from distill.phases.report.paired import holm, paired_tests  # holm: tests import it from here
@@ -199,7 +201,9 @@ def run(p: ReportParams) -> str:
         if not error_teachers:
             notes.append("No error teachers were chosen for Fig. 2.")
 
-        with tempfile.TemporaryDirectory() as tmp:
+        experiment = mlflow.get_experiment(mlflow.get_run(pr.run_id).info.experiment_id)
+        asset = shared_plotlyjs(experiment.experiment_id)
+        with tempfile.TemporaryDirectory() as tmp, writing("report tables and figures", tmp):
             root = Path(tmp)
             (root / "tables").mkdir()
             (root / "figures").mkdir()
@@ -212,14 +216,12 @@ def run(p: ReportParams) -> str:
             _save(paired, md_paired, root / "tables", "paired_tests")
             _save(errors_df, md_errors, root / "tables", "errors")
             _save(tok_df, md_tokens, root / "tables", "tokens")
-            write_plotlyjs(root / "figures")
             write_figure(figure_accuracy(cells, inputs, teachers, students, baseline_label),
-                         root / "figures" / "fig1_accuracy", pr.run_id)
-            write_figure(figure_errors(errors_df, error_teachers, students, colors), root / "figures" / "fig2_errors", pr.run_id)
-            write_figure(figure_tokens(token_rows, token_teachers, tokenizers, colors), root / "figures" / "fig3_tokens", pr.run_id)
-            experiment = mlflow.get_experiment(mlflow.get_run(pr.run_id).info.experiment_id)
+                         root / "figures" / "fig1_accuracy", asset)
+            write_figure(figure_errors(errors_df, error_teachers, students, colors), root / "figures" / "fig2_errors", asset)
+            write_figure(figure_tokens(token_rows, token_teachers, tokenizers, colors), root / "figures" / "fig3_tokens", asset)
             meta = {"preset": preset.name, "eval_set": eval_set, "experiment": experiment.name,
-                    "experiment_id": experiment.experiment_id, "run_id": pr.run_id,
+                    "experiment_id": experiment.experiment_id, "run_id": pr.run_id, "plotly_run_id": asset.run_id,
                     "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     "n_eval_runs": inputs.n_eval_runs, "n_errors_runs": len(inputs.errors),
                     "tokens_run": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}

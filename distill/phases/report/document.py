@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill.phases.report.figures import PLOTLY_JS
+from distill.phases.report.assets import PLOTLY_JS
 from distill.phases.report.tables import DASH
 
 
@@ -49,9 +49,11 @@ def _artifact_link(meta: dict, path: str) -> str:
     the run page; a link relative to report.md would 404 there), with the path for a downloaded copy."""
     if not meta.get("run_id"):
         return f"`{path}` (beside this file)"
+    shared = meta.get("plotly_run_id")
+    needs = (f"plotly.js is the experiment's, `figures/{PLOTLY_JS}` of run {shared}, which it finds where it can; "
+             f"a copy beside it serves where it cannot") if shared else f"it needs `figures/{PLOTLY_JS}` beside it"
     return (f"[{path}](#/experiments/{meta['experiment_id']}/runs/{meta['run_id']}/artifactPath/{path}) "
-            f"in this run's artifacts (`{path}` beside this file once downloaded; it needs `figures/{PLOTLY_JS}` "
-            "beside it)")
+            f"in this run's artifacts (`{path}` beside this file once downloaded; {needs})")
 
 
 def render_report(meta: dict, summary: list[str], sections: dict[str, str], missing: list[dict], notes: list[str]) -> str:

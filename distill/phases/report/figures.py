@@ -1,13 +1,15 @@
-"""Fig. 1-3 as plotly figures, written as HTML that shares one plotly.js beside it (opens offline
-and in the MLflow UI) with a plotly JSON twin."""
+"""Fig. 1-3 as plotly figures, written as HTML that loads the experiment's one plotly.js (assets.py; opens
+offline and in the MLflow UI) with a plotly JSON twin."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
+from distill.phases.report.assets import PLOTLY_JS, SharedAsset
 from distill.phases.report.inputs import CATEGORIES, Inputs
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -188,30 +190,21 @@ def _say(fig, text: str) -> None:
                        font=dict(size=16, color="#666"), bgcolor="white")
 
 
-# `.mjs`: the MLflow server sends it as text/javascript (a `.js` artifact goes out as text/plain with
-# nosniff, which no browser runs); loaded as a classic script all the same.
-PLOTLY_JS = "plotly.min.mjs"
-# The MLflow UI shows an HTML artifact from a blob: URL, where `plotly.min.mjs` resolves to nothing:
-# there the figure fetches the shared copy from the server it was opened from.
-_UI_LOADER = ('<script>if(!window.Plotly&&location.protocol==="blob:"){{document.write(\'<script charset="utf-8" '
-              'src="\'+new URL(location.href.slice(5)).origin+\'/get-artifact?path=figures%2F{js}&run_uuid={run}">'
-              '<\\/script>\')}}</script>')
+# The MLflow UI shows an HTML artifact from a blob: URL, where `plotly.min.mjs` resolves to nothing: there
+# the figure fetches the experiment's shared copy from the server it was opened from; elsewhere from the
+# shared copy's address (assets.py), when the copy beside it is missing too.
+_LOADER = ('<script>if(!window.Plotly){{var u=location.protocol==="blob:"?new URL(location.href.slice(5)).origin+'
+           '"/get-artifact?path={path}&run_uuid={run}":"{address}";if(u)document.write(\'<script charset="utf-8" '
+           'src="\'+u+\'"><\\/script>\')}}</script>')
 
 
-def write_plotlyjs(folder: Path) -> None:
-    """plotly.js once, from the installed plotly package, for every figure beside it (no network needed)."""
-    from plotly.offline import get_plotlyjs
-
-    (folder / PLOTLY_JS).write_text(get_plotlyjs(), encoding="utf-8")
-
-
-def write_figure(fig, path: Path, run_id: str = "") -> None:
-    """HTML that loads the shared plotly.js beside it (opens offline once downloaded; in the MLflow UI
-    from the run's artifacts), and the figure's JSON beside it."""
+def write_figure(fig, path: Path, asset: SharedAsset | None = None) -> None:
+    """HTML that loads plotly.js from beside it, else from the experiment's shared copy (assets.py), and
+    the figure's JSON beside it."""
     html = fig.to_html(include_plotlyjs=False, full_html=True)  # plotly takes only a `.js` name as a path
     tag = f'<script charset="utf-8" src="{PLOTLY_JS}"></script>'
-    if run_id:
-        tag += _UI_LOADER.format(js=PLOTLY_JS, run=run_id)
+    if asset is not None:
+        tag += _LOADER.format(path=quote(asset.path, safe=""), run=asset.run_id, address=asset.address)
     html = html.replace("</head>", tag + "\n</head>", 1)
     path.with_suffix(".html").write_text(html, encoding="utf-8")
     fig.write_json(str(path.with_suffix(".json")))
