@@ -188,6 +188,9 @@ def quiet_console(argv: list[str]) -> list[str]:
 def run_phase(phase: str, argv: list[str] | None = None) -> None:
     """Parse, set the offline environment before any Hub library loads, run, report errors plainly."""
     argv = sys.argv[1:] if argv is None else argv
+    from distill.stop_signals import exit_code, restore, stop_like_ctrl_c, stopped_line
+
+    handlers = stop_like_ctrl_c()  # a scheduler's SIGTERM (preemption) ends the runs as ^C does
     try:
         argv = quiet_console(list(argv))
         quiet_loggers()
@@ -229,7 +232,8 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"interrupted: finished work of {phase} is kept; run the same command again to continue",
-              file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print(stopped_line(e, phase), file=sys.stderr)
+        sys.exit(exit_code(e))
+    finally:
+        restore(handlers)

@@ -128,8 +128,31 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self._stop.set()
+        if isinstance(exc, KeyboardInterrupt):
+            end_stopped(self.run_id, exc)
+
+
+def end_stopped(run_id: str, interrupt: KeyboardInterrupt) -> None:
+    """A run whose process was stopped (^C, SIGTERM: distill.stop_signals) ends KILLED with why, not FAILED as
+    MLflow ends a run on any exception: a preempted try is not a failure. The active run through MLflow's run
+    stack, so that its context does not end it again; another (`mlflow run`'s) directly."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from distill.stop_signals import how_stopped
+
+    try:
+        active = mlflow.active_run()
+        client = MlflowClient()
+        client.set_tag(run_id, lineage.KILLED_REASON, how_stopped(interrupt))
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run("KILLED")
+        else:
+            client.set_terminated(run_id, "KILLED")
+    except Exception:  # noqa: BLE001 - the store is unreachable: MLflow's own exit still tries, as FAILED
+        pass
 
 
 def wait_for_holders(phase: str, key: str, me: tuple[float, str] | None = None,

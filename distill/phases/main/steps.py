@@ -28,6 +28,7 @@ from contextlib import contextmanager, nullcontext
 
 from distill import DistillError
 from distill.log import setup_logging
+from distill.stop_signals import Terminated
 from distill.tracking import cache_keys, phase_runs
 
 console = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def start_method() -> str:
 
 
 PRELOAD = ["distill.phases.main.step_preload"]
-INTERRUPT_GRACE_S = 60  # after a ^C, how long a step may take to mark its run before it is terminated
+INTERRUPT_GRACE_S = 60  # after a ^C or SIGTERM (stop_signals), how long a step may take to end its run
 # Set once a step found itself forked from a process that had initialised CUDA (in_bad_fork): every later step of
 # this process starts with spawn, a fresh interpreter, instead of from that fork server.
 SPAWN_STEPS = False
@@ -192,7 +193,9 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
         return
     own_process_group()
     die_with(waiter)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the fork server ignores ^C; a step must not
+    from distill.stop_signals import stop_like_ctrl_c
+
+    stop_like_ctrl_c(repeat_sigint=False)  # the fork server ignores ^C; a step must not, nor a scheduler's SIGTERM
     os.chdir(cwd)  # the fork server's is the parent's when it started; a relative sqlite:///mlflow.db needs this one
     os.environ.clear()
     os.environ.update(env)  # CUDA_VISIBLE_DEVICES first of all: the fork server made no CUDA context (step_preload)
@@ -255,11 +258,13 @@ def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: b
             else:
                 outcome = message
         proc.join()
-    except KeyboardInterrupt:  # the step leads its own group: pass the ^C on, let it mark its run and exit
-        kill_group(proc.pid, signal.SIGINT)
+    except KeyboardInterrupt as stop:
+        # ^C or SIGTERM (distill.stop_signals). The step leads its own group: pass the stop on as it came, and let
+        # the step end its run and exit.
+        kill_group(proc.pid, signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
         proc.join(INTERRUPT_GRACE_S)
-        if proc.is_alive():
-            kill_group(proc.pid, signal.SIGTERM)
+        if proc.is_alive():  # stuck: a step takes a second stop signal for the same stop, so it is killed
+            kill_group(proc.pid)
             proc.join()
         raise
     finally:
