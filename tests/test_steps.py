@@ -32,19 +32,23 @@ def test_a_step_runs_in_its_own_process_nested_under_main(steps):
     assert step.log[-1]["run_id"] == run_id and not step.log[-1]["reused"]
 
 
-@pytest.mark.parametrize("how,message", [
-    ("die", "its process ended (exit code 9) before the step finished"),
-    ("raise", "ValueError: boom"),
-    ("refuse", "n must be > 0 (got 0)"),
+AGAIN = "type the same command again to continue from there"
+
+
+@pytest.mark.parametrize("how,message,then", [
+    ("die", "its process ended (exit code 9) before the step finished", AGAIN),
+    ("raise", "ValueError: boom", AGAIN),
+    # a refusal repeats: typing the same command again cannot help (before: it said so)
+    ("refuse", "n must be > 0 (got 0)", "fix that first (the same command again would fail the same way); the "
+                                        "finished steps are kept"),
 ])
-def test_a_failed_step_is_named_with_its_run(steps, how, message):
+def test_a_failed_step_is_named_with_its_run(steps, how, message, then):
     step, _ = steps
     started = []
     with pytest.raises(DistillError) as e, phase_runs.on_phase_run(started.append):
         step("fixture", step_fixtures.run, FixtureParams(how=how))
     assert len(started) == 1  # reported by the child as it started, before it died
-    assert str(e.value) == (f"step fixture failed (run {started[0].run_id}): {message}; type the same command again "
-                            "to continue from there")
+    assert str(e.value) == f"step fixture failed (run {started[0].run_id}): {message}; {then}"
     status = mlflow.get_run(started[0].run_id).info.status
     assert status == ("RUNNING" if how == "die" else "FAILED")  # a killed run stays unfinished: resumable
 

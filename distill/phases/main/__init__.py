@@ -23,7 +23,7 @@ from distill.config.checks import SEED, Rule
 from distill.config.params import Default, check_preset, count_param, limit_param, param, preset_param, reuse_param
 from distill.config.params_text import lists_from_text
 from distill.phases import module_name
-from distill.phases.main import gpus, main_run, planner
+from distill.phases.main import gpus, main_run, planner, retry_hint
 from distill.tracking import cache_keys, phase_runs
 
 console = logging.getLogger(__name__)
@@ -156,8 +156,8 @@ class Steps:
         except Exception as e:
             where = f" (run {started[-1].run_id})" if started else ""
             detail = str(e) if isinstance(e, (DistillError, StepError)) else f"{type(e).__name__}: {e}"
-            raise DistillError(f"step {name} failed{where}: {detail}; type the same command again to continue "
-                               "from there") from e
+            raise DistillError(f"step {name} failed{where}: {detail}; "
+                               f"{retry_hint.after_failure(isinstance(e, DistillError))}") from e
         reused = bool(started and started[-1].reused)
         if not reused:
             self.fresh.add(run_id)

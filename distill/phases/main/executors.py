@@ -27,7 +27,7 @@ from typing import Any, Callable
 from distill import DistillError
 from distill.config.environment import OFFLINE_ENV
 from distill.phases import module_name
-from distill.phases.main import main_run, planner
+from distill.phases.main import main_run, planner, retry_hint
 from distill.tracking import phase_runs
 from distill.tracking.redact import redact_uri
 from distill.phases.main.task_tracking import LoopbackServer, tracking_for_tasks, stop_process_group  # noqa: F401 - re-exported
@@ -85,13 +85,14 @@ def execute_step(phase: str, params: Any, env: dict[str, str], gpus: int = 0) ->
     try:
         with phase_runs.on_phase_run(events.append):
             run_id = fn(params)
-        error = None
+        error, refused = None, False
     except BaseException as e:  # noqa: BLE001 - reported to the driver, which names the step
-        run_id, error = None, (str(e) if isinstance(e, DistillError) else f"{type(e).__name__}: {e}")
+        refused = isinstance(e, DistillError)  # a refusal: the same command fails the same way
+        run_id, error = None, (str(e) if refused else f"{type(e).__name__}: {e}")
     import ray
 
     return {"run_id": run_id if error is None else (events[-1].run_id if events else None),
-            "reused": bool(error is None and events and events[-1].reused), "error": error,
+            "reused": bool(error is None and events and events[-1].reused), "error": error, "refused": refused,
             "seconds": round(time.perf_counter() - t0, 2), "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "scratch": scratch}
@@ -258,8 +259,9 @@ def run_steps(steps: list[planner.Step], p, grid: planner.Grid, launch: Callable
         if failed:
             what = "; ".join(f"step {n} failed" + (f" (run {r['run_id']})" if r["run_id"] else "") + f": {r['error']}"
                              for n, r in failed.items())
+            refused = all(r.get("refused") for r in failed.values())  # each would fail the same way again
             raise DistillError(f"{what}; {len(done)} other steps finished, {len(skipped)} waited on the failed ones; "
-                               "type the same command again to continue from there")
+                               f"{retry_hint.after_failure(refused)}")
         report_run = done["report"]["run_id"]
         main_run.describe(main, grid.preset.name, log, report_run)
         reused = sum(s["reused"] for s in log)
