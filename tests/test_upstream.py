@@ -151,7 +151,7 @@ def test_select_uses_the_users_translation_and_teacher_run_and_builds_only_the_m
     """The issue's sequence: `translate limit=16`, `teacher 7B`, then `select` (the grid's teachers: 7B and 72B)
     runs only 72B, on the user's 16 questions; `plan=true` says so first. `main` does not take the limited
     translation for the preset's full data: it builds its own."""
-    from distill.phases.main import MainParams, planner, users_runs
+    from distill.phases.main import MainParams, planner
     from tests.conftest import run_entry
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -165,9 +165,8 @@ def test_select_uses_the_users_translation_and_teacher_run_and_builds_only_the_m
     # the preset's n=32 of 16 questions cannot succeed: said before 72B runs, not after
     refused = run_entry("select_questions", env=env, cwd=tmp_path, check=False)
     assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
-        f"error: the selection's n=32 is more than the 16 questions of your translation run {tid} (16 questions) "
-        f"from {users_runs.made(translation)}: pass n=16 or fewer (or allow_fewer=true), or train_limit=<N> to build "
-        "a translation of N questions"), refused.stderr[-3000:]
+        f"error: n=32 questions to select, but your translation run {tid} has only 16: pass n=16 or fewer "
+        "(or allow_fewer=true), or train_limit=<N> to build a translation of N questions"), refused.stderr[-3000:]
     assert phase_runs(all_runs(tmp_path)) == ["teacher", "translate"]
 
     plan = run_entry("select_questions", "--plan", "true", "--n", "8", env=env, cwd=tmp_path)
@@ -186,6 +185,20 @@ def test_select_uses_the_users_translation_and_teacher_run_and_builds_only_the_m
     assert chosen.info.status == "FINISHED" and seventy_two.data.tags[lineage.TRANSLATION_RUN_ID] == tid
     assert lineage.teacher_run_ids(chosen) == {"7B": sid, "72B": seventy_two.info.run_id}
     assert seventy_two.data.metrics["n_total"] == 16
+    # asked for that translation's size (`train_limit=16`), the grid's own translate and teacher steps are the same
+    # work as the user's runs (their keys less the code, which the other helpers' edits may change under a test)
+    from distill.config.presets import load_preset
+    from distill.phases import teacher, translate
+    from distill.phases.main.targets import UpstreamParams, build
+    from distill.phases.select import SelectParams
+    from distill.tracking.cache_keys import work_key
+
+    offline = load_preset("offline")
+    asked = {s.name: s for s in build("select", SelectParams(n=8), UpstreamParams(train_limit=16)).steps}
+    assert work_key("translate", translate.reuse_key(asked["translate"].params, offline)) == \
+        translation.data.tags[lineage.WORK_KEY]
+    assert work_key("teacher", teacher.reuse_key(asked["teacher 7B"].filled({"translate": tid}), offline),
+                    {"translation_run_id": tid}) == seven.data.tags[lineage.WORK_KEY]
 
     # `main` (the preset's full data: 64 questions) does not fit the 16: it translates anew, and its teachers too
     os.environ["MLFLOW_TRACKING_URI"] = uri

@@ -123,7 +123,8 @@ def _build(plan: list[Step], targets: list[Step], extra: list[Step] = (),
     kept = planner.upstream([s for s in needed if s.name not in used], names)  # what only a used step needed goes too
     selection = next((s for s in kept if s.phase == "select"), None)
     if selection is not None and "translate" in used:
-        users_runs.check_selection_fits(used["translate"], selection.params, load_preset(selection.params.preset))
+        users_runs.check_selection_fits(used["translate"], selection.params, load_preset(selection.params.preset),
+                                        allow_fewer_too=selection in targets)
     return Build(targets, kept, [(s, used[s.name]) for s in needed if s.name in used], [s.name for s in needed])
 
 

@@ -72,15 +72,16 @@ def translation_and_teachers(preset_name: str, teachers: list[str], look_only: b
     return out
 
 
-def check_selection_fits(translation: Used, select_params, preset) -> None:
+def check_selection_fits(translation: Used, select_params, preset, allow_fewer_too: bool) -> None:
     """A selection of more questions than the user's translation has cannot succeed: refused before any teacher
-    runs on it (a 70B teacher runs for hours), not after."""
+    runs on it (a 70B teacher runs for hours), not after. `allow_fewer_too`: the command takes `allow_fewer`."""
     from distill import DistillError
     from distill.config.params import resolve
 
     p = resolve(select_params, preset)
     if translation.size is None or p.allow_fewer or p.n <= translation.size:
         return
-    raise DistillError(f"the selection's n={p.n} is more than the {translation.size} questions of your "
-                       f"{translation.line}: pass n={translation.size} or fewer (or allow_fewer=true), or "
-                       "train_limit=<N> to build a translation of N questions")
+    raise DistillError(f"n={p.n} questions to select, but your translation run {translation.run_id} has only "
+                       f"{translation.size}: pass n={translation.size} or fewer"
+                       + (" (or allow_fewer=true)" if allow_fewer_too else "")
+                       + ", or train_limit=<N> to build a translation of N questions")
