@@ -1,7 +1,7 @@
 """Start several processes that open the same empty storage at the same instant, as sweep workers and
 `main`'s phases do, and print what each got (JSON: one list per storage, "ok" or the error).
 
-    python tests/concurrent_open.py N optuna:URL mlflow:URL ...
+    python tests/concurrent_open.py N optuna:URL mlflow:URL mlflowcli:URL bare:URL ...
 
 Run as a fresh process of its own: it imports the libraries once and forks N workers per URL, released
 together by a barrier (a fork from pytest's process could inherit other tests' threads and locks).
@@ -46,22 +46,45 @@ def open_mlflow(url: str, worker: int) -> None:
         mlflow.log_param("worker", worker)
 
 
+def open_mlflow_cli(url: str, worker: int) -> None:
+    """What `mlflow run` does before any project code: open the store through MLflow's own client (whatever
+    builder MLflow has for the scheme), find its experiment, make its run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(url)
+    client.search_experiments(max_results=1)
+    run = client.create_run("0")
+    client.set_terminated(run.info.run_id)
+
+
+def open_bare(url: str, worker: int) -> None:
+    """MLflow's SQLite store built directly, as MLflow builds it without distill: no lock, no repair (a way to
+    make the half-migrated stores MLflow leaves, for real)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(url, "./mlruns").search_experiments(max_results=1)
+
+
+OPEN = {"optuna": open_optuna, "mlflow": open_mlflow, "mlflowcli": open_mlflow_cli, "bare": open_bare}
+
+
 def _worker(kind: str, url: str, worker: int, barrier, results) -> None:
     barrier.wait()
     try:
-        (open_optuna if kind == "optuna" else open_mlflow)(url, worker)
+        OPEN[kind](url, worker)
         results.put((worker, "ok"))
     except BaseException as e:  # noqa: BLE001 - reported to the test, which shows it
         results.put((worker, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"))
 
 
 def main(n: int, rounds: list[str]) -> list[list[str]]:
-    """One round per `kind:URL` (kind `optuna` or `mlflow`), one after another."""
+    """One round per `kind:URL` (a kind of OPEN), one after another."""
     import logging
 
     import optuna  # noqa: F401 - imported once here, before the forks
     import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import mlflow.tracking._tracking_service.utils  # noqa: F401 - its store builders, entry points included
 
     import distill.phases.sweep  # noqa: F401
     from distill.tracking import store  # noqa: F401

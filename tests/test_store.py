@@ -3,6 +3,7 @@ password written into a URI is never shown, and `sweep` refuses a storage URL th
 would log it as a param)."""
 
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -51,3 +52,43 @@ def test_sweep_refuses_a_storage_with_a_password_before_anything_is_written(trac
     assert e.value.code == 2 and err.startswith("error: storage holds a password (postgresql://optuna:***@db:5432/optuna)")
     assert "PGPASSWORD" in err and "s3cret-pw" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store was even made
+
+
+@pytest.mark.parametrize("kind", ["proc", "under_a_file", "unknown_scheme", "folder_store"])
+def test_a_bad_tracking_uri_is_refused_by_name_in_one_line_before_any_work(kind, tmp_path):
+    from tests.conftest import run_entry
+
+    (tmp_path / "afile").write_text("not a folder")
+    uri = {"proc": "sqlite:////proc/nope/mlflow.db",
+           "under_a_file": f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}",
+           "unknown_scheme": "foo://bar",
+           "folder_store": str(tmp_path / "runs")}[kind]
+    env = {"MLFLOW_TRACKING_URI": uri}
+    proc = run_entry("translate", "--preset", "offline", "--limit", "2", cwd=tmp_path, env=env, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and uri in lines[0], lines
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_the_database_file_not_where_the_command_runs(tmp_path):
+    """The preset's experiment (and MLflow's Default) are created with their artifacts in `mlruns` beside the
+    database file, whatever the folder a command runs in: a store in /data/mlflow.db keeps them in /data."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import run_entry
+
+    store, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    run_entry("translate", "--preset", "offline", "--limit", "2", cwd=work, env={"MLFLOW_TRACKING_URI": uri})
+    client = MlflowClient(uri)
+    exps = {e.name: e for e in client.search_experiments()}
+    root = str(store / "mlruns")
+    for name in ("Default", "distill-offline"):
+        assert exps[name].artifact_location == f"{root}/{exps[name].experiment_id}", exps[name]
+    run = client.search_runs([exps["distill-offline"].experiment_id])[0]
+    assert run.info.artifact_uri.startswith(f"{root}/") or run.info.artifact_uri.startswith(f"file://{root}/")
+    assert client.list_artifacts(run.info.run_id) and (store / "mlruns" / exps["distill-offline"].experiment_id).is_dir()
+    assert not (work / "mlruns").exists() and not (Path.cwd() / "mlruns" / exps["distill-offline"].experiment_id / run.info.run_id).exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -31,19 +32,41 @@ def dialect(uri: str) -> str:
     return {"postgres": "postgresql"}.get(scheme.split("+")[0], scheme.split("+")[0])
 
 
+def sqlite_path(uri: str) -> str:
+    """The absolute path of a `sqlite:///` URI's file (relative paths are the current folder's, as SQLAlchemy's)."""
+    return os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
+
+
+_held: dict[str, int] = {}  # lock file -> how deep this process holds it
+_held_guard = threading.RLock()
+
+
 @contextmanager
 def sqlite_lock(uri: str):
-    """A file lock named after the database file; held across processes of this machine."""
+    """A file lock named after the database file; held across processes of this machine. Re-entrant within
+    a process: the project's setup holds it while MLflow builds the store, and MLflow's store builder
+    (distill.tracking.sqlite_store) takes it too; a second flock of this process would wait on itself."""
     import fcntl
 
-    db = os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
+    db = sqlite_path(uri)
     lock = Path(tempfile.gettempdir()) / f"distill-store-{hashlib.sha256(db.encode()).hexdigest()[:16]}.lock"
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    key = str(lock)
+    with _held_guard:
+        if _held.get(key):
+            _held[key] += 1
+            try:
+                yield
+            finally:
+                _held[key] -= 1
+            return
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            _held[key] = 1
+            try:
+                yield
+            finally:
+                _held[key] = 0
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextmanager

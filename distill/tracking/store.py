@@ -3,12 +3,14 @@ active and writable."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from distill import DistillError
 from distill.tracking import lineage, server_auth
 from distill.tracking.redact import redact_uri
 from distill.tracking.schema_lock import creation_lock, dialect, sqlite_lock
+from distill.tracking.store_uri import check_tracking_uri, scheme, store_open_failed
 
 
 def ensure_tracking_reachable() -> None:
@@ -18,6 +20,7 @@ def ensure_tracking_reachable() -> None:
 
     uri = mlflow.get_tracking_uri()
     if not uri.startswith(("http://", "https://")):
+        check_tracking_uri(uri)  # a URI MLflow cannot store to: by name, before any work
         return
     import requests
 
@@ -40,24 +43,32 @@ def setup_lock(uri: str):
 
 def ensure_tracking_store() -> None:
     """Create a database tracking store (SQLite, or PostgreSQL opened directly) once, under
-    schema_lock.creation_lock: processes that start at once on an empty database all succeed."""
+    schema_lock.creation_lock: processes that start at once on an empty database all succeed. A SQLite store
+    MLflow left half-created or half-migrated is repaired first (distill.tracking.sqlite_store); a store
+    MLflow refuses to open (a folder store, a file that is no database) is one line naming it."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    if dialect(uri) not in ("sqlite", "postgresql"):
+    if dialect(uri) not in ("sqlite", "postgresql") and scheme(uri) not in ("", "file"):
         return
-    import logging
-
     from mlflow.tracking import MlflowClient
+
+    from distill.tracking import sqlite_store
 
     quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
     level = quiet.level
     with creation_lock(uri):
         try:
             quiet.setLevel(logging.WARNING)
+            if dialect(uri) == "sqlite":  # repaired if need be, created with its artifacts beside the file,
+                sqlite_store.build(uri)  # also where an older install of distill has no MLflow entry point yet
             client = MlflowClient(uri)  # each store is made (its tables set up) at its first use, then kept
             client.search_experiments(max_results=1)
             client.search_registered_models(max_results=1)
+        except DistillError:
+            raise
+        except Exception as e:  # noqa: BLE001 - MLflow's refusal, whatever its type: one line naming the store
+            raise store_open_failed(uri, e) from None
         finally:
             quiet.setLevel(level)
 
@@ -106,6 +117,20 @@ def experiment_name(preset_name: str) -> str:
     return f"distill-{preset_name}"
 
 
+def create_experiment(client, uri: str, name: str, note: str) -> None:
+    """A SQLite store's new experiment keeps its artifacts beside the database file
+    (distill.tracking.sqlite_store.artifact_root), never in the folder the command runs in; a server's or
+    PostgreSQL's, where the server or MLflow says."""
+    if dialect(uri) != "sqlite":
+        client.create_experiment(name, tags={NOTE: note})
+        return
+    from mlflow.entities import ExperimentTag
+
+    from distill.tracking import sqlite_store
+
+    sqlite_store.build(uri).create_experiment(name, tags=[ExperimentTag(NOTE, note)])
+
+
 def use_preset_experiment(preset) -> str | None:
     """Make `distill-<preset>` the active experiment (created with a description) unless the user chose
     one (MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID, `mlflow run --experiment-name`, whose run is
@@ -143,7 +168,7 @@ def use_preset_experiment(preset) -> str | None:
         client.set_experiment_tag(exp.experiment_id, NOTE, note)
     if exp is None:
         try:
-            client.create_experiment(name, tags={NOTE: note})
+            create_experiment(client, uri, name, note)
         except Exception as e:  # noqa: BLE001 - another process created it first, or this user may not
             if client.get_experiment_by_name(name) is None:
                 reason = getattr(e, "message", str(e)).splitlines()[0]
