@@ -40,9 +40,13 @@ class LoopbackServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        artifacts = Path("mlruns").resolve()  # where the embedded store puts them: same layout, same paths
+        from distill.tracking.sqlite_store import artifact_root
+
+        # where the embedded store puts them (beside a SQLite file): same layout, same paths
+        local = self.store_uri.startswith("sqlite:///")
+        root = (Path(artifact_root(self.store_uri)) if local else Path("mlruns").resolve()).as_uri()
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", self.store_uri, "--default-artifact-root", artifacts.as_uri(),
+               "--backend-store-uri", self.store_uri, "--default-artifact-root", root,
                "--no-serve-artifacts", "--workers", "1"]
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"distill-mlflow-server-{port}.log"
         # its own process group: the server starts uvicorn, a job runner and queue consumers, stopped together
