@@ -5,7 +5,9 @@ uses; only a teacher with no run on that translation is run, on it.
 What fits is what the phases read themselves when they are not given an input:
 - the translation: the newest FINISHED `translate` run of the preset (what `teacher` and `select` read), whatever
   its limit, translator or source: the user made it to be used;
-- a teacher: the newest FINISHED run of that teacher on this translation (what `select` reads).
+- a teacher: the newest FINISHED run of that teacher on this translation (what `select` reads);
+a run whose files are gone is not one (artifacts_present). A selection of more questions (`n`) than that translation
+has is refused before any teacher runs on it: it could only fail after them.
 An entry point whose command sets the upstream's own settings asked for particular runs: it uses only runs of
 exactly that work, by their cache keys, as `main` does (`train_limit`, `backend`, `max_new_tokens`: the translation
 and the teachers; those and `n`: the selection). `main` and `report` build the preset's full grid: a translation made
