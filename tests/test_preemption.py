@@ -1,8 +1,10 @@
 """Preemption through the real CLI: a scheduler's SIGTERM ends the runs as ^C does (one line, exit 143, nothing
-left RUNNING, finished work kept)."""
+left RUNNING, finished work kept), and a rerun after `kill -9` on the same machine takes over at once, without
+waiting for the dead try's heartbeat to age, and leaves no run RUNNING when it ends."""
 
 from __future__ import annotations
 
+import collections
 import glob
 import os
 import signal
@@ -38,20 +40,22 @@ def _started(command: list[str], tmp_path, env: dict, log: str) -> subprocess.Po
 
 
 def _stop_when(proc: subprocess.Popen, ready, sig: int, group: bool = False, seconds: float = 500):
-    """Poll `ready()` while `proc` runs; when it gives something, send `sig` (to the group: kill -9 of a machine)."""
-    found, deadline = None, time.time() + seconds
+    """Poll `ready()` while `proc` runs; when it gives something, send `sig` (to the group: kill -9 of a machine).
+    What `ready()` gave, or None when the process ended before (or the moment came too late to stop it)."""
+    found, sent, deadline = None, False, time.time() + seconds
     try:
         while found is None and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
             found = ready()
         if found is not None and proc.poll() is None:
             (os.killpg if group else os.kill)(proc.pid, sig)
+            sent = True
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return found
+    return found if sent else None
 
 
 def _stderr_after_stop(tmp_path, log: str) -> list[str]:
@@ -132,3 +136,96 @@ def test_sigterm_to_main_mid_step_ends_main_and_its_step(tmp_path):
     assert len(main) == 1 and main[0].data.metrics["steps_reused"] >= len(finished_before) > 0
     assert time.time() - t0 < float(LONG_TIMEOUT)
 
+
+def _steps(client: MlflowClient, status: str) -> list:
+    return [r for r in _all_runs(client) if r.info.status == status and r.data.tags.get("distill.phase")
+            not in (None, "main")]
+
+
+def _between_steps(client: MlflowClient, finished_before: int):
+    """`main` between two steps: one more step finished since it started, and none is running."""
+    finished = _steps(client, "FINISHED")
+    if len(finished) > finished_before and not _steps(client, "RUNNING"):
+        return finished[0]
+    return None
+
+
+def _phase_running(client: MlflowClient, phase: str):
+    return next((r for r in _steps(client, "RUNNING") if r.data.tags["distill.phase"] == phase), None)
+
+
+@pytest.mark.slow
+def test_a_rerun_after_kill_9_takes_over_at_once_and_leaves_no_run_running(tmp_path):
+    """`kill -9` of the whole `mlflow run` process group (a lost machine) during a step that holds a claim, between
+    two steps, and during evaluate, each followed by the same command: with a heartbeat timeout of 15 minutes, each
+    rerun marks the dead tries KILLED at once (their processes are gone on this machine) and takes their work
+    over; the last one leaves no run RUNNING (before: `main`'s run and `mlflow run`'s stayed RUNNING) and no work
+    FINISHED twice."""
+    grid = [x for k, v in zip(GRID[::2], GRID[1::2]) for x in ("-P", f"{k.removeprefix('--')}={v}")]
+    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", *grid]
+    env, client = _env(tmp_path), MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.search_experiments()
+    took_over: list[float] = []
+    dead: list[str] = []
+    for i, point in enumerate(["a step holding a claim", "between steps", "evaluate", None]):
+        before = len(_steps(client, "FINISHED"))
+        ready = {"a step holding a claim": lambda: _step_holding_work(client),
+                 "between steps": lambda: _between_steps(client, before),
+                 "evaluate": lambda: _phase_running(client, "evaluate")}.get(point)
+        started = time.time()
+        proc = _started(command, tmp_path, env, f"try{i}.log")
+        if ready is None:
+            assert proc.wait(timeout=600) == 0, (tmp_path / f"try{i}.log").read_text()[-3000:]
+        else:
+            assert _stop_when(proc, ready, signal.SIGKILL, group=True) is not None, \
+                f"{point}: " + (tmp_path / f"try{i}.log").read_text()[-3000:]
+        if dead:  # the runs the kill before left RUNNING: this try ended them, long before any heartbeat aged
+            ends = [client.get_run(r).info for r in dead]
+            assert all(e.status == "KILLED" for e in ends) or point is not None
+            mine = min(r.info.start_time for r in _all_runs(client)
+                       if r.data.tags.get("distill.phase") == "main" and r.info.start_time >= started * 1000)
+            took_over += [(e.end_time - mine) / 1000 for e in ends if e.status == "KILLED"]
+        dead = [r.info.run_id for r in _running(client)]
+        assert point is None or dead, "the kill left no run RUNNING: it came too late"
+
+    runs = _all_runs(client)
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    assert took_over and max(took_over) < 120, took_over  # the heartbeat timeout is 900 s
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert all("distill.killed_reason" in r.data.tags for r in killed)
+    assert sum(r.data.tags.get("distill.phase") == "main" for r in killed) == 3
+    finished = collections.Counter((r.info.experiment_id, r.data.tags["distill.cache_key"]) for r in runs
+                                   if r.info.status == "FINISHED" and "distill.cache_key" in r.data.tags)
+    keys = {(r.info.experiment_id, r.data.tags["distill.cache_key"]) for r in runs if "distill.cache_key" in r.data.tags}
+    assert set(finished) == keys and set(finished.values()) == {1}
+    print(f"take-over after kill -9, seconds after the rerun's main run started: {sorted(round(t, 1) for t in took_over)}")
+
+
+def test_a_try_is_dead_at_once_only_where_its_process_can_be_checked(tracking, monkeypatch):
+    """Fresh heartbeats all: a try of this machine whose process ended, or whose pid now belongs to a process
+    started at another time, is dead; one whose process lives, and one of another machine, boot or pid namespace
+    (a container), is left to the heartbeat rule."""
+    import mlflow
+
+    from distill.tracking import claims
+
+    monkeypatch.setenv("DISTILL_HEARTBEAT_TIMEOUT_S", LONG_TIMEOUT)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    here = claims.whereabouts()
+    assert set(here) == {"distill.host", "distill.boot_id", "distill.pid_namespace", "distill.pid", "distill.pid_start"}
+    ended.wait()
+    tries = {"alive": here, "ended": {**here, "distill.pid": str(ended.pid)},
+             "pid reused": {**here, "distill.pid_start": str(int(here["distill.pid_start"]) - 1)},
+             "other host": {**here, "distill.host": here["distill.host"] + "-other", "distill.pid": str(ended.pid)},
+             "other boot": {**here, "distill.boot_id": "0" * 36, "distill.pid": str(ended.pid)},
+             "other container": {**here, "distill.pid_namespace": "pid:[1]", "distill.pid": str(ended.pid)},
+             "no whereabouts": {}}
+    client, exp = MlflowClient(), mlflow.get_experiment_by_name("Default").experiment_id
+    beat = {"distill.cache_key": "k", "distill.phase": "translate", "distill.heartbeat": f"{time.time():.3f}"}
+    ids = {name: client.create_run(exp, tags={**beat, **tags}).info.run_id for name, tags in tries.items()}
+    me = client.create_run(exp).info.run_id
+    marked = claims.mark_dead("k", me)
+    assert {name for name, run_id in ids.items() if run_id in marked} == {"ended", "pid reused"}
+    reason = client.get_run(ids["ended"]).data.tags["distill.killed_reason"]
+    assert reason == f"its process {ended.pid} on this machine is gone; taken over by run {me}"
+    assert {r.info.run_id for r in claims.find_unfinished("k")} == {ids["ended"], ids["pid reused"]}

@@ -7,13 +7,20 @@ marks it KILLED and takes over its shards or checkpoints. A second try of live w
 reuses its result. Two tries that claim at the same moment both see each other after a short settle
 time (claim_settle_time: as long as the claim took to land) and the earlier claim wins; this assumes
 the clocks of the machines agree to within that time.
+
+A try also records where it runs (whereabouts: host, boot id, pid namespace, pid and the process's start time).
+A later try on the same machine need not wait for the heartbeat to age: a try whose process is gone, or whose pid
+now belongs to a process started at another time, is dead at once (process_gone). Across machines, or where
+/proc is missing, the heartbeat rule stays.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import socket
 import threading
 import time
 
@@ -90,8 +97,58 @@ def _last_beat(run) -> float:
         return run.info.start_time / 1000  # a run from before heartbeats: its start counts
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); "" if there is none.
+    The fields are counted after the command name's closing parenthesis: the name may hold spaces."""
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+@functools.cache
+def _machine() -> dict[str, str]:
+    """This machine as whereabouts name it; {} where it cannot be told (no /proc: not Linux)."""
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    if not boot or not namespace:
+        return {}
+    return {lineage.HOST: socket.gethostname(), lineage.BOOT_ID: boot, lineage.PID_NAMESPACE: namespace}
+
+
+def whereabouts() -> dict[str, str]:
+    """The tags that say where this process runs, for a run it holds; {} where process_gone could not use them."""
+    machine = _machine()
+    start = _process_start(os.getpid()) if machine else ""
+    return {**machine, lineage.PID: str(os.getpid()), lineage.PID_START: start} if start else {}
+
+
+def process_gone(run) -> bool:
+    """Whether the run's process (whereabouts) ran on this machine, since its last boot, and has ended: its pid
+    is free, or taken by a process that started at another time. False where that cannot be told."""
+    tags, machine = run.data.tags, _machine()
+    if not machine or any(tags.get(k) != v for k, v in machine.items()):
+        return False
+    try:
+        pid = int(tags[lineage.PID])
+    except (KeyError, ValueError):
+        return False
+    return _process_start(pid) != tags.get(lineage.PID_START)
+
+
 def is_live(run, now: float | None = None) -> bool:
-    return run.info.status == "RUNNING" and (now or time.time()) - _last_beat(run) < heartbeat_timeout()
+    return (run.info.status == "RUNNING" and (now or time.time()) - _last_beat(run) < heartbeat_timeout()
+            and not process_gone(run))
 
 
 def _claim_order(run) -> tuple[float, str]:
@@ -181,17 +238,33 @@ def wait_for_holders(phase: str, key: str, me: tuple[float, str] | None = None,
 
 
 def mark_dead(key: str, me: str, tries: list | None = None) -> list[str]:
-    """RUNNING tries of the key whose heartbeat stopped: KILLED, with the reason and who took over.
-    `tries`: the key's runs as a look just now found them (wait_for_holders), else they are searched."""
+    """RUNNING tries of the key that are dead (heartbeat stopped, or process gone): KILLED, with the reason
+    and who took over. `tries`: the key's runs as a look just now found them (wait_for_holders), else they
+    are searched."""
+    return _kill(_running_with_key(key) if tries is None else tries, me, f"taken over by run {me}")
+
+
+def mark_dead_in(experiment_ids: list[str], me: str) -> list[str]:
+    """Every dead try in these experiments, whatever its work: a `main` killed with its machine leaves its own
+    run, `mlflow run`'s and a step's, and a rerun need not reach the step's work (another grid, a step
+    reused elsewhere) to end them. Only runs that beat (lineage.HEARTBEAT) are judged."""
+    runs = lineage.search_phase_runs(status="RUNNING", experiment_ids=experiment_ids)
+    return _kill([r for r in runs if lineage.HEARTBEAT in r.data.tags], me, f"found dead by run {me}")
+
+
+def _kill(tries: list, me: str, note: str) -> list[str]:
     from mlflow.tracking import MlflowClient
 
-    client, now, dead = MlflowClient(), time.time(), []
-    for r in _running_with_key(key) if tries is None else tries:
+    client, now, dead, why = MlflowClient(), time.time(), [], set()
+    for r in tries:
         if r.info.status == "RUNNING" and r.info.run_id != me and not is_live(r, now):
-            client.set_tag(r.info.run_id, lineage.KILLED_REASON, f"no heartbeat for {now - _last_beat(r):.0f}s; "
-                                                                 f"taken over by run {me}")
+            gone = process_gone(r)
+            reason = f"its process {r.data.tags[lineage.PID]} on this machine is gone" if gone else \
+                f"no heartbeat for {now - _last_beat(r):.0f}s"
+            client.set_tag(r.info.run_id, lineage.KILLED_REASON, f"{reason}; {note}")
             client.set_terminated(r.info.run_id, "KILLED")
             dead.append(r.info.run_id)
+            why.add("its process is gone" if gone else "no heartbeat")
     if dead:
-        console.warning(f"marked {', '.join(dead)} KILLED (no heartbeat); run {me} takes over")
+        console.warning(f"marked {', '.join(dead)} KILLED ({', '.join(sorted(why))}); {note}")
     return dead

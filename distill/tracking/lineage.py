@@ -63,6 +63,12 @@ EXPERIMENT = "distill.experiment"             # `mlflow run`'s run in Default: w
 HEARTBEAT = "distill.heartbeat"
 CLAIMED_AT = "distill.claimed_at"
 KILLED_REASON = "distill.killed_reason"
+# Where a try runs (claims.whereabouts): on the same machine a later try sees at once that its process is gone
+HOST = "distill.host"
+BOOT_ID = "distill.boot_id"                   # /proc/sys/kernel/random/boot_id: a reboot makes every pid new
+PID_NAMESPACE = "distill.pid_namespace"       # containers on one machine share its boot id, not their pids
+PID = "distill.pid"
+PID_START = "distill.pid_start"               # the process's start, in clock ticks since boot: a reused pid differs
 
 # The report
 MISSING_CELLS = "distill.missing_cells"

@@ -140,7 +140,7 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     all_tags = {lineage.PHASE: phase, lineage.CACHE_KEY: key, lineage.WORK_KEY: work,
                 lineage.CODE_VERSION: cache_keys.code_version(phase, preset, backend),
                 lineage.CODE_FILES: json.dumps(files, separators=(",", ":")),
-                lineage.CLAIMED_AT: claimed, lineage.HEARTBEAT: claimed,
+                lineage.CLAIMED_AT: claimed, lineage.HEARTBEAT: claimed, **claims.whereabouts(),
                 **tags, **{lineage.upstream_tag(k): v for k, v in upstream.items()}}
     if cache_keys.REHEARSAL:
         all_tags[lineage.REHEARSAL] = "true"

@@ -5,8 +5,10 @@ A `main` killed with `kill -9` (or with its machine) cannot end its run. Like a 
 carries the cache key of its grid (lineage.CACHE_KEY, from its params less how it runs: the executor) and a
 heartbeat a daemon thread renews; so does the run `mlflow run` opened for it (MLFLOW_RUN_ID), which is the
 main run itself under `--experiment-name`, else a run of its own in the Default experiment. The next `main`
-of the same grid marks those whose heartbeat stopped KILLED (distill.killed_reason), when it starts and
-again when it ends (a try typed again at once may find the heartbeat of the dead one still fresh).
+of the same grid marks those that are dead KILLED (distill.killed_reason) when it starts: at once when they ran
+on this machine and their process is gone (claims.process_gone), else once their heartbeat stopped. When it ends
+it marks every dead run of its experiments KILLED, whatever its work: what a killed `main` left RUNNING in a step
+this one did not reach (or reused from elsewhere) is not left RUNNING after it. A ^C or SIGTERM ends it KILLED.
 """
 
 from __future__ import annotations
@@ -63,8 +65,7 @@ def _cli_run(main_run_id: str):
 
 
 def mark_dead(key: str, me: str, cli_experiment: str | None) -> None:
-    """Earlier tries of this grid (or build) whose heartbeat stopped: parent runs here, `mlflow run`'s in its
-    experiment."""
+    """Earlier tries of this grid (or build) that are dead: parent runs here, `mlflow run`'s in its experiment."""
     try:
         claims.mark_dead(key, me)
         if cli_experiment:
@@ -73,6 +74,14 @@ def mark_dead(key: str, me: str, cli_experiment: str | None) -> None:
             claims.mark_dead(key, me, tries)
     except Exception as e:  # noqa: BLE001 - marking others is housekeeping; this run goes on
         console.warning(f"could not mark dead runs of this grid KILLED ({type(e).__name__}: {e})")
+
+
+def mark_all_dead(me: str, experiment_id: str, cli_experiment: str | None) -> None:
+    """Every dead run of this run's experiment (and `mlflow run`'s), whatever its work (claims.mark_dead_in)."""
+    try:
+        claims.mark_dead_in([experiment_id, *([cli_experiment] if cli_experiment else [])], me)
+    except Exception as e:  # noqa: BLE001 - housekeeping, as mark_dead
+        console.warning(f"could not mark dead runs KILLED ({type(e).__name__}: {e})")
 
 
 @contextmanager
@@ -88,11 +97,11 @@ def main_run(p, grid: planner.Grid) -> Iterator[Main]:
 def parent_run(run_name: str, params: dict, key: str, tags: dict[str, str]) -> Iterator[Main]:
     """A run that steps nest under (`main`'s, or an entry point's that builds its upstream): started with
     its params, tags and the cache key of what it runs, beating, and `mlflow run`'s run with it, until it
-    ends; earlier tries of the same key whose heartbeat stopped are marked KILLED when it starts and ends."""
+    ends; dead earlier tries of the same key are marked KILLED when it starts, every dead run when it ends."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    beat = {lineage.CACHE_KEY: key, lineage.HEARTBEAT: f"{time.time():.3f}"}
+    beat = {lineage.CACHE_KEY: key, lineage.HEARTBEAT: f"{time.time():.3f}", **claims.whereabouts()}
     with ExitStack() as stack:
         run = stack.enter_context(mlflow.start_run(run_name=run_name, tags={**tags, **beat}))
         stack.enter_context(claims.Heartbeat(run.info.run_id))
@@ -109,7 +118,7 @@ def parent_run(run_name: str, params: dict, key: str, tags: dict[str, str]) -> I
         try:
             yield Main(run.info.run_id, run.info.experiment_id, params, key)
         finally:
-            mark_dead(key, run.info.run_id, cli_experiment)
+            mark_all_dead(run.info.run_id, run.info.experiment_id, cli_experiment)
 
 
 def run_link(text: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
