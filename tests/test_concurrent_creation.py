@@ -6,6 +6,7 @@ died with `UniqueViolation ... (studydirection, 2200) already exists` (or `exper
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -137,10 +138,16 @@ def test_the_readme_command_typed_twice_at_once_on_a_new_sqlite_file(tmp_path):
 
     db = tmp_path / "store" / "mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
-    cmd = ["mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "translate", "-P", "preset=offline",
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "translate", "-P", "preset=offline",
            "-P", "limit=2"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
     assert _problem(db) is None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    default = client.get_experiment("0")  # `mlflow run`'s own runs: beside the file as well
+    assert default.artifact_location == f"{db.parent / 'mlruns'}/0"
+    assert len(client.search_runs(["0"])) == 2 and not (tmp_path / "mlruns").exists()

@@ -92,3 +92,33 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_the_database_file_not_where_t
     assert run.info.artifact_uri.startswith(f"{root}/") or run.info.artifact_uri.startswith(f"file://{root}/")
     assert client.list_artifacts(run.info.run_id) and (store / "mlruns" / exps["distill-offline"].experiment_id).is_dir()
     assert not (work / "mlruns").exists() and not (Path.cwd() / "mlruns" / exps["distill-offline"].experiment_id / run.info.run_id).exists()
+
+
+def test_a_sqlite_store_moved_with_its_artifacts_keeps_them_after_one_command(tmp_path):
+    """MLflow writes absolute locations: a copied store points at the old folder until
+    `python -m distill.tracking.sqlite_move OLD sqlite:///NEW/mlflow.db` rewrites them."""
+    import shutil
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import ROOT, run_entry
+
+    old, new, work = tmp_path / "old", tmp_path / "new", tmp_path / "work"
+    work.mkdir()
+    run_entry("translate", "--preset", "offline", "--limit", "2", cwd=work,
+              env={"MLFLOW_TRACKING_URI": f"sqlite:///{old / 'mlflow.db'}"})
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    uri = f"sqlite:///{new / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-m", "distill.tracking.sqlite_move", str(old), uri],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and f"now under {new}" in proc.stdout, proc.stderr
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("distill-offline")
+    assert exp.artifact_location == f"{new / 'mlruns'}/{exp.experiment_id}"
+    run = client.search_runs([exp.experiment_id])[0]
+    assert str(old) not in run.info.artifact_uri
+    got = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "got")))
+    assert [p for p in got.rglob("*") if p.is_file()]
