@@ -229,3 +229,24 @@ def test_a_try_is_dead_at_once_only_where_its_process_can_be_checked(tracking, m
     reason = client.get_run(ids["ended"]).data.tags["distill.killed_reason"]
     assert reason == f"its process {ended.pid} on this machine is gone; taken over by run {me}"
     assert {r.info.run_id for r in claims.find_unfinished("k")} == {ids["ended"], ids["pid reused"]}
+
+
+def test_a_process_that_ended_but_was_not_reaped_is_gone(tracking):
+    """A step killed alone (the OOM killer) stays a zombie until its parent reaps it: its pid and start time
+    are still in /proc, and its run must not pass for live."""
+    import mlflow
+
+    from distill.tracking import claims
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while not open(f"/proc/{zombie.pid}/stat").read().rpartition(")")[2].split()[0] == "Z":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    start = open(f"/proc/{zombie.pid}/stat").read().rpartition(")")[2].split()[19]
+    tags = {**claims.whereabouts(), "distill.pid": str(zombie.pid), "distill.pid_start": start,
+            "distill.heartbeat": f"{time.time():.3f}"}
+    client = MlflowClient()
+    run = client.get_run(client.create_run(mlflow.get_experiment_by_name("Default").experiment_id, tags=tags).info.run_id)
+    assert claims.process_gone(run) and not claims.is_live(run)
+    zombie.wait()

@@ -106,11 +106,12 @@ def _read(path: str) -> str:
 
 
 def _process_start(pid: int) -> str:
-    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); "" if there is none.
-    The fields are counted after the command name's closing parenthesis: the name may hold spaces."""
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); "" if there is none,
+    or it has ended and only waits to be reaped (a zombie). The fields are counted after the command name's
+    closing parenthesis: the name may hold spaces."""
     stat = _read(f"/proc/{pid}/stat")
     fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else ""
+    return fields[19] if len(fields) > 19 and fields[0] not in ("Z", "X") else ""
 
 
 @functools.cache
@@ -147,6 +148,7 @@ def process_gone(run) -> bool:
 
 
 def is_live(run, now: float | None = None) -> bool:
+    """RUNNING, beating, and not known dead on this machine."""
     return (run.info.status == "RUNNING" and (now or time.time()) - _last_beat(run) < heartbeat_timeout()
             and not process_gone(run))
 
