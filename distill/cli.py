@@ -191,6 +191,7 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
     from distill.stop_signals import exit_code, restore, stop_like_ctrl_c, stopped_line
 
     handlers = stop_like_ctrl_c()  # a scheduler's SIGTERM (preemption) ends the runs as ^C does
+    started: list[str] = []
     try:
         argv = quiet_console(list(argv))
         quiet_loggers()
@@ -223,14 +224,25 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         ensure_tracking_reachable()
         ensure_tracking_store()
         use_preset_experiment(preset)
-        if builds:
-            from distill.phases.main import upstream
+        from distill.tracking.phase_runs import on_phase_run
 
-            upstream.run(phase, module, params, up)
-        else:
-            module.run(params)
+        with on_phase_run(lambda pr: started.append(pr.run_id)):  # the runs a full disk may leave RUNNING
+            if builds:
+                from distill.phases.main import upstream
+
+                upstream.run(phase, module, params, up)
+            else:
+                module.run(params)
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        from distill.disk_full import explain
+
+        line = explain(e, f"{phase} output", started)  # a full disk: one line, not MLflow's tracebacks
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
         print(stopped_line(e, phase), file=sys.stderr)

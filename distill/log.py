@@ -73,11 +73,22 @@ QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "HF_HUB_DISABLE_PR
 QUIET_LOGGERS = ("mlflow.transformers", "transformers.trainer_utils")
 
 
+def _not_store_full(record: logging.LogRecord) -> bool:
+    """MLflow logs every failed write of a full SQLite store with its traceback, then raises it: the
+    CLI says it once (distill.disk_full)."""
+    from distill.disk_full import STORE_FULL
+
+    return STORE_FULL not in record.getMessage() and not (record.exc_info and STORE_FULL in str(record.exc_info[1]))
+
+
 def quiet_loggers() -> None:
     """Raise QUIET_LOGGERS to errors only, unless verbose. Per process: `main`'s and each step's."""
     if os.environ.get("DISTILL_VERBOSE") != "1":
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
+        store_log = logging.getLogger("mlflow.store.db.utils")
+        if _not_store_full not in store_log.filters:
+            store_log.addFilter(_not_store_full)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from distill import DistillError
+from distill import DistillError, disk_full
 from distill.config.checks import SEED, Rule
 from distill.config.params import Default, check_preset, count_param, limit_param, param, preset_param, reuse_param
 from distill.config.params_text import lists_from_text
@@ -155,7 +155,10 @@ class Steps:
                 run_id = self._run(fn, params, gpus)
         except Exception as e:
             where = f" (run {started[-1].run_id})" if started else ""
-            detail = str(e) if isinstance(e, (DistillError, StepError)) else f"{type(e).__name__}: {e}"
+            full = None if isinstance(e, (DistillError, StepError)) else disk_full.explain(e, f"{name} output")
+            detail = full or (str(e) if isinstance(e, (DistillError, StepError)) else f"{type(e).__name__}: {e}")
+            if full or disk_full.is_line(detail):  # its line says what to do (free space there first)
+                raise DistillError(f"step {name} failed{where}: {detail}") from e
             raise DistillError(f"step {name} failed{where}: {detail}; "
                                f"{retry_hint.after_failure(isinstance(e, DistillError))}") from e
         reused = bool(started and started[-1].reused)

@@ -219,7 +219,10 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
     except KeyboardInterrupt:
         conn.send(("interrupted",))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which names the step
-        conn.send(("error", False, f"{type(e).__name__}: {e}"))
+        from distill.disk_full import explain
+
+        full = explain(e, f"{module.rsplit('.', 1)[-1]} output") if isinstance(e, Exception) else None
+        conn.send(("error", True, full) if full else ("error", False, f"{type(e).__name__}: {e}"))
     finally:
         conn.close()
 
