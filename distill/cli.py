@@ -18,22 +18,41 @@ import typing
 
 from distill import DistillError
 from distill.config.params import Param, check_preset, check_value, declared, default_text, doc_order, required
-from distill.config.params_text import split_list, yes_no
+from distill.config.params_text import yes_no
 from distill.log import QUIET_ENV, quiet_loggers, setup_logging
 from distill.phases import module_name
 
 
 
-def _converter(tp):
-    """A text -> value function for a dataclass field type (Optional unwrapped; '' -> None)."""
+# List parameters that MLproject declares with an empty default: `mlflow run` passes them empty when they
+# are not given, so there an empty text is the default. Every other list given empty is refused.
+EMPTY_LIST_IS_DEFAULT = frozenset({"teacher_runs"})
+
+
+def list_items(name: str, text: str) -> list[str]:
+    """`1,2` -> ['1', '2']; an empty item (`1,,2`, `,`) or an empty list (`''`) refused by name: a user who
+    typed it meant something, and the preset's grid or a shorter list would silently run instead."""
+    if not text.strip():
+        if name in EMPTY_LIST_IS_DEFAULT:
+            return []
+        raise argparse.ArgumentTypeError("empty; leave the parameter out for its default")
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"an empty item in {text!r}; give comma-separated values, none empty")
+    return items
+
+
+def _converter(tp, name: str = ""):
+    """A text -> value function for a dataclass field type (Optional unwrapped; '' -> None).
+    `none` is the default (None) only for an optional field; for text it is the word (`filter=none`)."""
     optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
     base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
 
     def convert(text: str):
         text = text.strip()
         if typing.get_origin(base) is list:
-            return [] if text.lower() == "none" else split_list(text)
-        if text == "" or text.lower() == "none":
+            return list_items(name, text)
+        if text == "" or optional and text.lower() == "none":
             if optional or base is str:
                 return None if optional else ""
         if base is bool:
@@ -41,9 +60,19 @@ def _converter(tp):
                 return yes_no(text)
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e)) from None
-        if base in (int, float):
+        if base is int:
+            if re.fullmatch(r"[+-]?\d+", text):
+                return int(text)
             try:
-                return base(float(text)) if base is int and float(text).is_integer() else base(text)
+                number = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            if not number.is_integer():
+                raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+            return int(number)
+        if base is float:
+            try:
+                return float(text)
             except ValueError:
                 raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         return text
@@ -135,7 +164,7 @@ def parse_params(params_cls, argv: list[str] | None = None, builds: str = ""):
     hints = typing.get_type_hints(params_cls)
     parser = _Parser(description=(params_cls.__doc__ or "").strip() or None)
     for f, s in doc_order(params_cls):
-        convert = _parsing(s.parse) if s.parse else _converter(hints[f.name])
+        convert = _parsing(s.parse) if s.parse else _converter(hints[f.name], f.name)
         parser.add_argument(f"--{f.name}", type=convert, required=required(f), help=help_text(f, s),
                             default=None if required(f) else argparse.SUPPRESS)
     if builds:
@@ -171,6 +200,19 @@ def _preset_of(argv: list[str]) -> str | None:
     rest, base = _pop_arg(argv, BASE_DIR)
     _, preset = _pop_arg(rest, "preset")
     return resolve_file_param("preset", preset, base or os.getcwd()) if preset else None
+
+
+def check_settings(module, params) -> None:
+    """Every setting of an entry point that builds its upstream, checked before anything is built: its
+    `preflight`, else its `settle` (pure: what its reuse key resolves). A word the phase reads only when it
+    starts (`bf16=maybe`, `tokenizers=foo`) is refused now, not after the teachers have run."""
+    preflight = getattr(module, "preflight", None)
+    if preflight is not None:
+        preflight(params)
+    elif hasattr(module, "settle"):
+        from distill.config.presets import load_preset
+
+        module.settle(params, load_preset(params.preset))
 
 
 def quiet_console(argv: list[str]) -> list[str]:
@@ -212,6 +254,8 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         if builds:
             argv, up = upstream_params(argv, params_cls, phase)
         params = parse_params(params_cls, argv, builds=phase if builds else "")
+        if builds:
+            check_settings(module, params)
         prepare = getattr(module, "prepare", None)  # work a phase starts before the tracking store is set up
         if prepare:
             prepare(params)

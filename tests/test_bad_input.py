@@ -31,6 +31,10 @@ def store(tmp_path_factory):
     (root / "no_data.yaml").write_text((ROOT / "distill/presets/offline.yaml").read_text().split("\ndata:")[0] + "\n")
     (root / "zero_lr.yaml").write_text((ROOT / "distill/presets/offline.yaml").read_text()
                                        .replace("learning_rate: 1.0e-3", "learning_rate: 0"))
+    offline = (ROOT / "distill/presets/offline.yaml").read_text()
+    (root / "no_seeds.yaml").write_text(offline.replace("  seeds: [42]\n  eval_limit", "  seeds: []\n  eval_limit"))
+    (root / "grid_13b.yaml").write_text(offline.replace("  teachers: [7B, 72B]", "  teachers: [7B, 13B]"))
+    (root / "a_folder").mkdir()
     return root
 
 
@@ -83,6 +87,42 @@ BAD_INPUTS = [
     ("errors", ("--eval_run", "x", "--concurrency", "0"), "concurrency must be an integer >= 1"),
     ("errors", ("--eval_run", "x", "--timeout", "nan"), "timeout must be a finite number > 0"),
     ("sweep", (*STUDENT, "--n_trials", "0"), "n_trials must be an integer >= 1"),
+    # integers said to be integers
+    ("evaluate", ("--model", "qwen2.5-0.5b", "--batch_size", "8.5"), "batch_size: expected an integer, got '8.5'"),
+    ("sft", (*STUDENT, "--seed", "1.5"), "seed: expected an integer, got '1.5'"),
+    # empty lists and empty items, not the preset's grid or a shorter list
+    ("main", ("--seeds", ""), "seeds: empty; leave the parameter out for its default"),
+    ("main", ("--teachers", ","), "teachers: an empty item in ','"),
+    ("main", ("--seeds", "1,,2"), "seeds: an empty item in '1,,2'"),
+    ("sft", (*STUDENT, "--teachers", ""), "teachers: empty"),
+    # words that meant the preset's default, now what they say (and refused where they are no value)
+    ("sft", (*STUDENT, "--keep_checkpoints", "none"), "keep_checkpoints must be one of last, all (got 'none')"),
+    ("sft", (*STUDENT, "--batching", "NONE"), "unknown batching 'NONE'; choose one of padded"),
+    # what TRL would refuse after the run started, and settings read only once training starts: refused before
+    # the upstream is built (no translate or teacher run in the store)
+    ("sft", (*STUDENT, "--lr_scheduler_type", "foo"),
+     "lr_scheduler_type 'foo' is not a schedule of transformers' SchedulerType; use one of linear, cosine"),
+    ("sft", (*STUDENT, "--lr_scheduler_type", "cosine_with_min_lr"),
+     "lr_scheduler_type 'cosine_with_min_lr' needs settings sft does not pass"),
+    ("sft", (*STUDENT, "--bf16", "maybe"), "bf16 must be one of true, false, auto (got 'maybe')"),
+    ("tokens", ("--tokenizers", "foo"), "unknown tokenizer(s) foo"),
+    ("sft", (*STUDENT, "--max_length", "1"),
+     "max_length 1 leaves no answer token of any example: the prompt template alone (qwen2.5-0.5b's tokenizer) is"),
+    ("sft", (*STUDENT, "--num_train_epochs", "1e-9", "--limit", "8"),
+     "num_train_epochs 1e-09 is less than one optimizer step on 8 examples (8 per step); use at least 1"),
+    # a folder where a file is wanted
+    ("evaluate", ("--model", "qwen2.5-0.5b", "--eval_set", "a_folder"), "eval set {root}/a_folder is a directory"),
+    ("sft", (*STUDENT, "--train_file", "a_folder"), "train_file {root}/a_folder is a directory"),
+    # a preset file's grid, checked when the file is read and named by it
+    ("main", ("--preset", "no_seeds.yaml"), "preset file {root}/no_seeds.yaml: grid.seeds is empty"),
+    ("main", ("--preset", "grid_13b.yaml"), "preset file {root}/grid_13b.yaml: grid.teachers: unknown model name '13B'"),
+    ("sft", (*STUDENT, "--preset", "grid_13b.yaml"), "preset file {root}/grid_13b.yaml: grid.teachers"),
+    ("main", ("--plan", "maybe"), "plan: expected true or false, got 'maybe'"),
+    # refused when typed, not at the first step that reads them (a run left behind) nor after planning
+    ("main", ("--backend", "foo"), "backend: unknown backend 'foo'; choose one of transformers"),
+    ("sft", (*STUDENT, "--backend", "foo"), "backend: unknown backend 'foo'"),
+    ("main", ("--executor", "foo"), "executor: unknown executor 'foo'; choose one of sequential, ray"),
+    ("report", ("--error_teachers", "foo"), "unknown model name 'foo'"),
 ]
 
 
@@ -268,3 +308,51 @@ def test_the_claim_settle_time_follows_how_long_a_claim_takes_to_land(monkeypatc
     assert claim_settle_time(0.8) == 0.8                   # a slow server: as long as its writes take
     monkeypatch.setenv("DISTILL_CLAIM_SETTLE_S", "0.5")
     assert claim_settle_time(0.002) == 0.5                 # fixed by the user
+
+
+def _store_runs(uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_sft_refuses_what_its_training_set_cannot_train_before_a_run_exists(tmp_path):
+    """Known only once the rows are read: a schedule under one optimizer step (HF Trainer would round it up
+    to a step and register the model), a max_length no prompt leaves an answer token in (TRL: "num_samples
+    should be a positive integer")."""
+    long_prompt = "問題: " + "りんごが三つあります。" * 40 + "\n"
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": long_prompt, "completion": f"解答: {i}"},
+                                                             ensure_ascii=False) + "\n" for i in range(8)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = ("sft", *STUDENT, "--train_file", "train.jsonl")
+    for args, message in (
+            (("--num_train_epochs", "0.01"),
+             "error: num_train_epochs 0.01 is less than one optimizer step on 8 examples (8 per step); use at least 1"),
+            (("--max_length", "120"), "error: max_length 120 leaves no answer token of any example: the shortest "
+                                      "prompt of the 8 examples (qwen2.5-0.5b's tokenizer) is")):
+        proc = run_entry(*base, *args, check=False, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+    assert _store_runs(uri) == []
+
+
+def test_main_plan_prints_the_grid_and_runs_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_entry("main", "--preset", "OFFLINE", "--plan", "true", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "main: 18 steps, 18 to run, 0 reused", proc.stdout
+    assert "  run    translate" in lines and "  run    report" in lines
+    assert _store_runs(uri) == []
+
+
+def test_a_refusal_under_mlflow_run_exits_1_and_leaves_mlflows_own_run_failed(tmp_path):
+    """The README's exit codes: 2 from the entry point; `mlflow run` turns any failure into 1 and ends the run it
+    opened FAILED (MLflow's behaviour). Nothing else is left."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "sft", "--env-manager", "local",
+                           "-P", "teacher=7B", "-P", "bf16=maybe"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri}, timeout=600)
+    assert proc.returncode == 1
+    assert "error: bf16 must be one of true, false, auto (got 'maybe')" in proc.stderr, proc.stderr[-3000:]
+    assert [r.info.status for r in _store_runs(uri)] == ["FAILED"]

@@ -116,3 +116,30 @@ def test_gsm8k_ja_needs_the_hub_and_says_so():
 def test_shipped_gsm8k_sample_has_gold_numbers():
     rows = load_gsm8k("train", source="shipped", limit=3)
     assert rows[0]["answer_number"] == 72 and rows[0]["id"] == "gsm8k-train-0000"
+
+
+def test_a_limit_above_the_set_takes_it_all_and_says_so(caplog):
+    with caplog.at_level("INFO", logger="distill"):
+        examples, _ = load_eval_set("mgsm-ja", limit=1000000)
+    assert len(examples) == 250
+    assert "limit 1000000 is above the 250 questions of mgsm-ja: all 250 are used" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="distill"):
+        assert len(load_gsm8k("train", source="shipped", limit=3)) == 3
+    assert "above" not in caplog.text
+
+
+def test_preset_names_forgive_case_and_width_as_model_names_do():
+    assert load_preset("OFFLINE").name == "offline" and load_preset("Ｐａｐｅｒ").name == "paper"
+    with pytest.raises(DistillError, match="unknown preset 'papr'; did you mean 'paper'"):
+        load_preset("papr")
+
+
+def test_the_schedules_sft_accepts_are_transformers_schedules():
+    """sft refuses a scheduler name before any work (distill/config/sft_checks.py); its lists follow the
+    installed transformers: a schedule added or renamed there shows up here."""
+    from transformers.trainer_utils import SchedulerType
+
+    from distill.config.sft_checks import NEEDS_MORE, SCHEDULERS
+
+    assert set(SCHEDULERS) | set(NEEDS_MORE) == {s.value for s in SchedulerType}

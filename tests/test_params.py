@@ -160,3 +160,23 @@ def _help(entry_point: str) -> str:
     from tests.conftest import run_entry
 
     return run_entry(entry_point, "--help").stdout
+
+
+def test_text_none_is_a_word_and_empty_lists_are_refused_except_where_mlflow_passes_them():
+    """`filter=none` is select's no-filter, not the preset's `all_correct`; a list MLproject declares with an
+    empty default is passed empty by `mlflow run` when not given, so only there is empty the default."""
+    from distill import DistillError
+    from distill.cli import EMPTY_LIST_IS_DEFAULT, parse_params
+    from distill.phases.main import MainParams
+    from distill.phases.select import SelectParams
+
+    assert parse_params(SelectParams, ["--filter", "none", "--preset", "paper"]).filter == "none"
+    assert parse_params(SelectParams, ["--teacher_runs", ""]).teacher_runs == []
+    with pytest.raises(DistillError, match="students: empty"):
+        parse_params(MainParams, ["--students", " "])
+    declared_empty = set()
+    for name, ep in yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"].items():
+        cls = params_class(name)
+        lists = {f.name for f in dataclasses.fields(cls) if typing.get_origin(typing.get_type_hints(cls)[f.name]) is list}
+        declared_empty |= {k for k, v in ep["parameters"].items() if k in lists and str(v.get("default", "x")) == ""}
+    assert declared_empty == set(EMPTY_LIST_IS_DEFAULT)

@@ -93,8 +93,10 @@ def test_lists_are_parsed_once():
     from distill.phases.report import ReportParams
 
     assert split_list(" 7B, 72B ,,") == ["7B", "72B"] and split_list("") == [] and split_list(None) == []
-    p = parse_params(MainParams, ["--teachers", "7B,72B", "--students", "", "--seeds", "None"])
+    p = parse_params(MainParams, ["--teachers", "7B,72B"])
     assert (p.teachers, p.students, p.seeds) == (["7B", "72B"], [], [])
+    with pytest.raises(DistillError, match="^students: empty; leave the parameter out for its default$"):
+        parse_params(MainParams, ["--students", ""])  # typed empty: refused, not the preset's grid
     assert ReportParams(teachers="7B, 72b").teachers == ["7B", "72b"]  # a Python caller's text, split there
     with pytest.raises(DistillError, match="seeds must be comma-separated numbers"):
         parse_params(MainParams, ["--seeds", "1,x"])

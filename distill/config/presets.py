@@ -62,6 +62,7 @@ def canonical_lists(preset: Preset, path: str) -> Preset:
     def spelled(names: list, table: dict) -> list[str]:
         return [match_name(str(n), table) or str(n) for n in names]
 
+    check_grid(preset, path)
     grid = dataclasses.replace(preset.grid, teachers=spelled(preset.grid.teachers, preset.teachers),
                                students=spelled(preset.grid.students, preset.students))
     judged = spelled(preset.judge.teachers, preset.teachers)
@@ -70,6 +71,22 @@ def canonical_lists(preset: Preset, path: str) -> Preset:
             raise DistillError(f"preset file {path}: judge.teachers names {t!r}, which is no teacher of the preset; "
                                f"{did_you_mean(t, preset.teachers)}teachers: {', '.join(preset.teachers)}")
     return dataclasses.replace(preset, grid=grid, judge=dataclasses.replace(preset.judge, teachers=judged))
+
+
+def check_grid(preset: Preset, path: str) -> None:
+    """The grid `main` and `report` run, checked when the file is read: an empty list would run no sft (`seeds:
+    []`) or fall back to every model, and a name no model of its role would stop a run half-way."""
+    from distill.config.models import resolve_role
+
+    for key, role in (("teachers", "teacher"), ("students", "student"), ("seeds", None)):
+        values = getattr(preset.grid, key)
+        if not values:
+            raise DistillError(f"preset file {path}: grid.{key} is empty; name at least one")
+        for value in values if role else ():
+            try:
+                resolve_role(str(value), preset, role)
+            except DistillError as e:
+                raise DistillError(f"preset file {path}: grid.{key}: {e}") from None
 
 
 def _loaded(path: str) -> Preset:
@@ -89,14 +106,17 @@ def preset_file(name: str) -> Path | None:
 def load_preset(name_or_path: str) -> Preset:
     """A preset by name (`paper`, `offline`) or by the path of a YAML file of the same shape."""
     candidate = Path(name_or_path).expanduser()
+    if candidate.is_dir() and ("/" in name_or_path or name_or_path.endswith((".yaml", ".yml"))):
+        raise DistillError(f"preset {os.path.abspath(candidate)} is a directory; give a YAML file or a preset name "
+                           f"({', '.join(preset_names())})")
     if name_or_path.endswith((".yaml", ".yml")) or candidate.is_file():
         if not candidate.is_file():
             raise DistillError(f"preset file not found: {os.path.abspath(candidate)}")
         return _loaded(str(candidate.resolve()))
-    path = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
+    name = match_name(name_or_path, preset_names())  # `OFFLINE`, `Paper`: forgiving as model names are
+    if name is None:
         raise DistillError(
-            f"unknown preset {name_or_path!r}; known presets: {', '.join(preset_names())} "
-            "(or the path of a YAML file)"
+            f"unknown preset {name_or_path!r}; {did_you_mean(name_or_path, preset_names())}known presets: "
+            f"{', '.join(preset_names())} (or the path of a YAML file)"
         )
-    return _loaded(str(path))
+    return _loaded(str(PRESET_DIR / f"{name}.yaml"))

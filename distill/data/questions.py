@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distill import DistillError
+from distill.data.limits import first
 from distill.scoring.answers import format_number, parse_gold
 from distill.data.jsonl import json_lines, read_jsonl, text_lines, write_jsonl  # noqa: F401  (re-exported for older imports)
 
@@ -144,6 +145,9 @@ def load_eval_set(name: str, limit: int | None = None) -> tuple[list[Example], s
         examples, source = load_gsm8k_ja_test(), f"hf://datasets/{GSM8K_JA_HUB_ID}"
     else:
         path = Path(name).expanduser().absolute()
+        if path.is_dir():
+            raise DistillError(f"eval set {path} is a directory; give a JSONL file with 'question' and "
+                               f"'answer_number' on each line, or one of {', '.join(EVAL_SETS)}")
         if not path.is_file() and ("/" in name or name.endswith((".jsonl", ".json"))):
             raise DistillError(f"eval set file not found: {path} (a JSONL file with 'question' and 'answer_number' "
                                f"on each line, or one of {', '.join(EVAL_SETS)})")
@@ -154,7 +158,7 @@ def load_eval_set(name: str, limit: int | None = None) -> tuple[list[Example], s
             )
         examples, source = read_jsonl_examples(path), str(path.resolve())
     repeats = repeated_questions(examples)  # the whole set: a conflict anywhere means the file is wrong
-    examples = examples[:limit] if limit else examples
+    examples = first(examples, limit, f"questions of {name}")
     kept = {id(ex) for ex in examples}
     repeats = [(a, b) for a, b in repeats if id(b) in kept]
     if repeats:
@@ -200,11 +204,13 @@ def load_gsm8k(split: str, source: str = "hub", limit: int | None = None) -> lis
         rows = _read_gsm8k_jsonl(RESOURCES / f"gsm8k_{split}_sample.jsonl", split)
     else:
         path = Path(source).expanduser().absolute()
+        if path.is_dir():
+            raise DistillError(f"GSM8K source {path} is a directory; give a JSONL file of GSM8K rows")
         if not path.is_file():
             raise DistillError(f"GSM8K file not found: {path}")
         rows = _read_gsm8k_jsonl(path, split)
     out = []
-    for i, row in enumerate(rows[:limit] if limit else rows):
+    for i, row in enumerate(first(rows, limit, f"GSM8K {split} questions of {source}")):
         gold = _gold_or_fail(row["answer"], f"GSM8K {split} row {i}")
         out.append({"id": f"gsm8k-{split}-{i:04d}", "question": row["question"], "answer": row["answer"], "answer_number": gold})
     return out

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
+from distill.data.limits import first
 from distill.config.checks import SEED, Rule
 from distill.config.models import preset_spelling, resolve_role
 from distill.config.presets import load_preset
+from distill.config.sft_checks import bf16_setting, check_max_length, check_one_step, check_scheduler, template_fits
 from distill.tracking.cache_keys import data_digest
 from distill.config.params import (Default, count_param, limit_param, param, preset_param, resolve, reuse_param,
                             upstream_param)
@@ -101,7 +103,8 @@ def settle(p: SftParams, preset) -> tuple[SftParams, object]:
     p = dataclasses.replace(p, teacher=teacher, student=student.name)
     p = resolve(p, preset)                                # bad numbers stop here, before any model loads
     p = dataclasses.replace(p, keep_checkpoints=check_keep(p.keep_checkpoints or "last"),  # empty: the default
-                            gradient_checkpointing=bool(p.gradient_checkpointing))
+                            gradient_checkpointing=bool(p.gradient_checkpointing), bf16=bf16_setting(p.bf16),
+                            lr_scheduler_type=check_scheduler(p.lr_scheduler_type))
     if p.batching not in BATCHING:
         raise DistillError(f"unknown batching {p.batching!r}; choose one of {', '.join(BATCHING)}")
     if p.batching == "padding_free":
@@ -120,7 +123,7 @@ def resolved_hparams(p: SftParams, preset) -> dict:
 
 
 def training_rows(p: SftParams, rows: list[dict]) -> list[dict]:
-    return rows[:p.limit] if p.limit is not None else rows
+    return first(rows, p.limit, "training examples")
 
 
 def key_payload(p: SftParams, student, rows: list[dict], preset) -> dict:
@@ -181,6 +184,8 @@ def load_training_rows(p: SftParams, teachers: list[str], preset) -> tuple[list[
         from distill.data.jsonl import read_train_file
 
         path = Path(p.train_file).expanduser().absolute()
+        if path.is_dir():
+            raise DistillError(f"train_file {path} is a directory; give a JSONL file of prompt/completion rows")
         if not path.is_file():
             raise DistillError(f"train_file not found: {path}")
         return read_train_file(path), {}, str(path.resolve()), None
@@ -226,7 +231,45 @@ def preflight(p: SftParams) -> None:
     """What run() would refuse before any work, asked before an entry point builds the upstream (distill.phases.main.upstream):
     a bad name or setting stops it at once, not after the teachers have run."""
     preset = load_preset(p.preset)
-    settle(p if p.student else dataclasses.replace(p, student=(preset.grid.students or preset.students)[0]), preset)
+    students = [p.student] if p.student else list(preset.grid.students or preset.students)
+    for student in students:
+        settled, ref = settle(dataclasses.replace(p, student=student), preset)
+        check_template_fits(settled.max_length, ref)
+        if settled.limit is not None:  # the training set has at most `limit` rows: too few epochs for a step
+            check_one_step(settled.num_train_epochs, settled.limit, settled.per_device_train_batch_size,
+                           settled.gradient_accumulation_steps, ranks.world_size())
+
+
+def _prompt_lengths(student, prompts: list[str]) -> list[int]:
+    from distill.config.models import materialize
+    from distill.generation.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(materialize(student).tokenizer)
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+
+def check_template_fits(max_length: int, student) -> None:
+    """Before the upstream is built: a max_length the prompt template alone fills is refused (its tokens are
+    counted only when its bytes do not fit: no tokenizer is loaded for the preset's max_length)."""
+    from distill.data.prompts import plain_prompt
+
+    template = plain_prompt("")
+    if template_fits(max_length, template):
+        return
+    check_max_length(max_length, _prompt_lengths(student, [template])[0],
+                     f"the prompt template alone ({student.name}'s tokenizer)")
+
+
+def check_rows_fit(p: SftParams, rows: list[dict], student) -> None:
+    """At the start of sft, before a run exists: a schedule of less than one optimizer step, or a max_length
+    that leaves every example without an answer token, refused with the numbers of this training set."""
+    check_one_step(p.num_train_epochs, len(rows), p.per_device_train_batch_size, p.gradient_accumulation_steps,
+                   ranks.world_size())
+    prompts = [r["prompt"] for r in rows]
+    if any(template_fits(p.max_length, x) for x in prompts):  # one prompt with room: not every one is cut
+        return
+    check_max_length(p.max_length, min(_prompt_lengths(student, prompts)),
+                     f"the shortest prompt of the {len(rows)} examples ({student.name}'s tokenizer)")
 
 
 def run(p: SftParams) -> str:
@@ -277,6 +320,7 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
     rows = training_rows(p, rows)
     if not rows:
         raise DistillError(f"the training set for {p.teacher} is empty ({source})")
+    check_rows_fit(p, rows, student)
     # The setting, not its outcome, goes into the parameters: resolving `auto` needs torch, and a reused
     # run should be found without importing it. The outcome is logged as `bf16_used`.
     logged = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "student_source": student.source,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from distill.config.params import limit_param, param, preset_param, resolve, reuse_param, upstream_param
 from distill.config.models import ModelRef, resolve_role
 from distill.config.presets import load_preset
+from distill.data.limits import first
 from distill.data.prompts import chat_messages, paper_prompt
 from distill.scoring.answers import format_number, score
 from distill.generation.options import (GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate,
@@ -62,7 +63,7 @@ def run(p: TeacherParams) -> str:
     translation = phase_runs.require_run(p.translation_run or None, "translate", "the teacher's questions",
                                        params={"preset": preset.name})
     questions = phase_runs.read_jsonl_artifact(translation.info.run_id, "translations.jsonl")
-    questions = questions[:p.limit] if p.limit else questions
+    questions = first(questions, p.limit, f"translated questions of run {translation.info.run_id}")
     config = generation_config(p)
     logged = {"preset": preset.name, "teacher": ref.name, "model_source": ref.source, "backend": p.backend,
               "limit": p.limit, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,

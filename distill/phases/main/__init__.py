@@ -29,6 +29,22 @@ from distill.tracking import cache_keys, phase_runs
 console = logging.getLogger(__name__)
 
 
+def _known(text: str, name: str) -> str:
+    """A typed backend or executor checked when parsed, before the grid is planned or a step runs; empty: the default."""
+    text = text.strip()
+    if not text:
+        return text
+    if name == "backend":
+        from distill.generation.registry import check_backend
+
+        return check_backend(text)
+    from distill.phases.main.executors import EXECUTORS
+
+    if text not in EXECUTORS:
+        raise DistillError(f"unknown executor {text!r}; choose one of {', '.join(EXECUTORS)}")
+    return text
+
+
 _HOW = "how the grid runs, not what it computes: a killed Ray `main` is the same grid for a sequential rerun"
 _EACH = "each step's own: the preset's"
 
@@ -51,15 +67,19 @@ class MainParams:
                                     help="translated training questions")
     n: int | None = param(None, preset=Default(_EACH, paths=("select.n",)), help="questions to select",
                           rule=Rule(int, 1, note="questions to select"))
-    backend: str = param("", preset=Default("the preset's `backend`"), help="every generating step's backend")
+    backend: str = param("", preset=Default("the preset's `backend`"), help="every generating step's backend",
+                         parse=lambda text: _known(text, "backend"))
     judge_model: str = param("", preset=Default(_EACH), help="the judge of the `errors` steps")
     judge_base_url: str = param("", preset=Default(_EACH),
                                 help="the judge's server; without one (nor OPENAI_API_KEY) `errors` is skipped")
     max_new_tokens: int | None = count_param(None, "generation length of every step", preset=Default(_EACH))
     rehearsal: bool = param(False, help="let a GPU preset run on a CPU (stand-in models: distill/standins/rehearsal.py)")
     reuse: bool = reuse_param()
+    plan: bool = param(False, unkeyed="prints what would run, runs nothing",
+                       help="`true`: print the steps it would run and those it reuses, then stop")
     executor: str = param("sequential", unkeyed=_HOW, help="`sequential`, or `ray`: independent steps at once as "
-                                                           "Ray tasks (distill/phases/main/executors.py)")
+                                                           "Ray tasks (distill/phases/main/executors.py)",
+                          parse=lambda text: _known(text, "executor") or "sequential")
     ray_address: str = param("", preset=Default("`$RAY_ADDRESS`, else a local Ray"), unkeyed=_HOW,
                              help="a Ray cluster to join")
 
@@ -99,7 +119,7 @@ def prepare(p: MainParams) -> None:
     from distill.phases.main import main_run
 
     main_run.note_cli_run()
-    if p.executor == "sequential":
+    if p.executor == "sequential" and not p.plan:
         from distill.phases.main.steps import start_server_early
 
         start_server_early()
@@ -190,10 +210,21 @@ def reuse_key(p: MainParams) -> dict:
     return main_run.key_payload(p, planner.resolve_grid(p))
 
 
-def run(p: MainParams) -> str:
-    grid = planner.resolve_grid(p)
+def print_plan(steps: list[planner.Step]) -> None:
+    """`plan=true`: the grid's steps, `run` or `reuse <run id>`, as the entry points print theirs; nothing runs."""
+    from distill.phases.main import upstream
+
+    lines = upstream.plan_lines("main", planner.pending(steps, planner.finished_run))
+    print("\n".join(lines), flush=True)
+    upstream._plan_on_cli_run(lines)  # noqa: SLF001 - the entry points' note on `mlflow run`'s run, shared
+
+
+def run(p: MainParams) -> str | None:
+    grid = planner.resolve_grid(p, hardware=not p.plan)  # a plan of a GPU preset may be read on a laptop
     steps = planner.plan(p, grid)
     check_preset(grid.preset, dict.fromkeys(type(s.params) for s in steps))  # every value a step will read, before any runs
+    if p.plan:
+        return print_plan(steps)
     if not grid.judge:
         console.info("main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)")
     if p.executor != "sequential":
