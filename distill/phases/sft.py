@@ -28,7 +28,7 @@ from distill.config.params import (Default, count_param, limit_param, param, pre
 from distill.config import params
 from distill.config.names import teacher_names
 from distill.config.params_text import yes_no
-from distill.tracking import lineage, registry, phase_runs
+from distill.tracking import lineage, registry, phase_runs, smoke_runs
 from distill.training import ranks
 from distill.training.batching import split_batch
 from distill.training.checkpoints import check_keep, checkpoint_root, resume_point, remove as remove_checkpoints
@@ -317,6 +317,7 @@ def _follow_main(p: SftParams, h: dict, student, preset) -> str:
 def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> str:
     """Rank 0 (or the only process): the run, the plan for the other ranks, the training, the model."""
     rows, upstream, source, select_run = load_training_rows(p, teachers, preset)
+    n_available = len(rows)
     rows = training_rows(p, rows)
     if not rows:
         raise DistillError(f"the training set for {p.teacher} is empty ({source})")
@@ -336,6 +337,7 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
         digest = phase_runs.log_dataset(rows, name=f"train-{p.teacher}", source=source, context="training")
         mlflow.set_tag(lineage.TRAIN_DIGEST, digest)
         earlier = phase_runs.earlier_tries(pr, tag=False)  # tagged with the checkpoint it resumes from
+        registry.drop_orphans(earlier)  # a try killed after registering left a version: only finished runs keep one
         out_dir = Path(p.output_dir) if p.output_dir else checkpoint_root() / pr.key
         resume = resume_point(out_dir, earlier)
         if resume is not None:
@@ -347,8 +349,10 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
         model, tokenizer, stats = train(student, rows, train_config(p, h, bf16, out_dir, pr.run_id, resume, earlier))
         mlflow.log_metrics(stats)
         info = registry.log_student(model, tokenizer, student.name, p.teacher, p.seed)
-        if p.register:  # only a student that loads back and generates is registered
-            registry.register_student(info.model_uri, student.name, p.teacher, p.seed, preset.name, pr.run_id, source)
+        if p.register:  # only a student that loads back and generates is registered; a smoke run moves no alias
+            smoke = smoke_runs.smoke_reasons(p, preset, n_available, select_run)
+            registry.register_student(info.model_uri, student.name, p.teacher, p.seed, preset.name, pr.run_id, source,
+                                      smoke=smoke)
         mlflow.set_tag("mlflow.note.content", sft_note(p, student.name, source, len(rows), digest, pr.run_id))
         if p.keep_checkpoints == "last":  # the logged model holds the weights; the run is done with resuming
             remove_checkpoints(pr.run_id)

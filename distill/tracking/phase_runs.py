@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 from distill import DistillError
 from distill.config.params_text import IGNORE_CODE, reuse_mode
-from distill.tracking import cache_keys, claims, lineage, store
+from distill.tracking import artifacts_present, cache_keys, claims, lineage, store
 from distill.tracking.redact import redact_uri
 
 console = logging.getLogger(__name__)
@@ -103,7 +103,12 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
         prior = claims.find_reusable(key)
     else:
         prior = claims.wait_for_holders(phase, key) if look else None
+    lost = None
+    while prior and not artifacts_present.still_whole(phase, prior, look_only=LOOK_ONLY):  # set aside: look again
+        prior, lost = (None if LOOK_ONLY else claims.wait_for_holders(phase, key)), prior
     stale = claims.find_same_work(work, files) if look and not prior else None
+    if stale and LOOK_ONLY and stale[0] == lost:  # a plan sets nothing aside: the same run, found by its work
+        stale = None
     ignored = None
     if stale and mode == IGNORE_CODE:
         prior, ignored = stale
@@ -156,7 +161,7 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
             time.sleep(claims.claim_settle_time(time.time() - float(claimed)))
             tries = []
             prior = claims.wait_for_holders(phase, key, me=(float(claimed), run.info.run_id), seen=tries)
-            if prior:
+            if prior and artifacts_present.still_whole(phase, prior):
                 _become_pointer(run.info.run_id, prior, phase)
                 yield notify_phase_run(PhaseRun(prior, True, key))
                 return
@@ -284,6 +289,10 @@ def get_run(run_id: str):
 
 
 def require_phase(run, phase: str) -> None:
+    lost = run.data.tags.get(artifacts_present.ARTIFACTS_MISSING)
+    if lost:  # set aside (artifacts_present): its phase tag was moved away
+        raise DistillError(f"{run.data.tags.get(artifacts_present.LOST_TAGS[lineage.PHASE], 'that')} run "
+                           f"{run.info.run_id} was set aside: {lost}; run `{phase}` again or name another run")
     actual = run.data.tags.get(lineage.PHASE)
     if actual != phase:
         raise DistillError(f"run {run.info.run_id} is a {actual or 'non-distill'} run, not a {phase} run")

@@ -14,6 +14,7 @@ from distill import DistillError
 from distill.tracking.lineage import (LOGGED_MODEL, MODEL_ID, MODEL_URI, REGISTERED_MODEL, REGISTERED_VERSION, SEED,
                              SFT_RUN_ID, STUDENT, TEACHER)
 from distill.config.names import teacher_names
+from distill.tracking.smoke_runs import SMOKE_TAG
 from distill.log import quiet_mlflow_prints
 
 console = logging.getLogger(__name__)
@@ -94,10 +95,33 @@ def register_once(model_uri: str, name: str, run_id: str) -> str:
         return str(mlflow.register_model(model_uri, name).version)
 
 
+def drop_orphans(run_ids: list[str]) -> list[str]:
+    """Delete the versions registered from these earlier tries of an sft that did not finish (killed or failed
+    after registering): a version is kept only for a run that finished. Returns `name/version` of each."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client, dropped = MlflowClient(), []
+    for run_id in run_ids:
+        if client.get_run(run_id).info.status == "FINISHED":
+            continue
+        try:
+            versions = client.search_model_versions(f"run_id = '{run_id}'")
+        except MlflowException:  # nothing registered under any name yet
+            versions = []
+        for v in versions:
+            client.delete_model_version(v.name, v.version)
+            dropped.append(f"{v.name}/{v.version}")
+            console.warning(f"deleted version {v.version} of {v.name}: registered by run {run_id}, which did not "
+                            "finish")
+    return dropped
+
+
 def register_student(model_uri: str, student: str, teacher: str, seed, preset_name: str, run_id: str,
-                     train_source: str = "") -> None:
+                     train_source: str = "", smoke: list[str] = ()) -> None:
     """Check that the logged student loads and generates, register it once, tag and describe the version,
-    then point the aliases at it and tag the active run with where it is."""
+    then point the aliases at it and tag the active run with where it is. A smoke run (`smoke`: why it is one,
+    distill.tracking.smoke_runs) is registered and tagged `smoke`, and moves no alias: they stay with full runs."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -107,10 +131,21 @@ def register_student(model_uri: str, student: str, teacher: str, seed, preset_na
     version = register_once(model_uri, name, run_id)
     vtags = {"teacher": teacher, "seed": str(seed), "student": student, "sft_run_id": run_id,
              "preset": preset_name, "train_source": train_source}
+    if smoke:
+        vtags[SMOKE_TAG] = "; ".join(smoke)
     for k, v in vtags.items():
         client.set_model_version_tag(name, version, k, v)
-    client.update_model_version(name, version, description=version_note(vtags, teacher, seed, student))
+    note = version_note(vtags, teacher, seed, student)
     alias = alias_for(teacher)
+    if smoke:
+        note += f" A smoke run ({vtags[SMOKE_TAG]}): no alias points here."
+        client.update_model_version(name, version, description=note)
+        uri = f"models:/{name}/{version}"
+        mlflow.set_tags({REGISTERED_MODEL: name, REGISTERED_VERSION: version, MODEL_URI: uri})
+        console.info(f"registered {uri} without moving @{alias}: a smoke run ({vtags[SMOKE_TAG]}); the aliases "
+                     "move for a run on the preset's full data and schedule")
+        return
+    client.update_model_version(name, version, description=note)
     client.set_registered_model_alias(name, alias, version)
     client.set_registered_model_alias(name, f"{alias}-seed{seed}", version)
     mlflow.set_tags({REGISTERED_MODEL: name, REGISTERED_VERSION: version, MODEL_URI: f"models:/{name}@{alias}"})
