@@ -37,36 +37,35 @@ def sqlite_path(uri: str) -> str:
     return os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0] or "mlflow.db")
 
 
-_held: dict[str, int] = {}  # lock file -> how deep this process holds it
-_held_guard = threading.RLock()
+_held = threading.local()  # per thread: lock file -> how deep this thread holds it
 
 
 @contextmanager
 def sqlite_lock(uri: str):
-    """A file lock named after the database file; held across processes of this machine. Re-entrant within
-    a process: the project's setup holds it while MLflow builds the store, and MLflow's store builder
-    (distill.tracking.sqlite_store) takes it too; a second flock of this process would wait on itself."""
+    """A file lock named after the database file; held across processes of this machine, and between threads
+    (each flock has a file of its own). Re-entrant in a thread: the project's setup holds it while MLflow
+    builds the store, and MLflow's store builder (distill.tracking.sqlite_store) takes it too; a second
+    flock of the same thread would wait on itself."""
     import fcntl
 
     db = sqlite_path(uri)
     lock = Path(tempfile.gettempdir()) / f"distill-store-{hashlib.sha256(db.encode()).hexdigest()[:16]}.lock"
-    key = str(lock)
-    with _held_guard:
-        if _held.get(key):
-            _held[key] += 1
-            try:
-                yield
-            finally:
-                _held[key] -= 1
-            return
-        with open(lock, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            _held[key] = 1
-            try:
-                yield
-            finally:
-                _held[key] = 0
-                fcntl.flock(f, fcntl.LOCK_UN)
+    depth = _held.__dict__.setdefault("depth", {})
+    if depth.get(lock):
+        depth[lock] += 1
+        try:
+            yield
+        finally:
+            depth[lock] -= 1
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        depth[lock] = 1
+        try:
+            yield
+        finally:
+            depth[lock] = 0
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -138,9 +138,12 @@ def main(argv: list[str]) -> int:
     if not uri.startswith("sqlite:///"):
         print(f"error: {uri} is not a SQLite store (sqlite:///...); only those are repaired here", file=sys.stderr)
         return 2
+    from distill.tracking.sqlite_store import build
+
     try:
         with sqlite_lock(uri):
             done = repair(uri)
+            build(uri)  # a store created anew gets its tables now, with its artifacts beside it
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
