@@ -321,17 +321,17 @@ def test_sft_refuses_what_its_training_set_cannot_train_before_a_run_exists(tmp_
     """Known only once the rows are read: a schedule under one optimizer step (HF Trainer would round it up
     to a step and register the model), a max_length no prompt leaves an answer token in (TRL: "num_samples
     should be a positive integer")."""
-    long_prompt = "問題: " + "りんごが三つあります。" * 40 + "\n"
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": long_prompt, "completion": f"解答: {i}"},
-                                                             ensure_ascii=False) + "\n" for i in range(8)))
+    for name, prompt in (("short", "問題: 1+1は？\n"), ("long", "問題: " + "りんごが三つあります。" * 20 + "\n")):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": prompt, "completion": f"解答: {i}"},
+                                                                   ensure_ascii=False) + "\n" for i in range(8)))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = ("sft", *STUDENT, "--train_file", "train.jsonl")
     for args, message in (
-            (("--num_train_epochs", "0.01"),
+            (("--train_file", "short.jsonl", "--num_train_epochs", "0.01"),
              "error: num_train_epochs 0.01 is less than one optimizer step on 8 examples (8 per step); use at least 1"),
-            (("--max_length", "120"), "error: max_length 120 leaves no answer token of any example: the shortest "
-                                      "prompt of the 8 examples (qwen2.5-0.5b's tokenizer) is")):
-        proc = run_entry(*base, *args, check=False, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+            (("--train_file", "long.jsonl", "--max_length", "120"), "error: max_length 120 leaves no answer token of "
+                                                                    "any example: the shortest prompt of the 8 examples "
+                                                                    "(qwen2.5-0.5b's tokenizer) is")):
+        proc = run_entry("sft", *STUDENT, *args, check=False, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
         assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr
     assert _store_runs(uri) == []
