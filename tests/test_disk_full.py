@@ -9,6 +9,7 @@ needs nothing.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import sqlite3
@@ -17,6 +18,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import mlflow
 import plotly
 import pytest
 
@@ -98,6 +100,30 @@ def test_a_full_disk_is_one_line_leaves_nothing_running_and_the_rerun_goes_on(sm
     asset = f"plotly.js {plotly.__version__}"
     assert [(n, s) for n, s, _ in runs(disk)] == [("report", "FAILED"), (asset, "FAILED"), ("report", "FINISHED"),
                                                   (asset, "FINISHED")]
+
+
+def test_main_names_the_step_a_full_disk_stopped_and_goes_on_once_space_is_freed(small_disk):
+    disk, grid = small_disk, ("--preset", "offline", "--teachers", "7B,72B", "--students", "qwen2.5-0.5b")
+    assert cli("main", disk, *grid).returncode == 0
+    # The runs that wrote figures forgotten (deleted), so that the next `main` writes plotly.js again.
+    client = mlflow.MlflowClient(f"sqlite:///{disk / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    for where in ("tags.`distill.phase` = 'tokens'", "tags.`distill.phase` = 'report'", "tags.`distill.asset` = 'plotly.js'"):
+        for run in client.search_runs(experiments, where):
+            client.delete_run(run.info.run_id)
+    filler = fill(disk, int(2.5 * MB))
+    proc = cli("main", disk, *grid)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert re.fullmatch(rf"error: step tokens failed \(run \w+\): no space left on device writing {disk}/\S+/"
+                        r"plotly\.min\.mjs \(plotly\.js, shared by the experiment's figures, 4\.8 MB to write\): "
+                        rf"[\d.]+ MB free on {disk}; free space there and type the same command again", line), line
+    assert "RUNNING" not in [s for _, s, _ in runs(disk)]
+    filler.unlink()
+    proc = cli("main", disk, *grid)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"main: \d+ steps, [1-9]\d* reused", proc.stderr) and "main: tokens: ran" in proc.stderr
+    assert "RUNNING" not in [s for _, s, _ in runs(disk)]
 
 
 def test_a_file_size_limit_is_one_line_naming_the_limit(tmp_path):
