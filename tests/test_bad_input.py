@@ -122,7 +122,7 @@ BAD_INPUTS = [
     ("main", ("--backend", "foo"), "backend: unknown backend 'foo'; choose one of transformers"),
     ("sft", (*STUDENT, "--backend", "foo"), "backend: unknown backend 'foo'"),
     ("main", ("--executor", "foo"), "executor: unknown executor 'foo'; choose one of sequential, ray"),
-    ("report", ("--error_teachers", "foo"), "unknown model name 'foo'"),
+    ("report", ("--error_teachers", "foo"), "unknown teacher 'foo' in error_teachers"),
 ]
 
 

@@ -40,8 +40,7 @@ import numpy as np
 from distill import DistillError
 from distill.config import params
 from distill.config.checks import SEED
-from distill.config.models import resolve_role
-from distill.config.names import did_you_mean, match_name
+from distill.config.names import did_you_mean, match_name, teacher_names
 from distill.config.params import Default, param, resolve, reuse_param, upstream_param
 from distill.config.params_text import lists_from_text
 from distill.config.presets import load_preset
@@ -128,8 +127,9 @@ def settle(p: ReportParams, preset) -> ReportParams:
     p = resolve(p, preset)
     teachers = grid_names(p.teachers, preset_list(preset, "teachers"), "teachers")
     students = grid_names(p.students, preset_list(preset, "students"), "students")
-    error_teachers = [match_name(t, teachers) or resolve_role(t, preset, "teacher").name  # no teacher: refused
-                      for t in p.error_teachers] or \
+    for part in (n for t in p.error_teachers for n in teacher_names(t)):  # a typo: refused before the grid is built
+        _known(part, preset_list(preset, "teachers"))
+    error_teachers = [match_name(t, teachers) or t for t in p.error_teachers] or \
         [str(t) for t in (preset.judge.teachers or teachers[:1] + teachers[-1:])]
     return dataclasses.replace(p, teachers=teachers, students=students, error_teachers=error_teachers)
 
