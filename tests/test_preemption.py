@@ -155,6 +155,7 @@ def _phase_running(client: MlflowClient, phase: str):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # four `mlflow run`s of a 13-step grid: 5-6 min on a loaded 2-core machine
 def test_a_rerun_after_kill_9_takes_over_at_once_and_leaves_no_run_running(tmp_path):
     """`kill -9` of the whole `mlflow run` process group (a lost machine) during a step that holds a claim, between
     two steps, and during evaluate, each followed by the same command: with a heartbeat timeout of 15 minutes, each
