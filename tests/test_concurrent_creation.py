@@ -92,23 +92,43 @@ def test_mlflow_clients_started_together_on_a_new_sqlite_file_all_work_and_leave
         assert _problem(db) is None
 
 
+CREATE = "import sys; from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as S; S(sys.argv[1], './mlruns')"
+
+
 def half_migrated_store(tmp_path):
-    """A store MLflow itself left half-migrated: its own store creation raced on new files until one round
-    broke one (on this machine nearly every round does)."""
+    """A store MLflow itself left half-migrated, for real: its own store creation (no distill) killed with
+    kill -9 while it runs its migrations (a few seconds), retried until a kill landed inside them."""
+    import random
+    import sqlite3
+    import time
+
     for i in range(8):
         db = tmp_path / f"broken{i}" / "mlflow.db"
-        _race(tmp_path, "bare", [db])
+        db.parent.mkdir()
+        proc = subprocess.Popen([sys.executable, "-c", CREATE, f"sqlite:///{db}"], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                with sqlite3.connect(db, timeout=0.1) as conn:
+                    if conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]:
+                        break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.02)
+        time.sleep(random.uniform(0.0, 1.0) * (i + 1) / 4)
+        proc.kill()
+        proc.wait()
         problem = _problem(db)
         if problem:
             return db, problem
-    raise AssertionError("MLflow's own creation never left a half-migrated store in 8 rounds")
+    raise AssertionError("MLflow's own store creation, killed 8 times, never left a half-migrated store")
 
 
 def test_a_store_half_migrated_by_mlflow_is_repaired_by_the_next_command(tmp_path):
     from tests.conftest import run_entry
 
     db, problem = half_migrated_store(tmp_path)
-    assert "_alembic_tmp_" in problem or "version" in problem
     work = tmp_path / "elsewhere"
     work.mkdir()
     proc = run_entry("translate", "--preset", "offline", "--limit", "2", cwd=work,
