@@ -96,6 +96,5 @@ def test_a_step_refused_says_what_to_do_not_to_type_the_same_command_again(study
     [line] = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
     # before: "...; type the same command again to continue from there", which fails the same way forever
     assert f"run {select.info.run_id} has no artifact 'train/7B.jsonl'" in line, line
-    assert "type the same command again" not in line, line
-    assert line.endswith("fix that first (the same command again would fail the same way); the finished steps are "
-                         "kept"), line
+    assert "type the same command again" not in line, line  # refused before any step: it says what to do instead
+    assert "name another run, or name none to have it found or made again" in line, line

@@ -276,7 +276,8 @@ def download_artifact(run_id: str, path: str, dst: str | None = None) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst))
     except Exception as e:
-        raise DistillError(f"run {run_id} has no artifact {path!r} ({type(e).__name__})") from None
+        raise DistillError(f"run {run_id} has no artifact {path!r} ({type(e).__name__}): its files are gone or were "
+                           "never written; name another run, or name none to have it found or made again") from None
 
 
 def get_run(run_id: str):
