@@ -239,7 +239,7 @@ def evaluate(p, up: UpstreamParams) -> Build:
     seed = seed if seed is not None else grid_seeds(preset)[0]
     trained = planner.sft_step(teacher, student, seed, dict(preset=p.preset, reuse=upstream_reuse(p.reuse)),
                                planner.sft_gpu_count(preset))
-    target.after = [trained.name]
+    target.inputs = {"model": [trained.name]}  # the sft run it trains: a smoke run (train_limit, n) moves no alias
     teachers = _selection(preset, up.teachers, teacher_names(teacher))
     plan = _grid("evaluate", p, up, teachers, [student], [seed])
     return _build(plan, [target], extra=[trained], used=_users("evaluate", preset, up, teachers))
