@@ -9,8 +9,9 @@ solutions in the study's prompt format (~330 tokens each, cycled to `--examples`
 In this order, each through the package's public functions, in a throw-away MLflow store (sqlite):
 1. the paper path: `distill.phases.sft.run` with the `paper` preset's settings as they are (bf16, batch 8,
    lr 1e-5, padded, gradient checkpointing; one epoch here), its checkpoint uploaded, the student logged,
-   loaded back with `mlflow.transformers.load_model` (on the GPU) and generating, registered with its
-   aliases; then `distill.phases.evaluate.run` of `models:/<name>@teacher-7b` with the transformers backend
+   loaded back with `mlflow.transformers.load_model` (on the GPU) and generating, registered (one epoch of
+   two is a smoke run: version 1, no alias moves); then `distill.phases.evaluate.run` of `models:/<name>/1`
+   with the transformers backend
    on `--eval-limit` MGSM-ja questions (batch 16), which tags the version with its accuracy;
 2. `sft` (register=false) for the other batchings and checkpointing settings: `padded` off,
    `group_by_length` on, `padding_free` on (refused, with the phase's message, where FlashAttention is
