@@ -69,7 +69,7 @@ def test_fresh_inputs_still_find_a_finished_run_after_the_claim(tracking, monkey
 
     params = {"preset": "offline", "x": "1"}
     with phase_tracking.phase_run("select", params) as done:
-        pass
+        mlflow.log_text("{}\n", "dev.jsonl")  # what a select run's consumers read: reuse checks it is there
     lookups = []
     monkeypatch.setattr(claims, "find_same_work", lambda *a: lookups.append(a))
     monkeypatch.setattr(phase_tracking, "FRESH_INPUTS", True)

@@ -75,18 +75,21 @@ def canonical_lists(preset: Preset, path: str) -> Preset:
 
 def check_grid(preset: Preset, path: str) -> None:
     """The grid `main` and `report` run, checked when the file is read: an empty list would run no sft (`seeds:
-    []`) or fall back to every model, and a name no model of its role would stop a run half-way."""
-    from distill.config.models import resolve_role
-
-    for key, role in (("teachers", "teacher"), ("students", "student"), ("seeds", None)):
+    []`) or fall back to every model, and a name no model of its role would stop a run half-way. Names are
+    matched against the preset's own tables (not through config.models, which would put the model builders
+    and their data into the reuse key of every phase that loads a preset)."""
+    tables = {"teachers": preset.teachers, "students": preset.students}
+    for key in ("teachers", "students", "seeds"):
         values = getattr(preset.grid, key)
         if not values:
             raise DistillError(f"preset file {path}: grid.{key} is empty; name at least one")
-        for value in values if role else ():
-            try:
-                resolve_role(str(value), preset, role)
-            except DistillError as e:
-                raise DistillError(f"preset file {path}: grid.{key}: {e}") from None
+        table = tables.get(key)
+        for value in values if table is not None else ():
+            if match_name(str(value), table) is None:
+                other = next((k for k in tables if k != key and match_name(str(value), tables[k])), None)
+                role = f"a {other[:-1]}, not a {key[:-1]}; " if other else did_you_mean(str(value), table)
+                raise DistillError(f"preset file {path}: grid.{key}: unknown model name {str(value)!r} ({role}"
+                                   f"known {key}: {', '.join(table)})")
 
 
 def _loaded(path: str) -> Preset:
