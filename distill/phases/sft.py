@@ -285,7 +285,8 @@ def run(p: SftParams) -> str:
     split_batch(h["per_device_train_batch_size"], h["gradient_accumulation_steps"], ranks.world_size())
     ranks.fail_on_sigterm()
     if not ranks.is_main_process():  # the other ranks of a launch: rank 0 decides, they train
-        return _follow_main(p, h, student, preset)
+        _follow_main(p, h, student, preset)
+        ranks.end_follower()
     told = []
 
     def tell(plan: dict) -> None:  # once: a second broadcast after a broken first one would wait for nobody
