@@ -1,8 +1,9 @@
 """The parameters of every entry point as a reader sees them, from their declarations (distill/config/params.py): the
-README's parameter tables and MLproject's `also:` lines.
+docs' parameter page (docs/parameters.md) and MLproject's `also:` lines.
 
-`python -m distill.params_doc [PHASE ...]` prints the tables; `--write` rewrites those the README holds (between
-`<!-- params: PHASE -->` and `<!-- /params -->`). tests/test_params.py checks both files against the fields.
+`python -m distill.params_doc [PHASE ...]` prints the tables; `--write` rewrites docs/parameters.md, which is
+generated whole (nothing in it is written by hand); `--check` exits 1 and names the stale tables when the page no
+longer matches the fields. tests/test_params.py checks the page and MLproject against the fields.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 from distill.config.params import declared, default_text, doc_order
 
-# The entry points (MLproject's names), in the order the README describes them.
+# The entry points (MLproject's names), in the order the docs describe them.
 PHASES = ("translate", "teacher", "select", "sft", "evaluate", "errors", "tokens", "report", "sweep", "main")
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "parameters.md"
 _TABLE = re.compile(r"<!-- params: (\w+) -->\n(.*?)<!-- /params -->", re.S)
 
 
@@ -49,7 +50,7 @@ def entry_point_fields(phase: str) -> list:
 
 
 def table(phase: str) -> str:
-    """The README's table of an entry point's parameters: name, what empty means, what it is and what is allowed."""
+    """The docs' table of an entry point's parameters: name, what empty means, what it is and what is allowed."""
     from distill.phases.main.targets import ALWAYS
 
     rows = ["| parameter | default | meaning |", "|---|---|---|"]
@@ -63,15 +64,37 @@ def table(phase: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-def readme_tables(text: str) -> dict[str, str]:
-    """Phase -> the table the README holds for it."""
+INTRO = """# Every parameter
+
+Each entry point's parameters as declared on its `*Params` fields (`distill/config/params.py`): what an empty
+value means, what it is, what is allowed. `python entrypoints/<entry point>.py --help` prints the same. This page
+is generated: `python -m distill.params_doc --write` writes it, and `tests/test_params.py` (or
+`python -m distill.params_doc --check`) fails when it no longer matches the fields. Every parameter is in its
+phase's reuse key unless its row says why not.
+
+Parameters whose default comes from the preset are not declared in `MLproject`; `-P name=value` passes them all
+the same and MLflow logs them. The rows that start "for what it builds" set the steps an entry point runs first
+([Phases](phases.md)).
+"""
+
+
+def page() -> str:
+    """docs/parameters.md: the introduction, then one section and table per entry point."""
+    sections = [f"## `{phase}`\n\n<!-- params: {phase} -->\n{table(phase)}<!-- /params -->\n" for phase in PHASES]
+    return "\n".join([INTRO, *sections])
+
+
+def page_tables(text: str) -> dict[str, str]:
+    """Phase -> the table a page holds for it."""
     return {m.group(1): m.group(2) for m in _TABLE.finditer(text)}
 
 
-def write_readme(path: Path = README) -> None:
-    text = path.read_text(encoding="utf-8")
-    path.write_text(_TABLE.sub(lambda m: f"<!-- params: {m.group(1)} -->\n{table(m.group(1))}"
-                                         "<!-- /params -->", text), encoding="utf-8")
+def stale(path: Path = PAGE) -> list[str]:
+    """What differs between the page and the fields: the phases whose table is stale, or the page as a whole."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    held = page_tables(text)
+    phases = [p for p in PHASES if held.get(p) != table(p)]
+    return phases or ([] if text == page() else ["the text around the tables"])
 
 
 def mlproject_also(text: str) -> dict[str, list[str]]:
@@ -104,13 +127,20 @@ def _take(names: list[str], text: str) -> bool:
 BUILDS = "for what it builds:"
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if argv[:1] == ["--write"]:
-        write_readme()
-        return
+        PAGE.write_text(page(), encoding="utf-8")
+        return 0
+    if argv[:1] == ["--check"]:
+        if found := stale():
+            print(f"{PAGE.relative_to(PAGE.parents[1])} is stale ({', '.join(found)}): "
+                  "python -m distill.params_doc --write", file=sys.stderr)
+            return 1
+        return 0
     for phase in argv or PHASES:
         print(f"### `{phase}`\n\n{table(phase)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from distill.config.params import Default, declared, preset_paths, preset_values
-from distill.params_doc import PHASES, entry_point_fields, mlproject_also, params_class, readme_tables, table
+from distill.params_doc import PAGE, PHASES, entry_point_fields, mlproject_also, params_class, stale
 from distill.config.presets import PRESET_DIR, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,12 +138,11 @@ def test_mlproject_lists_every_parameter_of_every_entry_point():
     assert set(mlproject_also((ROOT / "MLproject").read_text())) == set(entry_points)
 
 
-def test_the_readme_tables_are_the_fields():
-    """`python -m distill.params_doc --write` writes them; this says when the fields changed and the README not."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for phase in readme_tables(readme):
-        assert table(phase) in readme, f"README's {phase} table is stale: python -m distill.params_doc --write"
-    assert set(readme_tables(readme)) == set(PHASES)
+def test_the_parameters_page_is_the_fields():
+    """`python -m distill.params_doc --write` writes docs/parameters.md; this says when the fields changed and the
+    page not."""
+    found = stale()
+    assert PAGE.is_file() and not found, f"docs/parameters.md is stale ({found}): python -m distill.params_doc --write"
 
 
 def test_help_gives_each_parameter_its_text_default_and_rule():
