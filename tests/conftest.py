@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-from distill.config.environment import offline_env# noqa: E402  (light: yaml and the preset dataclasses)
+from distill.config.environment import offline_env  # noqa: E402  (light: yaml and the preset dataclasses)
 
 offline_env(force=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
