@@ -63,6 +63,8 @@ def render_report(meta: dict, summary: list[str], sections: dict[str, str], miss
            f"{meta['n_errors_runs']} errors run(s), tokens run {meta['tokens_run'] or DASH}. "
            "Every run id used is in `inputs.json`.", "", "## Summary", ""]
     out += [f"- {line}" for line in summary]
+    if sections.get("reproduction"):  # the paper's numbers and claims beside this run's (report/reproduction.py)
+        out += ["", sections["reproduction"]]
     out += ["", "## Table 1: student accuracy by teacher (%)", "", sections["table1"], "",
             "CSV: `tables/table1.csv` (this table, numbers only), `tables/table1_cells.csv` (per cell: seeds, mean, "
             "std, min, max, interval, run ids).", "",
