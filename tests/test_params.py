@@ -1,6 +1,6 @@
 """Each parameter declared once (distill/config/params.py): every field of every phase carries its declaration, every
 field that can change a phase's output is in its reuse key (changing it alone changes the key), a field left
-out says why, and the README's tables and MLproject's `also:` lines follow the fields."""
+out says why, and docs/parameters.md and MLproject's `also:` lines follow the fields."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from distill.config.params import Default, declared, preset_paths, preset_values
-from distill.params_doc import PAGE, PHASES, entry_point_fields, mlproject_also, params_class, stale
 from distill.config.presets import PRESET_DIR, load_preset
+from distill.params_doc import PAGE, PHASES, entry_point_fields, mlproject_also, params_class, stale
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [{"id": str(i), "prompt": f"問題: {i}+1は？\n", "completion": f"解答: {i + 1}"} for i in range(6)]

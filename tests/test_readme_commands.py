@@ -1,4 +1,5 @@
-"""Every command the README tells a user to type, checked against the project without running it.
+"""Every command the README and the docs' pages (docs/*.md) tell a user to type, checked against the project without
+running it.
 
 `mlflow run` lines (fenced, and inline ones that start `mlflow run .`): the entry point is in MLproject, every
 `-P name` is a declared parameter or a field of the entry point's Params class, the values parse as the entry
@@ -22,7 +23,9 @@ from distill.config.models import resolve_model, resolve_role
 from distill.config.presets import load_preset
 from tests.conftest import ROOT
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The README and every page of the docs site, by file name: what a user reads and copies.
+TEXTS = {p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8")
+         for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
 MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
 PLACEHOLDER = "PLACEHOLDER"           # what `<evaluate run id>` and the like stand for
 POPPED = {"base_dir", "verbose"}       # taken off argv by cli.py before the Params class parses it
@@ -77,22 +80,22 @@ def fenced_shell_blocks(text: str) -> list[str]:
     return blocks
 
 
-def readme_commands() -> list[tuple[str, list[str]]]:
-    """(the line as printed, its tokens) for each command of interest, fenced or inline."""
+def readme_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(the line as printed, its tokens) for each command of interest in a page, fenced or inline."""
     found = []
-    for block in fenced_shell_blocks(README):
+    for block in fenced_shell_blocks(text):
         for command in _commands_in(block):
             command = _without_env(command)
             if command[:2] in (["mlflow", "run"], ["accelerate", "launch"]) or (
                     command[:1] == ["python"] and len(command) > 1 and command[1].startswith("entrypoints/")):
                 found.append((shlex.join(command), command))
-    for span in re.findall(r"`((?:[A-Z_]+=\S+ )*(?:mlflow run \. |python entrypoints/\w+\.py)[^`]*)`", README):
+    for span in re.findall(r"`((?:[A-Z_]+=\S+ )*(?:mlflow run \. |python entrypoints/\w+\.py)[^`]*)`", text):
         for command in _commands_in(span):
             found.append((shlex.join(_without_env(command)), _without_env(command)))
     return found
 
 
-COMMANDS = readme_commands()
+COMMANDS = [(f"{name}: {line}", command) for name, text in TEXTS.items() for line, command in readme_commands(text)]
 
 
 def _params_class(script: str):
@@ -207,9 +210,11 @@ def check_script(command: list[str]) -> None:
     _parse(params_cls, argv, "..." in argv, phase)
 
 
-def test_the_readme_has_the_commands_this_test_reads():
+def test_the_readme_and_pages_have_the_commands_this_test_reads():
     kinds = {c[0] if c[0] != "python" else "python entrypoints" for _, c in COMMANDS}
     assert {"mlflow", "accelerate"} <= kinds and len(COMMANDS) >= 25
+    pages = {line.split(": ", 1)[0] for line, _ in COMMANDS}
+    assert {"README.md", "docs/quickstart.md", "docs/sft.md", "docs/study-on-gpus.md"} <= pages, pages
 
 
 @pytest.mark.parametrize("line,command", COMMANDS, ids=[line for line, _ in COMMANDS])
