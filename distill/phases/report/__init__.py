@@ -52,6 +52,7 @@ from distill.phases.report.figures import figure_accuracy, figure_errors, figure
 from distill.phases.report.inputs import Predictions, collect_inputs, load_tokens, ordered_names
 from distill.phases.report.missing import missing_items
 from distill.phases.report.paired import holm, paired_tests  # holm: tests import it from here
+from distill.phases.report.reproduction import reproduction
 from distill.phases.report.robustness import robustness, robustness_verdict
 from distill.phases.report.tables import cell_summary, error_summary, table1, table3, tokens_summary
 
@@ -177,6 +178,7 @@ def run(p: ReportParams) -> str:
         robust, ranks, md_robust = robustness(cells, inputs, teachers, preset_teachers, students, baseline_labels)
         t3, md3 = table3(inputs, table3_teachers)
         paired, md_paired = paired_tests(inputs, teachers, students, predictions)
+        repro = reproduction(preset, eval_set, inputs, predictions, wide, t3)
         errors_df, md_errors = error_summary(inputs, error_teachers, students)
         token_rows = load_tokens(inputs.tokens_run)
         tokenizers = ordered_names(preset_list(preset, "tokenizers"), {r.get("tokenizer") for r in token_rows} - {None})
@@ -216,6 +218,11 @@ def run(p: ReportParams) -> str:
             pd.DataFrame(ranks, columns=["student", "ranking_paper", "ranking_answer_line", "changed"]).to_csv(
                 root / "tables" / "robustness_rankings.csv", index=False)
             _save(paired, md_paired, root / "tables", "paired_tests")
+            (root / "tables" / "reproduction.md").write_text(repro.section + "\n", encoding="utf-8")
+            (root / "tables" / "reproduction_summary.md").write_text(repro.summary + "\n", encoding="utf-8")
+            if repro.claims:
+                for name, df in zip(("reproduction", "reproduction_claims", "reproduction_tests"), repro.tables()):
+                    df.to_csv(root / "tables" / f"{name}.csv", index=False)
             _save(errors_df, md_errors, root / "tables", "errors")
             _save(tok_df, md_tokens, root / "tables", "tokens")
             write_figure(figure_accuracy(cells, inputs, teachers, students, baseline_label),
@@ -229,7 +236,9 @@ def run(p: ReportParams) -> str:
                     "tokens_run": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
             summary = summary_lines(wide, cells, paired, preset_teachers, students, missing)
             summary.append("Scoring robustness: " + robustness_verdict(ranks))
+            summary.append(repro.line)
             report = render_report(meta, summary, {"table1": md1, "table3": md3, "paired": md_paired,
+                                                   "reproduction": repro.section,
                                                    "errors": md_errors, "tokens": md_tokens, "robustness": md_robust},
                                    missing, notes)
             (root / "report.md").write_text(report, encoding="utf-8")
@@ -243,7 +252,7 @@ def run(p: ReportParams) -> str:
         n_missing_cells = sum(m["kind"] == "cell" for m in missing)
         metrics = {"n_missing_cells": n_missing_cells, "n_missing": len(missing), "n_cells": len(cells),
                    "n_eval_runs": inputs.n_eval_runs, "n_paired_tests": int(paired["p_bootstrap"].notna().sum()),
-                   "n_ranking_changes": sum(bool(r["changed"]) for r in ranks)}
+                   "n_ranking_changes": sum(bool(r["changed"]) for r in ranks), **repro.metrics()}
         for t in teachers:
             if np.isfinite(wide.loc[t, "mean"]):
                 metrics[_metric_name(f"accuracy_mean.{t}")] = float(wide.loc[t, "mean"])

@@ -36,6 +36,8 @@ class EvalRun:
     start_time: int
     accuracy_answer_line: float = math.nan   # the answer-line reading (runs before it was logged: NaN)
     accuracy_cut: float = math.nan           # few-shot: the output cut at the next question
+    scoring: str = ""                        # the rule `accuracy` used (param `scoring`; the paper's: `paper`)
+    rehearsal: bool = False                  # stand-in models under real ids (tag distill.rehearsal)
 
 
 @dataclass
@@ -73,7 +75,8 @@ def _eval_run(run) -> EvalRun:
                    t.get(lineage.SEED, ""), _metric(run, "accuracy"), _metric(run, "accuracy_ci_low"),
                    _metric(run, "accuracy_ci_high"), _metric(run, "n_correct"), _metric(run, "n_total"),
                    run.info.start_time or 0, _metric(run, "accuracy_answer_line"),
-                   _metric(run, f"accuracy_{CUT}"))
+                   _metric(run, f"accuracy_{CUT}"), run.data.params.get("scoring", ""),
+                   t.get(lineage.REHEARSAL) == "true")
 
 
 def seed_key(seed: str):
