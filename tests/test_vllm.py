@@ -179,7 +179,7 @@ def test_vllm_shards_are_the_preset_size_and_others_256():
 ])
 def test_a_gpu_that_vllm_cannot_use_is_named_with_what_to_install(cuda, available, driver, says):
     problem = cuda_problem("2.14.0", cuda, available, driver)
-    assert problem is None if says is None else says in problem and "README" in problem
+    assert problem is None if says is None else says in problem and "docs/teacher-data.md" in problem
 
 
 def test_a_torch_without_a_gpu_is_refused_before_vllm_starts():

@@ -2,7 +2,7 @@
 
 A GPU user installs the vLLM extra, and vLLM pins its own range of transformers (0.33: <5.21), so the
 libraries the study calls are not those of the default install that the tests run under. CI runs the
-training and evaluation tests a second time under this file (README, "Versions and the pinned test pass").
+training and evaluation tests a second time under this file (docs/development.md, "Versions and the pinned test pass").
 
     python tools/vllm_pins.py                       # two dry runs in a throw-away venv (1-3.5 min here)
     python tools/vllm_pins.py --report r.json --default-report d.json   # from reports made before

@@ -5,7 +5,7 @@ From that one declaration: the command line and its `--help` (distill/cli.py); t
 the checks (`resolve`: an empty field takes the preset's value at its path, and every value, typed or from the
 preset, meets its field's rule); the preset's numbers checked before a run starts (`check_preset`); the reuse
 key (`key_payload`: every field, unless its declaration says why it cannot change the phase's output); the
-README's parameter tables and MLproject's `also:` lines (distill/params_doc.py).
+the docs' parameters page and MLproject's `also:` lines (distill/params_doc.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ SPEC = "distill.param"
 
 @dataclass(frozen=True)
 class Default:
-    """What an empty value means where that is no single preset value. `text` says it (help, README);
+    """What an empty value means where that is no single preset value. `text` says it (help, docs);
     `value(params, preset)`, when given, computes it from the fields resolved before this one (else the phase
     does, or empty stays empty); `paths`: the preset values it reads, checked by the field's rule."""
 
@@ -66,7 +66,7 @@ def declared(cls) -> list[tuple[dataclasses.Field, Param]]:
 
 
 def doc_order(cls) -> list[tuple[dataclasses.Field, Param]]:
-    """The order `--help` and the README list a class's fields in: required ones, the class's own, those it
+    """The order `--help` and the parameters page list a class's fields in: required ones, the class's own, those it
     inherits (GenerationOptions), and `reuse` last."""
     own = set(cls.__dict__.get("__annotations__", {}))
     return sorted(declared(cls), key=lambda fs: (not required(fs[0]), fs[0].name == "reuse", fs[0].name not in own))

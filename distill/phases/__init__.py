@@ -1,4 +1,4 @@
-"""The study's method, one module per phase, in the order the paper runs them (README, "Layout").
+"""The study's method, one module per phase, in the order the paper runs them (docs/development.md, "Layout").
 
 translate -> teacher -> select -> sft -> evaluate -> judge (the `errors` entry point) -> tokens -> report;
 sweep searches sft's hyperparameters; main runs the grid. Each module has a `*Params` dataclass and `run`.

