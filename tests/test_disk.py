@@ -1,4 +1,4 @@
-"""The disk figures of the README's sft section come from the preset (distill/training/disk.py), not a hand count."""
+"""The disk figures of the docs' sft page come from the preset (distill/training/disk.py), not a hand count."""
 
 import re
 
@@ -11,8 +11,8 @@ def test_the_readme_gives_the_disk_the_paper_grid_needs():
     paper = load_preset("paper")
     last, every = sft_disk(paper, "last", local=False), sft_disk(paper, "all", local=False)
     assert last["runs"] == every["runs"] == 16 and every["checkpoints_per_run"] == 2
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("**Checkpoints on disk.**"):text.index("**Several GPUs.**")]
+    text = (ROOT / "docs" / "sft.md").read_text()
+    section = text[text.index("## Checkpoints on disk"):text.index("## Several GPUs")]
     bold = [int(x) for x in re.findall(r"\*\*(\d+) GB\*\*", section)]
     assert bold == [round(last["store_after_gb"]), round(last["store_peak_gb"]), round(every["store_after_gb"])]
     assert f"{round(every['checkpoints_gb'])} GB of it checkpoints" in section

@@ -1,4 +1,4 @@
-"""A student comes back in one line: the README's pull-back snippet, `-e evaluate -P model=models:/...`, and
+"""A student comes back in one line: the pull-back snippet of docs/sft.md, `-e evaluate -P model=models:/...`, and
 `python -m distill.students`, against a store where a real tiny `sft` registered a student (typed `7b`)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from distill.students import DASH, main as students_main
 from tests.conftest import ROOT
 
 NAME = "offline-student-qwen2.5-0.5b"
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+SFT_PAGE = (ROOT / "docs" / "sft.md").read_text(encoding="utf-8")  # what the docs tell a user to type
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,9 @@ def test_a_name_typed_7b_is_the_presets_7B_everywhere(store):
 
 
 def _readme_pull_back_snippet() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", SFT_PAGE, re.S)
     found = [b for b in blocks if "mlflow.transformers.load_model(" in b]
-    assert len(found) == 1, "the README's sft section shows one pull-back snippet"
+    assert len(found) == 1, "the sft page shows one pull-back snippet"
     return found[0]
 
 
@@ -88,7 +88,7 @@ def users_folder(store, monkeypatch):
 def test_the_readmes_snippet_pulls_the_student_back_and_generates(users_folder, capsys):
     snippet = _readme_pull_back_snippet()
     assert f'"models:/{NAME}@teacher-7b"' in snippet
-    exec(compile(snippet, "README.md (sft section)", "exec"), {"__name__": "__main__"})
+    exec(compile(snippet, "docs/sft.md", "exec"), {"__name__": "__main__"})
     assert mlflow.get_tracking_uri() == f"sqlite:///{users_folder['root'] / 'mlflow.db'}"
     assert capsys.readouterr().out.strip(), "the snippet printed no generated text"
 
@@ -106,9 +106,9 @@ def test_students_are_listed_then_evaluated_through_mlflow_run_as_the_readme_say
     assert _table(["--teacher", "７ｂ", "--name", "qwen2.5-0.5b"], capsys) == rows
     assert students_main(["--teacher", "72B"]) == 0 and "no registered students (teacher=72B)" in capsys.readouterr().out
 
-    # the README's line, as typed, in the study's folder (a short evaluation: limit and max_new_tokens added)
-    lines = [line for line in README.splitlines() if "-e evaluate" in line and f"model={uri}" in line]
-    assert lines, f"the README shows `mlflow run . -e evaluate ... -P model={uri}`"
+    # the sft page's line, as typed, in the study's folder (a short evaluation: limit and max_new_tokens added)
+    lines = [line for line in SFT_PAGE.splitlines() if "-e evaluate" in line and f"model={uri}" in line]
+    assert lines, f"docs/sft.md shows `mlflow run . -e evaluate ... -P model={uri}`"
     typed = shlex.split(re.search(r"`(mlflow run [^`]*)`", lines[0]).group(1))
     assert typed[:3] == ["mlflow", "run", "."] and "--env-manager" in typed
     command = [sys.executable, "-m", "mlflow", "run", str(ROOT), *typed[3:], "-P", "limit=3", "-P", "max_new_tokens=4"]
