@@ -52,3 +52,21 @@ def test_the_site_builds_without_a_warning(tmp_path):
     assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr[-3000:]
     assert (tmp_path / "site" / "parameters" / "index.html").is_file()
     shutil.rmtree(tmp_path / "site")
+
+
+def _repository_paths(text: str) -> set[str]:
+    """The repository's files and modules a page names in code spans: `distill/...`, `tests/...`, `python -m x.y`."""
+    spans = re.findall(r"`([^`\n]+)`", text)
+    paths = {w for s in spans for w in re.findall(r"(?<![\w./-])((?:distill|tests|bench|tools|entrypoints|constraints|"
+                                                  r"docs|\.ci)/[\w./-]*\w)", s) if "{" not in s}
+    modules = {m for s in spans for m in re.findall(r"python -m (distill(?:\.\w+)+)", s)}
+    return paths | {m.replace(".", "/") + ".py" for m in modules}
+
+
+def test_every_file_and_module_the_docs_name_exists():
+    """A moved or renamed file leaves no page pointing at its old place (the README once cited a `RULES` table
+    that was gone, and a paper path outside the repository)."""
+    pages = {"README.md": README} | {f"docs/{p.name}": p.read_text(encoding="utf-8") for p in DOCS.glob("*.md")}
+    missing = sorted(f"{page}: {path}" for page, text in pages.items() for path in _repository_paths(text)
+                     if not (ROOT / path).exists() and not (ROOT / path.removesuffix(".py") / "__init__.py").exists())
+    assert not missing, missing
