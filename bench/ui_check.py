@@ -6,9 +6,12 @@
 
     python bench/ui_check.py --store DIR --screenshots docs/   # also the README's PNGs
 
-Starts `mlflow ui` on a free loopback port over that store, opens pages in headless Chromium driven over
-its DevTools protocol (bench/_cdp.py; Debian: `apt-get install chromium`; the check is skipped, exit 0 with a
-note, without it), with every non-loopback host name unresolvable, and asserts on:
+Starts `mlflow ui` on a free loopback port over that store, opens the links the project writes
+(distill.tracking.ui_links) in headless Chromium driven by Playwright in a fresh profile (bench/_browser.py;
+Debian: `apt-get install chromium`; the check is skipped, exit 0 with a note, without it or without playwright),
+with every non-loopback host name unresolvable, and asserts on:
+- every page in Model training mode: the sidebar has Runs and Model registry, not the GenAI Overview;
+- the study's runs table: the student evaluations grouped by teacher;
 - the main run's page: its description shows Table 1 and links the report run and report.md;
 - the compare page of the student evaluations: the params `teacher`, `student`, `seed`, `role` and readable
   model names are there to put on an axis;
@@ -25,32 +28,29 @@ it, with the reason said, where chromium is missing) and runs the same page chec
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _cdp import Browser, free_port, outside_requests
+from _browser import browser_page, free_port, missing, outside_requests
 from _common import OUT_DIR, ROOT, log
 
 FIXTURE = ROOT / "bench" / "fixtures" / "ui_check_main_run.html"
-
-
-def _chromium() -> str | None:
-    return next((shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
-
+MODE = "workflowType=machine_learning"
+REPORT_LINK = f"/artifactPath/report.md?{MODE}\""  # as the DOM writes the description's link to report.md
 
 # What each page shows once the single-page app has fetched and drawn it; a figure is drawn when plotly
 # made its SVG inside the artifact's iframe.
-READY = {"main_run": "document.body && document.body.innerText.includes('Table 1')",
+READY = {"runs": "document.body && document.body.innerText.includes('Group: 7B')",
+         "main_run": "document.body && document.body.innerText.includes('Table 1')",
          "compare": "document.body && document.body.innerText.includes('teacher')",
          "version": "document.body && document.body.innerText.includes('accuracy')"}
 PLOT_DRAWN = "!!document.querySelector('.plot-container svg.main-svg')"
+# MLflow's sidebar: in Model training mode it offers Runs, Models and Model registry; in GenAI mode an Overview.
+SIDEBAR = "(document.querySelector('nav') || document.body).innerText"
 # Before a screenshot: the MLflow Assistant's side panel closed (it takes a third of the page), and on the
 # compare page the parallel-coordinates plot set to teacher and student (MLflow's default: the first
 # three params by name), as a researcher would pick them.
@@ -86,7 +86,7 @@ COMPARE_AXES = """(async () => {
   await sleep(1000);
   return names();
 })()"""
-SCREENSHOTS = {"main_run": "ui-main-run.png", "compare": "ui-compare.png", "version": "ui-model-version.png",
+SCREENSHOTS = {"runs": "ui-runs.png", "main_run": "ui-main-run.png", "compare": "ui-compare.png", "version": "ui-model-version.png",
                "fig1": "ui-figure.png"}
 
 
@@ -99,34 +99,58 @@ def small_png(path: Path) -> None:
     Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
 
 
-async def visit(browser: str, pages: dict[str, str], out: Path, shots: Path | None):
-    """Each page's DOM, whether its figure was drawn, every URL requested; screenshots into `shots`."""
-    doms, drawn = {}, {}
-    async with Browser(browser) as b:
+def model_training_sidebar(nav: str) -> bool:
+    """The sidebar of MLflow's Model training mode (Runs, Model registry), not its GenAI mode (Overview)."""
+    items = set(nav.split("\n"))
+    return {"Runs", "Model registry"} <= items and "Overview" not in items
+
+
+def _ready(page, until: str, anywhere: bool, timeout: float) -> bool:
+    """Whether the JavaScript `until` became true within `timeout` seconds (in any frame with `anywhere`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        frames = page.frames if anywhere else [page.main_frame]
+        for frame in frames:
+            try:
+                if frame.evaluate(until):
+                    page.wait_for_timeout(1500)  # the rest of the page (charts, fonts) settles
+                    return True
+            except Exception:  # noqa: BLE001 - a frame navigating or gone: the next round sees the new one
+                pass
+    return False
+
+
+def visit(pages: dict[str, str], out: Path, shots: Path | None):
+    """Each page's DOM and sidebar, whether it was drawn, every URL requested; screenshots into `shots`."""
+    doms, drawn, sidebars = {}, {}, {}
+    with browser_page() as (page, requests):
         for name, url in pages.items():
             t0 = time.perf_counter()
             figure = name not in READY
-            ok = await b.open(url, PLOT_DRAWN if figure else READY[name], anywhere=figure)
-            await b.evaluate(CLOSE_ASSISTANT)
+            page.goto("about:blank")
+            page.goto(url)
+            ok = _ready(page, PLOT_DRAWN if figure else READY[name], anywhere=figure, timeout=60.0)
+            page.evaluate(CLOSE_ASSISTANT)
             if name == "main_run":
-                await b.evaluate(SHOW_DESCRIPTION)
+                page.evaluate(SHOW_DESCRIPTION)
             if name == "compare":
-                drawn["compare_axes"] = await b.evaluate(COMPARE_AXES)
+                drawn["compare_axes"] = page.evaluate(COMPARE_AXES)
                 log(f"compare: parallel coordinates over {drawn['compare_axes']}")
-            await asyncio.sleep(1.0)
-            doms[name] = await b.evaluate("document.documentElement.outerHTML") or ""
+            page.wait_for_timeout(1000)
+            doms[name] = page.content()
+            sidebars[name] = page.evaluate(SIDEBAR)
             drawn[name] = ok
             (out / f"{name}.html").write_text(doms[name], encoding="utf-8")
-            (out / f"{name}.png").unlink(missing_ok=True)
-            await b.screenshot(out / f"{name}.png")
+            page.screenshot(path=out / f"{name}.png")
             if shots is not None and name in SCREENSHOTS:
                 shots.mkdir(parents=True, exist_ok=True)
-                await b.screenshot(shots / SCREENSHOTS[name])
+                page.screenshot(path=shots / SCREENSHOTS[name])
                 small_png(shots / SCREENSHOTS[name])
             log(f"{name}: {'ready' if ok else 'NOT ready'}, {len(doms[name])} characters of DOM in "
                 f"{time.perf_counter() - t0:.1f}s ({url})")
-        (out / "requests.txt").write_text("\n".join(b.requests) + "\n", encoding="utf-8")
-        return doms, drawn, list(b.requests)
+        (out / "requests.txt").write_text("\n".join(requests) + "\n", encoding="utf-8")
+        return doms, drawn, sidebars, list(requests)
 
 
 def page_checks(doms: dict[str, str], expected: list[tuple[str, str, str]]) -> list[str]:
@@ -140,23 +164,25 @@ def page_checks(doms: dict[str, str], expected: list[tuple[str, str, str]]) -> l
     return failures
 
 
-async def _render_saved(browser: str, url: str) -> str:
-    async with Browser(browser) as b:
-        await b.open(url, READY["main_run"], timeout=30.0)
-        return await b.evaluate("document.documentElement.outerHTML") or ""
+def _render_saved(url: str) -> str:
+    with browser_page() as (page, _):
+        page.goto(url)
+        _ready(page, READY["main_run"], anywhere=False, timeout=30.0)
+        return page.content()
 
 
-def dry_run(browser: str | None) -> int:
+def dry_run() -> int:
     """The checks of the main run's page on a saved page; one check must fail, or a FAIL would go unseen."""
-    if browser:
-        dom = asyncio.run(_render_saved(browser, FIXTURE.as_uri()))
+    why = missing()
+    if why is None:
+        dom = _render_saved(FIXTURE.as_uri())
     else:
-        log("no chromium on this machine (apt-get install chromium): the saved page is read, not rendered")
+        log(f"{why}: the saved page is read, not rendered")
         dom = FIXTURE.read_text(encoding="utf-8")
     run_id = "0123456789abcdef0123456789abcdef"
     failures = page_checks({"main_run": dom}, [
         ("main_run", "<h3>Table 1", "Table 1 rendered in the main run's description"),
-        ("main_run", "/artifactPath/report.md\"", "a link to report.md that opens it in the UI"),
+        ("main_run", REPORT_LINK, "a link to report.md that opens it in the UI in Model training mode"),
         ("main_run", run_id, "a link to the report run"),
         ("main_run", "no such text", "a check that must fail")])
     if failures != ["main_run: a check that must fail"]:
@@ -173,11 +199,10 @@ def main() -> int:
                                           "Fig. 1 in the artifact viewer (the README's are in docs/)")
     ap.add_argument("--dry", action="store_true", help="the page checks on a saved page, seconds (CI runs it)")
     args = ap.parse_args()
-    browser = _chromium()
     if args.dry:
-        return dry_run(browser)
-    if browser is None:
-        log("no chromium on this machine (apt-get install chromium): check skipped")
+        return dry_run()
+    if missing():
+        log(f"{missing()}: check skipped")
         return 0
     store = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="ui-check-"))
     uri = f"sqlite:///{store / 'mlflow.db'}"
@@ -188,6 +213,8 @@ def main() -> int:
                        env=env, check=True)
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    from distill.tracking import ui_links
 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
@@ -216,24 +243,33 @@ def main() -> int:
                     break
             except requests.RequestException:
                 time.sleep(0.5)
-        pages = {
-            "main_run": f"{base}/#/experiments/{exp.experiment_id}/runs/{main_run.info.run_id}",
-            "compare": f"{base}/#/compare-runs?runs={json.dumps([r.info.run_id for r in students])}"
-                       f"&experiments={json.dumps([exp.experiment_id])}",
-        }
+        exp_id = exp.experiment_id
+        pages = {"runs": ui_links.absolute(base, ui_links.study_runs(exp_id)),
+                 "main_run": ui_links.absolute(base, ui_links.run_page(exp_id, main_run.info.run_id)),
+                 "compare": ui_links.absolute(base, ui_links.compare_runs(exp_id, [r.info.run_id for r in students]))}
         versions = [v for m in client.search_registered_models() for v in client.search_model_versions(f"name = '{m.name}'")]
         evaluated = [v for v in versions if "accuracy" in v.tags]
         if evaluated:
             v = evaluated[0]
-            pages["version"] = f"{base}/#/models/{v.name}/versions/{v.version}"
+            pages["version"] = ui_links.absolute(base, ui_links.model_version(v.name, v.version))
         figures = {"fig1": (report_run, "figures/fig1_accuracy.html"), "fig2": (report_run, "figures/fig2_errors.html"),
                    "fig3": (report_run, "figures/fig3_tokens.html"), "tokens_fig": (tokens_run, "figures/token_counts.html")}
         for name, (run_id, path) in figures.items():
             if run_id:
-                pages[name] = f"{base}/#/experiments/{exp.experiment_id}/runs/{run_id}/artifactPath/{path}"
-        doms, drawn, requests = asyncio.run(visit(browser, pages, out, Path(args.screenshots) if args.screenshots else None))
+                pages[name] = ui_links.absolute(base, ui_links.run_page(exp_id, run_id, path))
+        doms, drawn, sidebars, requests = visit(pages, out, Path(args.screenshots) if args.screenshots else None)
+
         def check(page: str, text: str, why: str) -> None:
             failures.extend(page_checks(doms, [(page, text, why)]))
+
+        for name, nav in sidebars.items():
+            ok = model_training_sidebar(nav)
+            log(f"{'ok  ' if ok else 'FAIL'} {name}: Model training sidebar ({' | '.join(nav.split(chr(10))[:8])})")
+            if not ok:
+                failures.append(f"{name}: not in Model training mode (sidebar: {nav.split(chr(10))[:8]})")
+        for name in ("runs", "main_run"):
+            if not drawn.get(name):
+                failures.append(f"{name}: the page did not show what it should ({READY[name]})")
 
         for name in figures:
             ok = drawn.get(name, False)
@@ -251,8 +287,10 @@ def main() -> int:
         if outside:
             failures.append(f"{len(outside)} request(s) left this machine: {sorted(set(outside))[:5]}")
         check("main_run", "<h3>Table 1", "Table 1 rendered in the main run's description")
-        check("main_run", "/artifactPath/report.md\"", "a link to report.md that opens it in the UI")
+        check("main_run", REPORT_LINK, "a link to report.md that opens it in the UI in Model training mode")
         check("main_run", main_run.data.tags["distill.report_run_id"], "a link to the report run")
+        for r in students:
+            check("runs", r.info.run_name, "each student evaluation in the study's runs table")
         for p in ("teacher", "student", "seed", "role"):
             check("compare", p, f"param {p} in the compare view")
         for r in students[:2]:

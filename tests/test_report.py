@@ -247,7 +247,8 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
     assert ("tokens", "14B") in kinds and ("seed", "7B / qwen2.5-0.5b") not in kinds
     md = open(os.path.join(local, "report.md"), encoding="utf-8").read()
     for text in ("## Table 1", "## Table 3", "## Paired tests", "## Missing", "32B / qwen2.5-0.5b",
-                 f"(#/experiments/{run.info.experiment_id}/runs/{run_id}/artifactPath/figures/fig1_accuracy.html)",
+                 f"(#/experiments/{run.info.experiment_id}/runs/{run_id}/artifactPath/figures/fig1_accuracy.html"
+                 "?workflowType=machine_learning)",
                  "left out (the newest wins)", "qwen2.5-0.5b: best teacher 7B",
                  "## Scoring robustness", "The teacher ranking changes under the answer-line rule for: qwen2.5-0.5b, mean.",
                  "4-shot, cut at next question"):

@@ -11,11 +11,21 @@ import logging
 import re
 
 from distill import DistillError
-from distill.tracking.lineage import (LOGGED_MODEL, MODEL_ID, MODEL_URI, REGISTERED_MODEL, REGISTERED_VERSION, SEED,
-                             SFT_RUN_ID, STUDENT, TEACHER)
 from distill.config.names import teacher_names
-from distill.tracking.smoke_runs import SMOKE_TAG
 from distill.log import quiet_mlflow_prints
+from distill.tracking import ui_links
+from distill.tracking.lineage import (
+    LOGGED_MODEL,
+    MODEL_ID,
+    MODEL_URI,
+    REGISTERED_MODEL,
+    REGISTERED_VERSION,
+    SEED,
+    SFT_RUN_ID,
+    STUDENT,
+    TEACHER,
+)
+from distill.tracking.smoke_runs import SMOKE_TAG
 
 console = logging.getLogger(__name__)
 
@@ -155,9 +165,8 @@ def register_student(model_uri: str, student: str, teacher: str, seed, preset_na
 def note_accuracy(lineage: dict[str, str], metrics: dict, run_id: str, eval_set: str) -> None:
     """The registered version of an evaluated student says how good it is: tag `accuracy`, and a
     description with the interval and a link to this evaluation."""
-    from mlflow.tracking import MlflowClient
-
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     name, version = lineage[REGISTERED_MODEL], lineage[REGISTERED_VERSION]
     client = MlflowClient()
@@ -168,7 +177,7 @@ def note_accuracy(lineage: dict[str, str], metrics: dict, run_id: str, eval_set:
     client.update_model_version(name, version, description=(
         f"Student **{lineage[STUDENT]}** distilled from teacher **{lineage[TEACHER]}**, seed "
         f"{lineage[SEED]}; trained in run [{lineage[SFT_RUN_ID]}]"
-        f"(#/experiments/{exp}/runs/{lineage[SFT_RUN_ID]}).\n\n"
+        f"({ui_links.run_page(exp, lineage[SFT_RUN_ID])}).\n\n"
         f"**Accuracy {acc}%** on `{eval_set}` (95% interval {metrics['accuracy_ci_low']:.2f} to "
         f"{metrics['accuracy_ci_high']:.2f}; {metrics['n_correct']:.0f}/{metrics['n_total']:.0f}), "
-        f"evaluation run [{run_id}](#/experiments/{exp}/runs/{run_id})."))
+        f"evaluation run {ui_links.markdown(run_id, ui_links.run_page(exp, run_id))}."))

@@ -6,6 +6,7 @@ import numpy as np
 
 from distill.phases.report.assets import PLOTLY_JS
 from distill.phases.report.tables import DASH
+from distill.tracking import ui_links
 
 
 def summary_lines(wide, cells, paired, preset_teachers, students, missing) -> list[str]:
@@ -52,7 +53,8 @@ def _artifact_link(meta: dict, path: str) -> str:
     shared = meta.get("plotly_run_id")
     needs = (f"plotly.js is the experiment's, `figures/{PLOTLY_JS}` of run {shared}, which it finds where it can; "
              f"a copy beside it serves where it cannot") if shared else f"it needs `figures/{PLOTLY_JS}` beside it"
-    return (f"[{path}](#/experiments/{meta['experiment_id']}/runs/{meta['run_id']}/artifactPath/{path}) "
+    link = ui_links.markdown(path, ui_links.run_page(meta["experiment_id"], meta["run_id"], path))
+    return (f"{link} "
             f"in this run's artifacts (`{path}` beside this file once downloaded; {needs})")
 
 
