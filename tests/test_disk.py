@@ -1,9 +1,9 @@
-"""The disk figures of the docs' sft page come from the preset (distill/training/disk.py), not a hand count."""
+"""The disk figures of the docs' sft page come from the preset (distill/estimates/disk.py), not a hand count."""
 
 import re
 
 from distill.config.presets import load_preset
-from distill.training.disk import count_parameters, sft_disk
+from distill.estimates.disk import count_parameters, sft_disk
 from tests.conftest import ROOT
 
 

@@ -6,9 +6,9 @@ logged model is the fp32 safetensors of the trained weights: 4 B. With keep_chec
 at most two checkpoints at once (the next one is uploaded before the older goes) and none once its model
 is logged; with `all` it keeps one per epoch (or per save_steps). A student's parameter count comes from
 its config when the model is in the local Hugging Face cache (counted on the meta device, nothing
-allocated), else from PUBLISHED_PARAMS.
+allocated), else from distill.estimates.sizes.PUBLISHED_PARAMS. `sft_step_gb` is one SFT step's share, for a plan.
 
-    python -m distill.training.disk --preset paper
+    python -m distill.estimates.disk --preset paper
 """
 
 from __future__ import annotations
@@ -17,41 +17,17 @@ import argparse
 import math
 
 from distill import DistillError
+from distill.estimates.sizes import GB, PUBLISHED_PARAMS, count_parameters
 
 CHECKPOINT_BYTES = 12   # fp32 weights + AdamW exp_avg + exp_avg_sq
 MODEL_BYTES = 4         # fp32 weights, as logged
-GB = 1e9
-# Parameter counts of the paper's students. The Qwen2.5 and llm-jp figures are computed from the models'
-# config.json (vocabulary, hidden size, layers, MLP width, heads; tied embeddings counted once; llm-jp's
-# are untied); sarashina2.2-1b's is the model card's rounded 1.4B.
-PUBLISHED_PARAMS = {
-    "Qwen/Qwen2.5-0.5B": 494_032_768,
-    "Qwen/Qwen2.5-1.5B": 1_543_714_304,
-    "sbintuitions/sarashina2.2-1b": 1_400_000_000,
-    "llm-jp/llm-jp-3.1-1.8b": 1_867_614_208,
-}
-
-
-def count_parameters(model: str) -> int | None:
-    """Parameters of a model whose config is on this machine (a folder, or the local Hub cache), counted on
-    the meta device; None when the config is not here."""
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        config = AutoConfig.from_pretrained(model, local_files_only=True)
-        with torch.device("meta"):
-            built = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError):
-        return None
-    return sum(p.numel() for p in built.parameters())  # shared (tied) tensors are yielded once
+CHECKPOINTS_AT_ONCE = 2  # keep_checkpoints=last: the next one is uploaded before the older goes
 
 
 def student_parameters(preset, local: bool = True) -> dict[str, int]:
     """Each student of the preset's grid -> its parameter count (its local config first unless `local` is
     false, then the table)."""
-    from distill.config.models import materialize
-    from distill.config.models import resolve_role
+    from distill.config.models import materialize, resolve_role
 
     out = {}
     for name in preset.grid.students:
@@ -61,7 +37,7 @@ def student_parameters(preset, local: bool = True) -> dict[str, int]:
         n = n or PUBLISHED_PARAMS.get(source)
         if n is None:
             raise DistillError(f"no parameter count for student {name} ({ref.source}): its config is not on this "
-                               "machine and distill/training/disk.py's PUBLISHED_PARAMS does not list it")
+                               "machine and distill/estimates/sizes.py's PUBLISHED_PARAMS does not list it")
         out[name] = n
     return out
 
@@ -78,10 +54,18 @@ def sft_disk(preset, keep: str = "last", local: bool = True) -> dict:
         after, peak = models + kept, models + kept
     else:
         kept = 0
-        after, peak = models, models + 2 * CHECKPOINT_BYTES * largest
+        after, peak = models, models + CHECKPOINTS_AT_ONCE * CHECKPOINT_BYTES * largest
     return {"runs": runs * len(params), "checkpoints_per_run": per_run, "students_b": {k: v / 1e9 for k, v in params.items()},
             "models_gb": models / GB, "checkpoints_gb": kept / GB, "store_after_gb": after / GB,
             "store_peak_gb": peak / GB, "checkpoint_gb_largest": CHECKPOINT_BYTES * largest / GB}
+
+
+def sft_step_gb(n_params: int, keep: str = "last", epochs: float = 1) -> float:
+    """The most one SFT run holds in the artifact store at once, in GB: with `last`, two checkpoints during an
+    upload (more than the last checkpoint beside the logged model); with `all`, one per epoch and the model."""
+    if keep == "all":
+        return (math.ceil(epochs) * CHECKPOINT_BYTES + MODEL_BYTES) * n_params / GB
+    return max(CHECKPOINTS_AT_ONCE * CHECKPOINT_BYTES, CHECKPOINT_BYTES + MODEL_BYTES) * n_params / GB
 
 
 def main(argv: list[str] | None = None) -> None:
