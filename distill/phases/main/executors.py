@@ -27,7 +27,7 @@ from typing import Any, Callable
 from distill import DistillError
 from distill.config.environment import OFFLINE_ENV
 from distill.phases import module_name
-from distill.phases.main import main_run, planner, retry_hint
+from distill.phases.main import main_run, planner, retry_hint, step_time
 from distill.tracking import phase_runs
 from distill.tracking.redact import redact_uri
 from distill.phases.main.task_tracking import LoopbackServer, tracking_for_tasks, stop_process_group  # noqa: F401 - re-exported
@@ -184,10 +184,13 @@ def run_concurrent(p, grid: planner.Grid, steps: list[planner.Step]) -> str:
 
 
 def walk(steps: list[planner.Step], launch: Callable[[planner.Step, Any], Any],
-         next_result: Callable[[list], tuple[Any, dict]], t0: float) -> tuple[dict, dict, dict]:
+         next_result: Callable[[list], tuple[Any, dict]], t0: float,
+         estimates: dict | None = None) -> tuple[dict, dict, dict]:
     """Launch every step whose inputs are done (`launch(step, filled params)` -> a handle), take results as
-    they come (`next_result(handles)` -> (handle, result)); a step that needs a failed one is skipped.
+    they come (`next_result(handles)` -> (handle, result)); a step that needs a failed one is skipped; a step
+    that ran logs its time on its run (step_time, beside `estimates[name]`).
     Returns the results of the done, the failed, and the skipped steps (-> the step it waited on)."""
+    by_name = {s.name: s for s in steps}
     done: dict[str, dict] = {}
     failed: dict[str, dict] = {}
     skipped: dict[str, str] = {}
@@ -213,6 +216,9 @@ def walk(steps: list[planner.Step], launch: Callable[[planner.Step, Any], Any],
             console.error(f"main: {name}: FAILED{where}: {result['error']}")
         else:
             done[name] = result
+            if not result["reused"]:
+                step_time.log_step_time(result["run_id"], result["seconds"], by_name[name].gpus,
+                                        (estimates or {}).get(name))
             console.info(f"main: {name}: {'reused' if result['reused'] else 'ran'} {result['run_id']} "
                          f"({result['seconds']:.1f}s)")
     return done, failed, skipped
@@ -249,7 +255,8 @@ def run_steps(steps: list[planner.Step], p, grid: planner.Grid, launch: Callable
         _warn_unshared_artifacts(n_nodes)
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         env |= {"MLFLOW_TRACKING_URI": task_uri, "MLFLOW_EXPERIMENT_ID": main.experiment_id, PARENT_ENV: main.run_id}
-        done, failed, skipped = walk(steps, lambda step, params: launch(step, params, env), next_result, t0)
+        done, failed, skipped = walk(steps, lambda step, params: launch(step, params, env), next_result, t0,
+                                     step_time.estimates_for(p, grid, steps))
         log = [{"step": s.name, "run_id": done[s.name]["run_id"], "reused": done[s.name]["reused"],
                 "seconds": done[s.name]["seconds"], "finished_at": done[s.name]["finished_at"], "gpus": s.gpus}
                for s in steps if s.name in done]

@@ -45,6 +45,7 @@ from distill.config.params import Default, param, resolve, reuse_param, upstream
 from distill.config.params_text import lists_from_text
 from distill.config.presets import load_preset
 from distill.phases.report.document import render_report, report_note, summary_lines
+from distill.phases.report.estimated_vs_actual import cost_table
 from distill.tracking import lineage, phase_runs
 from distill.disk_full import writing
 from distill.phases.report.assets import shared_plotlyjs
@@ -225,6 +226,8 @@ def run(p: ReportParams) -> str:
                     df.to_csv(root / "tables" / f"{name}.csv", index=False)
             _save(errors_df, md_errors, root / "tables", "errors")
             _save(tok_df, md_tokens, root / "tables", "tokens")
+            cost = cost_table(inputs)  # what the runs behind it cost, beside the plan's estimates
+            _save(cost.df, cost.md, root / "tables", "estimated_vs_actual")
             write_figure(figure_accuracy(cells, inputs, teachers, students, baseline_label),
                          root / "figures" / "fig1_accuracy", asset)
             write_figure(figure_errors(errors_df, error_teachers, students, colors), root / "figures" / "fig2_errors", asset)
@@ -240,7 +243,7 @@ def run(p: ReportParams) -> str:
             report = render_report(meta, summary, {"table1": md1, "table3": md3, "paired": md_paired,
                                                    "reproduction": repro.section,
                                                    "errors": md_errors, "tokens": md_tokens, "robustness": md_robust},
-                                   missing, notes)
+                                   missing, notes) + "\n" + cost.section + "\n"
             (root / "report.md").write_text(report, encoding="utf-8")
             (root / "missing.json").write_text(json.dumps(missing, indent=1, ensure_ascii=False), encoding="utf-8")
             (root / "inputs.json").write_text(json.dumps(inputs.run_ids(), indent=1), encoding="utf-8")
