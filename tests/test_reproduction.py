@@ -117,7 +117,7 @@ def undecided() -> tuple[dict, dict, dict]:
     3 answers apart."""
     g, f = span(200, 12), span(212, 5)
     cells = {(t, s): BASE | (g if t == "7B" else f) for s in STUDENTS for t in TEACHERS}
-    baselines = {s: BASE | f for s in STUDENTS}
+    baselines = dict.fromkeys(STUDENTS, BASE | f)
     teachers = {t: span(0, 300 + 3 * k) for k, t in enumerate(TEACHERS)}
     return cells, baselines, teachers
 

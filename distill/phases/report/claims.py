@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from distill.phases.report.evidence import Arm, Evidence, compare
 from distill.phases.report.paired import holm

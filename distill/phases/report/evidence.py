@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -17,7 +18,6 @@ class Arm:
     """Per-question correctness: `mean` over seeds (or over students, for a teacher's mean), and `binary`, one
     answer per question (the first seed of one cell), where the exact McNemar test can use it."""
 
-    what: str
     mean: dict[str, float]
     binary: dict[str, bool] | None
 
@@ -29,27 +29,29 @@ class Evidence:
                  student_names: dict[str, str], baseline_label: str):
         self.inputs, self.predictions = inputs, predictions
         self.teacher_names, self.student_names, self.baseline_label = teacher_names, student_names, baseline_label
+        for name in ("cell", "baseline", "teacher", "teacher_mean"):  # each arm asked for by several claims: built once
+            setattr(self, name, cache(getattr(self, name)))
 
-    def _runs_arm(self, what: str, runs: list[EvalRun]) -> Arm | None:
+    def _runs_arm(self, runs: list[EvalRun]) -> Arm | None:
         """None where a run is absent or its predictions unreadable (the report's Missing lists those)."""
         loaded = [self.predictions.get(r.run_id) for r in runs]
         if not runs or any(p is None for p in loaded):
             return None
         ids = set.intersection(*[set(p) for p in loaded])
-        mean = {i: float(np.mean([p[i] for p in loaded])) for i in ids}
-        return Arm(what, mean, {i: loaded[0][i] for i in ids})
+        mean = {i: sum(p[i] for p in loaded) / len(loaded) for i in ids}
+        return Arm(mean, {i: loaded[0][i] for i in ids})
 
     def cell(self, teacher: str, student: str) -> Arm | None:
         runs = self.inputs.cells.get((self.teacher_names.get(teacher, ""), self.student_names.get(student, "")), {})
-        return self._runs_arm(f"{teacher} / {student}", list(runs.values()))
+        return self._runs_arm(list(runs.values()))
 
     def baseline(self, student: str) -> Arm | None:
         run = self.inputs.baselines.get(self.baseline_label, {}).get(self.student_names.get(student, ""))
-        return self._runs_arm(f"{self.baseline_label} / {student}", [run] if run else [])
+        return self._runs_arm([run] if run else [])
 
     def teacher(self, teacher: str) -> Arm | None:
         run = self.inputs.teacher_evals.get(self.teacher_names.get(teacher, ""))
-        return self._runs_arm(f"teacher {teacher}", [run] if run else [])
+        return self._runs_arm([run] if run else [])
 
     def teacher_mean(self, teacher: str) -> Arm | None:
         """The mean over every student of the paper of this teacher's students (Table 1's mean column), per
@@ -58,7 +60,7 @@ class Evidence:
         if not arms or any(a is None for a in arms):
             return None
         ids = set.intersection(*[set(a.mean) for a in arms])
-        return Arm(f"{teacher} (mean over students)", {i: float(np.mean([a.mean[i] for a in arms])) for i in ids}, None)
+        return Arm({i: sum(a.mean[i] for a in arms) / len(arms) for i in ids}, None)
 
 
 def compare(a: Arm, b: Arm, margin: float = 0.0) -> dict:
