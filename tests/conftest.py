@@ -115,6 +115,18 @@ def tiny_teacher():
     return tiny_model_dir("tiny:teacher-7b")
 
 
+@pytest.fixture(scope="module")
+def mini_study(request, tmp_path_factory):
+    """translate -> teachers 7B and 72B -> select (tests/mini_study.py), once per module in a store of its own that
+    stays current while the module's tests run: {"root", "uri", "translate", "7B", "72B", "select"}. A module sets
+    its sizes with `MINI_STUDY = Sizes(...)`."""
+    from tests.mini_study import Sizes, build, current_store
+
+    root = tmp_path_factory.mktemp("mini-study")
+    with current_store(f"sqlite:///{root / 'mlflow.db'}", root) as uri:
+        yield {"root": root, "uri": uri, **build(getattr(request.module, "MINI_STUDY", Sizes()))}
+
+
 def run_entry(phase: str, *args: str, env: dict | None = None, cwd: Path | None = None, check: bool = True):
     """Run an entry-point script as a user would (fresh process), returning the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}

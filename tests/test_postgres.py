@@ -10,10 +10,9 @@ import mlflow
 import optuna
 import pytest
 
-from distill.phases.select import SelectParams, run as select
-from distill.phases.teacher import TeacherParams, run as teacher
 from distill.phases.translate import TranslateParams, run as translate
 from distill.tracking import lineage, phase_runs as tr
+from tests import mini_study
 from tests.conftest import ROOT, start_mlflow_server
 
 
@@ -38,20 +37,11 @@ def on_server(pg_mlflow, monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def selected_on_server(pg_mlflow):
-    """translate -> two teachers -> select, written through the PostgreSQL-backed server."""
+def selected_on_server(pg_mlflow, tmp_path_factory):
+    """The mini-study (translate -> two teachers -> select), written through the PostgreSQL-backed server."""
     uri, _ = pg_mlflow
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
-        translation = translate(TranslateParams(limit=14))
-        teachers = {t: teacher(TeacherParams(teacher=t, max_new_tokens=12)) for t in ("7B", "72B")}
-        selection = select(SelectParams(n=8, dev_size=4))
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI") if old is None else os.environ.__setitem__("MLFLOW_TRACKING_URI", old)
-        mlflow.set_tracking_uri(None)
-    return {"translate": translation, **teachers, "select": selection}
+    with mini_study.current_store(uri, tmp_path_factory.mktemp("pg-study")):
+        return mini_study.build(mini_study.Sizes(limit=14, max_new_tokens=12, n=8, dev_size=4))
 
 
 def test_phases_write_to_a_postgresql_backed_server_and_reuse_from_it(postgres, pg_mlflow, selected_on_server,

@@ -14,39 +14,24 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from distill.phases.select import SelectParams
-from distill.phases.select import run as select
-from distill.phases.sft import SftParams
-from distill.phases.sft import run as sft
-from distill.phases.teacher import TeacherParams
-from distill.phases.teacher import run as teacher
-from distill.phases.translate import TranslateParams
-from distill.phases.translate import run as translate
+from distill.phases.sft import SftParams, run as sft
 from distill.students import DASH, main as students_main
 from tests.conftest import ROOT
+from tests.mini_study import Sizes
 
 NAME = "offline-student-qwen2.5-0.5b"
 SFT_PAGE = (ROOT / "docs" / "sft.md").read_text(encoding="utf-8")  # what the docs tell a user to type
 
 
+# the preset's full data (and, in `sft`, its schedule), so that the aliases move: a smoke run's version takes none
+MINI_STUDY = Sizes(limit=None, max_new_tokens=8, n=None, dev_size=None)
+
+
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """translate -> 7B, 72B -> select -> sft of qwen2.5-0.5b on teacher `7b` (as typed in the issue), registered: on
-    the preset's full data and schedule, so that the aliases move (a smoke run's version takes none)."""
-    root = tmp_path_factory.mktemp("students")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
-        mlflow.set_tracking_uri(uri)
-        translate(TranslateParams())
-        teacher(TeacherParams(teacher="7B", max_new_tokens=8))
-        teacher(TeacherParams(teacher="72B", max_new_tokens=8))
-        select(SelectParams())
-        # before: "no FINISHED select run has a training set for 7b", though the preset's 7B has one
-        sft_run = sft(SftParams(teacher="7b", student="Qwen2.5-0.5B"))
-        yield {"root": root, "uri": uri, "sft": sft_run}
-        mlflow.set_tracking_uri(None)
+def store(mini_study):
+    """The mini-study, then the sft of qwen2.5-0.5b on teacher `7b` (as typed in the issue), registered."""
+    # before: "no FINISHED select run has a training set for 7b", though the preset's 7B has one
+    return {**mini_study, "sft": sft(SftParams(teacher="7b", student="Qwen2.5-0.5B"))}
 
 
 def _user_env() -> dict:

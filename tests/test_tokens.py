@@ -4,15 +4,11 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.phases.select import SelectParams
-from distill.phases.select import run as select
-from distill.phases.teacher import TeacherParams
-from distill.phases.teacher import run as teacher
-from distill.phases.tokens import TokensParams, calculation_steps, uses_decimal
-from distill.phases.tokens import run as tokens
-from distill.phases.translate import TranslateParams
-from distill.phases.translate import run as translate
+from distill.phases.tokens import TokensParams, calculation_steps, run as tokens, uses_decimal
+from tests.mini_study import Sizes
 from tests.test_report import plotly_js_logged, shared_plotlyjs_of
+
+MINI_STUDY = Sizes(limit=8, max_new_tokens=12, n=6, dev_size=0)
 
 
 def test_style_measures():
@@ -24,14 +20,10 @@ def test_style_measures():
     assert calculation_steps("解答: 12") == 0 and not uses_decimal("2.")
 
 
-def test_tokens_per_teacher_and_tokenizer(tracking):
-    translate(TranslateParams(limit=8))
-    teacher(TeacherParams(teacher="7B", max_new_tokens=12))
-    teacher(TeacherParams(teacher="72B", max_new_tokens=12))
-    sel = select(SelectParams(n=6, dev_size=0))
+def test_tokens_per_teacher_and_tokenizer(mini_study):
     run_id = tokens(TokensParams())
     run = mlflow.get_run(run_id)
-    assert run.data.tags["distill.select_run_id"] == sel
+    assert run.data.tags["distill.select_run_id"] == mini_study["select"]
     m = run.data.metrics
     assert set(m) == {"n_answers", "n_tokenizers"} and m["n_answers"] == 3 * 2 * 6   # a table, not 40 metric names
     table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/token_summary.json"))
