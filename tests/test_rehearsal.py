@@ -133,6 +133,7 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
     try:
         (main,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
         assert main.info.status == "FINISHED" and main.data.tags["distill.rehearsal"] == "true"
+        assert "### Reproduction of the paper\n\n**Rehearsal**" in main.data.tags["mlflow.note.content"]
         assert main.data.metrics["steps"] == 56 and main.data.metrics["steps_reused"] == 0
         children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{main.info.run_id}'",
                                       output_format="list")
@@ -176,6 +177,14 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
         assert all(source in tokens.data.params["tokenizers"] for source in PAPER.tokenizers.values())
         (report,) = by["report"]
         assert "tables/table1.md" in {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id, "tables")}
+        # the reproduction section: the paper's ids make it comparable; the stand-ins make it a rehearsal
+        md = mlflow.artifacts.load_text(f"runs:/{report.info.run_id}/report.md")
+        section = md.split("## Reproduction of the paper")[1].split("## Table 1: student")[0]
+        assert section.lstrip().startswith("**Rehearsal**: stand-in models under the paper's ids")
+        assert "here 2 of its 1069 questions" in section and "| Table 1 | Qwen2.5-7B | Qwen2.5-0.5B | 33.30 |" in section
+        assert "| Table 3 | Qwen2.5-72B | — | 89.43 |" in section and "| Table 1 | 4-shot | sarashina2.2-1b | 46.77 |" in section
+        assert "Reproduction of the paper (a rehearsal: stand-in numbers, not a reproduction): of 6 claims" in md
+        assert sum(v for k, v in report.data.metrics.items() if k.startswith("n_claims_")) == 6
         (sweep_run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'sweep'", output_format="list")
         assert sweep_run.data.params["space"] == ",".join(k for k in PAPER.sweep.ranges())
         assert "main: errors skipped" not in proc.stderr

@@ -75,8 +75,8 @@ def compare(a: Arm, b: Arm, margin: float = 0.0) -> dict:
     va = np.array([a.mean[i] for i in ids]) - margin / 100
     vb = np.array([b.mean[i] for i in ids])
     boot = paired_bootstrap(va, vb)
-    row.update({"diff": boot["diff"] + margin, "ci_low": boot["ci_low"] + margin, "ci_high": boot["ci_high"] + margin,
-                "p_bootstrap": boot["p_bootstrap"], "test": "paired bootstrap", "p": boot["p_bootstrap"]})
+    back = {k: round(boot[k] + margin, 9) + 0.0 for k in ("diff", "ci_low", "ci_high")}  # no -0.00 from the shift
+    row.update({**back, "p_bootstrap": boot["p_bootstrap"], "test": "paired bootstrap", "p": boot["p_bootstrap"]})
     if margin == 0 and a.binary is not None and b.binary is not None:
         mc = mcnemar([a.binary[i] for i in ids], [b.binary[i] for i in ids])
         row.update({**mc, "test": "exact McNemar", "p": mc["p_mcnemar"]})
