@@ -12,6 +12,10 @@ writes (as artifacts of one `report` run):
 - for each student, a paired test between every two teachers on the same questions: difference, its
   paired-bootstrap 95% interval, bootstrap p, exact McNemar p, Holm-adjusted McNemar p
   (`tables/paired_tests.{md,csv}`);
+- the reproduction of the paper: every number of its Table 1 and Table 3 beside this run's with the bootstrap
+  interval, and each of its claims decided by the tests above (`tables/reproduction.{md,csv}`,
+  `tables/reproduction_{claims,tests}.csv`, metrics `n_claims_*`); one line instead where the run is not
+  comparable with the paper (`reproduction`, `claims`);
 - error categories (`tables/errors.{md,csv}`) and token counts per teacher answer (`tables/tokens.{md,csv}`);
 - Fig. 1-3 as plotly HTML that opens offline, each with a plotly JSON twin (`figures/`); plotly.js itself is
   stored once per experiment (`assets`);
@@ -19,8 +23,8 @@ writes (as artifacts of one `report` run):
 
 Nothing missing is an error: an absent cell is shown as "—" and listed under "Missing".
 
-Its parts: `inputs` finds and reads the runs, `tables` (Table 1, Table 3, errors, tokens), `robustness`
-and `paired` compute, `figures` draws, `missing` lists what is absent, `document` writes report.md and
+Its parts: `inputs` finds and reads the runs, `tables` (Table 1, Table 3, errors, tokens), `robustness`,
+`paired` and `reproduction` (with `paper_results`, `evidence`, `claims`) compute, `figures` draws, `missing` lists what is absent, `document` writes report.md and
 the run's description; this module resolves the parameters and logs it all as one run.
 """
 
