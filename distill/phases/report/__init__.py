@@ -24,8 +24,9 @@ writes (as artifacts of one `report` run):
 Nothing missing is an error: an absent cell is shown as "—" and listed under "Missing".
 
 Its parts: `inputs` finds and reads the runs, `tables` (Table 1, Table 3, errors, tokens), `robustness`,
-`paired` and `reproduction` (with `paper_results`, `evidence`, `claims`) compute, `figures` draws, `missing` lists what is absent, `document` writes report.md and
-the run's description; this module resolves the parameters and logs it all as one run.
+`paired` and `reproduction` (with `paper_results`, `evidence`, `claims`) compute, `figures` draws, `missing`
+lists what is absent, `document` writes report.md and the run's description; this module resolves the
+parameters and logs it all as one run.
 """
 
 from __future__ import annotations
