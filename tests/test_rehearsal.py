@@ -181,8 +181,10 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
         md = mlflow.artifacts.load_text(f"runs:/{report.info.run_id}/report.md")
         section = md.split("## Reproduction of the paper")[1].split("## Table 1: student")[0]
         assert section.lstrip().startswith("**Rehearsal**: stand-in models under the paper's ids")
-        assert "here 2 of its 1069 questions" in section and "| Table 1 | Qwen2.5-7B | Qwen2.5-0.5B | 33.30 |" in section
-        assert "| Table 3 | Qwen2.5-72B | — | 89.43 |" in section and "| Table 1 | 4-shot | sarashina2.2-1b | 46.77 |" in section
+        assert "here 2 of its 1069 questions" in section
+        for row in ("| Table 1 | Qwen2.5-7B | Qwen2.5-0.5B | 33.30 |", "| Table 3 | Qwen2.5-72B | — | 89.43 |",
+                    "| Table 1 | 4-shot | sarashina2.2-1b | 46.77 |"):
+            assert row in section, row
         assert "Reproduction of the paper (a rehearsal: stand-in numbers, not a reproduction): of 6 claims" in md
         assert sum(v for k, v in report.data.metrics.items() if k.startswith("n_claims_")) == 6
         (sweep_run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'sweep'", output_format="list")

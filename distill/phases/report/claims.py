@@ -125,7 +125,8 @@ def teachers_rise_with_size(ev: Evidence, paper: Paper) -> tuple[str, str, list[
     the 3). Reproduced: all 3 significantly > 0. Contradicted: any significantly < 0 (a larger teacher worse).
     Otherwise not decided."""
     teachers, _ = _labels(paper)
-    rows = run_family([Test(f"teacher {b} − {a}", ev.teacher(b), ev.teacher(a)) for a, b in zip(teachers, teachers[1:])])
+    rows = run_family([Test(f"teacher {b} − {a}", ev.teacher(b), ev.teacher(a))
+                       for a, b in zip(teachers, teachers[1:])])
     return (*all_or_any(rows), rows)
 
 
@@ -186,15 +187,14 @@ def second_best_14b(ev: Evidence, paper: Paper) -> tuple[str, str, list[dict]]:
         tests.append(Test(f"{first} − {second} / {s}", ev.cell(first, s), ev.cell(second, s)))
     rows = run_family(tests)
     needed = [r for r in rows if not r["comparison"].startswith(f"{first} − ")]
-    if _count(rows, AGAINST):
-        return CONTRADICTED, f"{_count(rows, AGAINST)} of {len(rows)} comparison(s) significantly against the claim", rows
-    if _count(rows, MISSING):
-        return UNTESTED, f"{_count(rows, MISSING)} of {len(rows)} comparison(s) lack runs", rows
+    if _count(rows, AGAINST) or _count(rows, MISSING):
+        return (*all_or_any(rows), rows)     # contradicted, or not tested
     if all(r["outcome"] == AS_CLAIMED for r in needed):
-        return REPRODUCED, f"14B significantly ahead of {', '.join(others)} for all {len(needed) // len(others)} " \
-                           "students, never significantly ahead of 7B", rows
-    return UNDECIDED, f"{_count(needed, AS_CLAIMED)} of {len(needed)} comparisons with {', '.join(others)} significant, " \
-                      "none against", rows
+        n_students = len(needed) // len(others)
+        return REPRODUCED, (f"{second} significantly ahead of {', '.join(others)} for all {n_students} students, "
+                            f"never significantly ahead of {first}"), rows
+    return UNDECIDED, (f"{_count(needed, AS_CLAIMED)} of {len(needed)} comparisons with {', '.join(others)} "
+                       "significant, none against"), rows
 
 
 CLAIMS: list[Callable] = [best_on_average, gap_7b_72b, teachers_rise_with_size, students_not_monotonic,

@@ -29,7 +29,7 @@ class Evidence:
                  student_names: dict[str, str], baseline_label: str):
         self.inputs, self.predictions = inputs, predictions
         self.teacher_names, self.student_names, self.baseline_label = teacher_names, student_names, baseline_label
-        for name in ("cell", "baseline", "teacher", "teacher_mean"):  # each arm asked for by several claims: built once
+        for name in ("cell", "baseline", "teacher", "teacher_mean"):  # asked for by several claims: built once
             setattr(self, name, cache(getattr(self, name)))
 
     def _runs_arm(self, runs: list[EvalRun]) -> Arm | None:

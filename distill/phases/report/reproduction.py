@@ -45,8 +45,9 @@ class Reproduction:
         if self.status == "not comparable":
             return {}
         verdicts = [c.verdict for c in self.claims]
-        return {"n_claims_reproduced": verdicts.count(REPRODUCED), "n_claims_contradicted": verdicts.count(CONTRADICTED),
-                "n_claims_undecided": verdicts.count(UNDECIDED), "n_claims_not_tested": verdicts.count(UNTESTED)}
+        names = {"reproduced": REPRODUCED, "contradicted": CONTRADICTED, "undecided": UNDECIDED,
+                 "not_tested": UNTESTED}
+        return {f"n_claims_{name}": verdicts.count(verdict) for name, verdict in names.items()}
 
     def tables(self):
         """reproduction.csv (the cells), reproduction_claims.csv, reproduction_tests.csv."""
@@ -117,12 +118,13 @@ def cell_rows(paper: Paper, ev: Evidence, wide, t3) -> list[dict]:
         for s in paper.students:
             sn = s_names[s.label]
             seeds = ev.inputs.cells.get((tn, sn), {})
+            arm = ev.cell(t.label, s.label) if seeds else None
             rows.append(_cell("Table 1", t.label, s.label, (t.model, s.model), f"{tn} / {sn}",
-                              paper.table1(t.label, s.label), value(tn, sn), ev.cell(t.label, s.label) if seeds else None,
-                              len(seeds), paper.source("table1")))
+                              paper.table1(t.label, s.label), value(tn, sn), arm, len(seeds), paper.source("table1")))
         mean_arm = ev.teacher_mean(t.label)
+        run_mean = value(tn, "mean") if mean_arm is not None else math.nan   # all four students, or none
         rows.append(_cell("Table 1", t.label, "mean", (t.model, ""), f"{tn} / mean", paper.table1_mean(t.label),
-                          value(tn, "mean") if mean_arm is not None else math.nan, mean_arm, 0, paper.source("table1")))
+                          run_mean, mean_arm, 0, paper.source("table1")))
     label = paper.baseline_label
     for s in paper.students:
         sn = s_names[s.label]
@@ -158,8 +160,9 @@ def render(paper: Paper, rehearsal: bool, n_questions: list[int], cells: list[di
     size = (f"{n_questions[0]} of its {full} questions" if n_questions == [n_questions[0]] and n_questions[0] < full
             else f"{', '.join(map(str, n_questions))} questions (of its {full})" if n_questions else "no questions")
     head = ([REHEARSAL_MARK, ""] if rehearsal else []) + [
-        f"Comparable with the paper ({paper.raw['paper']['authors']}): its evaluation set ({paper.eval_set['hub_id']}, "
-        f"here {size}), its teachers and students by model id, its scoring rule (`{paper.scoring_rule}`). "
+        f"Comparable with the paper ({paper.raw['paper']['authors']}): its evaluation set "
+        f"({paper.eval_set['hub_id']}, here {size}), its teachers and students by model id, its scoring rule "
+        f"(`{paper.scoring_rule}`). "
         f"Of {len(claims)} claims: {counts}.", ""]
     claim_rows = [[f"`{c.key}`", c.text, c.source, f"**{c.verdict}**", c.reason] for c in claims]
     claims_md = md_table(["claim", "the paper", "where", "verdict", "why"], claim_rows)
