@@ -50,10 +50,6 @@ def lineage_runs(run_ids: list[str]) -> list:
     return out
 
 
-def _hours(seconds: float | None) -> str:
-    return DASH if seconds is None else f"{seconds / 3600:.3f}"
-
-
 def _sum(runs, metric: str) -> float | None:
     values = [r.data.metrics[metric] for r in runs if metric in r.data.metrics]
     return sum(values) if values else None
@@ -74,23 +70,23 @@ def cost_table(inputs) -> CostTable:
         both = [r for r in timed if ESTIMATED_WALL in r.data.metrics]
         est_wall, act_wall = _sum(both, ESTIMATED_WALL), _sum(both, WALL)
         rows.append({"phase": phase, "runs": len(mine), "timed": len(timed), "estimated": len(both),
-                     "actual_wall_h": (_sum(timed, WALL) or 0) / 3600 if timed else None,
+                     "actual_wall_min": (_sum(timed, WALL) or 0) / 60 if timed else None,
                      "actual_gpu_h": (_sum(timed, GPU_SECONDS) or 0) / 3600 if timed else None,
-                     "estimated_wall_h": est_wall / 3600 if est_wall is not None else None,
+                     "estimated_wall_min": est_wall / 60 if est_wall is not None else None,
                      "estimated_gpu_h": (_sum(both, ESTIMATED_GPU_SECONDS) or 0) / 3600 if both else None,
                      "actual_over_estimated_wall": act_wall / est_wall if both and est_wall else None})
-    df = pd.DataFrame(rows, columns=["phase", "runs", "timed", "estimated", "actual_wall_h", "actual_gpu_h",
-                                     "estimated_wall_h", "estimated_gpu_h", "actual_over_estimated_wall"])
+    df = pd.DataFrame(rows, columns=["phase", "runs", "timed", "estimated", "actual_wall_min", "actual_gpu_h",
+                                     "estimated_wall_min", "estimated_gpu_h", "actual_over_estimated_wall"])
     return CostTable(df, _markdown(df), _section(df))
 
 
 def _markdown(df) -> str:
     fmt = lambda x, d=3: DASH if x is None or x != x else f"{x:.{d}f}"  # noqa: E731 - NaN: not there
-    out = ["| phase | runs | timed | with an estimate | actual wall (h) | actual GPU-h | estimated wall (h) | "
+    out = ["| phase | runs | timed | with an estimate | actual wall (min) | actual GPU-h | estimated wall (min) | "
            "estimated GPU-h | actual / estimated wall |", "|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
-        out.append(f"| {r.phase} | {r.runs} | {r.timed} | {r.estimated} | {fmt(r.actual_wall_h)} | "
-                   f"{fmt(r.actual_gpu_h)} | {fmt(r.estimated_wall_h)} | {fmt(r.estimated_gpu_h)} | "
+        out.append(f"| {r.phase} | {r.runs} | {r.timed} | {r.estimated} | {fmt(r.actual_wall_min, 1)} | "
+                   f"{fmt(r.actual_gpu_h)} | {fmt(r.estimated_wall_min, 1)} | {fmt(r.estimated_gpu_h)} | "
                    f"{fmt(r.actual_over_estimated_wall, 2)} |")
     if df.empty:
         out.append(f"| {DASH} | 0 | 0 | 0 | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |")
