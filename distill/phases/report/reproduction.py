@@ -187,7 +187,7 @@ def render(paper: Paper, rehearsal: bool, n_questions: list[int], cells: list[di
         "- `A − B`: accuracy difference in points on the questions both have, with its 95% paired-bootstrap interval "
         "(10,000 resamples of questions). `test`: exact McNemar where each side is one answer per question (the "
         "first seed), the paired bootstrap's two-sided p where a side is a mean (over seeds or students) or the "
-        "claim is against a margin (`claimed < 5`: the difference minus 5 points).", "",
+        "claim is against a margin (`claimed > 5`, `< 5`: the test is of the difference minus 5 points).", "",
         f"### Table 1 and Table 3: the paper's numbers beside this run's ({paper.source('table1')}; "
         f"{paper.source('table3')})", "", cell_md, "",
         "- `this run`: Table 1's and Table 3's value (mean over seeds); `95% CI`: percentile bootstrap over questions "
