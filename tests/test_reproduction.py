@@ -168,6 +168,9 @@ def test_a_run_that_reproduces_every_claim(tracking, tmp_path):
     md = (local / "report.md").read_text(encoding="utf-8")
     section = md.split("## Reproduction of the paper")[1].split("## Table 1: student")[0]
     assert "Of 6 claims: 6 reproduced." in section and "Rehearsal" not in md
+    assert f"inside this run's 95% interval for {int(cells.paper_in_ci.sum())} of the 28 numbers" in section
+    assert run.data.metrics["n_paper_values_in_ci"] == cells.paper_in_ci.sum() >= 1
+    assert run.data.metrics["n_paper_values_compared"] == 28
     assert "| Table 1 | Qwen2.5-7B | Qwen2.5-0.5B | 33.30 | 43.50 |" in section
     assert "Holm-adjusted p < 0.05" in section and "`gap_7b_72b`: The 7B − 72B difference" in section
     assert "Reproduction of the paper: of 6 claims, 6 reproduced (see Reproduction)." in md.split("## Summary")[1]
@@ -210,7 +213,7 @@ def test_missing_runs_leave_claims_not_tested(tracking, tmp_path):
     PaperStudy().grid({}, {}, teachers)
     run_id = report(ReportParams(preset="paper"))
     m = mlflow.get_run(run_id).data.metrics
-    assert (m["n_claims_reproduced"], m["n_claims_not_tested"]) == (1, 5)
+    assert (m["n_claims_reproduced"], m["n_claims_not_tested"]) == (1, 5) and m["n_paper_values_compared"] == 4
 
 
 def test_a_run_not_like_the_paper_is_said_not_comparable_in_one_line():

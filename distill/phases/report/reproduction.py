@@ -47,7 +47,9 @@ class Reproduction:
         verdicts = [c.verdict for c in self.claims]
         names = {"reproduced": REPRODUCED, "contradicted": CONTRADICTED, "undecided": UNDECIDED,
                  "not_tested": UNTESTED}
-        return {f"n_claims_{name}": verdicts.count(verdict) for name, verdict in names.items()}
+        compared = [c["paper_in_ci"] for c in self.cells if c["paper_in_ci"] is not None]
+        return {**{f"n_claims_{name}": verdicts.count(verdict) for name, verdict in names.items()},
+                "n_paper_values_compared": len(compared), "n_paper_values_in_ci": sum(compared)}
 
     def tables(self):
         """reproduction.csv (the cells), reproduction_claims.csv, reproduction_tests.csv."""
@@ -149,6 +151,12 @@ def _in_ci(v) -> str:
     return DASH if v is None else ("yes" if v else "**no**")
 
 
+def in_ci(cells: list[dict]) -> str:
+    compared = [c["paper_in_ci"] for c in cells if c["paper_in_ci"] is not None]
+    return (f"The paper's value lies inside this run's 95% interval for {sum(compared)} of the {len(compared)} "
+            f"numbers of Table 1 and Table 3 this run has (of {len(cells)}).")
+
+
 def render(paper: Paper, rehearsal: bool, n_questions: list[int], cells: list[dict],
            claims: list[ClaimResult]) -> tuple[str, str, str]:
     """The section of report.md, its short form (verdicts only) for the `main` run's description, and the
@@ -163,7 +171,7 @@ def render(paper: Paper, rehearsal: bool, n_questions: list[int], cells: list[di
         f"Comparable with the paper ({paper.raw['paper']['authors']}): its evaluation set "
         f"({paper.eval_set['hub_id']}, here {size}), its teachers and students by model id, its scoring rule "
         f"(`{paper.scoring_rule}`). "
-        f"Of {len(claims)} claims: {counts}.", ""]
+        f"Of {len(claims)} claims: {counts}. {in_ci(cells)}", ""]
     claim_rows = [[f"`{c.key}`", c.text, c.source, f"**{c.verdict}**", c.reason] for c in claims]
     claims_md = md_table(["claim", "the paper", "where", "verdict", "why"], claim_rows)
     summary = "\n".join([TITLE.replace("## ", "### "), ""] + head + [claims_md])
