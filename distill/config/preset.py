@@ -110,6 +110,7 @@ class Grid:
     students: list[str]
     seeds: list[int]
     eval_limit: int | None
+    gpu_hour_price: float | None = None  # what `main -P plan=true` prices a GPU-hour at; none: no cost
 
 
 @dataclass(frozen=True)

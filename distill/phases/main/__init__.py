@@ -23,7 +23,7 @@ from distill.config.checks import SEED, Rule
 from distill.config.params import Default, check_preset, count_param, limit_param, param, preset_param, reuse_param
 from distill.config.params_text import lists_from_text
 from distill.phases import module_name
-from distill.phases.main import gpus, main_run, planner, retry_hint
+from distill.phases.main import gpus, main_run, planner, retry_hint, step_time
 from distill.tracking import cache_keys, phase_runs
 
 console = logging.getLogger(__name__)
@@ -76,7 +76,12 @@ class MainParams:
     rehearsal: bool = param(False, help="let a GPU preset run on a CPU (stand-in models: distill/standins/rehearsal.py)")
     reuse: bool = reuse_param()
     plan: bool = param(False, unkeyed="prints what would run, runs nothing",
-                       help="`true`: print the steps it would run and those it reuses, then stop")
+                       help="`true`: print the steps it would run and those it reuses, each with its GPUs, GPU-hours, "
+                            "disk and download, and the totals, then stop")
+    gpu_hour_price: float | None = param(None, preset="grid.gpu_hour_price", unkeyed="prices the plan, computes nothing",
+                                         rule=Rule(float, 0, note="a price per GPU-hour"),
+                                         help="with `plan=true`: the price of one GPU-hour; the plan adds each step's "
+                                              "cost and the total")
     executor: str = param("sequential", unkeyed=_HOW, help="`sequential`, or `ray`: independent steps at once as "
                                                            "Ray tasks (distill/phases/main/executors.py)",
                           parse=lambda text: _known(text, "executor") or "sequential")
@@ -119,6 +124,10 @@ def prepare(p: MainParams) -> None:
     from distill.phases.main import main_run
 
     main_run.note_cli_run()
+    if p.plan:  # a plan asks the Hub nothing: a step whose input is not on this machine is one to run
+        from distill.config.environment import offline_env
+
+        offline_env(force=True)
     if p.executor == "sequential" and not p.plan:
         from distill.phases.main.steps import start_server_early
 
@@ -129,9 +138,11 @@ class Steps:
     """Runs steps in order, records what was reused, and names the step that failed. `gpus`: the GPUs
     this process may hand out (distill.phases.main.gpus.visible); each step process sees the first its step needs."""
 
-    def __init__(self, ctx=None, main_run_id: str | None = None, gpus: list[str] | None = None, label: str = "main"):
+    def __init__(self, ctx=None, main_run_id: str | None = None, gpus: list[str] | None = None, label: str = "main",
+                 estimates: dict | None = None):
         self.log: list[dict] = []
         self.ctx, self.main_run_id, self.gpus, self.label = ctx, main_run_id, list(gpus or []), label
+        self.estimates = estimates or {}  # step name -> what the plan expects of it (distill.estimates.steps)
         self.fresh: set[str] = set()  # runs this `main` made, not reused: no earlier run was fed them
 
     def _fed_fresh(self, params) -> bool:
@@ -184,6 +195,7 @@ class Steps:
         reused = bool(started and started[-1].reused)
         if not reused:
             self.fresh.add(run_id)
+            step_time.log_step_time(run_id, time.perf_counter() - t0, gpus, self.estimates.get(name))
         self.log.append({"step": name, "run_id": run_id, "reused": reused, "seconds": round(time.perf_counter() - t0, 2),
                          "gpus": gpus})
         console.info(f"{self.label}: {name}: {'reused' if reused else 'ran'} {run_id} "
@@ -210,11 +222,31 @@ def reuse_key(p: MainParams) -> dict:
     return main_run.key_payload(p, planner.resolve_grid(p))
 
 
-def print_plan(steps: list[planner.Step]) -> None:
-    """`plan=true`: the grid's steps, `run` or `reuse <run id>`, as the entry points print theirs; nothing runs."""
-    from distill.phases.main import upstream
+def print_plan(p: MainParams, grid: planner.Grid, steps: list[planner.Step]) -> None:
+    """`plan=true`: the grid's steps, `run` or `reuse <run id>`, as the entry points print theirs, each priced
+    (distill.phases.main.priced_plan); nothing runs."""
+    from distill.estimates.measured import earlier_rates
+    from distill.estimates.steps import estimate
+    from distill.phases.main import priced_plan, upstream
 
-    lines = upstream.plan_lines("main", planner.pending(steps, planner.finished_run))
+    unchecked: dict[str, list[str]] = {}  # why -> the steps
+
+    def finished(step, params):  # an input not on this machine (a Hub data set, offline): the step is one to run
+        try:
+            return planner.finished_run(step, params)
+        except DistillError as e:
+            unchecked.setdefault(str(e), []).append(step.name)
+            return None
+
+    status = planner.pending(steps, finished)
+    estimates = estimate(steps, grid, p, earlier_rates(grid.preset.name, grid.backend),
+                         to_run={x.step.name for x in status if x.reuse is None})
+    price = p.gpu_hour_price if p.gpu_hour_price is not None else grid.preset.grid.gpu_hour_price
+    lines = priced_plan.table("main", status, estimates, price)
+    if p.rehearsal:
+        lines.append("  rehearsal: every model a stand-in built on this machine (distill/standins/rehearsal.py): "
+                     "nothing downloaded, no GPU, sizes of a few MB")
+    lines += [f"  not checked for reuse, so counted as to run: {', '.join(names)}: {why}" for why, names in unchecked.items()]
     print("\n".join(lines), flush=True)
     upstream._plan_on_cli_run(lines)  # noqa: SLF001 - the entry points' note on `mlflow run`'s run, shared
 
@@ -224,7 +256,7 @@ def run(p: MainParams) -> str | None:
     steps = planner.plan(p, grid)
     check_preset(grid.preset, dict.fromkeys(type(s.params) for s in steps))  # every value a step will read, before any runs
     if p.plan:
-        return print_plan(steps)
+        return print_plan(p, grid, steps)
     if not grid.judge:
         console.info("main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)")
     if p.executor != "sequential":
@@ -239,7 +271,7 @@ def run(p: MainParams) -> str | None:
 
     t0 = time.perf_counter()
     with (_rehearsal(p.rehearsal), step_server() as ctx, main_run.main_run(p, grid) as main):
-        step = Steps(ctx, main.run_id, visible)
+        step = Steps(ctx, main.run_id, visible, estimates=step_time.estimates_for(p, grid, steps))
         done = walk(step, steps)
         seconds = time.perf_counter() - t0
         reused = sum(s["reused"] for s in step.log)
