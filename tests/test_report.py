@@ -276,7 +276,7 @@ def test_empty_experiment_gives_a_finished_report_and_bad_input_a_clear_error(tr
     assert "no FINISHED tokens run" in md and "No paired test could be made" in md
     not_comparable = [line for line in md.splitlines() if line.startswith("Not comparable with the paper")]
     assert len(not_comparable) == 1 and "eval set mgsm-ja (the paper's: SakanaAI/gsm8k-ja-test_250-1319)" in \
-        not_comparable[0] and "teachers are not the paper's models (7B is tiny:teacher-7b" in not_comparable[0]
+        not_comparable[0] and "4 of the paper's 4 teachers not in the preset" in not_comparable[0]
     assert "- " + not_comparable[0] in md.split("## Summary")[1]       # also the summary's line
     assert not {k for k in run.data.metrics if k.startswith("n_claims")}   # no verdicts to sort by
     t1 = pd.read_csv(os.path.join(local, "tables", "table1.csv"), index_col=0)

@@ -224,10 +224,10 @@ def test_a_run_not_like_the_paper_is_said_not_comparable_in_one_line():
         ["scoring rule answer_line (the paper's: paper)"]
     offline = differences(paper, load_preset("offline"), "mgsm-ja", Inputs("mgsm-ja"))
     assert offline == ["eval set mgsm-ja (the paper's: SakanaAI/gsm8k-ja-test_250-1319)",
-                       "teachers are not the paper's models (7B is tiny:teacher-7b; the paper's Qwen2.5-7B is "
-                       "Qwen/Qwen2.5-7B-Instruct, 3 more)",
-                       "students are not the paper's models (qwen2.5-0.5b is tiny:student-qwen2.5-0.5b; the paper's "
-                       "Qwen2.5-0.5B is Qwen/Qwen2.5-0.5B, 3 more)"]
+                       "4 of the paper's 4 teachers not in the preset (Qwen/Qwen2.5-7B-Instruct, …; it has "
+                       "tiny:teacher-7b, …)",
+                       "4 of the paper's 4 students not in the preset (Qwen/Qwen2.5-0.5B, …; it has "
+                       "tiny:student-qwen2.5-0.5b, …)"]
 
 
 PAPER_TEXT = Path(__file__).parents[2] / "shared" / "paper" / "paper-ja.md"

@@ -77,10 +77,10 @@ def differences(paper: Paper, preset, eval_set: str, inputs: Inputs) -> list[str
         have = _by_model(getattr(preset, role))
         absent = [m for m in models if m.model not in have]
         if absent:
-            given = list(getattr(preset, role).items())
-            shown = f"{given[0][0]} is {given[0][1].model}" if given else "none given"
-            out.append(f"{role} are not the paper's models ({shown}; the paper's {absent[0].label} is "
-                       f"{absent[0].model}" + (f", {len(absent) - 1} more" if len(absent) > 1 else "") + ")")
+            given = [str(e.model) for e in getattr(preset, role).values()]
+            out.append(f"{len(absent)} of the paper's {len(models)} {role} not in the preset ({absent[0].model}"
+                       + (", …" if len(absent) > 1 else "") + "; it has " + (given[0] + (", …" if len(given) > 1 else "")
+                                                                         if given else "none") + ")")
     runs = [r for seeds in inputs.cells.values() for r in seeds.values()] + list(inputs.teacher_evals.values()) \
         + [r for b in inputs.baselines.values() for r in b.values()]
     rules = sorted({r.scoring or "unknown" for r in runs} - {paper.scoring_rule})
