@@ -24,7 +24,8 @@ MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"  # what a plain `mlflow ui` serves
 
 
 def _route(path: str, **query: str) -> str:
-    return f"#{path}?{urlencode({**MODE, **query})}"
+    """The mode last: MLflow's compare page reads its own parameters only from the start of the query."""
+    return f"#{path}?{urlencode({**query, **MODE})}"
 
 
 def run_page(experiment_id: str, run_id: str, artifact: str = "") -> str:
@@ -40,7 +41,8 @@ def study_runs(experiment_id: str) -> str:
 
 def compare_runs(experiment_id: str, run_ids: list[str]) -> str:
     """MLflow's Compare page of these runs (parallel coordinates, scatter, contour over their params)."""
-    return _route("/compare-runs", runs=json.dumps(run_ids), experiments=json.dumps([experiment_id]))
+    return _route("/compare-runs", runs=json.dumps(run_ids, separators=(",", ":")),
+                  experiments=json.dumps([experiment_id], separators=(",", ":")))
 
 
 def models() -> str:
