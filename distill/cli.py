@@ -156,14 +156,24 @@ def help_text(f: dataclasses.Field, s: Param) -> str:
     return text.replace("`", "").replace("%", "%%")
 
 
+def config_field(params_cls) -> str | None:
+    """The field of a `*Params` class that gathers trl.SFTConfig fields given by name (sft's `sft_config`)."""
+    hints = typing.get_type_hints(params_cls)
+    return next((f.name for f in dataclasses.fields(params_cls) if hints[f.name] is dict), None)
+
+
 def parse_params(params_cls, argv: list[str] | None = None, builds: str = ""):
     """Text -> the phase's dataclass: file parameters made absolute, every number checked by its field's rule.
-    `builds`: the entry point whose parameters of what it builds `--help` lists too (parsed by upstream_params)."""
+    `builds`: the entry point whose parameters of what it builds `--help` lists too (parsed by upstream_params).
+    A class with a `dict` field (sft) takes any trl.SFTConfig field too, parsed by TRL's HfArgumentParser."""
     argv, base = _pop_arg(list(sys.argv[1:] if argv is None else argv), BASE_DIR)
     base = base or os.getcwd()
     hints = typing.get_type_hints(params_cls)
+    gathers = config_field(params_cls)
     parser = _Parser(description=(params_cls.__doc__ or "").strip() or None)
     for f, s in doc_order(params_cls):
+        if f.name == gathers:
+            continue
         convert = _parsing(s.parse) if s.parse else _converter(hints[f.name], f.name)
         parser.add_argument(f"--{f.name}", type=convert, required=required(f), help=help_text(f, s),
                             default=None if required(f) else argparse.SUPPRESS)
@@ -173,11 +183,42 @@ def parse_params(params_cls, argv: list[str] | None = None, builds: str = ""):
         group = parser.add_argument_group("what it builds first (distill/phases/main/targets.py)")
         for f, s in upstream_fields(builds):
             group.add_argument(f"--{f.name}", help=help_text(f, s), default=argparse.SUPPRESS)
-    ns = {k: resolve_file_param(k, v, base) for k, v in vars(parser.parse_args(argv)).items()}
+    if gathers:
+        _with_config_help(parser)
+    known, rest = parser.parse_known_args(argv)
+    ns = {k: resolve_file_param(k, v, base) for k, v in vars(known).items()}
+    if gathers and rest:
+        ns[gathers], rest = _config_fields(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     params = params_cls(**ns)
     for f, s in declared(params_cls):
         check_value(f.name, s, getattr(params, f.name))
     return params
+
+
+def _config_fields(argv: list[str]) -> tuple[dict, list[str]]:
+    """trl.SFTConfig fields given by name, typed by TRL's parser (a number read as the project reads one); a
+    name that is no field is left for the `unrecognized` error, with a did-you-mean where one is near."""
+    from distill.training.sft_config import parse_args, unknown
+
+    given, rest = parse_args(argv, {int: _converter(int), float: _converter(float)})
+    for word in rest:
+        if word.startswith("--"):
+            raise unknown(word[2:].split("=")[0].replace("-", "_"), "the command line")
+    return given, rest
+
+
+def _with_config_help(parser: argparse.ArgumentParser) -> None:
+    """`--help` also lists every trl.SFTConfig field a command line may give, with TRL's own help."""
+    own = parser.format_help
+
+    def format_help() -> str:
+        from distill.training.sft_config import options_help
+
+        return own() + "\ntrl.SFTConfig fields (over the preset's `sft:` block; TRL's help):\n" + options_help()
+
+    parser.format_help = format_help
 
 
 def upstream_params(argv: list[str], params_cls, phase: str):

@@ -57,7 +57,8 @@ BAD_INPUTS = [
     ("sft", (*STUDENT, "--max_length", "-5"), "max_length must be an integer >= 1"),
     ("sft", (*STUDENT, "--save_steps", "-1"), "save_steps must be an integer >= 1"),
     ("sft", (*STUDENT, "--per_device_train_batch_size", "0"), "per_device_train_batch_size must be an integer >= 1"),
-    ("sft", (*STUDENT, "--warmup_ratio", "1.5"), "warmup_ratio must be a finite number in [0, 1)"),
+    ("sft", (*STUDENT, "--warmup_steps", "-1"), "warmup_steps must be a finite number >= 0"),
+    ("sft", (*STUDENT, "--warmup_ratio", "0.1"), "unknown key 'warmup_ratio' (did you mean 'warmup_steps'?)"),
     ("sft", (*STUDENT, "--num_train_epochs", "0"), "num_train_epochs must be a finite number in (0, 1000]"),
     ("sft", (*STUDENT, "--seed", "-1"), "seed must be an integer in [0, 4294967295]"),
     ("sft", (*STUDENT, "--train_file", "missing.jsonl"), "train_file not found: {root}/missing.jsonl"),
@@ -97,11 +98,10 @@ BAD_INPUTS = [
     ("sft", (*STUDENT, "--teachers", ""), "teachers: empty"),
     # words that meant the preset's default, now what they say (and refused where they are no value)
     ("sft", (*STUDENT, "--keep_checkpoints", "none"), "keep_checkpoints must be one of last, all (got 'none')"),
-    ("sft", (*STUDENT, "--batching", "NONE"), "unknown batching 'NONE'; choose one of padded"),
+    ("sft", (*STUDENT, "--batching", "NONE"), "batching: invalid choice: 'NONE' (choose from 'padded'"),
     # what TRL would refuse after the run started, and settings read only once training starts: refused before
     # the upstream is built (no translate or teacher run in the store)
-    ("sft", (*STUDENT, "--lr_scheduler_type", "foo"),
-     "lr_scheduler_type 'foo' is not a schedule of transformers' SchedulerType; use one of linear, cosine"),
+    ("sft", (*STUDENT, "--lr_scheduler_type", "foo"), "lr_scheduler_type: invalid choice: 'foo' (choose from 'linear'"),
     ("sft", (*STUDENT, "--lr_scheduler_type", "cosine_with_min_lr"),
      "lr_scheduler_type 'cosine_with_min_lr' needs settings sft does not pass"),
     ("sft", (*STUDENT, "--bf16", "maybe"), "bf16 must be one of true, false, auto (got 'maybe')"),

@@ -56,15 +56,17 @@ KEYS = {
     **{f"select.{k}": "select params" for k in ("n", "seed", "filter", "dev_size", "keep_truncated")},
     **{f"sft.{k}": "sft params" for k in ("bf16", "learning_rate", "lr_scheduler_type", "num_train_epochs",
                                           "per_device_train_batch_size", "gradient_accumulation_steps",
-                                          "max_grad_norm", "warmup_ratio", "max_length", "batching",
+                                          "max_grad_norm", "warmup_steps", "max_length", "batching",
                                           "gradient_checkpointing")},
     "sft.seeds": "read by no code: main takes grid.seeds",
     **{f"baseline.{k}": "baseline evaluate params" for k in ("mode", "shots", "repetition_penalty")},
     **{f"grid.{k}": "main params" for k in ("teachers", "students", "seeds")}, "grid.eval_limit": "overridden: limit",
     "judge.model": "errors params.judge_model", "judge.base_url": "overridden: judge_base_url (stand-in judge)",
     "judge.teachers": "errors runs only for these teachers",
-    **{f"sweep.{k}": "sweep run params" for k in ("n_trials", "learning_rate", "num_train_epochs",
-                                                 "per_device_train_batch_size", "warmup_ratio")},
+    "sweep.n_trials": "sweep run params",
+    **{f"sweep.space.{k}": "sweep run params (space), trial params" for k in (
+        "learning_rate.low", "learning_rate.high", "learning_rate.log", "num_train_epochs.low", "num_train_epochs.high",
+        "per_device_train_batch_size.choices", "warmup_steps.low", "warmup_steps.high")},
 }
 
 

@@ -43,7 +43,7 @@ def test_sweep_runs_trials_as_nested_runs_and_logs_plots(selected, tmp_path):
 @pytest.mark.parametrize("params,message", [
     (dict(n_trials=0), "n_trials must be an integer >= 1"),
     (dict(space=""), "empty search space"),
-    (dict(space="dropout"), "cannot search dropout"),
+    (dict(space="dropout"), "sweep's space has an unknown key 'dropout'"),
 ])
 def test_bad_sweep_input_stops_at_once(selected, params, message, tmp_path):
     with pytest.raises(DistillError, match=message):

@@ -59,20 +59,19 @@ class Select:
     dev_size: int
 
 
-@dataclass(frozen=True)
-class Sft:
-    bf16: bool
-    learning_rate: float
-    lr_scheduler_type: str
-    num_train_epochs: float
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    max_grad_norm: float
-    warmup_ratio: float
-    max_length: int
-    batching: str
-    gradient_checkpointing: bool
-    seeds: list[int]
+class SftSettings(dict):
+    """The `sft:` section as written: trl.SFTConfig fields by their TRL names, and the few this project adds
+    (distill/training/sft_config.py checks every key against them; it imports TRL, so only the phases that train
+    do). Read as attributes: `preset.sft.bf16`."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            from distill.training.sft_config import config_fields
+
+            f = config_fields()[name]  # a field the preset leaves out has TRL's default
+            return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 @dataclass(frozen=True)
@@ -91,17 +90,14 @@ class Judge:
 
 @dataclass(frozen=True)
 class Sweep:
-    """`n_trials`, and a range per searchable hyperparameter (one left out cannot be searched)."""
+    """`n_trials`, and the search space: trl.SFTConfig fields by name, each `{low, high}` (with `log: true` or
+    `step: 1` where it applies) or `{choices: [...]}`; a field left out is not searched."""
 
     n_trials: int
-    learning_rate: list[float] | None = None
-    num_train_epochs: list[float] | None = None
-    per_device_train_batch_size: list[int] | None = None
-    warmup_ratio: list[float] | None = None
+    space: dict | None = None
 
-    def ranges(self) -> dict[str, list]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "n_trials" and getattr(self, f.name) is not None}
+    def ranges(self) -> dict[str, dict]:
+        return dict(self.space or {})
 
 
 @dataclass(frozen=True)
@@ -127,7 +123,7 @@ class Preset:
     generation: Generation
     vllm: Vllm
     select: Select
-    sft: Sft
+    sft: SftSettings
     baseline: Baseline
     judge: Judge
     sweep: Sweep
@@ -180,6 +176,10 @@ def _value(tp, value, path: str, key: str):
     base = args[0]
     if base is ModelEntry:
         return _entry(base, value, path, key)
+    if base is SftSettings or base is dict:
+        if not isinstance(value, dict):
+            raise DistillError(f"preset file {path}: '{key}' must be a mapping (got {value!r})")
+        return base(value)
     if dataclasses.is_dataclass(base):
         return build(base, value, path, key + ".")
     if typing.get_origin(base) is dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from distill import DistillError
+from distill.config.checks import COUNT, Rule, check
 
 # transformers' SchedulerType values that HF Trainer runs with the arguments sft passes (tests/test_bad_input.py
 # checks they are SchedulerType's). The others need `lr_scheduler_kwargs` (cosine_with_min_lr,
@@ -16,6 +17,34 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 NEEDS_MORE = ("reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
               "greedy")
 BF16 = ("true", "false", "auto")
+
+# This project's ranges for trl.SFTConfig fields where TRL checks none (a zero learning rate trains nothing; an
+# infinite one NaNs at the first step). Keyed by TRL's field names; every other number is checked to be finite.
+RANGES = {
+    "learning_rate": Rule(float, 0, 1, low_open=True),
+    "num_train_epochs": Rule(float, 0, 1000, low_open=True),
+    "per_device_train_batch_size": COUNT,
+    "gradient_accumulation_steps": COUNT,
+    "max_grad_norm": Rule(float, 0, note="0: no clipping"),
+    "warmup_steps": Rule(float, 0, note="below 1: a share of the steps; from 1: a number of steps"),
+    "weight_decay": Rule(float, 0),
+    "max_length": Rule(int, 1, note="tokens per example"),
+}
+CHECKED_WORDS = {"lr_scheduler_type": lambda value: check_scheduler(str(value))}
+
+
+def check_setting(name: str, value, where: str):
+    """One SFTConfig setting by this project's rule for it: a range, a word, or (any other number) finite.
+    `where` names it in the message (`learning_rate`, `preset file x.yaml: sft.learning_rate`)."""
+    if name in CHECKED_WORDS:
+        return CHECKED_WORDS[name](value)
+    if isinstance(value, str) and name in RANGES:
+        raise DistillError(f"{where} must be a number (got {value!r}; YAML reads 1e-5 as text, write 1.0e-5)")
+    if name in RANGES:
+        return check(RANGES[name], where, value, optional=True)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DistillError(f"{where} must be a finite number (got {value!r})")
+    return value
 
 
 def check_scheduler(name: str) -> str:
@@ -68,3 +97,27 @@ def check_max_length(max_length: int, shortest: int, what: str) -> None:
     if max_length <= shortest:
         raise DistillError(f"max_length {max_length} leaves no answer token of any example: {what} is {shortest} "
                            f"tokens; use max_length > {shortest}")
+
+
+def setting(settings: dict, name: str):
+    """A setting as the training gets it: the one given, else TRL's default."""
+    if name in settings:
+        return settings[name]
+    from distill.training.sft_config import config_fields
+
+    return config_fields()[name].default
+
+
+def check_schedule(settings: dict, n_rows: int, world: int = 1) -> None:
+    """`check_one_step` with the epochs and batch of these settings."""
+    check_one_step(setting(settings, "num_train_epochs"), n_rows, setting(settings, "per_device_train_batch_size"),
+                   setting(settings, "gradient_accumulation_steps"), world)
+
+
+def check_prompts_fit(settings: dict, prompts: list[str], token_counts, what) -> None:
+    """`check_max_length` for these settings and prompts: passes at once where one prompt surely fits by its
+    bytes; else counts tokens (`token_counts(prompts)`) and names the shortest (`what(len(prompts))`)."""
+    limit = setting(settings, "max_length")
+    if limit is None or any(template_fits(limit, x) for x in prompts):
+        return
+    check_max_length(limit, min(token_counts(prompts)), what(len(prompts)))

@@ -21,23 +21,20 @@ from distill.data.limits import first
 from distill.config.checks import SEED, Rule
 from distill.config.models import preset_spelling, resolve_role
 from distill.config.presets import load_preset
-from distill.config.sft_checks import bf16_setting, check_max_length, check_one_step, check_scheduler, template_fits
+from distill.config.sft_checks import bf16_setting, check_prompts_fit, check_schedule
 from distill.tracking.cache_keys import data_digest
-from distill.config.params import (Default, count_param, limit_param, param, preset_param, resolve, reuse_param,
+from distill.config.params import (Default, limit_param, param, preset_file_name, preset_param, resolve, reuse_param,
                             upstream_param)
 from distill.config import params
 from distill.config.names import teacher_names
 from distill.config.params_text import yes_no
 from distill.tracking import lineage, registry, phase_runs, smoke_runs
 from distill.training import ranks
-from distill.training.batching import split_batch
+from distill.training.batching import split_settings
 from distill.training.checkpoints import check_keep, checkpoint_root, resume_point, remove as remove_checkpoints
 from distill.training.train import TrainConfig, train
 
 console = logging.getLogger(__name__)
-
-BATCHING = ("padded", "group_by_length", "padding_free")
-
 
 _CHECKPOINTS = "where and how often checkpoints are kept while training (resuming), not what is trained"
 
@@ -52,26 +49,8 @@ class SftParams:
                          preset=Default("every student of the preset's grid (with its upstream)"))
     preset: str = preset_param()
     select_run: str = upstream_param("the `select` run to train on", "the newest FINISHED one with this teacher")
-    learning_rate: float | None = param(None, preset="sft.learning_rate", rule=Rule(float, 0, 1, low_open=True),
-                                        help="peak learning rate (Table 2: 1.0e-5)")
-    num_train_epochs: float | None = param(None, preset="sft.num_train_epochs", help="epochs (Table 2: 2)",
-                                           rule=Rule(float, 0, 1000, low_open=True))
-    per_device_train_batch_size: int | None = count_param(None, "examples per device and step (Table 2: 8)",
-                                                          preset="sft.per_device_train_batch_size")
-    gradient_accumulation_steps: int | None = count_param(None, "steps accumulated per optimizer step (Table 2: 1)",
-                                                          preset="sft.gradient_accumulation_steps")
-    max_grad_norm: float | None = param(None, preset="sft.max_grad_norm", rule=Rule(float, 0, note="0: no clipping"),
-                                        help="gradient clipping (Table 2: 1.0)")
-    lr_scheduler_type: str = param("", preset="sft.lr_scheduler_type", help="HF Trainer's schedule (Table 2: linear)")
-    warmup_ratio: float | None = param(None, preset="sft.warmup_ratio", rule=Rule(float, 0, 1, high_open=True),
-                                       help="share of the steps spent warming up")
     bf16: str = param("auto", help="`true`, `false`, or `auto`: where the hardware has it and the preset asks "
                                    "(`sft.bf16`)")
-    gradient_checkpointing: bool | None = param(None, preset="sft.gradient_checkpointing",
-                                                help="recompute activations: less memory, slower")
-    max_length: int | None = param(None, preset="sft.max_length", rule=Rule(int, 1, note="tokens per example"),
-                                   help="examples cut at this many tokens")
-    batching: str = param("", preset="sft.batching", help="`padded` (the paper), `group_by_length` or `padding_free`")
     seed: int | None = param(None, rule=SEED, help="training seed, and which teacher answers a mix takes",
                              preset=Default("the preset's grid seeds (with its upstream), else the first",
                                             value=lambda p, preset: default_seed(preset), paths=("grid.seeds",)))
@@ -89,11 +68,31 @@ class SftParams:
     train_file: str = param("", help="a JSONL of prompt/completion to train on instead of a `select` run (sweep)")
     output_dir: str = param("", preset=Default("`$DISTILL_HOME/checkpoints/<cache key>`"), unkeyed=_CHECKPOINTS,
                             help="where checkpoints are written (kept after the run when given)")
+    sft_config: dict = param(factory=dict, preset=Default("the preset's `sft:` block"),
+                             help="any trl.SFTConfig field by its TRL name, over the preset's `sft:` block "
+                                  "(`--<field> <value>`, `-P <field>=<value>`; `--help` gives TRL's help)")
+
+    def __getattr__(self, name: str):
+        """A training setting read by its SFTConfig name (`p.num_train_epochs`), once settled."""
+        settings = self.__dict__.get("sft_config") or {}
+        if name in settings:
+            return settings[name]
+        raise AttributeError(name)
 
 
-HPARAMS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-           "max_grad_norm", "lr_scheduler_type", "warmup_ratio", "max_length", "batching", "gradient_checkpointing",
-           "seed")
+def _taking_sft_config_fields(init):
+    """SftParams(teacher="7B", num_train_epochs=1): a keyword that is no field of its own is an SFTConfig field,
+    kept in `sft_config` (checked against SFTConfig's fields when settled)."""
+    own = {f.name for f in dataclasses.fields(SftParams)}
+
+    def __init__(self, *args, sft_config=None, **kwargs):
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k not in own}
+        init(self, *args, sft_config={**(sft_config or {}), **given}, **kwargs)
+
+    return __init__
+
+
+SftParams.__init__ = _taking_sft_config_fields(SftParams.__init__)
 
 
 def settle(p: SftParams, preset) -> tuple[SftParams, object]:
@@ -102,12 +101,12 @@ def settle(p: SftParams, preset) -> tuple[SftParams, object]:
     student = resolve_role(p.student, preset, "student")
     p = dataclasses.replace(p, teacher=teacher, student=student.name)
     p = resolve(p, preset)                                # bad numbers stop here, before any model loads
+    from distill.training.sft_config import training_settings
+
     p = dataclasses.replace(p, keep_checkpoints=check_keep(p.keep_checkpoints or "last"),  # empty: the default
-                            gradient_checkpointing=bool(p.gradient_checkpointing), bf16=bf16_setting(p.bf16),
-                            lr_scheduler_type=check_scheduler(p.lr_scheduler_type))
-    if p.batching not in BATCHING:
-        raise DistillError(f"unknown batching {p.batching!r}; choose one of {', '.join(BATCHING)}")
-    if p.batching == "padding_free":
+                            bf16=bf16_setting(p.bf16), sft_config=training_settings(preset.sft, p.sft_config,
+                                                                            preset_file_name(preset)))
+    if p.sft_config.get("batching") == "padding_free":
         import importlib.util
 
         if importlib.util.find_spec("flash_attn") is None:
@@ -116,10 +115,9 @@ def settle(p: SftParams, preset) -> tuple[SftParams, object]:
     return p, student
 
 
-def resolved_hparams(p: SftParams, preset) -> dict:
-    """Table 2's settings of `p`, the preset's where empty, checked (shared with `sweep`)."""
-    p = settle(p, preset)[0]
-    return {name: getattr(p, name) for name in HPARAMS}
+def resolved_settings(p: SftParams, preset) -> dict:
+    """The SFTConfig settings `p` trains with: the preset's, those given over them, checked (shared with `sweep`)."""
+    return settle(p, preset)[0].sft_config
 
 
 def training_rows(p: SftParams, rows: list[dict]) -> list[dict]:
@@ -127,7 +125,9 @@ def training_rows(p: SftParams, rows: list[dict]) -> list[dict]:
 
 
 def key_payload(p: SftParams, student, rows: list[dict], preset) -> dict:
-    return params.key_payload(p, preset, student_source=student.source, train_digest=data_digest(rows))
+    """Every field, and every SFTConfig setting by its own name (a setting left at TRL's default is in no key)."""
+    out = params.key_payload(p, preset, student_source=student.source, train_digest=data_digest(rows))
+    return {**{k: v for k, v in out.items() if k != "sft_config"}, **out["sft_config"]}
 
 
 def reuse_key(p: SftParams, preset, rows: list[dict]) -> dict:
@@ -217,7 +217,7 @@ def train_config(p: SftParams, h: dict, bf16: bool, out_dir: Path, run_id: str |
     """How this phase trains: checkpoints in out_dir, resumed from `resume`, uploaded to run_id (whose earlier
     tries' checkpoints are removed once it has a newer one, unless keep_checkpoints=all), and the trained
     model saved by every rank into out_dir/final."""
-    return TrainConfig(hparams=h, bf16=bf16, output_dir=out_dir, run_id=run_id, resume=resume, earlier=list(earlier),
+    return TrainConfig(settings=h, seed=p.seed, bf16=bf16, output_dir=out_dir, run_id=run_id, resume=resume, earlier=list(earlier),
                        save_steps=p.save_steps, checkpoints_to_run=p.checkpoints_to_run,
                        keep_checkpoints=p.keep_checkpoints, final_dir=out_dir / "final")
 
@@ -234,10 +234,9 @@ def preflight(p: SftParams) -> None:
     students = [p.student] if p.student else list(preset.grid.students or preset.students)
     for student in students:
         settled, ref = settle(dataclasses.replace(p, student=student), preset)
-        check_template_fits(settled.max_length, ref)
+        check_template_fits(settled.sft_config, ref)
         if settled.limit is not None:  # the training set has at most `limit` rows: too few epochs for a step
-            check_one_step(settled.num_train_epochs, settled.limit, settled.per_device_train_batch_size,
-                           settled.gradient_accumulation_steps, ranks.world_size())
+            check_schedule(settled.sft_config, settled.limit, ranks.world_size())
 
 
 def _prompt_lengths(student, prompts: list[str]) -> list[int]:
@@ -248,28 +247,21 @@ def _prompt_lengths(student, prompts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 
-def check_template_fits(max_length: int, student) -> None:
+def check_template_fits(settings: dict, student) -> None:
     """Before the upstream is built: a max_length the prompt template alone fills is refused (its tokens are
     counted only when its bytes do not fit: no tokenizer is loaded for the preset's max_length)."""
     from distill.data.prompts import plain_prompt
 
-    template = plain_prompt("")
-    if template_fits(max_length, template):
-        return
-    check_max_length(max_length, _prompt_lengths(student, [template])[0],
-                     f"the prompt template alone ({student.name}'s tokenizer)")
+    check_prompts_fit(settings, [plain_prompt("")], lambda prompts: _prompt_lengths(student, prompts),
+                      lambda n: f"the prompt template alone ({student.name}'s tokenizer)")
 
 
 def check_rows_fit(p: SftParams, rows: list[dict], student) -> None:
     """At the start of sft, before a run exists: a schedule of less than one optimizer step, or a max_length
     that leaves every example without an answer token, refused with the numbers of this training set."""
-    check_one_step(p.num_train_epochs, len(rows), p.per_device_train_batch_size, p.gradient_accumulation_steps,
-                   ranks.world_size())
-    prompts = [r["prompt"] for r in rows]
-    if any(template_fits(p.max_length, x) for x in prompts):  # one prompt with room: not every one is cut
-        return
-    check_max_length(p.max_length, min(_prompt_lengths(student, prompts)),
-                     f"the shortest prompt of the {len(rows)} examples ({student.name}'s tokenizer)")
+    check_schedule(p.sft_config, len(rows), ranks.world_size())
+    check_prompts_fit(p.sft_config, [r["prompt"] for r in rows], lambda prompts: _prompt_lengths(student, prompts),
+                      lambda n: f"the shortest prompt of the {n} examples ({student.name}'s tokenizer)")
 
 
 def run(p: SftParams) -> str:
@@ -279,10 +271,10 @@ def run(p: SftParams) -> str:
                            "the default, it trains every student of the preset's grid)")
     p, student = settle(p, preset)
     teachers = teacher_names(p.teacher)
-    h = {name: getattr(p, name) for name in HPARAMS}
+    h = p.sft_config
     # A launch whose processes cannot share the effective batch evenly stops here, before a run exists;
     # train() checks the split again against what HF Trainer itself counts.
-    split_batch(h["per_device_train_batch_size"], h["gradient_accumulation_steps"], ranks.world_size())
+    split_settings(h, ranks.world_size())
     ranks.fail_on_sigterm()
     if not ranks.is_main_process():  # the other ranks of a launch: rank 0 decides, they train
         _follow_main(p, h, student, preset)
@@ -326,7 +318,7 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
     # The setting, not its outcome, goes into the parameters: resolving `auto` needs torch, and a reused
     # run should be found without importing it. The outcome is logged as `bf16_used`.
     logged = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "student_source": student.source,
-              **h, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
+              **h, "seed": p.seed, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
     tags = {lineage.TEACHER: p.teacher, lineage.STUDENT: student.name, lineage.SEED: str(p.seed)}
     with phase_runs.phase_run("sft", logged, upstream, tags=tags, reuse=p.reuse,
                             key=key_payload(p, student, rows, preset)) as pr:

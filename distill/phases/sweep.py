@@ -16,21 +16,18 @@ from pathlib import Path
 
 from distill import DistillError
 from distill.config import params
-from distill.config.checks import Rule, check_from_preset
+from distill.config.checks import Rule
 from distill.config.models import resolve_role
 from distill.config.presets import load_preset
 from distill.tracking import lineage, phase_runs
 from distill.config.params import (Default, count_param, limit_param, param, preset_file_name, preset_param, resolve,
-                            seed_param, spec, upstream_param)
+                            seed_param, upstream_param)
 from distill.config.params_text import lists_from_text
 from distill.generation.options import max_new_tokens_param
 from distill.tracking.redact import has_password, redact_uri
 from distill.tracking.schema_lock import creation_lock
 
 console = logging.getLogger(__name__)
-
-SPACE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "warmup_ratio")
-
 
 @dataclass
 class SweepParams:
@@ -42,8 +39,8 @@ class SweepParams:
     select_run: str = upstream_param("the `select` run whose training set and dev split are used",
                                      "the newest FINISHED one with this teacher")
     n_trials: int | None = count_param(None, "trials of the study, all workers together", preset="sweep.n_trials")
-    space: list[str] = param(factory=lambda: ["all"], help="comma-separated subset of " + ", ".join(SPACE) +
-                                                           "; `all`: every one the preset gives a range for")
+    space: list[str] = param(factory=lambda: ["all"], help="comma-separated trl.SFTConfig fields the preset's "
+                                                           "`sweep.space` gives a range for; `all`: every one")
     storage: str = param("sqlite:///optuna.db", help="the study's database; an RDB URL (postgresql://...) lets "
                                                      "several workers share it")
     study_name: str = param("", preset=Default("`sft-<preset>-<teacher>-<student>`"), help="the Optuna study")
@@ -58,35 +55,54 @@ class SweepParams:
     __post_init__ = lists_from_text  # comma-joined text -> list[str], here only
 
 
+SPEC_KEYS = {"low", "high", "log", "step", "choices"}
+
+
 def search_space(p: SweepParams, preset) -> dict:
+    """The preset's `sweep.space` (SFTConfig fields by name), narrowed to `space`; names and bounds checked."""
+    from distill.training.sft_config import check_name
+
+    where = f"preset file {preset_file_name(preset)}: 'sweep.space'"
     ranges = preset.sweep.ranges()
-    wanted = list(p.space) if p.space != ["all"] else [s for s in SPACE if s in ranges]
-    unknown = [s for s in wanted if s not in SPACE]
-    if unknown:
-        raise DistillError(f"cannot search {', '.join(unknown)}; searchable: {', '.join(SPACE)}")
+    for name, spec in ranges.items():
+        check_name(name, where)
+        check_spec(name, spec, f"preset file {preset_file_name(preset)}: sweep.space.{name}")
+    wanted = list(p.space) if p.space != ["all"] else list(ranges)
+    for name in wanted:
+        check_name(name, "sweep's space")
     missing = [s for s in wanted if s not in ranges]
     if missing:
-        raise DistillError(f"preset {preset.name!r} gives no range for {', '.join(missing)} (section `sweep`)")
+        raise DistillError(f"preset {preset.name!r} gives no range for {', '.join(missing)} (section `sweep.space`); "
+                           f"it has: {', '.join(ranges) or 'none'}")
     if not wanted:
-        raise DistillError("empty search space: name at least one of " + ", ".join(SPACE))
-    from distill.phases.sft import SftParams
-
-    for name in wanted:  # each bound by the rule of the sft parameter it searches
-        check_from_preset(spec(SftParams, name).rule, f"sweep.{name}", ranges[name], preset_file_name(preset))
+        raise DistillError("empty search space: give the preset's `sweep.space` a range of a trl.SFTConfig field")
     return {s: ranges[s] for s in wanted}
 
 
+def check_spec(name: str, spec, where: str) -> None:
+    """`{low, high}` (`log`, `step`) or `{choices}`, each bound by this project's check of that field."""
+    from distill.config.sft_checks import check_setting
+
+    keys = set(spec) if isinstance(spec, dict) else set()
+    if not keys or keys - SPEC_KEYS or ("choices" in keys) == bool(keys & {"low", "high"}) \
+            or "choices" not in keys and not {"low", "high"} <= keys:
+        raise DistillError(f"{where} must be {{low: .., high: ..}} (log: true, step: ..) or {{choices: [..]}} "
+                           f"(got {spec!r})")
+    for bound in spec.get("choices") or [spec["low"], spec["high"]]:
+        check_setting(name, bound, where)
+
+
 def suggest(trial, space: dict) -> dict:
+    """One trial's settings: a choice, or a number between the bounds (an integer where both bounds are)."""
     out = {}
-    for name, bounds in space.items():
-        if name == "learning_rate":
-            out[name] = trial.suggest_float(name, float(bounds[0]), float(bounds[1]), log=True)
-        elif name == "num_train_epochs":
-            out[name] = trial.suggest_int(name, int(bounds[0]), int(bounds[1]))
-        elif name == "per_device_train_batch_size":
-            out[name] = trial.suggest_categorical(name, [int(b) for b in bounds])
-        elif name == "warmup_ratio":
-            out[name] = trial.suggest_float(name, float(bounds[0]), float(bounds[1]))
+    for name, spec in space.items():
+        if "choices" in spec:
+            out[name] = trial.suggest_categorical(name, list(spec["choices"]))
+        elif all(isinstance(spec[b], int) for b in ("low", "high")) and not spec.get("log") and "step" not in spec:
+            out[name] = trial.suggest_int(name, spec["low"], spec["high"])
+        else:
+            out[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")),
+                                            step=spec.get("step"))
     return out
 
 
@@ -153,7 +169,7 @@ def reuse_key(p: SweepParams, preset) -> dict:
 def run(p: SweepParams) -> str:
     import optuna
 
-    from distill.phases.sft import SftParams, find_select_run, resolved_hparams, use_bf16, run as sft_run
+    from distill.phases.sft import SftParams, find_select_run, resolved_settings, use_bf16, run as sft_run
 
     check_storage(p.storage)
     preset = load_preset(p.preset)
@@ -203,15 +219,15 @@ def run(p: SweepParams) -> str:
 
             hp = suggest(trial, space)
             sp = SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed, register=False, **hp)
-            h = resolved_hparams(sp, preset)
+            h = resolved_settings(sp, preset)
             with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
                                   tags={lineage.PHASE: "sweep-trial", lineage.TEACHER: p.teacher,
                                         lineage.STUDENT: student.name, "optuna.trial": str(trial.number)}):
-                mlflow.log_params({**h, "trial": trial.number})
+                mlflow.log_params({**h, "seed": p.seed, "trial": trial.number})
                 box = [load_tokenizer(materialize(student).tokenizer)]
                 callback = PruneOnDev(trial, box)
                 with tempfile.TemporaryDirectory() as out:
-                    config = TrainConfig(hparams=h, bf16=use_bf16("auto", preset), output_dir=Path(out), save=False,
+                    config = TrainConfig(settings=h, seed=p.seed, bf16=use_bf16("auto", preset), output_dir=Path(out), save=False,
                                          callbacks=[callback], tokenizer=box[0])
                     model, tokenizer, stats = train(student, rows, config)
                 mlflow.log_metrics(stats)

@@ -55,6 +55,14 @@ def split_batch(per_device: int, accumulation: int, world_size: int = 1) -> Batc
     return BatchSplit(effective=effective, per_device=device, accumulation=share // device, world_size=world_size)
 
 
+def split_settings(settings: dict, world_size: int) -> BatchSplit:
+    """`split_batch` of the batch these SFTConfig settings ask for (TRL's defaults where they give none)."""
+    from distill.config.sft_checks import setting
+
+    return split_batch(setting(settings, "per_device_train_batch_size"),
+                       setting(settings, "gradient_accumulation_steps"), world_size)
+
+
 def split_for(args, h: dict) -> BatchSplit:
     """`split_batch` over the processes these TrainingArguments train on (`world_size`, the value the Trainer
     multiplies by), written into them; a plain process that sees several GPUs is held to one."""
@@ -63,7 +71,7 @@ def split_for(args, h: dict) -> BatchSplit:
                         f"{args.device} alone (TRL's SFTTrainer cannot use nn.DataParallel); `torchrun "
                         f"--nproc_per_node {args.n_gpu}` trains on all of them with the same effective batch")
         args._n_gpu = 1  # what TrainingArguments sets when it sees one GPU
-    split = split_batch(h["per_device_train_batch_size"], h["gradient_accumulation_steps"], world_size=args.world_size)
+    split = split_settings(h, args.world_size)
     args.per_device_train_batch_size = split.per_device
     args.gradient_accumulation_steps = split.accumulation
     return split

@@ -50,6 +50,12 @@ class PaddingCounter:
         return 1 - real / total if total else 0.0
 
 
+# Trainer's log keys -> the metric names a run logs them under (the scheduled rate is a metric, logged every step).
+# Its key of the rate is also the SFTConfig field that sets the peak: the one name a message can point to.
+RATE = "learning_rate"
+TRAINER_LOGS = {"loss": "train_loss", RATE: RATE, "grad_norm": "grad_norm", "epoch": "epoch"}
+
+
 class MlflowLogger(TrainerCallback):
     """Streams loss, learning rate, grad norm and tokens/s to the active run (world process zero only),
     and uploads each checkpoint to the run so that a rerun elsewhere can resume from it, keeping only
@@ -78,8 +84,7 @@ class MlflowLogger(TrainerCallback):
 
         now = time.perf_counter()
         metrics = {}
-        for src, dst in (("loss", "train_loss"), ("learning_rate", "learning_rate"), ("grad_norm", "grad_norm"),
-                         ("epoch", "epoch")):
+        for src, dst in TRAINER_LOGS.items():
             if isinstance(logs.get(src), (int, float)):
                 metrics[dst] = float(logs[src])
         if "loss" in logs:
@@ -116,5 +121,5 @@ class NonFiniteGuard(TrainerCallback):
             value = (logs or {}).get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
                 raise TrainingDiverged(f"training diverged: {key} is {value} at step {state.global_step} "
-                                   f"(learning_rate {args.learning_rate}); the run failed and nothing was "
-                                   "registered; lower learning_rate")
+                                       f"(its learning rate {logs.get(RATE)}); the run failed and nothing was "
+                                       f"registered; lower the preset's sft.{RATE} or give --{RATE}")

@@ -29,7 +29,8 @@ console = logging.getLogger(__name__)
 class TrainConfig:
     """How one training runs, beyond its data and its student."""
 
-    hparams: dict                      # sft.resolved_hparams: Table 2's settings, checked
+    settings: dict                     # SFTConfig settings (sft.resolved_settings: the preset's and those given)
+    seed: int                          # the training and data seed
     output_dir: Path                   # checkpoints go here
     bf16: bool = False                 # already resolved for this hardware (sft.use_bf16)
     run_id: str | None = None          # the MLflow run that gets the checkpoints; None: another rank, a sweep trial
@@ -53,30 +54,23 @@ def train(student: ModelRef, rows: list[dict], config: TrainConfig):
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from distill.config.models import materialize
     from distill.generation.hf import load_tokenizer
     from distill.training.batching import check_trainer_batch, split_for
     from distill.training.callbacks import MlflowLogger, NonFiniteGuard, PaddingCounter
+    from distill.training.sft_config import build
 
-    h = config.hparams
+    h = config.settings
     loadable = materialize(student)
     tokenizer = config.tokenizer or load_tokenizer(loadable.tokenizer)
     tokenizer.padding_side = "right"
     out_dir = Path(config.output_dir)
     resume = config.resume
-    args = SFTConfig(
-        output_dir=str(out_dir),
-        learning_rate=h["learning_rate"], num_train_epochs=h["num_train_epochs"],
-        per_device_train_batch_size=h["per_device_train_batch_size"],
-        gradient_accumulation_steps=h["gradient_accumulation_steps"], max_grad_norm=h["max_grad_norm"],
-        lr_scheduler_type=h["lr_scheduler_type"], warmup_steps=float(h["warmup_ratio"]),  # a float < 1 is a ratio
-        seed=h["seed"],
-        data_seed=h["seed"], bf16=config.bf16, max_length=h["max_length"],
-        padding_free=h["batching"] == "padding_free",
-        train_sampling_strategy="group_by_length" if h["batching"] == "group_by_length" else "random",
-        **checkpointing_arg(SFTConfig, h["gradient_checkpointing"]),
+    # the settings as given; the rest is how this project runs a training (sft_config.SET_BY_DISTILL)
+    args = build(
+        h, output_dir=str(out_dir), seed=config.seed, data_seed=config.seed, bf16=config.bf16,
         completion_only_loss=True, logging_steps=1, report_to="none", save_only_model=False,
         logging_nan_inf_filter=False,  # a NaN loss must reach NonFiniteGuard, not be averaged away
         save_strategy=("steps" if config.save_steps is not None else "epoch") if config.save else "no",
@@ -86,7 +80,7 @@ def train(student: ModelRef, rows: list[dict], config: TrainConfig):
     )
     split = split_for(args, h)  # the preset's batch over the processes these arguments train on, or a refusal
     # Only FlashAttention keeps the sequences of one flattened row apart (checked before the run started).
-    attention = {"attn_implementation": "flash_attention_2"} if h["batching"] == "padding_free" else {}
+    attention = {"attn_implementation": "flash_attention_2"} if args.padding_free else {}
     model = AutoModelForCausalLM.from_pretrained(loadable.model, dtype=torch.float32, use_safetensors=True, **attention)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -144,17 +138,6 @@ def saved_model(trainer, final_dir: Path):
         raise DistillError(f"trainer.save_model() wrote no weights to {final_dir} (under DeepSpeed ZeRO-3 set "
                            "zero3_save_16bit_model: true; under FSDP fsdp_state_dict_type: FULL_STATE_DICT)")
     return AutoModelForCausalLM.from_pretrained(str(final_dir), dtype=torch.float32, use_safetensors=True)
-
-
-def checkpointing_arg(config_class, on: bool) -> dict:
-    """The keyword that turns activation checkpointing on or off in `config_class` (SFTConfig).
-
-    transformers 5.23 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns);
-    5.20 (what the vLLM extra resolves to) to 5.22 know only the old one and refuse the new one."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(config_class)}
-    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
 def check_finite_weights(model, step: int) -> None:
