@@ -55,7 +55,7 @@ def test_a_trained_student_reproduces_what_it_was_taught_and_an_untrained_one_do
                              for r in rows), encoding="utf-8")
 
     sft_run = sft(SftParams(teacher="7B", student="qwen2.5-0.5b", train_file=str(train), num_train_epochs=EPOCHS,
-                            learning_rate=LR, per_device_train_batch_size=BATCH, warmup_ratio=0.0,
+                            learning_rate=LR, per_device_train_batch_size=BATCH, warmup_steps=0.0,
                             save_steps=10**6, checkpoints_to_run=False, register=False))
     trained = mlflow.get_run(evaluate(EvaluateParams(model=sft_run, eval_set=str(golds),
                                                      max_new_tokens=MAX_NEW_TOKENS)))
