@@ -135,7 +135,7 @@ def _parse(params_cls, argv: list[str], elided: bool, phase: str = ""):
     as cli.py takes them off); with `...` in the line, only that every flag is a field."""
     import dataclasses
 
-    from distill.cli import upstream_params
+    from distill.cli import config_field, upstream_params
     from distill.phases.main.targets import KNOBS
 
     up = None
@@ -143,6 +143,10 @@ def _parse(params_cls, argv: list[str], elided: bool, phase: str = ""):
         argv, up = upstream_params([a for a in argv if a != "..."], params_cls, phase)
         argv += ["..."] if elided else []
     fields = {f.name for f in dataclasses.fields(params_cls)} | POPPED
+    if config_field(params_cls):  # sft: any trl.SFTConfig field a preset may set, by its TRL name
+        from distill.training.sft_config import settable
+
+        fields |= set(settable())
     flags = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
     unknown = [f for f in flags if f not in fields]
     assert not unknown, f"no such parameter {unknown} of {params_cls.__name__}"
@@ -242,6 +246,8 @@ def test_a_readme_command_works_as_written(line, command):
     ("mlflow run . -e evaluate --env-manager local -P model=9B", "unknown model name '9B'"),
     ("accelerate launch --config_file distill/accelerate/fsdp.yaml entrypoints/sft.py --teacher 7B --studnet x",
      "no such parameter \\['studnet'\\]"),
+    ("accelerate launch --config_file distill/accelerate/fsdp.yaml entrypoints/sft.py --teacher 7B --learning_rte 1e-5",
+     "no such parameter \\['learning_rte'\\]"),
     ("accelerate launch --config_file distill/accelerate/ddp.yaml entrypoints/sft.py --teacher 7B --student "
      "qwen2.5-0.5b", "no accelerate config"),
 ])
