@@ -200,3 +200,13 @@ def test_a_presets_price_is_the_default_and_checked_by_the_same_rule(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = run_entry("main", "--preset", "priced.yaml", "--plan", "true", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert "  cost: 0.00 (0.00 GPU-hours x 3 a GPU-hour)" in proc.stdout.splitlines(), proc.stdout
+
+
+def test_an_entry_points_target_run_alone_logs_its_time_too(tracking):
+    """`-e sft` whose upstream is all reused runs its target here, not through the step executor: timed the same."""
+    from distill.phases.main import upstream
+
+    run_id = upstream.timed_alone(step_fixtures, planner.Step("fixture", "select", FixtureParams(), gpus=1),
+                                  FixtureParams())
+    m = mlflow.get_run(run_id).data.metrics
+    assert m["gpus"] == 1 and m["wall_seconds"] > 0 and m["gpu_seconds"] == m["wall_seconds"]

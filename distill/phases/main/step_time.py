@@ -1,7 +1,7 @@
 """What each step of a real run cost, logged on its run when it ends, beside what the plan expected of it.
 
-- `wall_seconds`: from the step's start in `main` (or in an entry point that builds its upstream) to its end:
-  its process's start, the model's load and its work;
+- `wall_seconds`: from the step's start in `main` (or in an entry point that builds its upstream, its target
+  included when that runs alone) to its end: its process's start, the model's load and its work;
 - `gpus`: the GPUs it held (its CUDA_VISIBLE_DEVICES, or its Ray task's GPUs);
 - `gpu_seconds`: wall_seconds x gpus, so 0 for a step on CPU;
 - `estimated_wall_seconds`, `estimated_gpu_seconds`: distill.estimates' figures for it, logged only where the

@@ -83,8 +83,22 @@ def run(phase: str, module, params, up: UpstreamParams) -> str | None:
     if len(found.targets) == 1 and all(s is found.targets[0] for s in to_run):
         # the target alone: here, as the phase always ran, its inputs the runs that are finished
         done = {x.step.name: x.reuse for x in status if x.reuse}
-        return module.run(found.targets[0].filled(done))
+        return timed_alone(module, found.targets[0], found.targets[0].filled(done))
     return run_steps(label, found, to_run, load_preset_name(params))
+
+
+def timed_alone(module, step: planner.Step, params) -> str:
+    """The target run here, alone: its run logs what it cost (step_time) as a step of `main` does, unless reused."""
+    from distill.phases.main import step_time
+    from distill.tracking import phase_runs
+
+    started: list = []
+    t0 = time.perf_counter()
+    with phase_runs.on_phase_run(started.append):
+        run_id = module.run(params)
+    if not (started and started[-1].reused):
+        step_time.log_step_time(run_id, time.perf_counter() - t0, step.gpus)
+    return run_id
 
 
 def load_preset_name(params) -> str:
