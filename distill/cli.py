@@ -22,11 +22,13 @@ from distill.config.params_text import yes_no
 from distill.log import QUIET_ENV, quiet_loggers, setup_logging
 from distill.phases import module_name
 
-
-
 # List parameters that MLproject declares with an empty default: `mlflow run` passes them empty when they
 # are not given, so there an empty text is the default. Every other list given empty is refused.
 EMPTY_LIST_IS_DEFAULT = frozenset({"teacher_runs"})
+
+# The phase modules (distill.phases.<name>) that may train a student, their own or one they build first: the
+# preset's `sft:` block is checked against trl.SFTConfig's fields before anything runs. The others never import TRL.
+TRAINS = frozenset({"sft", "sweep", "main", "evaluate", "report"})
 
 
 def list_items(name: str, text: str) -> list[str]:
@@ -289,6 +291,11 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         module = importlib.import_module(module_name(phase))
         params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
         check_preset(preset, [params_cls])  # the preset's values this entry point may read, by their rules
+        if module.__name__.rsplit(".", 1)[-1] in TRAINS:
+            from distill.config.params import preset_file_name
+            from distill.training.sft_config import check_preset_block
+
+            check_preset_block(preset.sft, preset_file_name(preset))
         from distill.phases.main.targets import KNOBS
 
         builds = phase in KNOBS  # an entry point that builds its upstream (distill.phases.main.upstream)

@@ -5,6 +5,7 @@ every field given."""
 import ast
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -172,3 +173,14 @@ def test_mlflow_run_passes_an_undeclared_sft_config_field_as_an_option():
     p = parse_params(SftParams, argv)
     assert p.sft_config == {"weight_decay": 0.01}
     assert json.dumps(p.sft_config)  # the key payload is plain data
+
+
+def test_main_refuses_an_unknown_sft_key_before_any_run(tmp_path):
+    """The study's entry point checks the `sft:` block before it translates anything, not when it reaches sft."""
+    path = _preset(tmp_path, lambda d: d["sft"].update(learning_rte=1.0e-4))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, str(ROOT / "entrypoints" / "main.py"), "--preset", path], cwd=tmp_path,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "unknown key 'learning_rte' (did you mean 'learning_rate'?)" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()

@@ -61,17 +61,14 @@ class Select:
 
 class SftSettings(dict):
     """The `sft:` section as written: trl.SFTConfig fields by their TRL names, and the few this project adds
-    (distill/training/sft_config.py checks every key against them; it imports TRL, so only the phases that train
-    do). Read as attributes: `preset.sft.bf16`."""
+    (distill/training/sft_config.py checks every key against them where a phase trains: it imports TRL, and no other
+    phase's reuse key should hash it). Read as attributes: `preset.sft.bf16`."""
 
     def __getattr__(self, name: str):
         try:
             return self[name]
         except KeyError:
-            from distill.training.sft_config import config_fields
-
-            f = config_fields()[name]  # a field the preset leaves out has TRL's default
-            return f.default_factory() if f.default is dataclasses.MISSING else f.default
+            raise AttributeError(f"the preset's sft section has no '{name}'") from None
 
 
 @dataclass(frozen=True)

@@ -17,21 +17,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill import DistillError
-from distill.data.limits import first
+from distill.config import params
 from distill.config.checks import SEED, Rule
 from distill.config.models import preset_spelling, resolve_role
+from distill.config.names import teacher_names
+from distill.config.params import (
+    Default,
+    limit_param,
+    param,
+    preset_file_name,
+    preset_param,
+    resolve,
+    reuse_param,
+    upstream_param,
+)
+from distill.config.params_text import yes_no
 from distill.config.presets import load_preset
 from distill.config.sft_checks import bf16_setting, check_prompts_fit, check_schedule
+from distill.data.limits import first
+from distill.tracking import lineage, phase_runs, registry, smoke_runs
 from distill.tracking.cache_keys import data_digest
-from distill.config.params import (Default, limit_param, param, preset_file_name, preset_param, resolve, reuse_param,
-                            upstream_param)
-from distill.config import params
-from distill.config.names import teacher_names
-from distill.config.params_text import yes_no
-from distill.tracking import lineage, registry, phase_runs, smoke_runs
 from distill.training import ranks
 from distill.training.batching import split_settings
-from distill.training.checkpoints import check_keep, checkpoint_root, resume_point, remove as remove_checkpoints
+from distill.training.checkpoints import check_keep, checkpoint_root, remove as remove_checkpoints, resume_point
 from distill.training.train import TrainConfig, train
 
 console = logging.getLogger(__name__)
@@ -139,7 +147,7 @@ def reuse_key(p: SftParams, preset, rows: list[dict]) -> dict:
 def use_bf16(setting: str, preset) -> bool:
     import torch
 
-    wanted = preset.sft.bf16 if setting == "auto" else yes_no(setting, "bf16")
+    wanted = preset.sft.get("bf16") if setting == "auto" else yes_no(setting, "bf16")
     return bool(wanted and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
@@ -224,7 +232,7 @@ def train_config(p: SftParams, h: dict, bf16: bool, out_dir: Path, run_id: str |
 
 def default_seed(preset) -> int:
     """The seed of one SFT run when none is given: the first of the preset's grid (42 in both presets)."""
-    return int((preset.grid.seeds or preset.sft.seeds or [42])[0])
+    return int((preset.grid.seeds or preset.sft.get("seeds") or [42])[0])
 
 
 def preflight(p: SftParams) -> None:

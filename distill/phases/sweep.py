@@ -18,12 +18,21 @@ from distill import DistillError
 from distill.config import params
 from distill.config.checks import Rule
 from distill.config.models import resolve_role
-from distill.config.presets import load_preset
-from distill.tracking import lineage, phase_runs
-from distill.config.params import (Default, count_param, limit_param, param, preset_file_name, preset_param, resolve,
-                            seed_param, upstream_param)
+from distill.config.params import (
+    Default,
+    count_param,
+    limit_param,
+    param,
+    preset_file_name,
+    preset_param,
+    resolve,
+    seed_param,
+    upstream_param,
+)
 from distill.config.params_text import lists_from_text
+from distill.config.presets import load_preset
 from distill.generation.options import max_new_tokens_param
+from distill.tracking import lineage, phase_runs
 from distill.tracking.redact import has_password, redact_uri
 from distill.tracking.schema_lock import creation_lock
 
@@ -169,7 +178,7 @@ def reuse_key(p: SweepParams, preset) -> dict:
 def run(p: SweepParams) -> str:
     import optuna
 
-    from distill.phases.sft import SftParams, find_select_run, resolved_settings, use_bf16, run as sft_run
+    from distill.phases.sft import SftParams, find_select_run, resolved_settings, run as sft_run, use_bf16
 
     check_storage(p.storage)
     preset = load_preset(p.preset)

@@ -11,15 +11,15 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from distill import DistillError
 from distill.config.models import ModelRef
-from distill.training.checkpoints import (UPLOAD_COMPLETE, checkpoint_from_runs, checkpoint_root,  # noqa: F401  (their old home)
-                                 latest_checkpoint)
 from distill.training import ranks
+from distill.training.checkpoints import UPLOAD_COMPLETE, checkpoint_from_runs, checkpoint_root, latest_checkpoint  # noqa: F401  (their old home)
 from distill.training.ranks import is_main_process  # noqa: F401  (its old home)
 
 console = logging.getLogger(__name__)
