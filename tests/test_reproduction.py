@@ -36,8 +36,8 @@ def span(start: int, k: int) -> set[int]:
 class PaperStudy:
     """FINISHED evaluate runs as `evaluate` tags and logs them, on gsm8k-ja, each right on a set of questions."""
 
-    def __init__(self, rehearsal: bool = False):
-        self.client, self.t, self.rehearsal = MlflowClient(), 1_700_000_000_000, rehearsal
+    def __init__(self, rehearsal: bool = False, n: int = N):
+        self.client, self.t, self.rehearsal, self.n = MlflowClient(), 1_700_000_000_000, rehearsal, n
 
     def evaluate(self, right: set[int], teacher: str = "", student: str = "", baseline: str = "") -> str:
         self.t += 1000
@@ -54,12 +54,12 @@ class PaperStudy:
         if baseline:
             tags["distill.baseline"] = baseline
         rid = self.client.create_run("0", start_time=self.t, tags=tags).info.run_id
-        correct = [i in right for i in range(N)]
+        correct = [i in right for i in range(self.n)]
         acc, lo, hi = accuracy_with_ci(correct)
         params = {"preset": "paper", "eval_set": "gsm8k-ja", "scoring": "paper", "n_examples": N,
                   "mode": "few-shot" if baseline else "zero-shot", "shots": 4 if baseline else 0}
         metrics = {"accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "n_correct": sum(correct),
-                   "n_total": N}
+                   "n_total": self.n}
         self.client.log_batch(rid, metrics=[Metric(k, float(v), self.t, 0) for k, v in metrics.items()],
                               params=[Param(k, str(v)) for k, v in params.items()])
         rows = [{"id": i, "extracted": "1", "gold": "1" if c else "2", "correct": c} for i, c in zip(IDS, correct)]
@@ -205,6 +205,20 @@ def test_a_run_too_close_to_call_leaves_every_claim_undecided_and_a_rehearsal_sa
     assert "**Rehearsal**: stand-in models under the paper's ids" in md.split("## Table 1: student")[0]
     assert "Reproduction of the paper (a rehearsal: stand-in numbers, not a reproduction): of 6 claims, " \
            "6 not decided" in md
+
+
+def test_two_questions_all_wrong_decide_nothing(tracking, tmp_path):
+    """The rehearsal's case: 2 questions, every answer wrong. Every difference is 0 with nothing to resample; the
+    verdicts and the intervals must say "too few to tell", not "certain" (a width-0 interval, p = 0)."""
+    PaperStudy(n=2).grid({(t, s): set() for t in TEACHERS for s in STUDENTS}, dict.fromkeys(STUDENTS, set()),
+                         dict.fromkeys(TEACHERS, set()))
+    run_id = report(ReportParams(preset="paper"))
+    m = mlflow.get_run(run_id).data.metrics
+    assert m["n_claims_undecided"] == 6, m
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "art")))
+    cells = pd.read_csv(local / "tables" / "reproduction.csv")
+    assert (cells.ci_high == 75).all()                              # 0 of 2 right: up to 75 % is plausible
+    assert cells[cells.table == "Table 1"].paper_in_ci.all() and not cells[cells.table == "Table 3"].paper_in_ci.any()
 
 
 def test_missing_runs_leave_claims_not_tested(tracking, tmp_path):

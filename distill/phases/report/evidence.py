@@ -66,15 +66,21 @@ class Evidence:
 def compare(a: Arm, b: Arm, margin: float = 0.0) -> dict:
     """a − b in points on the questions both have, against `margin` points: the difference and its 95%
     paired-bootstrap interval, and the p of the test that decides (exact McNemar where both arms are single
-    binary answers and the margin is 0, else the two-sided paired-bootstrap p of `a − b = margin`)."""
+    binary answers and the margin is 0, else the two-sided paired-bootstrap p of `a − b = margin`).
+
+    The bootstrap adds one pseudo-question each way (a right and b wrong, a wrong and b right; Bonett and Price's
+    adjustment of a paired difference): without it, answers that are all alike (as on the rehearsal's 2 questions)
+    resample to a single point, an interval of width 0 and p = 0, as if a handful of questions were certain. On
+    1,069 questions it moves the interval by about 0.1 points."""
     ids = sorted(set(a.mean) & set(b.mean), key=lambda i: (len(i), i))
     row = {"n_questions": len(ids), "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_bootstrap": math.nan,
            "only_a": math.nan, "only_b": math.nan, "p_mcnemar": math.nan, "test": "", "p": math.nan}
     if not ids:
         return row
-    va = np.array([a.mean[i] for i in ids]) - margin / 100
-    vb = np.array([b.mean[i] for i in ids])
+    va = np.array([a.mean[i] for i in ids] + [1.0, 0.0]) - margin / 100   # the last two: the pseudo-questions
+    vb = np.array([b.mean[i] for i in ids] + [0.0, 1.0])
     boot = paired_bootstrap(va, vb)
+    boot["diff"] = 100 * float(va[:-2].mean() - vb[:-2].mean())          # the difference shown: the questions' own
     back = {k: round(boot[k] + margin, 9) + 0.0 for k in ("diff", "ci_low", "ci_high")}  # no -0.00 from the shift
     row.update({**back, "p_bootstrap": boot["p_bootstrap"], "test": "paired bootstrap", "p": boot["p_bootstrap"]})
     if margin == 0 and a.binary is not None and b.binary is not None:

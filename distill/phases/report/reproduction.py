@@ -78,9 +78,9 @@ def differences(paper: Paper, preset, eval_set: str, inputs: Inputs) -> list[str
         absent = [m for m in models if m.model not in have]
         if absent:
             given = [str(e.model) for e in getattr(preset, role).values()]
+            has = (given[0] + (", …" if len(given) > 1 else "")) if given else "none"
             out.append(f"{len(absent)} of the paper's {len(models)} {role} not in the preset ({absent[0].model}"
-                       + (", …" if len(absent) > 1 else "") + "; it has " + (given[0] + (", …" if len(given) > 1 else "")
-                                                                         if given else "none") + ")")
+                       + (", …" if len(absent) > 1 else "") + f"; it has {has})")
     runs = [r for seeds in inputs.cells.values() for r in seeds.values()] + list(inputs.teacher_evals.values()) \
         + [r for b in inputs.baselines.values() for r in b.values()]
     rules = sorted({r.scoring or "unknown" for r in runs} - {paper.scoring_rule})
@@ -92,11 +92,13 @@ def differences(paper: Paper, preset, eval_set: str, inputs: Inputs) -> list[str
 def _cell(table: str, teacher: str, student: str, models: tuple[str, str], name: str, paper_value: float,
           run_value: float, arm: Arm | None, n_seeds: int, source: str) -> dict:
     """One cell: the paper's value, this run's with its 95% bootstrap interval over questions (of each
-    question's correctness averaged over seeds, or students for a mean), and whether it holds the paper's."""
+    question's correctness averaged over seeds, or students for a mean, with one right and one wrong
+    pseudo-question so that a few alike answers do not give an interval of width 0), and whether it holds the
+    paper's."""
     lo = hi = math.nan
     n = 0
     if arm is not None and arm.mean:
-        _, lo, hi = accuracy_with_ci(list(arm.mean.values()))
+        _, lo, hi = accuracy_with_ci(list(arm.mean.values()) + [1.0, 0.0])   # one right, one wrong: as compare()
         n = len(arm.mean)
     present = math.isfinite(run_value)
     return {"table": table, "teacher": teacher, "student": student, "teacher_model": models[0],
@@ -193,13 +195,15 @@ def render(paper: Paper, rehearsal: bool, n_questions: list[int], cells: list[di
         md_table(["claim", "A − B", "claimed", "n", "A − B (points)", "95% CI", "test", "p", "p (Holm)", "outcome"],
                  tests), "",
         "- `A − B`: accuracy difference in points on the questions both have, with its 95% paired-bootstrap interval "
-        "(10,000 resamples of questions). `test`: exact McNemar where each side is one answer per question (the "
+        "(10,000 resamples of questions, one pseudo-question added each way). `test`: exact McNemar where each side "
+        "is one answer per question (the "
         "first seed), the paired bootstrap's two-sided p where a side is a mean (over seeds or students) or the "
         "claim is against a margin (`claimed > 5`, `< 5`: the test is of the difference minus 5 points).", "",
         f"### Table 1 and Table 3: the paper's numbers beside this run's ({paper.source('table1')}; "
         f"{paper.source('table3')})", "", cell_md, "",
         "- `this run`: Table 1's and Table 3's value (mean over seeds); `95% CI`: percentile bootstrap over questions "
-        "of each question's correctness (averaged over seeds; over students for `mean`). It covers the sampling of "
+        "of each question's correctness (averaged over seeds; over students for `mean`), with one right and one wrong "
+        "pseudo-question added (else a few alike answers give an interval of width 0). It covers the sampling of "
         "questions only, not the variation between training seeds. `paper in CI`: whether the paper's value lies "
         "inside it. The paper's numbers and their sources: `distill/resources/paper_results.yaml`."])
     return section, summary, counts
