@@ -49,7 +49,8 @@ def _earlier_runs(uri: str) -> dict[str, str]:
         mlflow.log_params({"preset": "paper", "backend": "vllm", "model_source": SEVEN_B, "student": ""})
         mlflow.log_metrics({"tokens_per_second": 1000.0, "model_load_seconds": 10.0})
         ids["evaluate"] = run.info.run_id
-    with mlflow.start_run(tags={"distill.phase": "evaluate", "distill.rehearsal": "true"}):  # a rehearsal: not a GPU rate
+    # a rehearsal's rate is no GPU's: not used
+    with mlflow.start_run(tags={"distill.phase": "evaluate", "distill.rehearsal": "true"}):
         mlflow.log_params({"preset": "paper", "backend": "vllm", "model_source": "Qwen/Qwen2.5-14B-Instruct"})
         mlflow.log_metrics({"tokens_per_second": 5.0, "model_load_seconds": 1.0})
     with mlflow.start_run(tags={"distill.phase": "sft", "distill.student": "qwen2.5-0.5b"}) as run:
@@ -126,9 +127,12 @@ def test_a_reused_step_costs_nothing_and_its_model_is_downloaded_by_the_next_ste
     assert f"cost: {gpu_h * 2:,.2f} ({gpu_h:,.2f} GPU-hours x 2 a GPU-hour)" in "\n".join(lines)
 
 
+RULE = "gpu_hour_price must be a finite number >= 0 (a price per GPU-hour)"
+
+
 @pytest.mark.parametrize("value,message", [
-    ("-1", "gpu_hour_price must be a finite number >= 0 (a price per GPU-hour) (got -1.0); leave it out for the default"),
-    ("nan", "gpu_hour_price must be a finite number >= 0 (a price per GPU-hour) (got nan); leave it out for the default"),
+    ("-1", f"{RULE} (got -1.0); leave it out for the default"),
+    ("nan", f"{RULE} (got nan); leave it out for the default"),
     ("two", "gpu_hour_price: expected a number, got 'two'"),
 ])
 def test_a_bad_price_is_refused_by_name(value, message):
@@ -198,7 +202,8 @@ def test_a_presets_price_is_the_default_and_checked_by_the_same_rule(tmp_path):
     with pytest.raises(DistillError, match=r"negative.yaml.*grid.gpu_hour_price must be a finite number >= 0"):
         check_preset(load_preset(str(tmp_path / "negative.yaml")), [MainParams])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_entry("main", "--preset", "priced.yaml", "--plan", "true", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    proc = run_entry("main", "--preset", "priced.yaml", "--plan", "true", cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": uri})
     assert "  cost: 0.00 (0.00 GPU-hours x 3 a GPU-hour)" in proc.stdout.splitlines(), proc.stdout
 
 

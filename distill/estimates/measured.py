@@ -29,7 +29,8 @@ class Rates:
 def _finished(phase: str) -> list:
     import mlflow
 
-    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"],
+    return mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              order_by=["attributes.start_time DESC"],
                               filter_string=f"tags.`distill.phase` = '{phase}' and attributes.status = 'FINISHED'")
 
 

@@ -60,8 +60,8 @@ def is_hub_id(source: str) -> bool:
 
 def in_local_cache(source: str) -> bool:
     """Whether the Hugging Face cache of this machine holds a snapshot of the model (then nothing is downloaded)."""
-    root = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-                / "hub")
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    root = Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
     snapshots = root / f"models--{source.replace('/', '--')}" / "snapshots"
     return snapshots.is_dir() and any(snapshots.iterdir())
 

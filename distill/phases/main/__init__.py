@@ -78,7 +78,8 @@ class MainParams:
     plan: bool = param(False, unkeyed="prints what would run, runs nothing",
                        help="`true`: print the steps it would run and those it reuses, each with its GPUs, GPU-hours, "
                             "disk and download, and the totals, then stop")
-    gpu_hour_price: float | None = param(None, preset="grid.gpu_hour_price", unkeyed="prices the plan, computes nothing",
+    gpu_hour_price: float | None = param(None, preset="grid.gpu_hour_price",
+                                         unkeyed="prices the plan, computes nothing",
                                          rule=Rule(float, 0, note="a price per GPU-hour"),
                                          help="with `plan=true`: the price of one GPU-hour; the plan adds each step's "
                                               "cost and the total")
@@ -246,7 +247,8 @@ def print_plan(p: MainParams, grid: planner.Grid, steps: list[planner.Step]) -> 
     if p.rehearsal:
         lines.append("  rehearsal: every model a stand-in built on this machine (distill/standins/rehearsal.py): "
                      "nothing downloaded, no GPU, sizes of a few MB")
-    lines += [f"  not checked for reuse, so counted as to run: {', '.join(names)}: {why}" for why, names in unchecked.items()]
+    lines += [f"  not checked for reuse, so counted as to run: {', '.join(names)}: {why}"
+              for why, names in unchecked.items()]
     print("\n".join(lines), flush=True)
     upstream._plan_on_cli_run(lines)  # noqa: SLF001 - the entry points' note on `mlflow run`'s run, shared
 
