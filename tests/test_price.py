@@ -92,7 +92,8 @@ def test_the_paper_plan_is_priced_on_a_cpu_from_assumptions_and_measured_rates(t
     assert rows["teacher 7B"][4] == "15.2" and rows["evaluate teacher 7B"][4] == "0"
     assert "9 models" in out and "6 of 48 steps timed by an earlier run's measured rate, 42 by the assumptions" in out
     # no Hub: the inputs that are not here are said once, and the steps counted as to run
-    assert "not checked for reuse, so counted as to run: translate: could not load openai/gsm8k" in out
+    assert ("not checked for reuse (a plan asks the Hub nothing; this input is not on this machine), so counted as "
+            "to run: translate: could not load openai/gsm8k") in out
     assert proc.stderr.count("Retrying") == 0
 
 

@@ -247,8 +247,8 @@ def print_plan(p: MainParams, grid: planner.Grid, steps: list[planner.Step]) -> 
     if p.rehearsal:
         lines.append("  rehearsal: every model a stand-in built on this machine (distill/standins/rehearsal.py): "
                      "nothing downloaded, no GPU, sizes of a few MB")
-    lines += [f"  not checked for reuse, so counted as to run: {', '.join(names)}: {why}"
-              for why, names in unchecked.items()]
+    lines += [f"  not checked for reuse (a plan asks the Hub nothing; this input is not on this machine), so counted "
+              f"as to run: {', '.join(names)}: {why}" for why, names in unchecked.items()]
     print("\n".join(lines), flush=True)
     upstream._plan_on_cli_run(lines)  # noqa: SLF001 - the entry points' note on `mlflow run`'s run, shared
 
