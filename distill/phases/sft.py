@@ -90,11 +90,13 @@ class SftParams:
 
 def _taking_sft_config_fields(init):
     """SftParams(teacher="7B", num_train_epochs=1): a keyword that is no field of its own is an SFTConfig field,
-    kept in `sft_config` (checked against SFTConfig's fields when settled)."""
+    kept in `sft_config` (checked against SFTConfig's fields when settled); None is not given (the preset's), as an
+    empty value is everywhere else."""
     own = {f.name for f in dataclasses.fields(SftParams)}
 
     def __init__(self, *args, sft_config=None, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k not in own}
+        given = {k: v for k, v in given.items() if v is not None}
         init(self, *args, sft_config={**(sft_config or {}), **given}, **kwargs)
 
     return __init__
