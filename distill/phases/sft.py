@@ -81,10 +81,16 @@ class SftParams:
                                   "(`--<field> <value>`, `-P <field>=<value>`; `--help` gives TRL's help)")
 
     def __getattr__(self, name: str):
-        """A training setting read by its SFTConfig name (`p.num_train_epochs`), once settled."""
+        """A training setting read by its SFTConfig name (`p.num_train_epochs`): the one given (all of them once
+        settled), None where none is given yet; a name that is no SFTConfig field is no attribute."""
         settings = self.__dict__.get("sft_config") or {}
         if name in settings:
             return settings[name]
+        if not name.startswith("_"):
+            from distill.training.sft_config import config_fields
+
+            if name in config_fields():
+                return None
         raise AttributeError(name)
 
 
