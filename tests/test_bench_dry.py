@@ -1,5 +1,5 @@
 """Every benchmark in bench/ runs its `--dry` mode: the same code paths on tiny inputs, so a change in the
-package that breaks a benchmark fails here instead of when someone next measures (bench/gpu_check.py's dry
+package that breaks a benchmark fails here instead of when someone next measures (bench/gpu/gpu_check.py's dry
 mode has its own test, tests/test_gpu_check.py)."""
 
 import json
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPERS = {"_common.py", "_cdp.py", "results.py", "gpu_estimates.py", "gpu_cases.py"}  # imported by the scripts, not scripts themselves
-ELSEWHERE = {"gpu_check.py": "tests/test_gpu_check.py", "gpu_wheels.py": "tests/test_gpu_check.py"}
+# imported by the scripts, not scripts themselves (paths under bench/)
+HELPERS = {"_common.py", "_browser.py", "results.py", "gpu/gpu_estimates.py", "gpu/gpu_cases.py"}
+ELSEWHERE = {"gpu/gpu_check.py": "tests/test_gpu_check.py", "gpu/gpu_wheels.py": "tests/test_gpu_check.py"}
 
 
 def check_teacher_overhead(result):
@@ -65,17 +66,18 @@ def test_the_shard_tail_model_counts_steps_as_its_docstring_says(monkeypatch):
     assert sharded_time([9, 3, 3, 3], 2, 2, 5) == (3 * 7 + 6 * 6) + 3 * 7
 
 
-SCRIPTS = {"shard_tail.py": check_shard_tail, "teacher_overhead.py": check_teacher_overhead, "generation_speed.py": check_generation_speed,
-           "evaluate_backends.py": check_evaluate_backends,
+SCRIPTS = {"shard_tail.py": check_shard_tail, "teacher_overhead.py": check_teacher_overhead,
+           "generation_speed.py": check_generation_speed, "evaluate_backends.py": check_evaluate_backends,
            "sft_throughput.py": check_sft_throughput, "grid_walltime.py": check_grid_walltime,
            "ui_check.py": None}  # ui_check writes no JSON: its dry run checks its page checks on a saved page
 
 
 def test_every_bench_script_has_a_dry_run_here_or_a_test_of_its_own():
-    scripts = {p.name for p in (ROOT / "bench").glob("*.py")} - HELPERS
+    scripts = {p.relative_to(ROOT / "bench").as_posix() for p in (ROOT / "bench").rglob("*.py")} - HELPERS
     assert scripts == set(SCRIPTS) | set(ELSEWHERE)
 
 
+@pytest.mark.slow  # each script in a process of its own: 3-80 s apiece, ~3.5 min together
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_dry_run(script, tmp_path):
     out = tmp_path / "result.json"

@@ -1,4 +1,4 @@
-"""bench/gpu_check.py: the GPU check's dry mode runs every code path on a CPU (the paper path sft -> registry ->
+"""bench/gpu/gpu_check.py: the GPU check's dry mode runs every code path on a CPU (the paper path sft -> registry ->
 evaluate first), its memory formula is the README's, and no benchmark gives a phase text for a yes/no."""
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT / "bench" / "gpu"), str(ROOT / "bench")]  # the GPU scripts, and _common/results they share
 
 
 def test_memory_formula_gives_the_readmes_estimates():
@@ -66,22 +66,25 @@ def test_no_benchmark_passes_text_to_a_yes_no_field():
 
     classes = _params_classes()
     assert {"SftParams", "EvaluateParams"} <= set(classes)
-    slips = []
-    for path in sorted((ROOT / "bench").glob("*.py")):
+    slips, checked = [], set()
+    for path in sorted((ROOT / "bench").rglob("*.py")):  # bench/gpu/ included
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes):
                 continue
+            checked.add(path.relative_to(ROOT).as_posix())
             fields = {f.name: str(f.type) for f in dataclasses.fields(classes[node.func.id])}
             for kw in node.keywords:
                 if "bool" in fields.get(kw.arg, "") and _is_text(kw.value):
                     slips.append(f"{path.name}:{node.lineno} {node.func.id}({kw.arg}={ast.unparse(kw.value)})")
     assert not slips, slips
+    assert "bench/gpu/gpu_cases.py" in checked  # the GPU check's sft and evaluate calls were read
 
 
+@pytest.mark.slow  # every part of the GPU check on a CPU: 43-48 s of CPU time
 def test_dry_mode_runs_the_paper_path_and_every_part(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry", "--peak-tflops", "1",
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu" / "gpu_check.py"), "--dry", "--peak-tflops", "1",
                            "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())

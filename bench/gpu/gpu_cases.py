@@ -1,4 +1,4 @@
-"""The measurements of bench/gpu_check.py, one function each: the model and data it builds, the paper path
+"""The measurements of bench/gpu/gpu_check.py, one function each: the model and data it builds, the paper path
 (`sft` -> registry -> `evaluate`), one `sft` run, plain TRL, batched generation; and the bookkeeping
 around them (peak GPU memory, whether activations were really recomputed)."""
 
@@ -37,7 +37,8 @@ def build_model(folder: Path, shape: dict, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(eos_token_id=[tokenizer.eos_token_id],
+                                               pad_token_id=tokenizer.pad_token_id)
     n_params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
     embedding = config.vocab_size * config.hidden_size
     model.to(torch.bfloat16).save_pretrained(folder)
@@ -130,8 +131,8 @@ class CheckpointingProbe:
 
     def result(self) -> dict:
         factor = self.mlp_calls / (self.forwards * len(self.mlps)) if self.forwards and self.mlps else None
-        return {"recompute_factor": factor, "gradient_checkpointing_observed": None if factor is None else factor > 1.5,
-                "probed_steps": self.forwards}
+        observed = None if factor is None else factor > 1.5
+        return {"recompute_factor": factor, "gradient_checkpointing_observed": observed, "probed_steps": self.forwards}
 
 
 # --------------------------------------------------------------------------- measurements
@@ -179,7 +180,8 @@ class StepClock:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         t, tokens = now(), self.counter.real_tokens
-        if self.last is not None and t > self.last[0] and tokens > self.last[1]:  # as sft's logger: no new batch, no figure
+        # as sft's logger: no new batch, no figure
+        if self.last is not None and t > self.last[0] and tokens > self.last[1]:
             self.per_step.append((tokens - self.last[1]) / (t - self.last[0]))
         self.last = (t, tokens)
 
@@ -261,10 +263,10 @@ def drop_artifacts(run_id: str) -> None:
 def paper_path(student: str, train_file: Path, eval_set: str, eval_limit: int, eval_max_new_tokens: int,
                gpu: Gpu, out: dict) -> None:
     """What `main` does for one cell, in miniature: `sft` with the `paper` preset's settings as they are
-    (one epoch here), its checkpoint uploaded (and removed once the model is logged: keep_checkpoints=last), the student logged, loaded back and generating, registered
-    with its aliases; then `evaluate` of the registered version with the transformers backend, which tags
-    the version with its accuracy. Fills `out` as each stage ends (`sft`, `registry`, `evaluate`), so what
-    came before a failure is kept."""
+    (one epoch here), its checkpoint uploaded (and removed once the model is logged: keep_checkpoints=last), the
+    student logged, loaded back and generating, registered with its aliases; then `evaluate` of the registered
+    version with the transformers backend, which tags the version with its accuracy. Fills `out` as each stage
+    ends (`sft`, `registry`, `evaluate`), so what came before a failure is kept."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -278,8 +280,8 @@ def paper_path(student: str, train_file: Path, eval_set: str, eval_limit: int, e
     t = now()
     with CheckpointingProbe() as probe:
         sft_id = sft_run(params)
-    out["sft"] = {"run_id": sft_id, "phase_seconds": now() - t, **gpu.peak(), **train_metrics(sft_id), **requested(params),
-           **logged_settings(sft_id), **probe.result()}
+    out["sft"] = {"run_id": sft_id, "phase_seconds": now() - t, **gpu.peak(), **train_metrics(sft_id),
+                  **requested(params), **logged_settings(sft_id), **probe.result()}
     tags = mlflow.get_run(sft_id).data.tags
     name, version, uri = tags.get(REGISTERED_MODEL), tags.get(REGISTERED_VERSION), tags.get(MODEL_URI)
     client = MlflowClient()

@@ -1,4 +1,4 @@
-"""Estimates for bench/gpu_check.py: peak memory by the README's formula, training FLOPs per token and
+"""Estimates for bench/gpu/gpu_check.py: peak memory by the README's formula, training FLOPs per token and
 the dense bf16 peak of a GPU by its name (tests/test_gpu_check.py checks them against the README)."""
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""The wheels to carry to a lent GPU machine (no network there): downloads exactly bench/gpu_wheels.txt into
+"""The wheels to carry to a lent GPU machine (no network there): downloads exactly bench/gpu/gpu_wheels.txt into
 `.whl/` for its Python (3.12, manylinux x86_64) and checks that the set is whole and within the limit of
 what travels with a call (64 MiB).
 
-    python bench/gpu_wheels.py                       # fetch into .whl/ (git-ignored), check, print the run command
-    python bench/gpu_wheels.py --check               # check what .whl/ holds, fetch nothing
-    python bench/gpu_wheels.py --python-version 3.11 --dest /tmp/whl311   # the same set for a local test venv
+    python bench/gpu/gpu_wheels.py                       # fetch into .whl/ (git-ignored), check, print the run command
+    python bench/gpu/gpu_wheels.py --check               # check what .whl/ holds, fetch nothing
+    python bench/gpu/gpu_wheels.py --python-version 3.11 --dest /tmp/whl311   # the same set for a local test venv
 
-There: `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` and PYTHONPATH=/tmp/site (README, "GPU check").
+There: `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` and PYTHONPATH=/tmp/site (bench/gpu/README.md).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-LIST = ROOT / "bench" / "gpu_wheels.txt"
+ROOT = Path(__file__).resolve().parents[2]
+LIST = Path(__file__).with_name("gpu_wheels.txt")
 LIMIT_BYTES = 64 * 2**20        # the working tree and carried paths of one call, together
 # pip matches a platform tag exactly: every manylinux glibc level up to the machine's (Ubuntu 24.04: 2.39)
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(17, 40)] + ["manylinux2014_x86_64", "manylinux1_x86_64"]

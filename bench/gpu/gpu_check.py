@@ -26,11 +26,11 @@ in matmuls, L layers, h hidden, T mean sequence length; recomputation under chec
 on real tokens (padding excluded), steady state (median per-step tokens/s after the first step). The peak
 is looked up from the GPU's name (`--peak-tflops` overrides).
 
-    python bench/gpu_check.py              # one H100/H200: ~5 minutes, writes bench/out/gpu_check-<time>.json
-    python bench/gpu_check.py --dry        # the same code paths on a CPU with a tiny config (CI runs it)
+    python bench/gpu/gpu_check.py              # one H100/H200: ~5 minutes, writes bench/out/gpu_check-<time>.json
+    python bench/gpu/gpu_check.py --dry        # the same code paths on a CPU with a tiny config (CI runs it)
 
 Parts left when `--budget` seconds have passed are recorded as skipped, so a run always ends in time. On a
-machine without TRL, MLflow or datasets: bench/gpu_wheels.py lists and fetches the wheels to carry.
+machine without TRL, MLflow or datasets: bench/gpu/gpu_wheels.py lists and fetches the wheels to carry.
 """
 
 from __future__ import annotations
@@ -43,11 +43,25 @@ import statistics
 import sys
 import traceback
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/: _common, results
+
 from _common import log, now, temp_tracking_store  # noqa: E402  (sets the offline environment first)
-from gpu_cases import (DRY, QWEN25_05B, STUDENT_DIR, Gpu, build_model, failure, generation_case, paper_path,
-                       sequence_lengths, sft_case, training_rows, trl_default_case)
-from gpu_estimates import flops_per_token, generation_memory_estimate, peak_tflops, sft_memory_estimate
-from results import Results, add_common_args
+from gpu_cases import (  # noqa: E402
+    DRY,
+    QWEN25_05B,
+    STUDENT_DIR,
+    Gpu,
+    build_model,
+    failure,
+    generation_case,
+    paper_path,
+    sequence_lengths,
+    sft_case,
+    training_rows,
+    trl_default_case,
+)
+from gpu_estimates import flops_per_token, generation_memory_estimate, peak_tflops, sft_memory_estimate  # noqa: E402
+from results import Results, add_common_args  # noqa: E402
 
 GEN_BATCHES = (1, 16, 64)
 
@@ -56,7 +70,8 @@ GEN_BATCHES = (1, 16, 64)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--examples", type=int, default=None, help="training examples (default 1024; dry 16)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default 256; dry 4)")
     ap.add_argument("--eval-limit", type=int, default=None, help="MGSM-ja questions evaluated (default 32; dry 4)")
@@ -144,9 +159,10 @@ def main(argv=None) -> int:
                 log(f"{name}: {res['status']}: {res['message']}")
                 return
             mfu = "-" if res["mfu"] is None else f"{100 * res['mfu']:.1f}%"
-            log(f"{name}: {res['steady_tokens_per_second'] or 0:.0f} tokens/s steady ({res['train_tokens_per_second']:.0f} "
-                f"over train()), MFU {mfu}, padding {100 * res['padding_fraction']:.1f}%, recompute x"
-                f"{res['recompute_factor'] or 0:.1f}, peak {res['peak_allocated_gb'] or '-'} GB "
+            log(f"{name}: {res['steady_tokens_per_second'] or 0:.0f} tokens/s steady "
+                f"({res['train_tokens_per_second']:.0f} over train()), MFU {mfu}, "
+                f"padding {100 * res['padding_fraction']:.1f}%, recompute x{res['recompute_factor'] or 0:.1f}, "
+                f"peak {res['peak_allocated_gb'] or '-'} GB "
                 f"(estimate {res['estimate_gb']['allocated']:.1f} GB)")
 
         # ---- warm-up (CUDA, cuBLAS, the Trainer): one short run, not recorded; a CPU has nothing to warm
@@ -193,7 +209,8 @@ def main(argv=None) -> int:
             try:
                 res = with_estimate(trl_default_case(model_dir, rows, tmp / "trl-default", gpu))
             except Exception as e:  # noqa: BLE001 - recorded; the other parts still run
-                res = {"case": "trl SFTTrainer defaults", "status": "failed", "message": failure(e), "batching": "padded"}
+                res = {"case": "trl SFTTrainer defaults", "status": "failed", "message": failure(e),
+                       "batching": "padded"}
             sft_results.append(res)
             say_sft("plain TRL defaults", res)
 
@@ -235,14 +252,17 @@ def main(argv=None) -> int:
                  [[r["case"], r["status"], f"{r.get('steady_tokens_per_second') or 0:.0f}",
                    f"{r.get('train_tokens_per_second') or 0:.0f}", pct(r.get("mfu")), pct(r.get("padding_fraction")),
                    "-" if r.get("recompute_factor") is None else f"x{r['recompute_factor']:.1f}",
-                   gb(r.get("peak_allocated_gb")), gb(r.get("estimate_gb", {}).get("allocated"))] for r in sft_results])
+                   gb(r.get("peak_allocated_gb")), gb(r.get("estimate_gb", {}).get("allocated"))]
+                  for r in sft_results])
     if "evaluate" in paper:
         ev = paper["evaluate"]
         report.table(["paper path", "seconds", "tokens/s", "peak GB", "what"],
-                     [["sft (register)", f"{paper_sft['phase_seconds']:.0f}", f"{paper_sft['steady_tokens_per_second'] or 0:.0f}",
-                       gb(paper_sft["peak_allocated_gb"]), f"{paper['registry']['name']} v{paper['registry']['version']}"],
+                     [["sft (register)", f"{paper_sft['phase_seconds']:.0f}",
+                       f"{paper_sft['steady_tokens_per_second'] or 0:.0f}", gb(paper_sft["peak_allocated_gb"]),
+                       f"{paper['registry']['name']} v{paper['registry']['version']}"],
                       ["evaluate", f"{ev['phase_seconds']:.0f}", f"{ev['tokens_per_second']:.0f}",
-                       gb(ev["peak_allocated_gb"]), f"{ev['n_total']:.0f} x {ev['max_new_tokens']} tokens, batch {ev['batch_size']}"]])
+                       gb(ev["peak_allocated_gb"]),
+                       f"{ev['n_total']:.0f} x {ev['max_new_tokens']} tokens, batch {ev['batch_size']}"]])
     report.table(["generation batch", "prompts", "new tokens", "tokens/s", "peak GB", "estimate GB"],
                  [[g["batch_size"], g["prompts"], g["new_tokens"], f"{g['tokens_per_second']:.0f}",
                    gb(g["peak_allocated_gb"]), gb(g["estimate_gb"]["allocated"])] for g in gen_results])
@@ -254,12 +274,14 @@ def main(argv=None) -> int:
         "device": device, "peak_bf16_tflops": peak,
         "model": {**model, "shape": "dry (tiny)" if args.dry else "Qwen2.5-0.5B", "random_weights": True},
         "data": {"examples": args.examples, "tokens": sum(lengths), "min": min(lengths), "max": max(lengths),
-                 "mean": mean_seq, "source": "shipped GSM8K questions + reference solutions, prompt format of the study"},
+                 "mean": mean_seq,
+                 "source": "shipped GSM8K questions + reference solutions, prompt format of the study"},
         "flops_per_token": fpt,
         "paper_path": paper or None,
         "sft": sft_results,
-        "paper_settings_vs_plain_trl": (paper_sft["steady_tokens_per_second"] / trl_default["steady_tokens_per_second"]
-                                        if paper_sft and trl_default and trl_default["steady_tokens_per_second"] else None),
+        "paper_settings_vs_plain_trl": (
+            paper_sft["steady_tokens_per_second"] / trl_default["steady_tokens_per_second"]
+            if paper_sft and trl_default and trl_default["steady_tokens_per_second"] else None),
         "generation": gen_results,
         "skipped": skipped,
         "failures": failures,
