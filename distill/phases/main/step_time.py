@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import logging
 
-console = logging.getLogger(__name__)
+from distill.estimates.cost_metrics import ESTIMATED_GPU_SECONDS, ESTIMATED_WALL, GPU_SECONDS, GPUS, WALL
 
-WALL, GPUS, GPU_SECONDS = "wall_seconds", "gpus", "gpu_seconds"
-ESTIMATED_WALL, ESTIMATED_GPU_SECONDS = "estimated_wall_seconds", "estimated_gpu_seconds"
+console = logging.getLogger(__name__)
 
 
 def estimates_for(p, grid, steps) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from distill.phases.main.step_time import ESTIMATED_GPU_SECONDS, ESTIMATED_WALL, GPU_SECONDS, WALL
+from distill.estimates.cost_metrics import ESTIMATED_GPU_SECONDS, ESTIMATED_WALL, GPU_SECONDS, WALL
 from distill.tracking import lineage
 
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
