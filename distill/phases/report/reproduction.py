@@ -156,7 +156,8 @@ def _in_ci(v) -> str:
 def in_ci(cells: list[dict]) -> str:
     compared = [c["paper_in_ci"] for c in cells if c["paper_in_ci"] is not None]
     return (f"The paper's value lies inside this run's 95% interval for {sum(compared)} of the {len(compared)} "
-            f"numbers of Table 1 and Table 3 this run has (of {len(cells)}).")
+            "numbers of Table 1 and Table 3 this run has"
+            + (f" (the paper prints {len(cells)})." if len(compared) < len(cells) else "."))
 
 
 def render(paper: Paper, rehearsal: bool, n_questions: list[int], cells: list[dict],
