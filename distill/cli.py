@@ -292,10 +292,7 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
         check_preset(preset, [params_cls])  # the preset's values this entry point may read, by their rules
         if module.__name__.rsplit(".", 1)[-1] in TRAINS:
-            from distill.config.params import preset_file_name
-            from distill.training.sft_config import check_preset_block
-
-            check_preset_block(preset.sft, preset_file_name(preset))
+            check_sft_block(preset, preset_name or "offline", in_a_child=module.__name__ == "distill.phases.main")
         from distill.phases.main.targets import KNOBS
 
         builds = phase in KNOBS  # an entry point that builds its upstream (distill.phases.main.upstream)
@@ -341,3 +338,20 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         sys.exit(exit_code(e))
     finally:
         restore(handlers)
+
+
+def check_sft_block(preset, name: str, in_a_child: bool) -> None:
+    """The preset's `sft:` block, checked against TRL's SFTConfig before anything runs; for `main` in a child
+    process (~3 s), as its own process imports no TRL, torch or transformers (each step loads them in its own)."""
+    if not in_a_child:
+        from distill.config.params import preset_file_name
+        from distill.training.sft_config import check_preset_block
+
+        check_preset_block(preset.sft, preset_file_name(preset))
+        return
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "distill.training.sft_config", name], capture_output=True, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise DistillError(lines[-1] if done.returncode == 2 else f"checking the preset's sft: block failed: {lines[-1]}")

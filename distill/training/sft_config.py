@@ -171,3 +171,24 @@ def options_help() -> str:
     for group in parser._action_groups:
         group._group_actions = [a for a in group._group_actions if a.dest in shown]
     return parser.format_help()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m distill.training.sft_config PRESET`: the preset's `sft:` block checked in a process of its own,
+    for `main`, whose parent process imports no TRL (every model loads in a step process): exit 2 and the one
+    line on a bad key or value."""
+    import sys
+
+    from distill.config.params import preset_file_name
+    from distill.config.presets import load_preset
+
+    preset = load_preset((argv if argv is not None else sys.argv[1:])[0])
+    try:
+        check_preset_block(preset.sft, preset_file_name(preset))
+    except DistillError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
