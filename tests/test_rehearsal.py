@@ -61,6 +61,7 @@ KEYS = {
     "sft.seeds": "read by no code: main takes grid.seeds",
     **{f"baseline.{k}": "baseline evaluate params" for k in ("mode", "shots", "repetition_penalty")},
     **{f"grid.{k}": "main params" for k in ("teachers", "students", "seeds")}, "grid.eval_limit": "overridden: limit",
+    "grid.gpu_hour_price": "main -P plan=true only (tests/test_price.py)",
     "judge.model": "errors params.judge_model", "judge.base_url": "overridden: judge_base_url (stand-in judge)",
     "judge.teachers": "errors runs only for these teachers",
     "sweep.n_trials": "sweep run params",
