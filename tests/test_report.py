@@ -347,6 +347,7 @@ def test_exact_mcnemar_p_matches_scipy_binomtest():
         binomial_two_sided_half(5, 3)
 
 
+@pytest.mark.slow
 def test_plotly_js_is_stored_once_per_experiment_and_served_where_the_ui_fetches_it(mlflow_server, tmp_path):
     """Two reports through the real CLI on a real server: one plotly.js run between them, each report run ~80 KB
     instead of 4.9 MB, and the URL the UI's artifact viewer builds from the HTML serves the script."""

@@ -138,6 +138,7 @@ def test_empty_training_set(study, tmp_path):
         sft(SftParams(teacher="7B", student="qwen2.5-0.5b", train_file=str(empty)))
 
 
+@pytest.mark.slow
 def test_killed_sft_resumes_from_its_last_checkpoint(study):
     args = [sys.executable, str(ROOT / "entrypoints" / "sft.py"), "--teacher", "72B", "--student", "qwen2.5-0.5b",
             "--per_device_train_batch_size", "1", "--num_train_epochs", "3", "--save_steps", "4", "--seed", "3",
@@ -170,6 +171,7 @@ def test_killed_sft_resumes_from_its_last_checkpoint(study):
     assert killed and all(checkpoints.uploaded(r) == [] for r in killed + [final.info.run_id])
 
 
+@pytest.mark.slow
 def test_accelerate_launch_single_process(study):
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
