@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import ROOT, free_port
 
+pytestmark = pytest.mark.slow  # a team's server (basic-auth over PostgreSQL) and users' phases in processes: ~2 min
+
 USERS = ("alice", "bob", "carol")  # alice: EDIT on the experiment; carol: READ; bob: nothing
 EXPERIMENT = "distill-offline"
 ENV_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -152,7 +154,7 @@ def test_a_granted_user_runs_phases_with_credentials_from_the_environment(postgr
     translated = postgres.query(team["db"], "SELECT value FROM tags WHERE run_uuid = %s AND key = "
                                             "'distill.translation_run_id'", teacher_run)[0][0]
     assert translated == next(run for run, *_, phase in rows if phase == "translate")
-    files = [p for p in (team["root"] / "artifacts").rglob("*.jsonl")]
+    files = list((team["root"] / "artifacts").rglob("*.jsonl"))
     assert any(teacher_run in str(p) for p in files) and any(translated in str(p) for p in files)
     # the experiment the admin made got the preset's description from the first phase
     note = postgres.query(team["db"], "SELECT value FROM experiment_tags WHERE experiment_id = %s AND key = "

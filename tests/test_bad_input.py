@@ -166,7 +166,7 @@ def _nan_student(src: Path, dst: Path) -> Path:
 
 
 def test_non_finite_training_fails_the_run_at_its_step_and_registers_nothing(tmp_path, tiny_student):
-    student = _nan_student(tiny_student, tmp_path / "nan-student")
+    _nan_student(tiny_student, tmp_path / "nan-student")  # the folder --student names
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"prompt": f"問題: {i}+1は？\n", "completion": f"解答: {i + 1}"},
                                         ensure_ascii=False) + "\n" for i in range(8)))
@@ -227,6 +227,7 @@ def _start(args, env, cwd):
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_two_identical_steps_at_once_one_works_the_other_reuses(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -244,6 +245,7 @@ def test_two_identical_steps_at_once_one_works_the_other_reuses(mlflow_server, t
     assert sum("waiting for RUNNING run" in e for e in errs) <= 1
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_marked_killed_by_the_next_try_which_takes_over(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -270,6 +272,7 @@ def test_a_killed_run_is_marked_killed_by_the_next_try_which_takes_over(mlflow_s
     assert [r.info.status for r in new] == ["FINISHED"] and dead in new[0].data.tags["distill.resumed_from"]
 
 
+@pytest.mark.slow
 def test_relative_file_parameters_resolve_where_mlflow_run_was_typed(tmp_path):
     (tmp_path / "mine.jsonl").write_text('{"question": "x", "answer_number": "12abc"}\n')
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -317,6 +320,7 @@ def _store_runs(uri: str) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+@pytest.mark.slow
 def test_sft_refuses_what_its_training_set_cannot_train_before_a_run_exists(tmp_path):
     """Known only once the rows are read: a schedule under one optimizer step (HF Trainer would round it up
     to a step and register the model), a max_length no prompt leaves an answer token in (TRL: "num_samples
@@ -346,6 +350,7 @@ def test_main_plan_prints_the_grid_and_runs_nothing(tmp_path):
     assert _store_runs(uri) == []
 
 
+@pytest.mark.slow
 def test_a_refusal_under_mlflow_run_exits_1_and_leaves_mlflows_own_run_failed(tmp_path):
     """The README's exit codes: 2 from the entry point; `mlflow run` turns any failure into 1 and ends the run it
     opened FAILED (MLflow's behaviour). Nothing else is left."""

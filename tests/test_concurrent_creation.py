@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # commands and workers started together in processes on new stores: ~5 min
+
 ROUNDS, WORKERS = 3, 4
 
 

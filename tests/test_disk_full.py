@@ -24,6 +24,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # entry points and `main` on a full filesystem, end to end: ~5 min
+
 MB = 1_000_000
 
 

@@ -19,6 +19,7 @@ def _last_run(uri, experiment="distill-offline"):
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0], client
 
 
+@pytest.mark.slow
 def test_evaluate_logs_metrics_tags_dataset_and_table(mlflow_server, tmp_path):
     run_entry("evaluate", "--model", "qwen2.5-0.5b", "--preset", "offline", "--eval_set", "mgsm-ja",
               "--limit", "12", env={"MLFLOW_TRACKING_URI": mlflow_server}, cwd=tmp_path)
@@ -52,6 +53,7 @@ def test_evaluate_logs_metrics_tags_dataset_and_table(mlflow_server, tmp_path):
     assert "correct" in table["columns"] and len(table["data"]) == 12
 
 
+@pytest.mark.slow
 def test_teacher_few_shot_and_reuse(mlflow_server, tmp_path):
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
     run_entry("evaluate", "--model", "7B", "--preset", "offline", "--limit", "3", "--max_new_tokens", "8",
@@ -233,7 +235,7 @@ def test_student_evaluations_pivot_by_teacher_and_student_params(tracking, tmp_p
             client.set_terminated(run.info.run_id)
             sft_runs[(t, s)] = run.info.run_id
     answers = {"7B": "7", "72B": "8"}  # gold 7, 7, 8, 9: the 7B students score 50%, the 72B students 25%
-    for (t, s), sft_id in sft_runs.items():
+    for (t, _), sft_id in sft_runs.items():
         with OpenAIStub(lambda kind, body, a=answers[t]: f"解答: {a}") as server:
             evaluate(EvaluateParams(model=sft_id, backend="openai", base_url=server.base_url,
                                     eval_set=str(_jsonl(tmp_path))))

@@ -10,7 +10,7 @@ import requests
 import yaml
 
 from distill import DistillError
-from distill.config.presets import PRESET_DIR, load_preset
+from distill.config.presets import PRESET_DIR
 from distill.phases.main import MainParams, run as run_main
 from tests.conftest import run_entry
 
@@ -128,6 +128,7 @@ def test_ray_main_on_a_postgresql_server_names_a_failed_step_finishes_the_rest_a
             mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
 def test_a_gpu_steps_worker_exits_after_its_task(tmp_path):
     ray = pytest.importorskip("ray")
     from distill.phases.main.executors import execute_step, execute_step_in_fresh_worker

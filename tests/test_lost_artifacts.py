@@ -8,12 +8,13 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from distill.tracking import lineage
 from tests.conftest import run_entry
+
+pytestmark = pytest.mark.slow  # the sft entry point building its whole upstream, three times
 
 NAME = "offline-student-qwen2.5-0.5b"
 SFT = ("sft", "--teacher", "7B", "--student", "qwen2.5-0.5b")

@@ -15,6 +15,8 @@ from distill.tracking import lineage, phase_runs as tr
 from tests import mini_study
 from tests.conftest import ROOT, start_mlflow_server
 
+pytestmark = pytest.mark.slow  # a PostgreSQL-backed server and two sweep workers in processes: ~4 min
+
 
 @pytest.fixture(scope="module")
 def pg_mlflow(postgres, tmp_path_factory):

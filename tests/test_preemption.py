@@ -80,6 +80,7 @@ def _shards_of_running(client: MlflowClient, phase: str, at_least: int):
     return None
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_step_process_ends_its_runs_like_ctrl_c_and_keeps_its_shards(tmp_path):
     """A teacher entry point (building its translation first) preempted with SIGTERM mid-generation: exit 143,
     one line, its runs KILLED (before: the process vanished, 3 runs RUNNING, a resource_tracker warning)."""
@@ -110,6 +111,7 @@ def _step_holding_work(client: MlflowClient):
     return None
 
 
+@pytest.mark.slow
 def test_sigterm_to_main_mid_step_ends_main_and_its_step(tmp_path):
     """SIGTERM to `main` alone (Kubernetes signals the container's first process): it passes the stop on to the
     step's process group as a ^C, the step ends its run KILLED, `main` ends its own; exit 143, one line."""
@@ -171,7 +173,7 @@ def test_a_rerun_after_kill_9_takes_over_at_once_and_leaves_no_run_running(tmp_p
     for i, point in enumerate(["a step holding a claim", "between steps", "evaluate", None]):
         before = len(_steps(client, "FINISHED"))
         ready = {"a step holding a claim": lambda: _step_holding_work(client),
-                 "between steps": lambda: _between_steps(client, before),
+                 "between steps": lambda before=before: _between_steps(client, before),
                  "evaluate": lambda: _phase_running(client, "evaluate")}.get(point)
         started = time.time()
         proc = _started(command, tmp_path, env, f"try{i}.log")

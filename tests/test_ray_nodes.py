@@ -6,8 +6,10 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.phases.main import executors, planner, MainParams
+from distill.phases.main import MainParams, executors, planner
 from distill.phases.select import SelectParams
+
+pytestmark = pytest.mark.slow  # a Ray cluster of three nodes in processes
 
 
 @pytest.fixture(scope="module")

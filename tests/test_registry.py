@@ -55,6 +55,7 @@ def full(tmp_path_factory):
     yield {"root": root, "env": env, "client": client, "v1": client.get_model_version_by_alias(NAME, "teacher-7b")}
 
 
+@pytest.mark.slow  # the sft entry point builds the whole upstream first (the `full` fixture)
 @pytest.mark.parametrize("args,reason", [
     (("--limit", "8"), "limit=8 of 32 examples"),
     (("--num_train_epochs", "1"), "num_train_epochs=1 (preset: 2)"),
@@ -94,6 +95,7 @@ def _killed_after_registering(full, seed: str) -> str:
     return new.run_id
 
 
+@pytest.mark.slow
 def test_a_version_registered_by_a_try_killed_before_it_finished_is_deleted_by_the_next_try(full):
     from tests.conftest import run_entry
 

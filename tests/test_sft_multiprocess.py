@@ -26,6 +26,8 @@ from distill.tracking.registry import registered_name
 from distill.training import checkpoints
 from tests.conftest import ROOT, free_port
 
+pytestmark = pytest.mark.slow  # torchrun launches of two processes (DDP, FSDP2, a killed rank)
+
 STUDENT = "qwen2.5-0.5b"
 SEED = 5
 # 16 rows at batch 8: 2 optimizer steps an epoch, 4 in all, no short last batch (which several processes fill

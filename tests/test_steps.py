@@ -8,9 +8,11 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.tracking import phase_runs
-from distill.tracking import phase_runs as phase_tracking  # where a test's `tracking` is conftest's store fixture
 from distill.phases import main as pipeline
+from distill.tracking import (
+    phase_runs,
+    phase_runs as phase_tracking,  # where a test's `tracking` is conftest's store fixture
+)
 from tests import step_fixtures
 from tests.step_fixtures import FixtureParams
 
@@ -126,6 +128,7 @@ def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(
     assert out == ["True", "0", "0", "1", "1.0"], err
 
 
+@pytest.mark.slow
 def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(tmp_path):
     """The step server sets up a brand-new SQLite store itself when it gets there first; a `main` that ends
     then (bad input, an early error) waits for the setup instead of leaving a half-made file behind."""
@@ -215,6 +218,7 @@ def _gone_within(pid: int, seconds: float) -> bool:
     return False
 
 
+@pytest.mark.slow  # a step killed (or left) with a grandchild, in processes: 18-140 s each here
 @pytest.mark.parametrize("how,signal_name", [("leave", None), ("hold", "SIGKILL"), ("hold", "SIGTERM"),
                                              ("hold", "SIGINT")])
 def test_what_a_step_started_ends_with_it(tmp_path, how, signal_name):

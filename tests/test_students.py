@@ -19,6 +19,8 @@ from distill.students import DASH, main as students_main
 from tests.conftest import ROOT
 from tests.mini_study import Sizes
 
+pytestmark = pytest.mark.slow  # a registered student on the preset's full data, then `mlflow run`: ~5 min
+
 NAME = "offline-student-qwen2.5-0.5b"
 SFT_PAGE = (ROOT / "docs" / "sft.md").read_text(encoding="utf-8")  # what the docs tell a user to type
 

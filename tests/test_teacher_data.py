@@ -11,12 +11,15 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.phases.select import SelectParams, choose, qualifying_ids
-from distill.phases.select import run as select
-from distill.phases.teacher import TeacherParams
-from distill.phases.teacher import run as teacher
-from distill.phases.translate import TranslateParams, clean_translation, missing_numbers, translation_flag
-from distill.phases.translate import run as translate
+from distill.phases.select import SelectParams, choose, qualifying_ids, run as select
+from distill.phases.teacher import TeacherParams, run as teacher
+from distill.phases.translate import (
+    TranslateParams,
+    clean_translation,
+    missing_numbers,
+    run as translate,
+    translation_flag,
+)
 from tests.conftest import ROOT
 
 
@@ -109,7 +112,7 @@ def test_pipeline_lineage_and_reuse(translated, capfd):
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train-7B", "train-72B"}
     assert all(d.dataset.digest for d in run.inputs.dataset_inputs)
     dev = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{sel}/dev.jsonl").splitlines()]
-    assert len(dev) == 4 and not set(d["id"] for d in dev) & set(ids)
+    assert len(dev) == 4 and not {d["id"] for d in dev} & set(ids)
 
 
 def test_select_bad_input(translated):
@@ -130,6 +133,7 @@ def test_select_bad_input(translated):
     assert select(SelectParams(n=50, teacher_runs=f"{t7},{t14}", allow_fewer=True))
 
 
+@pytest.mark.slow
 def test_teacher_killed_halfway_resumes_and_holds_each_answer_once(translated, tracking, tmp_path):
     args = [sys.executable, str(ROOT / "entrypoints" / "teacher.py"), "--teacher", "7B", "--shard_size", "2",
             "--batch_size", "1", "--max_new_tokens", "48"]

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.vllm_cpu
+pytestmark = [pytest.mark.vllm_cpu, pytest.mark.slow]  # vLLM's engine on a CPU: minutes
 
 
 def _vllm_cpu() -> bool:
