@@ -4,13 +4,13 @@
     python bench/ui_check.py                  # runs `main --preset offline` in a temp folder first (minutes)
     python bench/ui_check.py --dry            # the page checks on a saved page (bench/fixtures/), seconds
 
-    python bench/ui_check.py --store DIR --screenshots docs/   # also the README's PNGs
+    python bench/ui_check.py --store DIR --screenshots docs/   # also the docs' PNGs
 
 Starts `mlflow ui` on a free loopback port over that store, opens the links the project writes
 (distill.tracking.ui_links) in headless Chromium driven by Playwright in a fresh profile (bench/_browser.py;
 Debian: `apt-get install chromium`; the check is skipped, exit 0 with a note, without it or without playwright),
 with every non-loopback host name unresolvable, and asserts on:
-- every page in Model training mode: the sidebar has Runs and Model registry, not the GenAI Overview;
+- every page in Model training mode: the sidebar has Model registry, not the GenAI Overview;
 - the study's runs table: the student evaluations grouped by teacher;
 - the main run's page: its description shows Table 1 and links the report run and report.md;
 - the compare page of the student evaluations: the params `teacher`, `student`, `seed`, `role` and readable
@@ -196,8 +196,8 @@ def dry_run() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", help="folder where an offline main ran (mlflow.db, mlruns/)")
-    ap.add_argument("--screenshots", help="folder for PNGs of the main run, the compare view, a model version and "
-                                          "Fig. 1 in the artifact viewer (the README's are in docs/)")
+    ap.add_argument("--screenshots", help="folder for PNGs of the study's runs table, the main run, the compare view, "
+                                          "a model version and Fig. 1 in the artifact viewer (the docs' are in docs/)")
     ap.add_argument("--dry", action="store_true", help="the page checks on a saved page, seconds (CI runs it)")
     args = ap.parse_args()
     if args.dry:

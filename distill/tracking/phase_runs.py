@@ -73,8 +73,10 @@ def notify_phase_run(pr: PhaseRun) -> PhaseRun:
 
 
 def _run_name(phase: str, tags: dict[str, str]) -> str:
+    """`sft-7B-qwen2.5-0.5b-seed42`: a grid cell's runs named by teacher, student and seed (as an evaluation's
+    `evaluate-student-qwen2.5-0.5b-7B-seed42`), so that two seeds' runs differ in the runs table."""
     parts = [phase] + [tags[t] for t in (lineage.TEACHER, lineage.STUDENT) if tags.get(t)]
-    return "-".join(parts)
+    return "-".join(parts + ([f"seed{tags[lineage.SEED]}"] if tags.get(lineage.SEED) else []))
 
 
 @contextmanager

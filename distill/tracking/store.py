@@ -7,7 +7,7 @@ import logging
 import os
 
 from distill import DistillError
-from distill.tracking import lineage, server_auth
+from distill.tracking import lineage, server_auth, ui_links
 from distill.tracking.redact import redact_uri
 from distill.tracking.schema_lock import creation_lock, dialect, sqlite_lock
 from distill.tracking.store_uri import check_tracking_uri, scheme, store_open_failed
@@ -173,6 +173,9 @@ def use_preset_experiment(preset) -> str | None:
             if client.get_experiment_by_name(name) is None:
                 reason = getattr(e, "message", str(e)).splitlines()[0]
                 raise DistillError(f"cannot create the experiment {name!r} at {redact_uri(uri)} ({reason})") from None
+    if exp is None or ui_links.EXPERIMENT_KIND_TAG not in exp.tags:  # the preset's experiment is this project's
+        exp = exp or client.get_experiment_by_name(name)
+        ui_links.label_experiment(client, exp.experiment_id, created=True)
     os.environ["MLFLOW_EXPERIMENT_NAME"] = name  # step processes and Ray tasks inherit it
     mlflow.set_experiment(name)
     return name

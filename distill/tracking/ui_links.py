@@ -45,9 +45,10 @@ def compare_runs(experiment_id: str, run_ids: list[str]) -> str:
                   experiments=json.dumps([experiment_id], separators=(",", ":")))
 
 
-def models() -> str:
-    """The Model registry: the registered students."""
-    return _route("/models")
+def registered_model(name: str) -> str:
+    """A registered model's page: its versions and aliases. (MLflow's list of all models drops a link's query,
+    so it opens in the browser's mode; a model's page keeps it.)"""
+    return _route(f"/models/{quote(name, safe='')}")
 
 
 def model_version(name: str, version: str | int) -> str:

@@ -23,7 +23,8 @@ from typing import Iterator
 
 from distill.config import params
 from distill.phases.main import planner
-from distill.tracking import cache_keys, claims, lineage, phase_runs
+from distill.tracking import cache_keys, claims, lineage, phase_runs, ui_links
+from distill.tracking.registry import registered_name
 
 console = logging.getLogger(__name__)
 
@@ -116,15 +117,21 @@ def parent_run(run_name: str, params: dict, key: str, tags: dict[str, str]) -> I
         mark_dead(key, run.info.run_id, cli_experiment)
         phase_runs.log_params_merged(run, params)
         try:
+            ui_links.label_experiment(MlflowClient(), run.info.experiment_id, created=False)
+        except Exception as e:  # noqa: BLE001 - a user who may log runs but not tag the experiment: no study view
+            console.warning(f"could not add the study's runs-table view to the experiment ({type(e).__name__})")
+        try:
             yield Main(run.info.run_id, run.info.experiment_id, params, key)
         finally:
             mark_all_dead(run.info.run_id, run.info.experiment_id, cli_experiment)
+    label = tags.get(lineage.ENTRY_POINT) or tags.get(lineage.PHASE, "main")
+    console.info(f"{label}: " + ui_links.where_to_look(
+        mlflow.get_tracking_uri(), ui_links.run_page(run.info.experiment_id, run.info.run_id)))
 
 
 def run_link(text: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
-    """A link the MLflow UI follows from any host: a hash route of its run page (or an artifact in it)."""
-    tail = f"/artifactPath/{artifact}" if artifact else ""
-    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id}{tail})"
+    """A link the MLflow UI follows from any host, in Model training mode: its run page (or an artifact in it)."""
+    return ui_links.markdown(text, ui_links.run_page(experiment_id, run_id, artifact))
 
 
 def main_note(preset: str, params: dict, log: list[dict], report_run: str, experiment_id: str) -> str:
@@ -143,7 +150,11 @@ def main_note(preset: str, params: dict, log: list[dict], report_run: str, exper
            f"x seeds {params['seeds']}; {params['limit'] or 'all'} evaluation questions each.", "",
            f"**Table 1** below; the full report: {run_link('report run', experiment_id, report_run)}, "
            f"{run_link('report.md', experiment_id, report_run, 'report.md')}, "
-           f"{run_link('Fig. 1', experiment_id, report_run, 'figures/fig1_accuracy.html')}.", "",
+           f"{run_link('Fig. 1', experiment_id, report_run, 'figures/fig1_accuracy.html')}. "
+           f"The {ui_links.markdown('student evaluations by teacher', ui_links.study_runs(experiment_id))} "
+           "(the runs table); the registered students: " + ", ".join(
+               ui_links.markdown(name, ui_links.registered_model(name))
+               for name in (registered_name(s, preset) for s in params["students"].split(","))) + ".", "",
            "### Table 1: student accuracy by teacher (%)", "", table, *reproduction, "",
            f"### Steps: {len(log)}, " + (f"reused {reused} of {len(log)}" if reused else "none reused"), "",
            "| step | run | |", "|---|---|---|"]
