@@ -31,7 +31,8 @@ def test_main_runs_the_grid_then_reuses_everything(tmp_path):
         note = main.data.tags["mlflow.note.content"]
         report_run = main.data.tags["distill.report_run_id"]
         assert "### Table 1" in note and "| 7B |" in note and "none reused" in note
-        assert f"(#/experiments/{main.info.experiment_id}/runs/{report_run}/artifactPath/report.md)" in note
+        assert (f"(#/experiments/{main.info.experiment_id}/runs/{report_run}/artifactPath/report.md"
+                f"?workflowType=machine_learning)") in note
         assert all(s["run_id"] in note for s in steps) and main.info.run_name == "main-offline"
         report_tags = mlflow.get_run(report_run).data.tags
         assert "Table 1" in report_tags["mlflow.note.content"] and report_tags.get("distill.missing_cells") == "0"
