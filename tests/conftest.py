@@ -41,7 +41,9 @@ def start_mlflow_server(root: Path, backend_store_uri: str | None = None):
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,  # uvicorn, job runner, consumers
+        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,  # uvicorn and its workers
+        # no GenAI job runner: its 8 huey processes cost ~24 s of CPU to start, and no test submits a job
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
