@@ -145,6 +145,7 @@ def test_unreachable_tracking_server_is_one_line_within_seconds(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and time.perf_counter() - t0 < 30
 
 
+@pytest.mark.slow
 def test_two_runs_on_a_brand_new_sqlite_file_both_work(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     procs = [subprocess.Popen([sys.executable, str(ROOT / "entrypoints/report.py"), "--upstream", "false"],
@@ -341,6 +342,7 @@ def test_sft_refuses_what_its_training_set_cannot_train_before_a_run_exists(tmp_
     assert _store_runs(uri) == []
 
 
+@pytest.mark.slow
 def test_main_plan_prints_the_grid_and_runs_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = run_entry("main", "--preset", "OFFLINE", "--plan", "true", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})

@@ -73,6 +73,7 @@ def test_teacher_few_shot_and_reuse(mlflow_server, tmp_path):
     assert f"reusing FINISHED run {run.info.run_id}" in again.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_through_an_openai_compatible_server(tracking, tmp_path, monkeypatch):
     with OpenAIStub() as server:
         proc = run_entry("evaluate", "--model", "7B", "--preset", "offline", "--limit", "4", "--backend", "openai",

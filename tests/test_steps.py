@@ -108,6 +108,7 @@ def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
     assert alive == "False" and float(took) < 3, err  # the imports alone take ~9 s here
 
 
+@pytest.mark.slow
 def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(tmp_path):
     """distill.phases.main.step_preload warms MLflow's SQLite store so that steps inherit it; an SQLite connection that
     crossed a fork could corrupt the file, so none may be open when the server forks."""

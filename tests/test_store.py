@@ -40,7 +40,7 @@ def test_a_postgresql_tracking_store_that_cannot_be_reached_is_one_line_without_
     finally:
         mlflow.set_tracking_uri(None)
     message = str(e.value)
-    assert message.startswith(f"cannot reach the PostgreSQL database postgresql://team:***@127.0.0.1:")
+    assert message.startswith("cannot reach the PostgreSQL database postgresql://team:***@127.0.0.1:")
     assert "s3cret-pw" not in message and "\n" not in message
 
 
@@ -72,6 +72,7 @@ def test_a_bad_tracking_uri_is_refused_by_name_in_one_line_before_any_work(kind,
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_a_sqlite_store_keeps_its_artifacts_beside_the_database_file_not_where_the_command_runs(tmp_path):
     """The preset's experiment (and MLflow's Default) are created with their artifacts in `mlruns` beside the
     database file, whatever the folder a command runs in: a store in /data/mlflow.db keeps them in /data."""
@@ -94,6 +95,7 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_the_database_file_not_where_t
     assert not (work / "mlruns").exists() and not (Path.cwd() / "mlruns" / exps["distill-offline"].experiment_id / run.info.run_id).exists()
 
 
+@pytest.mark.slow
 def test_a_sqlite_store_moved_with_its_artifacts_keeps_them_after_one_command(tmp_path):
     """MLflow writes absolute locations: a copied store points at the old folder until
     `python -m distill.tracking.sqlite_move OLD sqlite:///NEW/mlflow.db` rewrites them."""
