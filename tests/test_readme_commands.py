@@ -210,6 +210,13 @@ def check_script(command: list[str]) -> None:
             script, argv = argv[0], argv[1:]
     else:
         script, argv = command[1], command[2:]
+    if argv == ["--help"]:  # the entry point's own help, run as written
+        import subprocess
+        import sys
+
+        done = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0 and "usage" in done.stdout.lower(), done.stderr[-2000:]
+        return
     params_cls, phase = _params_class(script)
     _parse(params_cls, argv, "..." in argv, phase)
 
