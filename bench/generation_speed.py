@@ -118,7 +118,7 @@ def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes
     times: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
     cpu_times: dict[int, list[float]] = {bs: [] for bs in batch_sizes}  # cpu/wall well below threads: descheduled
     outputs: dict[int, list] = {}
-    unstable: dict[int, int] = {bs: 0 for bs in batch_sizes}  # repeats that disagree with the first
+    unstable: dict[int, int] = dict.fromkeys(batch_sizes, 0)  # repeats that disagree with the first
     for r in range(repeats):
         for bs in batch_sizes:
             cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=bs, repetition_penalty=repetition_penalty)
@@ -151,7 +151,7 @@ def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes
             "seconds_all": times[bs],
             "cpu_seconds_all": cpu_times[bs],
             "tokens_per_s": n_tokens / best,
-            "mismatches_vs_batch%d" % base: count_mismatches(ref, outs),
+            f"mismatches_vs_batch{base}": count_mismatches(ref, outs),
             "first_mismatch": first_mismatch(ref, outs, prompts),
             "repeats_disagreeing_with_first": unstable[bs],
         })
@@ -163,7 +163,7 @@ def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes
         "repetition_penalty": repetition_penalty,
         "prompt_tokens": {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)},
         "rows": rows,
-        "outputs_batch%d" % base: [o.text for o in ref],
+        f"outputs_batch{base}": [o.text for o in ref],
     }
 
 

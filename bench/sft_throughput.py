@@ -138,8 +138,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
         from distill import DistillError
-        from distill.config.models import materialize
-        from distill.config.models import resolve_role
+        from distill.config.models import materialize, resolve_role
         from distill.config.presets import load_preset
         from distill.generation.hf import load_tokenizer
         from distill.phases.select import SelectParams, run as select_run
@@ -266,8 +265,9 @@ def main(argv=None) -> int:
               f"{100 * a['padding_fraction']:.1f}% -> {100 * b['padding_fraction']:.1f}% (alone worth "
               f"{(1 - b['padding_fraction']) / (1 - a['padding_fraction']):.2f}x at equal compute per token)")
     report.say(f"\nsimulated padding fraction, batch {batch_size}:")
-    report.say(f"{'sampler':<22} {'this set (N=%d, mega-batch %d)' % (len(rows), sim['megabatch_size']):>36} "
-          f"{'resampled N=%d (mega-batch %d)' % (PAPER_N, sim_paper['megabatch_size']):>36}")
+    this_set = f"this set (N={len(rows)}, mega-batch {sim['megabatch_size']})"
+    resampled = f"resampled N={PAPER_N} (mega-batch {sim_paper['megabatch_size']})"
+    report.say(f"{'sampler':<22} {this_set:>36} {resampled:>36}")
     for k in ("padded", "group_by_length", "sorted (lower bound)"):
         report.say(f"{k:<22} {100 * sim[k]['mean']:>29.1f}% ± {100 * sim[k]['sd']:3.1f} "
               f"{100 * sim_paper[k]['mean']:>29.1f}% ± {100 * sim_paper[k]['sd']:3.1f}")
@@ -275,8 +275,9 @@ def main(argv=None) -> int:
     report.say(f"\nproxy, GSM8K reference solutions ({len(proxy_lens['train'])} shipped, student tokenizer, cut at {max_length}): "
           f"tokens min {d['min']} / median {d['median']:.0f} / max {d['max']}, "
           f"{sum(f > max_length for f in proxy_lens['full'])} cut")
-    report.say(f"{'sampler':<22} {'N=%d (mega-batch %d)' % (len(proxy_lens['train']), sim_proxy['megabatch_size']):>36} "
-          f"{'resampled N=%d (mega-batch %d)' % (PAPER_N, sim_proxy_paper['megabatch_size']):>36}")
+    this_set = f"N={len(proxy_lens['train'])} (mega-batch {sim_proxy['megabatch_size']})"
+    resampled = f"resampled N={PAPER_N} (mega-batch {sim_proxy_paper['megabatch_size']})"
+    report.say(f"{'sampler':<22} {this_set:>36} {resampled:>36}")
     for k in ("padded", "group_by_length", "sorted (lower bound)"):
         report.say(f"{k:<22} {100 * sim_proxy[k]['mean']:>29.1f}% ± {100 * sim_proxy[k]['sd']:3.1f} "
               f"{100 * sim_proxy_paper[k]['mean']:>29.1f}% ± {100 * sim_proxy_paper[k]['sd']:3.1f}")

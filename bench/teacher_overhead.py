@@ -83,7 +83,7 @@ def instrumented(timers: Timers, captured: dict):
 
     from distill.generation import options
     from distill.phases import teacher
-    from distill.tracking import shards, phase_runs
+    from distill.tracking import phase_runs, shards
 
     patches = []
 

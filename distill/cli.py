@@ -190,7 +190,7 @@ def parse_params(params_cls, argv: list[str] | None = None, builds: str = ""):
     known, rest = parser.parse_known_args(argv)
     ns = {k: resolve_file_param(k, v, base) for k, v in vars(known).items()}
     if gathers and rest:
-        ns[gathers], rest = _config_fields(rest)
+        ns[gathers], rest = _config_fields(rest, [a.dest for a in parser._actions])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     params = params_cls(**ns)
@@ -199,15 +199,21 @@ def parse_params(params_cls, argv: list[str] | None = None, builds: str = ""):
     return params
 
 
-def _config_fields(argv: list[str]) -> tuple[dict, list[str]]:
-    """trl.SFTConfig fields given by name, typed by TRL's parser (a number read as the project reads one); a
-    name that is no field is left for the `unrecognized` error, with a did-you-mean where one is near."""
-    from distill.training.sft_config import parse_args, unknown
+def _config_fields(argv: list[str], own: list[str]) -> tuple[dict, list[str]]:
+    """trl.SFTConfig fields given by name, typed by TRL's parser (a number read as the project reads one). A
+    name near a field and none of the entry point's `own` parameters is refused with a did-you-mean among the
+    fields; any other is left for argparse's `unrecognized arguments` error."""
+    import difflib
+
+    from distill.training.sft_config import config_fields, parse_args, unknown
 
     given, rest = parse_args(argv, {int: _converter(int), float: _converter(float)})
     for word in rest:
-        if word.startswith("--"):
-            raise unknown(word[2:].split("=")[0].replace("-", "_"), "the command line")
+        name = word[2:].split("=")[0].replace("-", "_")
+        if not word.startswith("--") or difflib.get_close_matches(name, own, n=1):
+            continue  # near one of the entry point's own parameters (`--students`): argparse's error says which
+        if difflib.get_close_matches(name, list(config_fields()), n=1):
+            raise unknown(name, "the command line")
     return given, rest
 
 

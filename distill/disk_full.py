@@ -18,8 +18,8 @@ import errno
 import os
 import resource
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from distill import DistillError
 

@@ -81,10 +81,10 @@ def main(n: int, rounds: list[str]) -> list[list[str]]:
     """One round per `kind:URL` (a kind of OPEN), one after another."""
     import logging
 
-    import optuna  # noqa: F401 - imported once here, before the forks
     import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import mlflow.tracking._tracking_service.utils  # noqa: F401 - its store builders, entry points included
+    import optuna  # noqa: F401 - imported once here, before the forks
 
     import distill.phases.sweep  # noqa: F401
     from distill.tracking import store  # noqa: F401

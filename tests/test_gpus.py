@@ -10,7 +10,7 @@ import pytest
 
 from distill import DistillError
 from distill.phases import main as pipeline
-from distill.phases.main import gpus, MainParams
+from distill.phases.main import MainParams, gpus
 from tests import step_fixtures
 from tests.step_fixtures import FixtureParams
 

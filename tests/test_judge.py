@@ -6,10 +6,8 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.phases.judge import ErrorsParams, parse_judgment
-from distill.phases.judge import run as errors
-from distill.phases.evaluate import EvaluateParams
-from distill.phases.evaluate import run as evaluate
+from distill.phases.evaluate import EvaluateParams, run as evaluate
+from distill.phases.judge import ErrorsParams, parse_judgment, run as errors
 from tests.openai_server import OpenAIStub
 
 

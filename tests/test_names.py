@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from distill import DistillError
-from distill.config.names import close_names, did_you_mean, match_name, name_key
 from distill.config.models import resolve_model, resolve_names, resolve_role
+from distill.config.names import close_names, did_you_mean, match_name, name_key
 from distill.config.presets import PRESET_DIR, load_preset
 from distill.phases.main import MainParams
 from distill.phases.main.planner import resolve_grid

@@ -35,7 +35,7 @@ def test_pins_take_the_hf_stack_and_what_vllm_moves_never_torch_or_cuda():
                                 vllm="0.33.0", pandas="3.1.1"))
     default = tool.resolved(report(**stack, numpy="2.4.6", torch="2.13.0", cuda_bindings="13.5", pandas="3.1.1"))
     chosen = tool.pins(vllm, default)
-    assert chosen == {**{p: "1.0" for p in tool.PINNED}, "numpy": "2.3.5"}  # not torch, CUDA, vllm or same pandas
+    assert chosen == {**dict.fromkeys(tool.PINNED, "1.0"), "numpy": "2.3.5"}  # not torch, CUDA, vllm or same pandas
     text = tool.constraints_text(vllm, default, "2026-01-01")
     assert "#   numpy: 2.4.6 -> 2.3.5" in text and "python tools/vllm_pins.py" in text and "\ntorch==" not in text
     with pytest.raises(SystemExit, match="lacks transformers"):
@@ -80,7 +80,6 @@ def test_ci_installs_and_runs_exactly_the_readmes_test_commands():
 def test_pyprojects_lower_bounds_are_the_tested_lower_bound_set():
     """constraints/lower-bounds.txt is the set that was run (README); pyproject's `>=` must say the same."""
     import tomllib
-
     from packaging.version import Version
 
     lines = [x for x in (ROOT / "constraints" / "lower-bounds.txt").read_text().splitlines() if x and x[0] != "#"]

@@ -9,7 +9,7 @@ import pytest
 from distill import DistillError
 from distill.config.presets import load_preset
 from distill.phases import main as pipeline
-from distill.phases.main import executors, planner, MainParams
+from distill.phases.main import MainParams, executors, planner
 
 
 def _plan(preset: str, judge: bool = False, **kw):

@@ -10,8 +10,8 @@ import yaml
 
 from distill import DistillError
 from distill.cli import parse_params
-from distill.config.params_text import split_list, yes_no
 from distill.config.environment import OFFLINE_ENV, offline_env
+from distill.config.params_text import split_list, yes_no
 from distill.config.presets import PRESET_DIR, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,4 +119,4 @@ def test_the_offline_variables_are_set_in_one_place(monkeypatch):
     for name in OFFLINE_ENV:
         monkeypatch.setenv(name, "0")
     assert {n: os.environ[n] for n in offline_env()} and all(os.environ[n] == "0" for n in OFFLINE_ENV)
-    assert {n: v for n, v in offline_env({}, force=True).items()} == dict.fromkeys(OFFLINE_ENV, "1")
+    assert dict(offline_env({}, force=True)) == dict.fromkeys(OFFLINE_ENV, "1")

@@ -5,14 +5,10 @@ import optuna
 import pytest
 
 from distill import DistillError
-from distill.phases.select import SelectParams
-from distill.phases.select import run as select
-from distill.phases.sweep import SweepParams
-from distill.phases.sweep import run as sweep
-from distill.phases.teacher import TeacherParams
-from distill.phases.teacher import run as teacher
-from distill.phases.translate import TranslateParams
-from distill.phases.translate import run as translate
+from distill.phases.select import SelectParams, run as select
+from distill.phases.sweep import SweepParams, run as sweep
+from distill.phases.teacher import TeacherParams, run as teacher
+from distill.phases.translate import TranslateParams, run as translate
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from distill import DistillError
 from distill.cli import parse_params, upstream_params
 from distill.phases.evaluate import EvaluateParams
-from distill.phases.main import planner, MainParams
+from distill.phases.main import MainParams, planner
 from distill.phases.main.targets import UpstreamParams, build
 from distill.phases.report import ReportParams
 from distill.phases.select import SelectParams

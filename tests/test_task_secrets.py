@@ -5,7 +5,7 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.phases.main import executors, planner, MainParams
+from distill.phases.main import MainParams, executors, planner
 from distill.phases.main.task_tracking import LoopbackServer
 
 SECRETS = {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "pw-Secret-41",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 from distill import DistillError
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from distill.config.checks import COUNT, SEED, Rule, check, check_from_preset, check_items
 from distill.config.params_text import reuse_mode
@@ -152,7 +153,7 @@ def check_preset(preset, classes) -> None:
     """Every preset value the fields of `classes` may take, by the rule of the field that takes it: a bad
     number stops an entry point before any run starts, whether or not this run would have read it."""
     for cls in classes:
-        for f, s in declared(cls):
+        for _f, s in declared(cls):
             for path in preset_paths(s) if s.rule is not None else ():
                 for where, value in preset_values(preset, path):
                     if value is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ def preset_names() -> list[str]:
 _PRESET_FILES: dict[str, str] = {}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_preset_file(path: str) -> Preset:
     try:
         with open(path, encoding="utf-8") as f:

@@ -5,8 +5,9 @@ cache_keys.code_files)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from distill import DistillError
 

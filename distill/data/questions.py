@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distill import DistillError
+from distill.data.jsonl import json_lines, read_jsonl, text_lines, write_jsonl  # noqa: F401  (re-exported for older imports)
 from distill.data.limits import first
 from distill.scoring.answers import format_number, parse_gold
-from distill.data.jsonl import json_lines, read_jsonl, text_lines, write_jsonl  # noqa: F401  (re-exported for older imports)
 
 console = logging.getLogger(__name__)
 

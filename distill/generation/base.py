@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, Union
+from typing import Protocol
 
 from distill import DistillError
 
-Prompt = Union[str, list]  # plain text, or chat messages [{"role": ..., "content": ...}]
+Prompt = str | list  # plain text, or chat messages [{"role": ..., "content": ...}]
 
 
 @dataclass(frozen=True)

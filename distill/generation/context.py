@@ -9,8 +9,7 @@ both numbers before any generation starts.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from distill import DistillError
 from distill.config.models import RUN_ID_RE, ModelRef

@@ -3,7 +3,7 @@ GPU spread over the step's GPUs (load_placement)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from distill.generation.base import Generation, GenerationConfig, Prompt, truncate_at_stop
 from distill.generation.rendering import render, rendered_lengths

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 from distill import DistillError
 from distill.generation.base import Generation, GenerationConfig, Prompt, truncate_at_stop

@@ -6,13 +6,14 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from distill.config.checks import Rule, check_from_preset
-from distill.config.params import Default, count_param, param, preset_file_name
 from distill.config.models import ModelRef
+from distill.config.params import Default, count_param, param, preset_file_name
 from distill.generation import GenerationConfig, Generator, Prompt, check_backend, make_generator
 
 console = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ long each prompt is for vLLM, which renders chat prompts with the same template 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from distill.generation.base import Prompt
 

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import subprocess
-from typing import Sequence
+from collections.abc import Sequence
 
 from distill import DistillError
 from distill.generation.base import Generation, GenerationConfig, Prompt, truncate_at_stop

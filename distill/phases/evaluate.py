@@ -15,22 +15,43 @@ from contextlib import closing
 from dataclasses import dataclass
 
 from distill import DistillError
+from distill.config import params
 from distill.config.checks import Rule
-from distill.config.params import Default, limit_param, param, preset_param, resolve, reuse_param
 from distill.config.models import RUN_ID_RE, ModelRef, resolve_model
+from distill.config.params import Default, limit_param, param, preset_param, resolve, reuse_param
 from distill.config.presets import load_preset
 from distill.data.prompts import chat_messages, cut_at_next_question, few_shot_prompt, mgsm_exemplars, plain_prompt
 from distill.data.questions import load_eval_set, repeated_questions
 from distill.generation.context import check_context
+from distill.generation.options import (
+    GenerationOptions,
+    check_backend,
+    engine_sizing,
+    generation_config,
+    open_generator,
+    timed_generate,
+    with_model_parallelism,
+)
 from distill.scoring.answers import format_number, score
-from distill.tracking.cache_keys import data_digest
-from distill.generation.options import (GenerationOptions, check_backend, engine_sizing, generation_config, open_generator,
-                            timed_generate, with_model_parallelism)
-from distill.config import params
 from distill.scoring.stats import accuracy_metrics
-from distill.tracking import registry, phase_runs
-from distill.tracking.lineage import (BASELINE, EVAL_SET, LOGGED_MODEL, MODE, MODEL, MODEL_ID, PHASE, REGISTERED_MODEL,
-                             REGISTERED_VERSION, ROLE, SEED, SFT_RUN_ID, STUDENT, TEACHER)
+from distill.tracking import phase_runs, registry
+from distill.tracking.cache_keys import data_digest
+from distill.tracking.lineage import (
+    BASELINE,
+    EVAL_SET,
+    LOGGED_MODEL,
+    MODE,
+    MODEL,
+    MODEL_ID,
+    PHASE,
+    REGISTERED_MODEL,
+    REGISTERED_VERSION,
+    ROLE,
+    SEED,
+    SFT_RUN_ID,
+    STUDENT,
+    TEACHER,
+)
 
 console = logging.getLogger(__name__)
 
@@ -232,7 +253,7 @@ def run(p: EvaluateParams) -> str:
             load_seconds = time.perf_counter() - t0  # a vLLM engine's start, apart from its generation
             outs, timing = timed_generate(gen, prompts, config)
         records = []
-        for ex, prompt, out in zip(examples, prompts, outs):
+        for ex, out in zip(examples, outs):
             record = {"id": ex.id, "question": ex.question, "output": out.text,
                       **score(out.text, ex.answer_number), "gold": format_number(ex.answer_number),
                       "output_tokens": out.n_tokens, "finish_reason": out.finish_reason}

@@ -8,11 +8,11 @@ what is missing. The API key comes from OPENAI_API_KEY and is never logged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
-import dataclasses
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +26,7 @@ from distill.config.presets import load_preset
 from distill.data.prompts import judge_messages
 from distill.data.questions import reference_solutions
 from distill.generation.openai_backend import make_client
-from distill.tracking import shards, phase_runs
+from distill.tracking import phase_runs, shards
 from distill.tracking.lineage import EVAL_SET, INCOMPLETE, SEED, SFT_RUN_ID, STUDENT, TEACHER
 
 console = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Judge:
                   "extracted": row.get("extracted"), "category": None, "category_name": None, "reason": "",
                   "failure": None}
         try:
-            for attempt in range(2):  # one more try when the reply is garbage
+            for _attempt in range(2):  # one more try when the reply is garbage
                 category, reason = parse_judgment(self.ask(messages))
                 if category:
                     return {**record, "category": category, "category_name": CATEGORIES[category], "reason": reason}

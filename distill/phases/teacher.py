@@ -11,17 +11,23 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from distill.config.params import limit_param, param, preset_param, resolve, reuse_param, upstream_param
+from distill.config import params
 from distill.config.models import ModelRef, resolve_role
+from distill.config.params import limit_param, param, preset_param, resolve, reuse_param, upstream_param
 from distill.config.presets import load_preset
 from distill.data.limits import first
 from distill.data.prompts import chat_messages, paper_prompt
+from distill.generation.options import (
+    GenerationOptions,
+    check_backend,
+    engine_sizing,
+    generation_config,
+    lazy_generate,
+    with_model_parallelism,
+)
 from distill.scoring.answers import format_number, score
-from distill.generation.options import (GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate,
-                            with_model_parallelism)
-from distill.config import params
 from distill.scoring.stats import accuracy_metrics, accuracy_with_ci
-from distill.tracking import lineage, shards, phase_runs
+from distill.tracking import lineage, phase_runs, shards
 
 console = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import numpy as np
 
 from distill import DistillError
 from distill.config import params
+from distill.config.models import ModelRef
 from distill.config.names import did_you_mean, match_name
 from distill.config.params import Default, param, preset_param, resolve, reuse_param, upstream_param
 from distill.config.params_text import lists_from_text
-from distill.config.models import ModelRef
 from distill.config.presets import load_preset
 from distill.scoring.answers import normalize
 from distill.tracking import lineage, phase_runs

@@ -7,17 +7,24 @@ import logging
 import re
 from dataclasses import dataclass
 
-from distill.config.params import Default, limit_param, param, preset_param, resolve, reuse_param
+from distill.config import params
 from distill.config.models import ModelRef, resolve_model
+from distill.config.params import Default, limit_param, param, preset_param, resolve, reuse_param
 from distill.config.presets import load_preset
 from distill.data.prompts import translation_messages
 from distill.data.questions import load_gsm8k
+from distill.generation.options import (
+    GenerationOptions,
+    check_backend,
+    engine_sizing,
+    generation_config,
+    lazy_generate,
+    max_new_tokens_param,
+    with_model_parallelism,
+)
 from distill.scoring.answers import normalize
+from distill.tracking import lineage, phase_runs, shards
 from distill.tracking.cache_keys import data_digest
-from distill.generation.options import (GenerationOptions, check_backend, engine_sizing, generation_config, lazy_generate,
-                            max_new_tokens_param, with_model_parallelism)
-from distill.config import params
-from distill.tracking import lineage, shards, phase_runs
 
 console = logging.getLogger(__name__)
 

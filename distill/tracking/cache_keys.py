@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ def _distill_imports(module: str) -> set[str]:
     return set() if file is None else set(_imports_in(file.read_text(encoding="utf-8")))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _imports_in(source: str) -> frozenset[str]:
     """Cached by the source text itself: an edited module is parsed again, an unchanged one never."""
     import ast
@@ -60,7 +60,7 @@ def _imports_in(source: str) -> frozenset[str]:
     return frozenset(found)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _file_names_in(source: str) -> tuple[frozenset[str], frozenset[str]]:
     """String constants, and f-strings as patterns (`f"gsm8k_{split}_sample.jsonl"` names both samples)."""
     import ast
@@ -98,7 +98,7 @@ def warm_code_cache() -> None:
         _behaviour_digest(source, _module_names())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module_names() -> frozenset[str]:
     """Every module of the package by its dotted name: strings that name one are module references."""
     names = set()
@@ -108,7 +108,7 @@ def _module_names() -> frozenset[str]:
     return frozenset(names)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _behaviour_digest(source: str, modules: frozenset[str]) -> str:
     """The digest of what a module does, not of where it lives or how it is commented: its syntax tree
     without docstrings, every `distill...` module path (an import's, or a string naming a module of the
@@ -187,7 +187,7 @@ def _preset_digest(name: str) -> tuple[str, str] | None:
     return label, _digest(json.dumps(content, sort_keys=True, default=str).encode())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _code_files(phase: str | None, preset: str | None, backend: str | None) -> tuple[tuple[str, str], ...]:
     if phase is None:  # everything: for callers that want one version of the whole package
         files = {p for p in PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix in {".py", ".yaml", ".json", ".tsv", ".jsonl"}}

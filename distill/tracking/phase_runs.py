@@ -13,10 +13,11 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from distill import DistillError
 from distill.config.params_text import IGNORE_CODE, reuse_mode
@@ -193,7 +194,7 @@ def _same_value(a: str, b: str) -> bool:
         return a.lower() == b.lower()
 
 
-def earlier_tries(pr: "PhaseRun", tag: bool = True) -> list[str]:
+def earlier_tries(pr: PhaseRun, tag: bool = True) -> list[str]:
     """Ids of earlier unfinished tries of this run's work (their finished items carry over);
     tagged on the run as `distill.resumed_from` when there are any."""
     import mlflow

@@ -84,7 +84,8 @@ def verify_logged_model(model_uri: str) -> None:
                                       pad_token_id=pipe.tokenizer.pad_token_id or pipe.tokenizer.eos_token_id)
     except Exception as e:
         raise DistillError(f"the logged model {model_uri} does not load and generate "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); nothing was registered")
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); nothing was registered"
+                           ) from e
     if not torch.isfinite(logits).all() or out.shape[-1] <= inputs["input_ids"].shape[-1]:
         raise DistillError(f"the logged model {model_uri} loads but its output is not finite; nothing was registered")
 

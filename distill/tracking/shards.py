@@ -14,8 +14,9 @@ import json
 import logging
 import tempfile
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from distill.config.params import Default, count_param
 

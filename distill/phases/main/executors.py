@@ -22,15 +22,16 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from distill import DistillError
 from distill.config.environment import OFFLINE_ENV
 from distill.phases import module_name
 from distill.phases.main import main_run, planner, retry_hint, step_time
+from distill.phases.main.task_tracking import LoopbackServer, stop_process_group, tracking_for_tasks  # noqa: F401 - re-exported
 from distill.tracking import phase_runs
 from distill.tracking.redact import redact_uri
-from distill.phases.main.task_tracking import LoopbackServer, tracking_for_tasks, stop_process_group  # noqa: F401 - re-exported
 
 console = logging.getLogger(__name__)
 

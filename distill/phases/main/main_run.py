@@ -17,9 +17,9 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from distill.config import params
 from distill.phases.main import planner

@@ -27,11 +27,11 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+from distill.config.models import resolve_model, resolve_names, resolve_role
 from distill.config.params import param, same_as
 from distill.config.params_text import lists_from_text
-from distill.config.models import resolve_model, resolve_names, resolve_role
 from distill.config.presets import load_preset
-from distill.phases.main import planner, users_runs, MainParams
+from distill.phases.main import MainParams, planner, users_runs
 from distill.phases.main.planner import Step
 from distill.tracking import artifacts_present, lineage
 

@@ -33,7 +33,7 @@ class LoopbackServer:
         self.proc = None
         self.uri = ""
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> LoopbackServer:
         """Starts the server and returns at once (Ray starts meanwhile); `wait()` gives its URI once it answers."""
         import socket
 
@@ -110,7 +110,7 @@ class Served:
     def __init__(self, uri: str):
         self.uri = uri
 
-    def __enter__(self) -> "Served":
+    def __enter__(self) -> Served:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -117,7 +117,7 @@ def run_steps(label: str, found: Build, to_run: list[planner.Step], preset_name:
     """The steps by the sequential executor under one run of this entry point; the last target's run id."""
     import mlflow
 
-    from distill.phases.main import gpus, main_run, Steps, walk
+    from distill.phases.main import Steps, gpus, main_run, walk
     from distill.phases.main.steps import step_server
 
     visible = []

@@ -49,18 +49,18 @@ from distill.config.names import did_you_mean, match_name, teacher_names
 from distill.config.params import Default, param, resolve, reuse_param, upstream_param
 from distill.config.params_text import lists_from_text
 from distill.config.presets import load_preset
-from distill.phases.report.document import render_report, report_note, summary_lines
-from distill.phases.report.estimated_vs_actual import cost_table
-from distill.tracking import lineage, phase_runs
 from distill.disk_full import writing
 from distill.phases.report.assets import shared_plotlyjs
+from distill.phases.report.document import render_report, report_note, summary_lines
+from distill.phases.report.estimated_vs_actual import cost_table
 from distill.phases.report.figures import figure_accuracy, figure_errors, figure_tokens, teacher_colors, write_figure
 from distill.phases.report.inputs import Predictions, collect_inputs, load_tokens, ordered_names
 from distill.phases.report.missing import missing_items
-from distill.phases.report.paired import holm, paired_tests  # holm: tests import it from here
+from distill.phases.report.paired import holm, paired_tests  # noqa: F401 - holm: tests import it from here
 from distill.phases.report.reproduction import reproduction
 from distill.phases.report.robustness import robustness, robustness_verdict
 from distill.phases.report.tables import cell_summary, error_summary, table1, table3, tokens_summary
+from distill.tracking import lineage, phase_runs
 
 console = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ def paired_test(inputs: Inputs, student: str, a: str, b: str, predictions: Predi
     the exact McNemar test needs one binary answer per question and uses the first common seed.
     Without a common seed, each cell's first seed is used and the note says so.
     """
-    row = {c: math.nan for c in PAIRED_COLUMNS}
+    row = dict.fromkeys(PAIRED_COLUMNS, math.nan)
     row.update({"student": student, "teacher_a": a, "teacher_b": b, "note": "", "seeds": "", "mcnemar_seed": ""})
     seeds_a, seeds_b = inputs.cells[(a, student)], inputs.cells[(b, student)]
     common = [s for s in seeds_a if s in seeds_b]
