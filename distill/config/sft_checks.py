@@ -103,9 +103,11 @@ def setting(settings: dict, name: str):
     """A setting as the training gets it: the one given, else TRL's default."""
     if name in settings:
         return settings[name]
-    from distill.training.sft_config import config_fields
+    import dataclasses
 
-    return config_fields()[name].default
+    import trl  # only for a field the settings leave at TRL's default (main's process imports no TRL otherwise)
+
+    return next(f.default for f in dataclasses.fields(trl.SFTConfig) if f.name == name)
 
 
 def check_schedule(settings: dict, n_rows: int, world: int = 1) -> None:

@@ -138,12 +138,12 @@ def main(argv: list[str]) -> int:
     if not uri.startswith("sqlite:///"):
         print(f"error: {uri} is not a SQLite store (sqlite:///...); only those are repaired here", file=sys.stderr)
         return 2
-    from distill.tracking.sqlite_store import build
-
     try:
         with sqlite_lock(uri):
             done = repair(uri)
-            build(uri)  # a store created anew gets its tables now, with its artifacts beside it
+            # a store created anew gets its tables now, through MLflow's own store lookup: the `sqlite` entry point
+            # of pyproject.toml (distill.tracking.sqlite_store.build), so its artifacts go beside it
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
