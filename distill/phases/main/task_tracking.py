@@ -49,8 +49,11 @@ class LoopbackServer:
                "--backend-store-uri", self.store_uri, "--default-artifact-root", root,
                "--no-serve-artifacts", "--workers", "1"]
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"distill-mlflow-server-{port}.log"
-        # its own process group: the server starts uvicorn, a job runner and queue consumers, stopped together
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        # its own process group: the server starts uvicorn (and, unless told not to, MLflow's GenAI job runner and
+        # its queue consumers: ~10 processes and ~30 s of CPU at start, for jobs no phase submits), stopped together
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=env)
         self.uri = f"http://127.0.0.1:{port}"
         return self
 
