@@ -34,13 +34,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from _browser import browser_page, free_port, missing, outside_requests
 from _common import OUT_DIR, ROOT, log
 
+from distill.tracking.ui_links import MODE
+
 FIXTURE = ROOT / "bench" / "fixtures" / "ui_check_main_run.html"
-MODE = "workflowType=machine_learning"
-REPORT_LINK = f"/artifactPath/report.md?{MODE}\""  # as the DOM writes the description's link to report.md
+REPORT_LINK = f"/artifactPath/report.md?{urlencode(MODE)}\""  # as the DOM writes the description's link to report.md
 
 # What each page shows once the single-page app has fetched and drawn it; a figure is drawn when plotly
 # made its SVG inside the artifact's iframe.
