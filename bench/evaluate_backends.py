@@ -1,6 +1,6 @@
 """`evaluate` on a real model through each backend, against lm-evaluation-harness's `hf` model on the same prompts.
 
-SmolLM2-135M-Instruct (distill.standins.smollm2) answers the shipped English MGSM questions (distill/resources/
+SmolLM2-135M-Instruct (distill.local_models.smollm2) answers the shipped English MGSM questions (distill/resources/
 mgsm_en.tsv) zero-shot, greedy, float32, on the CPU:
 - `transformers`: `python entrypoints/evaluate.py --backend transformers --prompt_format chat` (the whole
   command: imports, MLflow run, model load, generation, scoring, artifacts), each in a fresh tracking store;
@@ -44,10 +44,10 @@ DRY = {"prompts": 2, "max_new_tokens": 4, "repeats": 1}
 
 def model_folder(dry: bool) -> Path:
     if dry:
-        from distill.standins.tiny import tiny_model_dir
+        from distill.local_models.tiny import tiny_model_dir
 
         return tiny_model_dir("tiny:student-qwen2.5-0.5b")
-    from distill.standins.smollm2 import smollm2_folder
+    from distill.local_models.smollm2 import smollm2_folder
 
     return smollm2_folder(SMOLLM2_DIR)
 

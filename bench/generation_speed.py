@@ -49,7 +49,7 @@ DRY = {"models": "tiny", "prompts": 2, "max_new_tokens": 4, "batch_sizes": "1,2"
 def smollm2_dir(rebuild: bool = False) -> Path:
     """SmolLM2-135M-Instruct as an ordinary fp32 safetensors folder, converted from the GGUF once."""
     from distill import DistillError
-    from distill.standins.smollm2 import smollm2_folder
+    from distill.local_models.smollm2 import smollm2_folder
 
     try:
         return smollm2_folder(SMOLLM2_DIR, rebuild)
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     for name in models:
         t = time.perf_counter()
         if name == "tiny":
-            from distill.standins.tiny import tiny_model_dir
+            from distill.local_models.tiny import tiny_model_dir
 
             path, prompts, mnt = tiny_model_dir(TINY_SPEC), tiny_prompts(args.prompts), args.max_new_tokens
             label = TINY_SPEC

@@ -4,7 +4,7 @@ The per-step times are distill.estimates' (the same figures `main -P plan=true` 
 assumptions stated in distill/estimates/throughput.py (H100 80 GB, bf16: one published vLLM throughput figure
 scaled by model size and tensor parallelism, SFT at an assumed 25% MFU, 60 s for each CPU step, no judge);
 measured rates of earlier runs are not used here. The schedule comes from the executor's own graph
-(`distill.phases.main.planner.plan`, the same steps, dependencies and GPU requests `main -P executor=ray`
+(`distill.pipeline.planner.plan`, the same steps, dependencies and GPU requests `main -P executor=ray`
 submits) and is simulated (distill/estimates/schedule.py): the sequential executor runs one step at a time;
 the Ray executor starts, in plan order, every step whose inputs exist and whose GPUs are free (Ray's own
 scheduler may order them differently).
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     report = Results("grid_walltime", args)
     from distill.config.presets import load_preset
     from distill.estimates.steps import estimate
-    from distill.phases.main import MainParams, planner
+    from distill.pipeline import MainParams, planner
 
     preset, p = load_preset("paper"), MainParams(preset="paper", executor="ray")
     grid = planner.Grid(preset, preset.grid.teachers, preset.grid.students, [42], preset.backend, None, False)

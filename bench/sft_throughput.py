@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         from distill.config.presets import load_preset
         from distill.generation.hf import load_tokenizer
         from distill.phases.select import SelectParams, run as select_run
-        from distill.phases.sft import SftParams, resolved_settings, run as sft_run
+        from distill.phases.sft import SftParams, resolved_sft_config, run as sft_run
         from distill.phases.teacher import TeacherParams, run as teacher_run
         from distill.phases.translate import TranslateParams, run as translate_run
         from distill.tracking import lineage, phase_runs
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
 
         # ---- lengths, as TRL will build the sequences
         preset = load_preset("offline")
-        h = resolved_settings(SftParams(teacher=TRAIN_TEACHER, student=STUDENT, preset="offline",
+        h = resolved_sft_config(SftParams(teacher=TRAIN_TEACHER, student=STUDENT, preset="offline",
                                        max_length=args.max_length), preset)
         batch_size, max_length = h["per_device_train_batch_size"], h["max_length"]
         tokenizer = load_tokenizer(materialize(resolve_role(STUDENT, preset, "student")).tokenizer)

@@ -46,7 +46,7 @@ DRY = dict(prompts=600, slots="64,16", shard_sizes="100,600", sensitivity="64")
 
 def reference_lengths() -> list[int]:
     """Tokens per shipped GSM8K reference solution under the offline preset's tokenizer."""
-    from distill.standins.tiny import build_tokenizer
+    from distill.local_models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     with open(SHIPPED, encoding="utf-8") as f:

@@ -186,7 +186,7 @@ def raw_pass(questions: list[dict], max_new_tokens: int, batch_size: int, chunk:
     shards do (the backend sorts prompts by length, and so groups them into batches, only within one call)."""
     from distill.data.prompts import chat_messages
     from distill.generation import GenerationConfig, make_generator
-    from distill.standins.tiny import tiny_model_dir
+    from distill.local_models.tiny import tiny_model_dir
 
     cpu0, t0 = time.process_time(), now()
     gen = make_generator("transformers", str(tiny_model_dir(TEACHER_SPEC)))
@@ -256,8 +256,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
         from distill.data.prompts import chat_messages
         from distill.generation import GenerationConfig, make_generator
+        from distill.local_models.tiny import tiny_model_dir
         from distill.phases.translate import TranslateParams, run as translate_run
-        from distill.standins.tiny import tiny_model_dir
         from distill.tracking import phase_runs
 
         log(f"tracking store {mlflow.get_tracking_uri()}; load average {report.load_before[0]:.2f}")

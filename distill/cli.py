@@ -1,15 +1,15 @@
 """Command-line plumbing for the thin scripts in entrypoints/: parameters in, one clear error out.
 
-Each phase module exposes a `*Params` dataclass and `run(params)`; the dataclass fields are the
-entry point's parameters, each declared with its help text and rule (distill/config/params.py). MLflow passes
-every `-P` value as text, and an empty text means "the preset's default".
+What a phase is (its `*Params` dataclass, `run`, its settings' check, what it builds first) is read from
+distill.phases.contract; the dataclass fields are the entry point's parameters, each declared with its help text and
+rule (distill/config/params.py). MLflow passes every `-P` value as text, and an empty text means "the preset's
+default".
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import re
 import sys
@@ -19,16 +19,13 @@ import typing
 from distill import DistillError
 from distill.config.params import Param, check_preset, check_value, declared, default_text, doc_order, required
 from distill.config.params_text import yes_no
+from distill.entry_points import entry_point as phase_of
 from distill.log import QUIET_ENV, quiet_loggers, setup_logging
-from distill.phases import module_name
+from distill.phases.contract import Phase
 
 # List parameters that MLproject declares with an empty default: `mlflow run` passes them empty when they
 # are not given, so there an empty text is the default. Every other list given empty is refused.
 EMPTY_LIST_IS_DEFAULT = frozenset({"teacher_runs"})
-
-# The phase modules (distill.phases.<name>) that may train a student, their own or one they build first: the
-# preset's `sft:` block is checked against trl.SFTConfig's fields before anything runs. The others never import TRL.
-TRAINS = frozenset({"sft", "sweep", "main", "evaluate", "report"})
 
 
 def list_items(name: str, text: str) -> list[str]:
@@ -182,7 +179,7 @@ def parse_params(params_cls, argv: list[str] | None = None, builds: str = ""):
     if builds:
         from distill.params_doc import upstream_fields
 
-        group = parser.add_argument_group("what it builds first (distill/phases/main/targets.py)")
+        group = parser.add_argument_group("what it builds first (distill/pipeline/targets.py)")
         for f, s in upstream_fields(builds):
             group.add_argument(f"--{f.name}", help=help_text(f, s), default=argparse.SUPPRESS)
     if gathers:
@@ -230,13 +227,13 @@ def _with_config_help(parser: argparse.ArgumentParser) -> None:
 
 
 def upstream_params(argv: list[str], params_cls, phase: str):
-    """argv without the parameters of what the entry point builds (targets.ALWAYS and the KNOBS it takes
-    that are not its own), and those, parsed (targets.UpstreamParams)."""
-    from distill.phases.main.targets import ALWAYS, KNOBS, UpstreamParams
+    """argv without the parameters of what the entry point builds (targets.BUILD_OPTIONS and the grid parameters
+    it takes that are not its own), and those, parsed (targets.UpstreamParams)."""
+    from distill.pipeline.targets import BUILD_OPTIONS, UpstreamParams
 
     own = {f.name for f in dataclasses.fields(params_cls)}
     taken = []
-    for name in (*ALWAYS, *KNOBS[phase]):
+    for name in (*BUILD_OPTIONS, *phase_of(phase).grid_params):
         if name in own:
             continue
         argv, value = _pop_arg(argv, name)
@@ -251,17 +248,17 @@ def _preset_of(argv: list[str]) -> str | None:
     return resolve_file_param("preset", preset, base or os.getcwd()) if preset else None
 
 
-def check_settings(module, params) -> None:
+def check_settings(phase: Phase, params) -> None:
     """Every setting of an entry point that builds its upstream, checked before anything is built: its
-    `preflight`, else its `settle` (pure: what its reuse key resolves). A word the phase reads only when it
+    `preflight`, else its `resolve_settings` (pure: what its reuse key resolves). A word the phase reads only when it
     starts (`bf16=maybe`, `tokenizers=foo`) is refused now, not after the teachers have run."""
-    preflight = getattr(module, "preflight", None)
-    if preflight is not None:
-        preflight(params)
-    elif hasattr(module, "settle"):
+    code = phase.code
+    if code.preflight is not None:
+        code.preflight(params)
+    elif code.resolve_settings is not None:
         from distill.config.presets import load_preset
 
-        module.settle(params, load_preset(params.preset))
+        code.resolve_settings(params, load_preset(params.preset))
 
 
 def quiet_console(argv: list[str]) -> list[str]:
@@ -294,24 +291,21 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         preset = load_preset(preset_name or "offline")
         apply_offline_env(preset)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        module = importlib.import_module(module_name(phase))
-        params_cls = next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v))
+        this = phase_of(phase)
+        params_cls = this.code.params
         check_preset(preset, [params_cls])  # the preset's values this entry point may read, by their rules
-        if module.__name__.rsplit(".", 1)[-1] in TRAINS:
-            check_sft_block(preset, preset_name or "offline", in_a_child=module.__name__ == "distill.phases.main")
-        from distill.phases.main.targets import KNOBS
-
-        builds = phase in KNOBS  # an entry point that builds its upstream (distill.phases.main.upstream)
+        if this.trains:
+            check_sft_block(preset, preset_name or "offline", in_a_child=this.name == "main")
+        builds = this.builds_upstream  # it builds its upstream first (distill.pipeline.upstream)
         if builds:
             argv, up = upstream_params(argv, params_cls, phase)
         params = parse_params(params_cls, argv, builds=phase if builds else "")
         if builds:
-            check_settings(module, params)
-        prepare = getattr(module, "prepare", None)  # work a phase starts before the tracking store is set up
-        if prepare:
-            prepare(params)
+            check_settings(this, params)
+        if this.code.prepare:  # work a phase starts before the tracking store is set up
+            this.code.prepare(params)
         if builds:
-            from distill.phases.main import main_run
+            from distill.pipeline import main_run
 
             main_run.note_cli_run()  # `mlflow run`'s run, before the preset's experiment may take it away
         from distill.tracking.store import ensure_tracking_reachable, ensure_tracking_store, use_preset_experiment
@@ -323,11 +317,11 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
 
         with on_phase_run(lambda pr: started.append(pr.run_id)):  # the runs a full disk may leave RUNNING
             if builds:
-                from distill.phases.main import upstream
+                from distill.pipeline import upstream
 
-                upstream.run(phase, module, params, up)
+                upstream.run(this, params, up)
             else:
-                module.run(params)
+                this.code.run(params)
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -9,37 +9,31 @@ longer matches the fields. tests/test_params.py checks the page and MLproject ag
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 import sys
 from pathlib import Path
 
 from distill.config.params import declared, default_text, doc_order
+from distill.entry_points import NAMES as PHASES, entry_point as phase_of
 
-# The entry points (MLproject's names), in the order the docs describe them.
-PHASES = ("translate", "teacher", "select", "sft", "evaluate", "errors", "tokens", "report", "sweep", "main")
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "parameters.md"
 _TABLE = re.compile(r"<!-- params: (\w+) -->\n(.*?)<!-- /params -->", re.S)
 
 
-def params_class(phase: str):
+def params_class(name: str):
     """The `*Params` class of an entry point (`errors` -> distill.phases.judge.ErrorsParams)."""
-    from distill.phases import module_name
-
-    module = importlib.import_module(module_name(phase))
-    return next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v)
-                and v.__module__ == module.__name__)
+    return phase_of(name).code.params
 
 
-def upstream_fields(phase: str) -> list:
-    """The parameters of what an entry point builds first (distill.phases.main.targets: its KNOBS it does not have itself,
+def upstream_fields(name: str) -> list:
+    """The parameters of what an entry point builds first (its contract.Phase.grid_params it does not have itself,
     then `upstream` and `plan`), declared on targets.UpstreamParams; none for an entry point that builds nothing."""
-    from distill.phases.main.targets import ALWAYS, KNOBS, UpstreamParams
+    from distill.pipeline.targets import BUILD_OPTIONS, UpstreamParams
 
-    if phase not in KNOBS:
+    if not phase_of(name).builds_upstream:
         return []
-    own = {f.name for f in dataclasses.fields(params_class(phase))}
-    names = [n for n in (*KNOBS[phase], *ALWAYS) if n not in own]
+    own = {f.name for f in dataclasses.fields(params_class(name))}
+    names = [n for n in (*phase_of(name).grid_params, *BUILD_OPTIONS) if n not in own]
     by_name = {f.name: (f, s) for f, s in declared(UpstreamParams)}
     return [by_name[n] for n in names]
 
@@ -51,11 +45,11 @@ def entry_point_fields(phase: str) -> list:
 
 def table(phase: str) -> str:
     """The docs' table of an entry point's parameters: name, what empty means, what it is and what is allowed."""
-    from distill.phases.main.targets import ALWAYS
+    from distill.pipeline.targets import BUILD_OPTIONS
 
     rows = ["| parameter | default | meaning |", "|---|---|---|"]
     built = upstream_fields(phase)
-    builds = {f.name for f, _ in built} - set(ALWAYS)
+    builds = {f.name for f, _ in built} - set(BUILD_OPTIONS)
     for f, s in doc_order(params_class(phase)) + built:
         meaning = ("for what it builds: " if f.name in builds else "") + s.help + (f"; {s.rule.allowed()}" if s.rule else "")
         if s.unkeyed and f.name not in builds:

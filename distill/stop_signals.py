@@ -4,7 +4,7 @@ Slurm and Kubernetes preempt a job with SIGTERM. Left at its default, SIGTERM en
 its runs stay RUNNING until a later try notices, and multiprocessing's resource tracker reports what it leaked.
 Raised as KeyboardInterrupt (Terminated) in the main thread instead, it unwinds like ^C: every run context ends
 its run, the process that waits for a step passes the stop on to the step's process group
-(distill.phases.main.steps), and the command exits with 143 (128 + SIGTERM) after one line, 130 after a ^C.
+(distill.pipeline.steps), and the command exits with 143 (128 + SIGTERM) after one line, 130 after a ^C.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def start_mlflow_server(root: Path, backend_store_uri: str | None = None):
     try:
         yield uri
     finally:
-        from distill.phases.main.executors import stop_process_group
+        from distill.pipeline.executors import stop_process_group
 
         stop_process_group(proc)
         log.close()
@@ -105,14 +105,14 @@ def tracking(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_student():
-    from distill.standins.tiny import tiny_model_dir
+    from distill.local_models.tiny import tiny_model_dir
 
     return tiny_model_dir("tiny:student-qwen2.5-0.5b")
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher():
-    from distill.standins.tiny import tiny_model_dir
+    from distill.local_models.tiny import tiny_model_dir
 
     return tiny_model_dir("tiny:teacher-7b")
 

@@ -41,7 +41,7 @@ def start_auth_server(root: Path, backend_store_uri: str, env: dict):
     """`mlflow server --app-name basic-auth` on 127.0.0.1 with a proxied artifact store under root."""
     import requests
 
-    from distill.phases.main.executors import stop_process_group
+    from distill.pipeline.executors import stop_process_group
 
     port = free_port()
     log = open(root / "server.log", "w")

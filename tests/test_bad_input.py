@@ -289,29 +289,29 @@ def test_live_tries_are_left_alone_and_dead_ones_marked_killed(tracking, monkeyp
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from distill.tracking import claims
+    from distill.tracking import key_locks
 
     monkeypatch.setenv("DISTILL_HEARTBEAT_TIMEOUT_S", "60")
     client, exp = MlflowClient(), mlflow.get_experiment_by_name("Default").experiment_id
     now = time.time()
     runs = {age: client.create_run(exp, tags={"distill.cache_key": "k", "distill.phase": "translate",
                                               "distill.heartbeat": f"{now - age:.3f}"}).info.run_id for age in (5, 600)}
-    assert [r.info.run_id for r in claims.find_unfinished("k")] == [runs[600]]  # the live one is not taken over
+    assert [r.info.run_id for r in key_locks.find_unfinished("k")] == [runs[600]]  # the live one is not taken over
     me = client.create_run(exp).info.run_id
-    assert claims.mark_dead("k", me) == [runs[600]]
+    assert key_locks.mark_dead("k", me) == [runs[600]]
     dead, live = client.get_run(runs[600]), client.get_run(runs[5])
     assert dead.info.status == "KILLED" and f"taken over by run {me}" in dead.data.tags["distill.killed_reason"]
     assert live.info.status == "RUNNING"
 
 
-def test_the_claim_settle_time_follows_how_long_a_claim_takes_to_land(monkeypatch):
-    from distill.tracking.claims import MIN_SETTLE_S, claim_settle_time
+def test_the_claim_wait_time_follows_how_long_a_claim_takes_to_land(monkeypatch):
+    from distill.tracking.key_locks import MIN_WAIT_S, claim_wait_time
 
     monkeypatch.delenv("DISTILL_CLAIM_SETTLE_S", raising=False)
-    assert claim_settle_time(0.002) == MIN_SETTLE_S        # local SQLite: a claim lands in milliseconds
-    assert claim_settle_time(0.8) == 0.8                   # a slow server: as long as its writes take
+    assert claim_wait_time(0.002) == MIN_WAIT_S        # local SQLite: a claim lands in milliseconds
+    assert claim_wait_time(0.8) == 0.8                   # a slow server: as long as its writes take
     monkeypatch.setenv("DISTILL_CLAIM_SETTLE_S", "0.5")
-    assert claim_settle_time(0.002) == 0.5                 # fixed by the user
+    assert claim_wait_time(0.002) == 0.5                 # fixed by the user
 
 
 def _store_runs(uri: str) -> list:

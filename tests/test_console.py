@@ -94,7 +94,7 @@ def test_console_lines_go_through_logging_at_a_rank_aware_level(clean_env, capsy
 
     from distill.log import setup_logging
 
-    log = logging.getLogger("distill.phases.main")
+    log = logging.getLogger("distill.pipeline")
     for k in ("RANK", "LOCAL_RANK"):
         clean_env.delenv(k, raising=False)
     try:

@@ -11,7 +11,7 @@ import yaml
 
 from distill import DistillError
 from distill.config.presets import PRESET_DIR
-from distill.phases.main import MainParams, run as run_main
+from distill.pipeline import MainParams, run as run_main
 from tests.conftest import run_entry
 
 SEQUENTIAL_PHASES = sorted(["translate", "teacher", "teacher", "evaluate", "evaluate", "select", "sft", "sft",
@@ -65,7 +65,7 @@ def test_ray_main_makes_the_sequential_runs_over_a_loopback_server(tmp_path):
 
 def _preset_with_broken_student(tmp_path):
     """The offline preset with a second student whose weights file is garbage: its steps fail, the rest do not."""
-    from distill.standins.tiny import tiny_model_dir
+    from distill.local_models.tiny import tiny_model_dir
 
     broken = tmp_path / "broken-student"
     good = tiny_model_dir("tiny:student-llm-jp-3.1-1.8b")
@@ -131,8 +131,8 @@ def test_ray_main_on_a_postgresql_server_names_a_failed_step_finishes_the_rest_a
 @pytest.mark.slow
 def test_a_gpu_steps_worker_exits_after_its_task(tmp_path):
     ray = pytest.importorskip("ray")
-    from distill.phases.main.executors import execute_step, execute_step_in_fresh_worker
     from distill.phases.select import SelectParams
+    from distill.pipeline.executors import execute_step, execute_step_in_fresh_worker
 
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     ray.init(include_dashboard=False, log_to_driver=False, num_cpus=1)

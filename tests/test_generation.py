@@ -140,17 +140,17 @@ def test_unknown_backend():
         make_generator("tgi", "m")
 
 
-def test_the_registry_imports_no_backend_and_matches_the_reuse_key():
+def test_the_backends_table_imports_no_backend_and_matches_the_reuse_key():
     """Backends import `base`; nothing imports a backend until it is chosen (no import circle), and the
-    reuse key's backend modules are the registry's."""
-    from distill.generation.registry import BACKENDS, backend_module
+    reuse key's backend modules are the table's."""
+    from distill.generation.backends import BACKENDS, backend_module
     from distill.tracking import cache_keys
 
     assert cache_keys.BACKEND_MODULES == {b: backend_module(b) for b in BACKENDS}
     code = ("import sys, distill.generation; "
             "print(sorted(m for m in sys.modules if m.startswith('distill.generation.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
-    assert out == "['distill.generation.base', 'distill.generation.registry']"
+    assert out == "['distill.generation.backends', 'distill.generation.base']"
 
 
 def eos_against_one_token(folder, prompts):

@@ -1,6 +1,6 @@
 """Each step process of the sequential `main` sees exactly the GPUs its step needs (CUDA_VISIBLE_DEVICES),
 chosen from those `main` itself sees; a step that needs more is refused before the grid starts. No GPU here:
-the count torch would report is faked at its one seam (distill.phases.main.gpus.device_count); the child's environment
+the count torch would report is faked at its one seam (distill.pipeline.gpus.device_count); the child's environment
 is real."""
 
 import multiprocessing
@@ -8,9 +8,8 @@ import multiprocessing
 import mlflow
 import pytest
 
-from distill import DistillError
-from distill.phases import main as pipeline
-from distill.phases.main import MainParams, gpus
+from distill import DistillError, pipeline
+from distill.pipeline import MainParams, gpus
 from tests import step_fixtures
 from tests.step_fixtures import FixtureParams
 

@@ -9,10 +9,10 @@ from distill import DistillError
 from distill.config.models import resolve_model, resolve_names, resolve_role
 from distill.config.names import close_names, did_you_mean, match_name, name_key
 from distill.config.presets import PRESET_DIR, load_preset
-from distill.phases.main import MainParams
-from distill.phases.main.planner import resolve_grid
 from distill.phases.report import grid_names
 from distill.phases.sft import canonical_teacher
+from distill.pipeline import MainParams
+from distill.pipeline.planner import resolve_grid
 from distill.tracking.registry import alias_for
 
 

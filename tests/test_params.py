@@ -5,7 +5,6 @@ out says why, and docs/parameters.md and MLproject's `also:` lines follow the fi
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import re
 import typing
@@ -35,20 +34,16 @@ def files(tmp_path_factory):
     return root
 
 
-def phase_module(phase: str):
-    from distill.phases import module_name
-
-    return importlib.import_module(module_name(phase))
-
-
 def reuse_key(phase: str, p) -> dict:
     """The phase's pure key function: parameters (and what a run would read) in, key payload out."""
-    module = phase_module(phase)
+    from distill.entry_points import entry_point as phase_of
+
+    key = phase_of(phase).code.reuse_key
     if phase == "main":
-        return module.reuse_key(p)
+        return key(p)
     preset = load_preset(p.preset)
     extra = {"sft": (ROWS,), "report": ("inputs-digest",)}.get(phase, ())
-    return module.reuse_key(p, preset, *extra)
+    return key(p, preset, *extra)
 
 
 SERVER = "http://127.0.0.1:1/v1"
@@ -164,8 +159,8 @@ def test_text_none_is_a_word_and_empty_lists_are_refused_except_where_mlflow_pas
     empty default is passed empty by `mlflow run` when not given, so only there is empty the default."""
     from distill import DistillError
     from distill.cli import EMPTY_LIST_IS_DEFAULT, parse_params
-    from distill.phases.main import MainParams
     from distill.phases.select import SelectParams
+    from distill.pipeline import MainParams
 
     assert parse_params(SelectParams, ["--filter", "none", "--preset", "paper"]).filter == "none"
     assert parse_params(SelectParams, ["--teacher_runs", ""]).teacher_runs == []

@@ -1,4 +1,4 @@
-"""The grid written once (distill.phases.main.planner): its steps, their GPUs, what a target needs, and that the
+"""The grid written once (distill.pipeline.planner): its steps, their GPUs, what a target needs, and that the
 sequential and the Ray executor hand exactly the same steps to their processes."""
 
 import hashlib
@@ -6,10 +6,10 @@ import hashlib
 import mlflow
 import pytest
 
-from distill import DistillError
+from distill import DistillError, pipeline
 from distill.config.presets import load_preset
-from distill.phases import main as pipeline
-from distill.phases.main import MainParams, executors, planner
+from distill.phases.contract import phase
+from distill.pipeline import MainParams, executors, planner
 
 
 def _plan(preset: str, judge: bool = False, **kw):
@@ -116,7 +116,7 @@ def test_both_executors_hand_the_same_steps_to_their_processes(tracking, monkeyp
     seq_main = pipeline.run(MainParams(**p))
 
     def launch(step, params, env):
-        ray.append((step.name, pipeline.module_name(step.phase), params, executors.task_options(step)["num_gpus"]))
+        ray.append((step.name, phase(step.phase).module, params, executors.task_options(step)["num_gpus"]))
         assert env[executors.PARENT_ENV] == mlflow.active_run().info.run_id
         return step.name
 

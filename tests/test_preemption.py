@@ -122,7 +122,7 @@ def test_sigterm_to_main_mid_step_ends_main_and_its_step(tmp_path):
     stopped = _stop_when(proc, lambda: _step_holding_work(client), signal.SIGTERM)
     assert stopped is not None, (tmp_path / "first.log").read_text()[-3000:]
     assert proc.returncode == 143, (tmp_path / "first.log").read_text()[-3000:]
-    _one_line_stop(tmp_path, "first.log", "pipeline")
+    _one_line_stop(tmp_path, "first.log", "main")
     runs = _all_runs(client)
     assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
     killed = sorted(r.data.tags.get("distill.phase") for r in runs if r.info.status == "KILLED")
@@ -210,11 +210,11 @@ def test_a_try_is_dead_at_once_only_where_its_process_can_be_checked(tracking, m
     (a container), is left to the heartbeat rule."""
     import mlflow
 
-    from distill.tracking import claims
+    from distill.tracking import key_locks
 
     monkeypatch.setenv("DISTILL_HEARTBEAT_TIMEOUT_S", LONG_TIMEOUT)
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    here = claims.whereabouts()
+    here = key_locks.whereabouts()
     assert set(here) == {"distill.host", "distill.boot_id", "distill.pid_namespace", "distill.pid", "distill.pid_start"}
     ended.wait()
     tries = {"alive": here, "ended": {**here, "distill.pid": str(ended.pid)},
@@ -227,11 +227,11 @@ def test_a_try_is_dead_at_once_only_where_its_process_can_be_checked(tracking, m
     beat = {"distill.cache_key": "k", "distill.phase": "translate", "distill.heartbeat": f"{time.time():.3f}"}
     ids = {name: client.create_run(exp, tags={**beat, **tags}).info.run_id for name, tags in tries.items()}
     me = client.create_run(exp).info.run_id
-    marked = claims.mark_dead("k", me)
+    marked = key_locks.mark_dead("k", me)
     assert {name for name, run_id in ids.items() if run_id in marked} == {"ended", "pid reused"}
     reason = client.get_run(ids["ended"]).data.tags["distill.killed_reason"]
     assert reason == f"its process {ended.pid} on this machine is gone; taken over by run {me}"
-    assert {r.info.run_id for r in claims.find_unfinished("k")} == {ids["ended"], ids["pid reused"]}
+    assert {r.info.run_id for r in key_locks.find_unfinished("k")} == {ids["ended"], ids["pid reused"]}
 
 
 def test_a_process_that_ended_but_was_not_reaped_is_gone(tracking):
@@ -239,7 +239,7 @@ def test_a_process_that_ended_but_was_not_reaped_is_gone(tracking):
     are still in /proc, and its run must not pass for live."""
     import mlflow
 
-    from distill.tracking import claims
+    from distill.tracking import key_locks
 
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.time() + 30
@@ -247,9 +247,9 @@ def test_a_process_that_ended_but_was_not_reaped_is_gone(tracking):
         assert time.time() < deadline
         time.sleep(0.05)
     start = open(f"/proc/{zombie.pid}/stat").read().rpartition(")")[2].split()[19]
-    tags = {**claims.whereabouts(), "distill.pid": str(zombie.pid), "distill.pid_start": start,
+    tags = {**key_locks.whereabouts(), "distill.pid": str(zombie.pid), "distill.pid_start": start,
             "distill.heartbeat": f"{time.time():.3f}"}
     client = MlflowClient()
     run = client.get_run(client.create_run(mlflow.get_experiment_by_name("Default").experiment_id, tags=tags).info.run_id)
-    assert claims.process_gone(run) and not claims.is_live(run)
+    assert key_locks.process_gone(run) and not key_locks.is_live(run)
     zombie.wait()

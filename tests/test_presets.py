@@ -87,8 +87,8 @@ def test_yes_no_refuses_anything_else_by_name():
 
 
 def test_lists_are_parsed_once():
-    from distill.phases.main import MainParams
     from distill.phases.report import ReportParams
+    from distill.pipeline import MainParams
 
     assert split_list(" 7B, 72B ,,") == ["7B", "72B"] and split_list("") == [] and split_list(None) == []
     p = parse_params(MainParams, ["--teachers", "7B,72B"])

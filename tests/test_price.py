@@ -1,5 +1,5 @@
-"""`main -P plan=true` prices the run before a GPU is rented (distill.estimates, distill.phases.main.priced_plan),
-and every step of a real run logs what it cost beside what the plan expected (distill.phases.main.step_time)."""
+"""`main -P plan=true` prices the run before a GPU is rented (distill.estimates, distill.pipeline.priced_plan),
+and every step of a real run logs what it cost beside what the plan expected (distill.pipeline.step_time)."""
 
 import math
 import re
@@ -9,16 +9,15 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from distill import DistillError
+from distill import DistillError, pipeline
 from distill.cli import parse_params
 from distill.config.presets import load_preset
 from distill.estimates import throughput
 from distill.estimates.measured import Rates
 from distill.estimates.sizes import PUBLISHED_PARAMS
 from distill.estimates.steps import StepEstimate, estimate
-from distill.phases import main as pipeline
-from distill.phases.main import MainParams, planner, priced_plan
 from distill.phases.report import ReportParams, run as report
+from distill.pipeline import MainParams, planner, priced_plan
 from tests import step_fixtures
 from tests.conftest import ROOT, run_entry
 from tests.step_fixtures import FixtureParams
@@ -210,9 +209,9 @@ def test_a_presets_price_is_the_default_and_checked_by_the_same_rule(tmp_path):
 
 def test_an_entry_points_target_run_alone_logs_its_time_too(tracking):
     """`-e sft` whose upstream is all reused runs its target here, not through the step executor: timed the same."""
-    from distill.phases.main import upstream
+    from distill.pipeline import upstream
 
-    run_id = upstream.timed_alone(step_fixtures, planner.Step("fixture", "select", FixtureParams(), gpus=1),
+    run_id = upstream.timed_alone(step_fixtures.run, planner.Step("fixture", "select", FixtureParams(), gpus=1),
                                   FixtureParams())
     m = mlflow.get_run(run_id).data.metrics
     assert m["gpus"] == 1 and m["wall_seconds"] > 0 and m["gpu_seconds"] == m["wall_seconds"]

@@ -6,8 +6,8 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.phases.main import MainParams, executors, planner
 from distill.phases.select import SelectParams
+from distill.pipeline import MainParams, executors, planner
 
 pytestmark = pytest.mark.slow  # a Ray cluster of three nodes in processes
 

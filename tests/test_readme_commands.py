@@ -99,18 +99,13 @@ COMMANDS = [(f"{name}: {line}", command) for name, text in TEXTS.items() for lin
 
 
 def _params_class(script: str):
-    """The Params class of the phase an entry-point script runs (`run_phase("pipeline")` -> MainParams), and
-    the phase."""
-    import dataclasses
-    import importlib
-
-    from distill.phases import module_name
+    """The Params class of the phase an entry-point script runs (`run_phase("main")` -> MainParams), and the phase."""
+    from distill.entry_points import entry_point as phase
 
     path = ROOT / script
     assert path.is_file(), f"{script} does not exist"
-    phase = re.search(r'run_phase\("(\w+)"\)', path.read_text()).group(1)
-    module = importlib.import_module(module_name(phase))
-    return next(v for k, v in vars(module).items() if k.endswith("Params") and dataclasses.is_dataclass(v)), phase
+    name = re.search(r'run_phase\("(\w+)"\)', path.read_text()).group(1)
+    return phase(name).code.params, name
 
 
 def _check_names(params) -> None:
@@ -131,15 +126,15 @@ def _check_names(params) -> None:
 
 
 def _parse(params_cls, argv: list[str], elided: bool, phase: str = ""):
-    """The flags as the entry point parses them (the parameters of what it builds first, distill.phases.main.targets,
+    """The flags as the entry point parses them (the parameters of what it builds first, distill.pipeline.targets,
     as cli.py takes them off); with `...` in the line, only that every flag is a field."""
     import dataclasses
 
     from distill.cli import config_field, upstream_params
-    from distill.phases.main.targets import KNOBS
+    from distill.entry_points import entry_point as phase_of
 
     up = None
-    if phase in KNOBS:
+    if phase and phase_of(phase).builds_upstream:
         argv, up = upstream_params([a for a in argv if a != "..."], params_cls, phase)
         argv += ["..."] if elided else []
     fields = {f.name for f in dataclasses.fields(params_cls)} | POPPED

@@ -1,5 +1,5 @@
 """The `paper` preset end to end on a CPU: every model and data set under its real id, from a local
-Hugging Face cache of stand-ins (distill.standins.rehearsal), through the same calls the paper run makes; the
+Hugging Face cache of stand-ins (distill.local_models.rehearsal), through the same calls the paper run makes; the
 parent process of `main` never imports torch, transformers, TRL or vLLM (every model loads in a step
 process of its own)."""
 
@@ -11,7 +11,7 @@ import mlflow
 import pytest
 
 from distill.config import models, presets
-from distill.standins import rehearsal
+from distill.local_models import rehearsal
 from tests.conftest import ROOT
 from tests.openai_server import OpenAIStub, stand_in_judge
 

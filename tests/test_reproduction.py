@@ -14,11 +14,11 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from distill.config.presets import load_preset
-from distill.phases.main.main_run import main_note
 from distill.phases.report import ReportParams, run as report
 from distill.phases.report.inputs import EvalRun, Inputs
 from distill.phases.report.paper_results import load_paper
 from distill.phases.report.reproduction import differences
+from distill.pipeline.main_run import main_note
 from distill.scoring.stats import accuracy_with_ci
 
 N = 400

@@ -113,7 +113,7 @@ def test_a_pure_move_keeps_every_key(package, monkeypatch):
     finished step stays reusable (the key hashes what the code is, not where it lives)."""
     paper, offline = keys("paper"), keys("offline", "transformers")
     _move(package, "scoring/answers", "grading")             # imported by name and from: by most phases
-    _move(package, "generation/vllm_backend", "engines")    # named by a string (generation/registry.py)
+    _move(package, "generation/vllm_backend", "engines")    # named by a string (generation/backends.py)
     _move(package, "tracking/lineage", "records")
     # The running cache_keys is not the edited copy: its own string naming the backend, as the copy now has it.
     monkeypatch.setitem(cache_keys.BACKEND_MODULES, "vllm", "distill.engines.vllm_backend")

@@ -40,7 +40,7 @@ def test_an_unknown_sft_key_is_refused_with_a_did_you_mean(tmp_path):
     path = _preset(tmp_path, lambda d: d["sft"].update(learning_rte=1.0e-4))
     with pytest.raises(DistillError, match=rf"preset file {path}: 'sft' has an unknown key 'learning_rte' "
                                            r"\(did you mean 'learning_rate'\?\)"):
-        sft.settle(SftParams(**STUDENT, preset=path), load_preset(path))
+        sft.resolve_settings(SftParams(**STUDENT, preset=path), load_preset(path))
     with pytest.raises(DistillError, match=r"unknown key 'weight_decai' \(did you mean 'weight_decay'\?\)"):
         parse_params(SftParams, ["--teacher", "7B", "--weight_decai", "0.1"])
 
@@ -48,11 +48,11 @@ def test_an_unknown_sft_key_is_refused_with_a_did_you_mean(tmp_path):
 def test_a_field_sft_sets_itself_or_out_of_range_is_refused_by_name(tmp_path):
     path = _preset(tmp_path, lambda d: d["sft"].update(report_to="wandb"))
     with pytest.raises(DistillError, match="'report_to' is set by sft itself"):
-        sft.settle(SftParams(**STUDENT, preset=path), load_preset(path))
+        sft.resolve_settings(SftParams(**STUDENT, preset=path), load_preset(path))
     with pytest.raises(DistillError, match=r"weight_decay must be a finite number >= 0 \(got -0.5\)"):
-        sft.settle(SftParams(**STUDENT, weight_decay=-0.5), load_preset("offline"))
+        sft.resolve_settings(SftParams(**STUDENT, weight_decay=-0.5), load_preset("offline"))
     with pytest.raises(DistillError, match=r"adam_beta1 must be a finite number \(got nan\)"):
-        sft.settle(SftParams(**STUDENT, adam_beta1=float("nan")), load_preset("offline"))
+        sft.resolve_settings(SftParams(**STUDENT, adam_beta1=float("nan")), load_preset("offline"))
 
 
 def test_any_sft_config_field_on_the_command_line_reaches_sft_config(tmp_path):
@@ -61,7 +61,7 @@ def test_any_sft_config_field_on_the_command_line_reaches_sft_config(tmp_path):
     p = parse_params(SftParams, ["--teacher", "7B", "--student", "qwen2.5-0.5b", "--weight_decay", "0.01",
                                  "--optim", "adafactor", "--learning_rate", "2e-4"])
     assert p.sft_config == {"weight_decay": 0.01, "optim": "adafactor", "learning_rate": 2e-4}
-    settings = sft.resolved_settings(p, load_preset("offline"))
+    settings = sft.resolved_sft_config(p, load_preset("offline"))
     assert settings["num_train_epochs"] == 2 and settings["weight_decay"] == 0.01  # the preset's, and the given
     args = build(settings, output_dir=str(tmp_path), report_to="none", use_cpu=True)
     assert (args.weight_decay, args.optim, args.learning_rate) == (0.01, "adafactor", 2e-4)

@@ -7,8 +7,7 @@ import os
 import mlflow
 import pytest
 
-from distill import DistillError
-from distill.phases import main as pipeline
+from distill import DistillError, pipeline
 from distill.tracking import (
     phase_runs,
     phase_runs as phase_tracking,  # where a test's `tracking` is conftest's store fixture
@@ -67,13 +66,13 @@ def test_a_step_fed_a_run_main_just_made_skips_the_lookups_before_its_claim(step
 def test_fresh_inputs_still_find_a_finished_run_after_the_claim(tracking, monkeypatch):  # noqa: F811
     """The lookups skipped before the claim are a saving, not a hole: the one after it still finds the work
     done (here: by another `main` that reused the same input and finished first) and points at it."""
-    from distill.tracking import claims
+    from distill.tracking import key_locks
 
     params = {"preset": "offline", "x": "1"}
     with phase_tracking.phase_run("select", params) as done:
         mlflow.log_text("{}\n", "dev.jsonl")  # what a select run's consumers read: reuse checks it is there
     lookups = []
-    monkeypatch.setattr(claims, "find_same_work", lambda *a: lookups.append(a))
+    monkeypatch.setattr(key_locks, "find_same_work", lambda *a: lookups.append(a))
     monkeypatch.setattr(phase_tracking, "FRESH_INPUTS", True)
     with phase_tracking.phase_run("select", params) as again:
         pass
@@ -97,7 +96,7 @@ def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
     before its first step (bad input, all reused) must not wait ~10 s for the server's imports to finish."""
     code = ("import os, time\n"
             "from multiprocessing import forkserver\n"
-            "from distill.phases.main import steps\n"
+            "from distill.pipeline import steps\n"
             "steps.start_server_early()\n"
             "pid = forkserver._forkserver._forkserver_pid\n"
             "time.sleep(0.5)\n"
@@ -110,7 +109,7 @@ def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
 
 @pytest.mark.slow
 def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(tmp_path):
-    """distill.phases.main.step_preload warms MLflow's SQLite store so that steps inherit it; an SQLite connection that
+    """distill.pipeline.fork_server warms MLflow's SQLite store so that steps inherit it; an SQLite connection that
     crossed a fork could corrupt the file, so none may be open when the server forks."""
     code = ("import os\n"
             "from mlflow.tracking import MlflowClient\n"
@@ -135,7 +134,7 @@ def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(t
     then (bad input, an early error) waits for the setup instead of leaving a half-made file behind."""
     code = ("import os, time\n"
             "import mlflow  # as in `main`, imported by now: the stop below is at once\n"
-            "from distill.phases.main import steps\n"
+            "from distill.pipeline import steps\n"
             "steps.start_server_early()\n"
             "deadline = time.time() + 120\n"
             "while not os.path.exists('m.db') and time.time() < deadline:\n"
@@ -150,7 +149,7 @@ def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(t
 
 PARENT = """
 import multiprocessing, os, sys, time
-from distill.phases.main.steps import die_with
+from distill.pipeline.steps import die_with
 
 def child(waiter):
     die_with(waiter)
@@ -195,7 +194,7 @@ def test_a_step_process_dies_with_the_process_that_waits_for_it(tmp_path):
 WAITER = """
 import multiprocessing, sys
 import mlflow
-from distill.phases import main as pipeline
+from distill import pipeline
 from tests import step_fixtures
 
 if __name__ == "__main__":
@@ -269,7 +268,7 @@ def test_a_step_forked_after_cuda_was_initialised_starts_again_spawned_and_so_do
     import torch
 
     from distill.log import setup_logging
-    from distill.phases.main import steps as step_processes
+    from distill.pipeline import steps as step_processes
 
     setup_logging()
     monkeypatch.setattr(step_processes, "SPAWN_STEPS", False, raising=False)

@@ -1,4 +1,4 @@
-"""What each entry point builds (distill.phases.main.targets): its targets, what they need, and that those are `main`'s
+"""What each entry point builds (distill.pipeline.targets): its targets, what they need, and that those are `main`'s
 own steps, so that whichever runs first, the other reuses it."""
 
 import dataclasses
@@ -8,13 +8,13 @@ import pytest
 from distill import DistillError
 from distill.cli import parse_params, upstream_params
 from distill.phases.evaluate import EvaluateParams
-from distill.phases.main import MainParams, planner
-from distill.phases.main.targets import UpstreamParams, build
 from distill.phases.report import ReportParams
 from distill.phases.select import SelectParams
 from distill.phases.sft import SftParams
 from distill.phases.teacher import TeacherParams
 from distill.phases.tokens import TokensParams
+from distill.pipeline import MainParams, planner
+from distill.pipeline.targets import UpstreamParams, build
 
 UP = UpstreamParams()
 SELECTION = ["translate", "teacher 7B", "teacher 72B", "select"]

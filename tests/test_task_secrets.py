@@ -5,8 +5,8 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.phases.main import MainParams, executors, planner
-from distill.phases.main.task_tracking import LoopbackServer
+from distill.pipeline import MainParams, executors, planner
+from distill.pipeline.task_tracking import LoopbackServer
 
 SECRETS = {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "pw-Secret-41",
            "MLFLOW_TRACKING_TOKEN": "tok-Secret-42", "MLFLOW_TRACKING_INSECURE_TLS": "false",
@@ -50,7 +50,7 @@ def test_a_store_that_will_not_serve_is_named_without_its_password():
 
 
 def test_the_refusal_of_a_local_store_on_a_cluster_names_it_without_a_password():
-    from distill.phases.main.task_tracking import tracking_for_tasks
+    from distill.pipeline.task_tracking import tracking_for_tasks
 
     with pytest.raises(DistillError) as e:
         tracking_for_tasks("file:///srv/mlruns", "ray://admin:ray-Secret-43@head:10001")

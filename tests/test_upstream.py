@@ -1,4 +1,4 @@
-"""Entry points build what they need (distill.phases.main.upstream), through the real `mlflow run` on fresh stores: the
+"""Entry points build what they need (distill.pipeline.upstream), through the real `mlflow run` on fresh stores: the
 design card's line verbatim, typed again, `plan=true`, `upstream=false`, and `evaluate` of a student that
 does not exist yet."""
 
@@ -10,10 +10,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from distill.phases import sft as sft_phase
-from distill.phases.main import steps
-from distill.phases.main.targets import UpstreamParams
+from distill.phases.contract import phase
 from distill.phases.sft import SftParams
+from distill.pipeline import steps
+from distill.pipeline.targets import UpstreamParams
 from distill.tracking import lineage
 from tests.conftest import ROOT
 
@@ -103,11 +103,11 @@ def test_evaluate_of_a_student_not_trained_yet_trains_it_first(tmp_path):
 
 
 def test_the_upstream_steps_that_load_a_model_run_in_processes_of_their_own(tracking, monkeypatch):
-    """What `main` does (distill.phases.main.steps): translate, each teacher and every sft go to a process of their own,
+    """What `main` does (distill.pipeline.steps): translate, each teacher and every sft go to a process of their own,
     select runs here; all of them nested under the entry point's run."""
     import importlib
 
-    from distill.phases.main import upstream
+    from distill.pipeline import upstream
     from distill.tracking import phase_runs as phase_tracking
 
     handed = []
@@ -121,7 +121,7 @@ def test_the_upstream_steps_that_load_a_model_run_in_processes_of_their_own(trac
             phase_tracking.FRESH_INPUTS = False
 
     monkeypatch.setattr(steps, "run_in_process", in_a_process)
-    last = upstream.run("sft", sft_phase, SftParams(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=1),
+    last = upstream.run(phase("sft"), SftParams(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=1),
                         UpstreamParams(train_limit=8, n=4, max_new_tokens=4))
     assert [m for m, _ in handed] == ["distill.phases.translate", "distill.phases.teacher", "distill.phases.teacher",
                                       "distill.phases.sft"]
@@ -134,14 +134,13 @@ def test_the_upstream_steps_that_load_a_model_run_in_processes_of_their_own(trac
 
 def test_a_bad_setting_of_the_target_stops_it_before_its_upstream_runs(tracking, capsys):
     from distill import DistillError
-    from distill.phases import evaluate
     from distill.phases.evaluate import EvaluateParams
-    from distill.phases.main import upstream
+    from distill.pipeline import upstream
 
     with pytest.raises(DistillError, match="unknown batching 'foo'"):
-        upstream.run("sft", sft_phase, SftParams(teacher="7B", batching="foo"), UpstreamParams())
+        upstream.run(phase("sft"), SftParams(teacher="7B", batching="foo"), UpstreamParams())
     with pytest.raises(DistillError, match="unknown mode 'two-shot'"):
-        upstream.run("evaluate", evaluate, EvaluateParams(model="models:/offline-student-qwen2.5-0.5b@teacher-7b",
+        upstream.run(phase("evaluate"), EvaluateParams(model="models:/offline-student-qwen2.5-0.5b@teacher-7b",
                                                           mode="two-shot"), UpstreamParams())
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == [] and capsys.readouterr().out == ""
 
@@ -151,7 +150,7 @@ def test_select_uses_the_users_translation_and_teacher_run_and_builds_only_the_m
     """The issue's sequence: `translate limit=16`, `teacher 7B`, then `select` (the grid's teachers: 7B and 72B)
     runs only 72B, on the user's 16 questions; `plan=true` says so first. `main` does not take the limited
     translation for the preset's full data: it builds its own."""
-    from distill.phases.main import MainParams, planner
+    from distill.pipeline import MainParams, planner
     from tests.conftest import run_entry
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -189,8 +188,8 @@ def test_select_uses_the_users_translation_and_teacher_run_and_builds_only_the_m
     # work as the user's runs (their keys less the code, which the other helpers' edits may change under a test)
     from distill.config.presets import load_preset
     from distill.phases import teacher, translate
-    from distill.phases.main.targets import UpstreamParams, build
     from distill.phases.select import SelectParams
+    from distill.pipeline.targets import UpstreamParams, build
     from distill.tracking.cache_keys import work_key
 
     offline = load_preset("offline")

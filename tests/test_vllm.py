@@ -125,9 +125,9 @@ def test_each_keyword_is_a_field_of_vllm_engine_args():
 def test_a_step_opens_one_engine_for_all_its_shards_and_shuts_it_down(fake_vllm, tracking):
     import mlflow
 
+    from distill.local_models.tiny import tiny_model_dir
     from distill.phases.teacher import TeacherParams, run as teacher
     from distill.phases.translate import TranslateParams, run as translate
-    from distill.standins.tiny import tiny_model_dir
     from distill.tracking.phase_runs import read_jsonl_artifact
 
     translated = translate(TranslateParams(limit=12, max_new_tokens=8))  # transformers: the fake is vLLM only

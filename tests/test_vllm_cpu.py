@@ -35,7 +35,7 @@ if not _vllm_cpu():
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     from distill import DistillError
-    from distill.standins.smollm2 import smollm2_folder
+    from distill.local_models.smollm2 import smollm2_folder
 
     try:
         return smollm2_folder(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")

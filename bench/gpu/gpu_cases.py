@@ -28,7 +28,7 @@ def build_model(folder: Path, shape: dict, seed: int = 0) -> dict:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from distill.standins.tiny import build_tokenizer
+    from distill.local_models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     shape = {"vocab_size": len(tokenizer), **shape}

@@ -3,7 +3,7 @@
 
 Needs no network: the model is a Qwen2.5-0.5B-shaped `Qwen2Config` (hidden 896, 24 layers, 14 heads,
 2 KV heads, MLP 4864, vocabulary 151,936, tied embeddings: 494M parameters) with random weights and the
-tiny BPE tokenizer of `distill.standins.tiny`; the data are the shipped GSM8K training questions and reference
+tiny BPE tokenizer of `distill.local_models.tiny`; the data are the shipped GSM8K training questions and reference
 solutions in the study's prompt format (~330 tokens each, cycled to `--examples`) and the shipped MGSM-ja.
 
 In this order, each through the package's public functions, in a throw-away MLflow store (sqlite):

@@ -280,7 +280,7 @@ def materialize(ref: ModelRef) -> LoadableModel:
     if RUN_ID_RE.match(source):
         source = f"runs:/{source}/model"
     if source.startswith("tiny:"):
-        from distill.standins.tiny import tiny_model_dir
+        from distill.local_models.tiny import tiny_model_dir
 
         path = str(tiny_model_dir(source))
         return LoadableModel(path, path, ref)

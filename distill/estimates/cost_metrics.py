@@ -1,6 +1,6 @@
 """The metric names a step's run carries for what it cost, beside what the plan expected of it.
 
-Apart from distill.phases.main.step_time, which logs them, so that the report reads them without importing the
+Apart from distill.pipeline.step_time, which logs them, so that the report reads them without importing the
 orchestration (whose imports would put every phase's code and data into the report's reuse key).
 """
 

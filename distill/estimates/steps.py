@@ -1,4 +1,4 @@
-"""One estimate per step of the planner's grid (distill.phases.main.planner): its GPUs, its wall time on them,
+"""One estimate per step of the planner's grid (distill.pipeline.planner): its GPUs, its wall time on them,
 the disk it needs at its peak and the Hub weights it downloads first; each says what it rests on.
 
 A step's GPU-seconds are its wall time x the GPUs it holds (0 for a step without GPUs). Its peak disk is its

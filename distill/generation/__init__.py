@@ -8,7 +8,7 @@ A prompt is either a plain string (base models, students) or a list of chat mess
 (instruct teachers, translator); every backend takes both.
 """
 
+from distill.generation.backends import BACKENDS, check_backend, make_generator
 from distill.generation.base import Generation, GenerationConfig, Generator, Prompt
-from distill.generation.registry import BACKENDS, check_backend, make_generator
 
 __all__ = ["BACKENDS", "GenerationConfig", "Generation", "Generator", "Prompt", "check_backend", "make_generator"]

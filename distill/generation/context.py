@@ -43,7 +43,7 @@ def _config_and_tokenizer_sources(ref: ModelRef) -> tuple[str, str]:
     if RUN_ID_RE.match(source):
         source = f"runs:/{source}/model"
     if source.startswith("tiny:"):
-        from distill.standins.tiny import tiny_model_dir
+        from distill.local_models.tiny import tiny_model_dir
 
         path = str(tiny_model_dir(source))
         return path, path

@@ -164,7 +164,7 @@ def build_prompts(questions: list[str], mode: str, prompt_format: str, shots: in
 
 
 @dataclass(frozen=True)
-class Settled:
+class Resolved:
     """What evaluate decides before its run starts: the parameters resolved against the preset, the model and
     the tags that say what it is, the questions and where they come from."""
 
@@ -187,7 +187,7 @@ def preflight(p: EvaluateParams, preset=None) -> EvaluateParams:
     return p
 
 
-def settle(p: EvaluateParams, preset) -> Settled:
+def resolve_settings(p: EvaluateParams, preset) -> Resolved:
     p = preflight(p, preset)
     examples, source = load_eval_set(p.eval_set, p.limit)
     ref, lineage = resolve_eval_model(p.model, preset, p.backend)
@@ -200,24 +200,24 @@ def settle(p: EvaluateParams, preset) -> Settled:
     if p.mode == "few-shot" and not 0 < p.shots <= len(mgsm_exemplars()):
         raise DistillError(f"shots must be between 1 and {len(mgsm_exemplars())} (the MGSM-ja exemplars); got {p.shots}")
     p = dataclasses.replace(with_model_parallelism(p, ref), model=ref.name, prompt_format=prompt_format)
-    return Settled(p, ref, lineage, examples, source)
+    return Resolved(p, ref, lineage, examples, source)
 
 
-def key_payload(s: Settled, preset) -> dict:
+def key_payload(s: Resolved, preset) -> dict:
     return params.key_payload(s.p, preset, model_source=s.ref.source,
                               eval_set_digest=data_digest([e.to_dict() for e in s.examples]))
 
 
 def reuse_key(p: EvaluateParams, preset) -> dict:
     """The payload of evaluate(p)'s reuse key, from the parameters and the preset; nothing is generated."""
-    return key_payload(settle(p, preset), preset)
+    return key_payload(resolve_settings(p, preset), preset)
 
 
 def run(p: EvaluateParams) -> str:
     """Evaluate and return the run id (an earlier identical run's id when reused)."""
     preset = load_preset(p.preset)
-    settled = settle(p, preset)
-    p, ref, lineage, examples, source = settled.p, settled.ref, settled.lineage, settled.examples, settled.source
+    resolved = resolve_settings(p, preset)
+    p, ref, lineage, examples, source = resolved.p, resolved.ref, resolved.lineage, resolved.examples, resolved.source
     few_shot, shots, eval_set = p.mode == "few-shot", p.shots, p.eval_set
     # No stop string beyond EOS, as in the paper: the few-shot output is scored whole, its cut beside it.
     config = generation_config(p, repetition_penalty=p.repetition_penalty)
@@ -237,7 +237,7 @@ def run(p: EvaluateParams) -> str:
     tags[ROLE] = who["role"]
     if few_shot:
         tags[BASELINE] = f"{shots}-shot"
-    with phase_runs.phase_run("evaluate", logged, key=key_payload(settled, preset), tags=tags, reuse=p.reuse,
+    with phase_runs.phase_run("evaluate", logged, key=key_payload(resolved, preset), tags=tags, reuse=p.reuse,
                             run_name=f"evaluate-{who['model_name']}") as pr:
         if pr.reused:
             return pr.run_id

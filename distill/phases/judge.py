@@ -160,7 +160,7 @@ class Judge:
 API = "api.openai.com"
 
 
-def settle(p: ErrorsParams, preset) -> ErrorsParams:
+def resolve_settings(p: ErrorsParams, preset) -> ErrorsParams:
     """The parameters resolved against the preset; `judge_base_url` as the judge is asked (`api.openai.com`
     when no server is named anywhere)."""
     p = resolve(p, preset)
@@ -173,12 +173,12 @@ def settle(p: ErrorsParams, preset) -> ErrorsParams:
 
 def reuse_key(p: ErrorsParams, preset) -> dict:
     """The payload of errors(p)'s reuse key (its upstream: the evaluate run id)."""
-    return params.key_payload(settle(p, preset), preset)
+    return params.key_payload(resolve_settings(p, preset), preset)
 
 
 def run(p: ErrorsParams) -> str:
     preset = load_preset(p.preset)
-    p = settle(p, preset)            # before any work
+    p = resolve_settings(p, preset)            # before any work
     model, base_url = p.judge_model, (None if p.judge_base_url == API else p.judge_base_url)
     eval_run = phase_runs.require_run(p.eval_run, "evaluate", "errors")
     predictions = phase_runs.read_jsonl_artifact(eval_run.info.run_id, "predictions.jsonl")

@@ -97,7 +97,7 @@ def _teacher_runs(p: SelectParams, preset) -> list:
     return runs
 
 
-def settle(p: SelectParams, preset) -> SelectParams:
+def resolve_settings(p: SelectParams, preset) -> SelectParams:
     """The parameters resolved against the preset."""
     p = resolve(p, preset)
     if p.filter not in FILTERS:
@@ -107,12 +107,12 @@ def settle(p: SelectParams, preset) -> SelectParams:
 
 def reuse_key(p: SelectParams, preset) -> dict:
     """The payload of select(p)'s reuse key (its upstream: the translation and teacher run ids)."""
-    return params.key_payload(settle(p, preset), preset)
+    return params.key_payload(resolve_settings(p, preset), preset)
 
 
 def run(p: SelectParams) -> str:
     preset = load_preset(p.preset)
-    p = settle(p, preset)
+    p = resolve_settings(p, preset)
     n, seed, rule, dev_size, keep_truncated = p.n, p.seed, p.filter, p.dev_size, p.keep_truncated
     runs = _teacher_runs(p, preset)
     order = {name: i for i, name in enumerate(preset.teachers)}  # preset order: small to large

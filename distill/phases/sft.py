@@ -111,7 +111,7 @@ def _taking_sft_config_fields(init):
 SftParams.__init__ = _taking_sft_config_fields(SftParams.__init__)
 
 
-def settle(p: SftParams, preset) -> tuple[SftParams, object]:
+def resolve_settings(p: SftParams, preset) -> tuple[SftParams, object]:
     """The parameters resolved against the preset (names in its spelling), and the student."""
     teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
     student = resolve_role(p.student, preset, "student")
@@ -131,9 +131,9 @@ def settle(p: SftParams, preset) -> tuple[SftParams, object]:
     return p, student
 
 
-def resolved_settings(p: SftParams, preset) -> dict:
+def resolved_sft_config(p: SftParams, preset) -> dict:
     """The SFTConfig settings `p` trains with: the preset's, those given over them, checked (shared with `sweep`)."""
-    return settle(p, preset)[0].sft_config
+    return resolve_settings(p, preset)[0].sft_config
 
 
 def training_rows(p: SftParams, rows: list[dict]) -> list[dict]:
@@ -148,7 +148,7 @@ def key_payload(p: SftParams, student, rows: list[dict], preset) -> dict:
 
 def reuse_key(p: SftParams, preset, rows: list[dict]) -> dict:
     """The payload of sft(p)'s reuse key, given its training rows (its upstream: the select run ids)."""
-    p, student = settle(p, preset)
+    p, student = resolve_settings(p, preset)
     return key_payload(p, student, training_rows(p, rows), preset)
 
 
@@ -244,12 +244,12 @@ def default_seed(preset) -> int:
 
 
 def preflight(p: SftParams) -> None:
-    """What run() would refuse before any work, asked before an entry point builds the upstream (distill.phases.main.upstream):
+    """What run() would refuse before any work, asked before an entry point builds the upstream (distill.pipeline.upstream):
     a bad name or setting stops it at once, not after the teachers have run."""
     preset = load_preset(p.preset)
     students = [p.student] if p.student else list(preset.grid.students or preset.students)
     for student in students:
-        settled, ref = settle(dataclasses.replace(p, student=student), preset)
+        settled, ref = resolve_settings(dataclasses.replace(p, student=student), preset)
         check_template_fits(settled.sft_config, ref)
         if settled.limit is not None:  # the training set has at most `limit` rows: too few epochs for a step
             check_schedule(settled.sft_config, settled.limit, ranks.world_size())
@@ -285,7 +285,7 @@ def run(p: SftParams) -> str:
     if not p.student:
         raise DistillError("sft with upstream=false trains one student: pass student=<name> (with upstream=true, "
                            "the default, it trains every student of the preset's grid)")
-    p, student = settle(p, preset)
+    p, student = resolve_settings(p, preset)
     teachers = teacher_names(p.teacher)
     h = p.sft_config
     # A launch whose processes cannot share the effective batch evenly stops here, before a run exists;
@@ -293,24 +293,24 @@ def run(p: SftParams) -> str:
     split_settings(h, ranks.world_size())
     ranks.fail_on_sigterm()
     if not ranks.is_main_process():  # the other ranks of a launch: rank 0 decides, they train
-        _follow_main(p, h, student, preset)
+        _train_on_other_rank(p, h, student, preset)
         ranks.end_follower()
-    told = []
+    plan_sent = []
 
-    def tell(plan: dict) -> None:  # once: a second broadcast after a broken first one would wait for nobody
-        told.append(True)
+    def send_plan(plan: dict) -> None:  # once: a second broadcast after a broken first one would wait for nobody
+        plan_sent.append(True)
         ranks.share_from_main(plan)
 
     try:
-        return _lead(p, h, teachers, student, preset, tell)
+        return _train_on_rank_0(p, h, teachers, student, preset, send_plan)
     except BaseException as e:
-        if not told and ranks.world_size() > 1:  # the other ranks wait for a plan: tell them to stop
+        if not plan_sent and ranks.world_size() > 1:  # the other ranks wait for a plan: tell them to stop
             with contextlib.suppress(Exception):
                 ranks.share_from_main({"stop": f"{type(e).__name__}: {e}"})
         raise
 
 
-def _follow_main(p: SftParams, h: dict, student, preset) -> str:
+def _train_on_other_rank(p: SftParams, h: dict, student, preset) -> str:
     """A rank other than 0: what rank 0 decided (reuse a run, or train these rows from this checkpoint),
     then the training, without a word to MLflow."""
     plan = ranks.share_from_main(None)
@@ -323,7 +323,7 @@ def _follow_main(p: SftParams, h: dict, student, preset) -> str:
     return ""
 
 
-def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> str:
+def _train_on_rank_0(p: SftParams, h: dict, teachers: list[str], student, preset, send_plan) -> str:
     """Rank 0 (or the only process): the run, the plan for the other ranks, the training, the model."""
     rows, upstream, source, select_run = load_training_rows(p, teachers, preset)
     n_available = len(rows)
@@ -339,7 +339,7 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
     with phase_runs.phase_run("sft", logged, upstream, tags=tags, reuse=p.reuse,
                             key=key_payload(p, student, rows, preset)) as pr:
         if pr.reused:
-            tell({"reused": pr.run_id})
+            send_plan({"reused": pr.run_id})
             return pr.run_id
         import mlflow
 
@@ -354,7 +354,7 @@ def _lead(p: SftParams, h: dict, teachers: list[str], student, preset, tell) -> 
             console.info(f"sft: resuming from {resume}")
         bf16 = use_bf16(p.bf16, preset)
         phase_runs.log_params_merged(mlflow.active_run(), {"bf16_used": bf16, "keep_checkpoints": p.keep_checkpoints})
-        tell({"reused": "", "rows": rows, "out_dir": str(out_dir), "resume": str(resume) if resume else ""})
+        send_plan({"reused": "", "rows": rows, "out_dir": str(out_dir), "resume": str(resume) if resume else ""})
         model, tokenizer, stats = train(student, rows, train_config(p, h, bf16, out_dir, pr.run_id, resume, earlier))
         mlflow.log_metrics(stats)
         info = registry.log_student(model, tokenizer, student.name, p.teacher, p.seed)

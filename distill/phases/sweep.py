@@ -156,7 +156,7 @@ def open_study(storage: str, study_name: str, sampler, pruner):
                                pruner=pruner, load_if_exists=True)
 
 
-def settle(p: SweepParams, preset) -> tuple[SweepParams, object, dict]:
+def resolve_settings(p: SweepParams, preset) -> tuple[SweepParams, object, dict]:
     """The parameters resolved against the preset (names in its spelling: the select run's training set, the
     study's name and the tags use it; `space` as searched), the student, and the search space."""
     p = resolve(p, preset)
@@ -171,18 +171,18 @@ def settle(p: SweepParams, preset) -> tuple[SweepParams, object, dict]:
 def reuse_key(p: SweepParams, preset) -> dict:
     """The payload of sweep(p)'s key (its upstream: the select run id); a sweep is never reused, the key finds
     the dead tries of the same sweep."""
-    p, student, _ = settle(p, preset)
+    p, student, _ = resolve_settings(p, preset)
     return params.key_payload(p, preset, student_source=student.source)
 
 
 def run(p: SweepParams) -> str:
     import optuna
 
-    from distill.phases.sft import SftParams, find_select_run, resolved_settings, run as sft_run, use_bf16
+    from distill.phases.sft import SftParams, find_select_run, resolved_sft_config, run as sft_run, use_bf16
 
     check_storage(p.storage)
     preset = load_preset(p.preset)
-    p, student, space = settle(p, preset)
+    p, student, space = resolve_settings(p, preset)
     n_trials = p.n_trials
     select_run = find_select_run(SftParams(teacher=p.teacher, student=p.student, select_run=p.select_run),
                                  [p.teacher], preset)
@@ -228,7 +228,7 @@ def run(p: SweepParams) -> str:
 
             hp = suggest(trial, space)
             sp = SftParams(teacher=p.teacher, student=p.student, preset=p.preset, seed=p.seed, register=False, **hp)
-            h = resolved_settings(sp, preset)
+            h = resolved_sft_config(sp, preset)
             with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
                                   tags={lineage.PHASE: "sweep-trial", lineage.TEACHER: p.teacher,
                                         lineage.STUDENT: student.name, "optuna.trial": str(trial.number)}):

@@ -46,7 +46,7 @@ class TeacherParams(GenerationOptions):
     reuse: bool = reuse_param()
 
 
-def settle(p: TeacherParams, preset) -> tuple[TeacherParams, ModelRef]:
+def resolve_settings(p: TeacherParams, preset) -> tuple[TeacherParams, ModelRef]:
     """The parameters resolved against the preset, and the teacher."""
     p = resolve(p, preset)
     check_backend(p.backend)
@@ -60,12 +60,12 @@ def key_payload(p: TeacherParams, ref: ModelRef, preset) -> dict:
 
 def reuse_key(p: TeacherParams, preset) -> dict:
     """The payload of teacher(p)'s reuse key (its upstream: the translation run id); nothing is generated."""
-    return key_payload(*settle(p, preset), preset)
+    return key_payload(*resolve_settings(p, preset), preset)
 
 
 def run(p: TeacherParams) -> str:
     preset = load_preset(p.preset)
-    p, ref = settle(p, preset)
+    p, ref = resolve_settings(p, preset)
     translation = phase_runs.require_run(p.translation_run or None, "translate", "the teacher's questions",
                                        params={"preset": preset.name})
     questions = phase_runs.read_jsonl_artifact(translation.info.run_id, "translations.jsonl")

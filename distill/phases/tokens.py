@@ -101,7 +101,7 @@ def log_figure(fig, name: str, run_id: str) -> None:
         mlflow.log_artifacts(tmp)
 
 
-def settle(p: TokensParams, preset) -> TokensParams:
+def resolve_settings(p: TokensParams, preset) -> TokensParams:
     """The parameters resolved against the preset: `tokenizers` as the preset's names (`Qwen2.5` -> `qwen2.5`)."""
     p = resolve(p, preset)
     available = preset.tokenizers
@@ -115,13 +115,13 @@ def settle(p: TokensParams, preset) -> TokensParams:
 
 def reuse_key(p: TokensParams, preset) -> dict:
     """The payload of tokens(p)'s reuse key (its upstream: the select run id)."""
-    p = settle(p, preset)
+    p = resolve_settings(p, preset)
     return params.key_payload(p, preset, tokenizer_sources=[preset.tokenizers[n] for n in p.tokenizers])
 
 
 def run(p: TokensParams) -> str:
     preset = load_preset(p.preset)
-    p = settle(p, preset)
+    p = resolve_settings(p, preset)
     available, names = preset.tokenizers, p.tokenizers
     select = phase_runs.require_run(p.select_run or None, "select", "tokens", params={"preset": preset.name})
     teachers = lineage.teachers_of(select)

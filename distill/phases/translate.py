@@ -84,7 +84,7 @@ class TranslateParams(GenerationOptions):
     reuse: bool = reuse_param()
 
 
-def settle(p: TranslateParams, preset) -> tuple[TranslateParams, ModelRef, list[dict]]:
+def resolve_settings(p: TranslateParams, preset) -> tuple[TranslateParams, ModelRef, list[dict]]:
     """The parameters resolved against the preset (`translator` as the model's source), the model, the rows."""
     p = resolve(p, preset)
     check_backend(p.backend)
@@ -102,13 +102,13 @@ def key_payload(p: TranslateParams, rows: list[dict], preset) -> dict:
 
 def reuse_key(p: TranslateParams, preset) -> dict:
     """The payload of translate(p)'s reuse key, from the parameters, the preset and the source questions."""
-    p, _, rows = settle(p, preset)
+    p, _, rows = resolve_settings(p, preset)
     return key_payload(p, rows, preset)
 
 
 def run(p: TranslateParams) -> str:
     preset = load_preset(p.preset)
-    p, ref, rows = settle(p, preset)
+    p, ref, rows = resolve_settings(p, preset)
     source = p.source
     config = generation_config(p)
     logged = {"preset": preset.name, "translator": ref.source, "source": source, "limit": p.limit,

@@ -1,1 +1,1 @@
-"""MLflow: phase runs and their reuse (keys, claims), lineage tags, the store, shards, the model registry."""
+"""MLflow: phase runs and their reuse (keys, key locks), lineage tags, the store, shards, the model registry."""

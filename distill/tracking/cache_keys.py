@@ -23,7 +23,7 @@ REHEARSAL = False
 PACKAGE_DIR = Path(__file__).parents[1]
 
 
-# The module each generation backend lives in (as in generation/registry.py, checked by a test). The
+# The module each generation backend lives in (as in generation/backends.py, checked by a test). The
 # registry names backends as strings, so an import walk ties no phase to them; instead a phase's
 # key covers the backend it runs with (its `backend` parameter) and no other.
 BACKEND_MODULES = {"transformers": "distill.generation.hf", "vllm": "distill.generation.vllm_backend",
@@ -89,7 +89,7 @@ def _resources_read(file: Path) -> set[Path]:
 
 
 def warm_code_cache() -> None:
-    """Parse every module of the package once, so that processes forked afterwards (distill.phases.main.steps) compute
+    """Parse every module of the package once, so that processes forked afterwards (distill.pipeline.steps) compute
     their reuse keys by hashing files only (parsing them costs each step ~0.7 s)."""
     for file in PACKAGE_DIR.rglob("*.py"):
         source = file.read_text(encoding="utf-8")

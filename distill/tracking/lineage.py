@@ -23,8 +23,8 @@ ROLE = "distill.role"
 MODE = "distill.mode"
 EVAL_SET = "distill.eval_set"
 BASELINE = "distill.baseline"             # evaluate: "<k>-shot" for a base student's baseline
-REHEARSAL = "distill.rehearsal"           # stand-in models under real ids (distill/standins/rehearsal.py)
-ENTRY_POINT = "distill.entry_point"       # the run an entry point's upstream steps nest under (distill.phases.main.upstream)
+REHEARSAL = "distill.rehearsal"           # stand-in models under real ids (distill/local_models/rehearsal.py)
+ENTRY_POINT = "distill.entry_point"       # the run an entry point's upstream steps nest under (distill.pipeline.upstream)
 PLAN_ONLY = "distill.plan_only"           # `mlflow run`'s run of an entry point typed with plan=true: nothing ran
 
 # The runs it consumed: phase_run tags each upstream run id `distill.<name>` (upstream_tags)
@@ -59,11 +59,11 @@ RESUMED_FROM = "distill.resumed_from"
 INCOMPLETE = "distill.incomplete"             # FINISHED with items left undone: not reused, resumed
 EXPERIMENT = "distill.experiment"             # `mlflow run`'s run in Default: where the work went
 
-# Who holds a cache key (distill.tracking.claims)
+# Who holds a cache key (distill.tracking.key_locks)
 HEARTBEAT = "distill.heartbeat"
 CLAIMED_AT = "distill.claimed_at"
 KILLED_REASON = "distill.killed_reason"
-# Where a try runs (claims.whereabouts): on the same machine a later try sees at once that its process is gone
+# Where a try runs (key_locks.whereabouts): on the same machine a later try sees at once that its process is gone
 HOST = "distill.host"
 BOOT_ID = "distill.boot_id"                   # /proc/sys/kernel/random/boot_id: a reboot makes every pid new
 PID_NAMESPACE = "distill.pid_namespace"       # containers on one machine share its boot id, not their pids

@@ -1,7 +1,7 @@
 """A phase's MLflow run: started, or a finished one reused (phase_run), and what it logs and reads.
 
 A phase run is reused when a FINISHED run in the same experiment has the same cache key
-(distill.tracking.cache_keys); who holds a key is decided in distill.tracking.claims, the tags a run carries and the
+(distill.tracking.cache_keys); who holds a key is decided in distill.tracking.key_locks, the tags a run carries and the
 searches by them are distill.tracking.lineage, the store and experiment distill.tracking.store.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from distill import DistillError
 from distill.config.params_text import IGNORE_CODE, reuse_mode
-from distill.tracking import artifacts_present, cache_keys, claims, lineage, store
+from distill.tracking import artifacts_present, cache_keys, key_locks, lineage, store
 from distill.tracking.redact import redact_uri
 
 console = logging.getLogger(__name__)
@@ -103,13 +103,13 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     files = cache_keys.code_files(phase, preset, backend)
     look = mode and not FRESH_INPUTS
     if look and LOOK_ONLY:  # a plan: what is finished now, without waiting for a live try of the same work
-        prior = claims.find_reusable(key)
+        prior = key_locks.find_reusable(key)
     else:
-        prior = claims.wait_for_holders(phase, key) if look else None
+        prior = key_locks.wait_for_holders(phase, key) if look else None
     lost = None
     while prior and not artifacts_present.still_whole(phase, prior, look_only=LOOK_ONLY):  # set aside: look again
-        prior, lost = (None if LOOK_ONLY else claims.wait_for_holders(phase, key)), prior
-    stale = claims.find_same_work(work, files) if look and not prior else None
+        prior, lost = (None if LOOK_ONLY else key_locks.wait_for_holders(phase, key)), prior
+    stale = key_locks.find_same_work(work, files) if look and not prior else None
     if stale and LOOK_ONLY and stale[0] == lost:  # a plan sets nothing aside: the same run, found by its work
         stale = None
     ignored = None
@@ -148,7 +148,7 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
     all_tags = {lineage.PHASE: phase, lineage.CACHE_KEY: key, lineage.WORK_KEY: work,
                 lineage.CODE_VERSION: cache_keys.code_version(phase, preset, backend),
                 lineage.CODE_FILES: json.dumps(files, separators=(",", ":")),
-                lineage.CLAIMED_AT: claimed, lineage.HEARTBEAT: claimed, **claims.whereabouts(),
+                lineage.CLAIMED_AT: claimed, lineage.HEARTBEAT: claimed, **key_locks.whereabouts(),
                 **tags, **{lineage.upstream_tag(k): v for k, v in upstream.items()}}
     if cache_keys.REHEARSAL:
         all_tags[lineage.REHEARSAL] = "true"
@@ -158,17 +158,17 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
         all_tags[lineage.CODE_CHANGED] = f"{stale[0]}: {', '.join(stale[1])}"[:5000]
     parent = PARENT_RUN_ID if not active else None
     with mlflow.start_run(run_name=run_name or _run_name(phase, tags), nested=nested, parent_run_id=parent, tags=all_tags) as run, \
-            claims.Heartbeat(run.info.run_id):
+            key_locks.Heartbeat(run.info.run_id):
         tries = None
         if mode:  # another try claimed the same work at the same moment: the earlier claim does it
-            time.sleep(claims.claim_settle_time(time.time() - float(claimed)))
+            time.sleep(key_locks.claim_wait_time(time.time() - float(claimed)))
             tries = []
-            prior = claims.wait_for_holders(phase, key, me=(float(claimed), run.info.run_id), seen=tries)
+            prior = key_locks.wait_for_holders(phase, key, me=(float(claimed), run.info.run_id), seen=tries)
             if prior and artifacts_present.still_whole(phase, prior):
                 _become_pointer(run.info.run_id, prior, phase)
                 yield notify_phase_run(PhaseRun(prior, True, key))
                 return
-        claims.mark_dead(key, run.info.run_id, tries)
+        key_locks.mark_dead(key, run.info.run_id, tries)
         log_params_merged(run, params)
         yield notify_phase_run(PhaseRun(run.info.run_id, False, key))
 
@@ -199,7 +199,7 @@ def earlier_tries(pr: PhaseRun, tag: bool = True) -> list[str]:
     tagged on the run as `distill.resumed_from` when there are any."""
     import mlflow
 
-    ids = [r.info.run_id for r in claims.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
+    ids = [r.info.run_id for r in key_locks.find_unfinished(pr.key) if r.info.run_id != pr.run_id]
     if ids and tag:
         mlflow.set_tag(lineage.RESUMED_FROM, ",".join(ids))
     return ids

@@ -2,7 +2,7 @@
 
 `sft` logs the student (log_student) and, once it loads back and generates (verify_logged_model), registers it
 once per run with its version tags, description and aliases (register_student); `evaluate` adds the accuracy
-(note_accuracy). `python -m distill.students` and `distill.phases.main.targets` read the same names and tags.
+(note_accuracy). `python -m distill.students` and `distill.pipeline.targets` read the same names and tags.
 """
 
 from __future__ import annotations

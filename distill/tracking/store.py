@@ -74,7 +74,7 @@ def ensure_tracking_store() -> None:
 
 
 def warm_tracking_store() -> None:
-    """For the process `main`'s steps fork from (distill.phases.main.step_preload): set up the SQLite store and make
+    """For the process `main`'s steps fork from (distill.pipeline.fork_server): set up the SQLite store and make
     the reads every step makes, so that each step inherits MLflow's store and SQLAlchemy's compiled
     statements instead of building them again (~0.15 s a step). Then every connection is closed: none
     may cross a fork. Public APIs only: the engines are those SQLAlchemy reports connecting."""

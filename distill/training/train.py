@@ -29,7 +29,7 @@ console = logging.getLogger(__name__)
 class TrainConfig:
     """How one training runs, beyond its data and its student."""
 
-    settings: dict                     # SFTConfig settings (sft.resolved_settings: the preset's and those given)
+    settings: dict                     # SFTConfig settings (sft.resolved_sft_config: the preset's and those given)
     seed: int                          # the training and data seed
     output_dir: Path                   # checkpoints go here
     bf16: bool = False                 # already resolved for this hardware (sft.use_bf16)

@@ -129,7 +129,7 @@ def narrowed(p: ReportParams) -> bool:
     return bool(p.teachers or p.students)
 
 
-def settle(p: ReportParams, preset) -> ReportParams:
+def resolve_settings(p: ReportParams, preset) -> ReportParams:
     """The parameters resolved against the preset: the grid in its spelling, the error teachers chosen."""
     p = resolve(p, preset)
     teachers = grid_names(p.teachers, preset_list(preset, "teachers"), "teachers")
@@ -143,13 +143,13 @@ def settle(p: ReportParams, preset) -> ReportParams:
 
 def reuse_key(p: ReportParams, preset, inputs_digest: str) -> dict:
     """The payload of report(p)'s reuse key, given the digest of the runs it reads (its upstream: the tokens run)."""
-    return params.key_payload(settle(p, preset), preset, narrowed=narrowed(p), inputs_digest=inputs_digest)
+    return params.key_payload(resolve_settings(p, preset), preset, narrowed=narrowed(p), inputs_digest=inputs_digest)
 
 
 def run(p: ReportParams) -> str:
     """Write the report and return its run id (an earlier report of identical inputs when reused)."""
     preset = load_preset(p.preset)
-    narrow, p = narrowed(p), settle(p, preset)
+    narrow, p = narrowed(p), resolve_settings(p, preset)
     eval_set, preset_teachers, preset_students = p.eval_set, p.teachers, p.students
     seeds_wanted, error_teachers = p.seeds, p.error_teachers
     baseline_label = f"{preset.baseline.shots}-shot" if preset.baseline.shots else "few-shot"  # as evaluate tags it

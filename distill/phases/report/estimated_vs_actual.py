@@ -5,7 +5,7 @@ The runs are the report's inputs (every evaluation, errors and tokens run it rea
 tags (`distill.*_run_id`), every run those were built from: the sft runs, the selection, the teachers, the
 translation. Each step of a `main` (or of an entry point that builds its upstream) logged on its run
 `wall_seconds`, `gpu_seconds` (wall x the GPUs it held; 0 on CPU) and, where the estimate models the step,
-`estimated_wall_seconds` and `estimated_gpu_seconds` (distill.phases.main.step_time). A run made alone carries
+`estimated_wall_seconds` and `estimated_gpu_seconds` (distill.pipeline.step_time). A run made alone carries
 none and is counted as not timed. actual / estimated compares the runs that carry both.
 """
 

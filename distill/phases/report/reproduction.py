@@ -2,7 +2,7 @@
 
 Written only where this run is comparable with the paper: its evaluation set, its teachers and students (by
 model id, whatever the preset calls them) and its scoring rule; otherwise one line says what differs. A run of
-stand-in models under the paper's ids (the rehearsal, distill/standins/rehearsal.py) gets the section marked as
+stand-in models under the paper's ids (the rehearsal, distill/local_models/rehearsal.py) gets the section marked as
 such: its numbers are stand-ins, not a reproduction.
 """
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from distill.tracking import lineage
 
-# the grid parameters of an entry point (targets.KNOBS) that say which upstream runs are wanted
+# the grid parameters of an entry point (contract.Phase.grid_params) that say which upstream runs are wanted
 GENERATION = ("train_limit", "backend", "max_new_tokens")   # of the translation and the teachers' answers
 SELECTION = (*GENERATION, "n")                               # of a selection
 

@@ -2,8 +2,8 @@
 
 translate -> each teacher -> the teachers' own evaluations -> select -> sft for every teacher x student x
 seed -> evaluate each student -> 4-shot baselines -> errors (when a judge is configured) -> tokens -> report.
-Both executors walk this one plan: the sequential one (distill/phases/main/__init__.py) in its order, the Ray one
-(distill/phases/main/executors.py) as a graph. A step's input fields are left empty here and filled with the run ids
+Both executors walk this one plan: the sequential one (distill/pipeline/__init__.py) in its order, the Ray one
+(distill/pipeline/executors.py) as a graph. A step's input fields are left empty here and filled with the run ids
 of the steps named in `inputs` once those have run or been reused (`Step.filled`).
 
 For a tool that builds one target and what it needs (`-e sft` with its upstream): `upstream(steps, names)`
@@ -78,12 +78,12 @@ def parse_seeds(text: list[str], default: list) -> list[int]:
 
 
 def resolve_grid(p, who: str = "main", hardware: bool = True) -> Grid:
-    """The grid of `main`'s parameters (distill.phases.main.MainParams): names checked against the preset.
+    """The grid of `main`'s parameters (distill.pipeline.MainParams): names checked against the preset.
     `who` names the command in the refusals; `hardware`: refuse a GPU preset on a machine without a GPU now
     (an entry point that builds its upstream checks only the steps it will run: gpus.check_fits)."""
     from distill.config.models import resolve_names
     from distill.config.presets import load_preset
-    from distill.phases.main.gpus import check_hardware
+    from distill.pipeline.gpus import check_hardware
 
     preset = load_preset(p.preset)
     grid = preset.grid
@@ -131,26 +131,29 @@ def sft_name(teacher: str, student: str, seed) -> str:
     return f"sft {teacher} -> {student} (seed {seed})"
 
 
+def step(name: str, phase: str, inputs: dict[str, list[str]] | None = None, gpus: int = 0,
+         after: list[str] | None = None, **params) -> Step:
+    """A step of `phase` (distill.phases.contract) with these parameters; each input it names is one of the
+    phase's input parameters, left empty until the steps it names have run."""
+    from distill.phases.contract import phase as phase_of
+
+    this, inputs = phase_of(phase), inputs or {}
+    if set(inputs) - set(this.inputs):
+        raise ValueError(f"{phase} takes its inputs in {this.inputs}, not {sorted(set(inputs) - set(this.inputs))}")
+    return Step(name, phase, this.code.params(**dict.fromkeys(inputs, ""), **params), inputs=inputs,
+                after=after or [], gpus=gpus)
+
+
 def sft_step(teacher: str, student: str, seed: int, common: dict, gpus: int) -> Step:
     """One SFT cell of the grid, fed the `select` step's run: `main`'s, and what an entry point builds
     for a student it needs (a teacher mix `7B+72B` included)."""
-    from distill.phases.sft import SftParams
-
-    return Step(sft_name(teacher, student, seed), "sft",
-                SftParams(teacher=teacher, student=student, seed=seed, select_run="", **common),
-                inputs={"select_run": ["select"]}, gpus=gpus)
+    return step(sft_name(teacher, student, seed), "sft", {"select_run": ["select"]}, gpus,
+                teacher=teacher, student=student, seed=seed, **common)
 
 
 def plan(p, grid: Grid) -> list[Step]:
     """Every step of the grid, in the sequential executor's order, with its inputs and GPUs."""
     from distill.config.models import resolve_role
-    from distill.phases.evaluate import EvaluateParams
-    from distill.phases.judge import ErrorsParams
-    from distill.phases.report import ReportParams
-    from distill.phases.select import SelectParams
-    from distill.phases.teacher import TeacherParams
-    from distill.phases.tokens import TokensParams
-    from distill.phases.translate import TranslateParams
 
     preset, teachers, students, seeds, limit = grid.preset, grid.teachers, grid.students, grid.seeds, grid.limit
     common = dict(preset=p.preset, reuse=p.reuse)
@@ -161,35 +164,29 @@ def plan(p, grid: Grid) -> list[Step]:
     translator_tp = int(preset.translator.tensor_parallel_size or default_tp)
     gpu = lambda n: gpus_for_generation(preset, grid.backend, n, p.rehearsal)  # noqa: E731
     sft_gpus = sft_gpu_count(preset, p.rehearsal)
-    steps = [Step("translate", "translate", TranslateParams(limit=p.train_limit, **gen, **common), gpus=gpu(translator_tp))]
-    steps += [Step(f"teacher {t}", "teacher", TeacherParams(teacher=t, translation_run="", **gen, **common),
-                   inputs={"translation_run": ["translate"]}, gpus=gpu(tp[t])) for t in teachers]
-    steps += [Step(f"evaluate teacher {t}", "evaluate", EvaluateParams(model=t, limit=limit, **gen, **common),
-                   gpus=gpu(tp[t])) for t in teachers]
-    steps.append(Step("select", "select", SelectParams(teacher_runs="", n=p.n, **common),
-                      inputs={"teacher_runs": [f"teacher {t}" for t in teachers]}))
+    steps = [step("translate", "translate", gpus=gpu(translator_tp), limit=p.train_limit, **gen, **common)]
+    steps += [step(f"teacher {t}", "teacher", {"translation_run": ["translate"]}, gpu(tp[t]), teacher=t, **gen,
+                   **common) for t in teachers]
+    steps += [step(f"evaluate teacher {t}", "evaluate", gpus=gpu(tp[t]), model=t, limit=limit, **gen, **common)
+              for t in teachers]
+    steps.append(step("select", "select", {"teacher_runs": [f"teacher {t}" for t in teachers]}, n=p.n, **common))
     cells = []
     for t in teachers:
         for s in students:
             for seed in seeds:
                 sft, ev = sft_name(t, s, seed), f"evaluate {s} <- {t} (seed {seed})"
                 steps.append(sft_step(t, s, seed, common, sft_gpus))
-                steps.append(Step(ev, "evaluate", EvaluateParams(model="", limit=limit, **gen, **common),
-                                  inputs={"model": [sft]}, gpus=gpu(default_tp)))
+                steps.append(step(ev, "evaluate", {"model": [sft]}, gpu(default_tp), limit=limit, **gen, **common))
                 cells.append((t, s, seed, ev))
-    steps += [Step(f"baseline {s} (4-shot)", "evaluate",
-                   EvaluateParams(model=s, mode="few-shot", limit=limit, **gen, **common), gpus=gpu(tp[s]))
-              for s in students]
+    steps += [step(f"baseline {s} (4-shot)", "evaluate", gpus=gpu(tp[s]), model=s, mode="few-shot", limit=limit,
+                   **gen, **common) for s in students]
     if grid.judge:
         judged = [t for t in preset.judge.teachers if t in teachers] or teachers
-        steps += [Step(f"errors {s} <- {t} (seed {seed})", "errors",
-                       ErrorsParams(eval_run="", judge_model=p.judge_model, judge_base_url=p.judge_base_url, **common),
-                       inputs={"eval_run": [ev]}) for t, s, seed, ev in cells if t in judged]
-    steps.append(Step("tokens", "tokens", TokensParams(select_run="", **common), inputs={"select_run": ["select"]}))
-    steps.append(Step("report", "report", ReportParams(preset=p.preset, teachers=",".join(teachers),
-                                                       students=",".join(students), seeds=",".join(map(str, seeds)),
-                                                       reuse=p.reuse),
-                      after=[s.name for s in steps]))
+        steps += [step(f"errors {s} <- {t} (seed {seed})", "errors", {"eval_run": [ev]}, judge_model=p.judge_model,
+                       judge_base_url=p.judge_base_url, **common) for t, s, seed, ev in cells if t in judged]
+    steps.append(step("tokens", "tokens", {"select_run": ["select"]}, **common))
+    steps.append(step("report", "report", after=[s.name for s in steps], preset=p.preset, teachers=",".join(teachers),
+                      students=",".join(students), seeds=",".join(map(str, seeds)), reuse=p.reuse))
     return steps
 
 
@@ -240,14 +237,12 @@ def finished_run(step: Step, params: Any) -> str | None:
     """The id of a FINISHED run of this step's work (the phase's own reuse check under phase_runs.REUSE_ONLY:
     same parameters, input run ids and code; no model is loaded), None where the step must run. It writes
     nothing (phase_runs.LOOK_ONLY): no pointer run, no tag, inside a run or outside any."""
-    import importlib
-
-    from distill.phases import module_name
+    from distill.phases.contract import phase
     from distill.tracking import phase_runs
 
     phase_runs.REUSE_ONLY = phase_runs.LOOK_ONLY = True
     try:
-        return importlib.import_module(module_name(step.phase)).run(params)
+        return phase(step.phase).code.run(params)
     except phase_runs.NotReused:
         return None
     finally:

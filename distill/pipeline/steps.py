@@ -46,7 +46,7 @@ def start_method() -> str:
     return method
 
 
-PRELOAD = ["distill.phases.main.step_preload"]
+PRELOAD = ["distill.pipeline.fork_server"]
 INTERRUPT_GRACE_S = 60  # after a ^C or SIGTERM (stop_signals), how long a step may take to end its run
 # Set once a step found itself forked from a process that had initialised CUDA (in_bad_fork): every later step of
 # this process starts with spawn, a fresh interpreter, instead of from that fork server.
@@ -198,7 +198,7 @@ def _child(module: str, params, parent_run_id: str, experiment_id: str, tracking
     stop_like_ctrl_c(repeat_sigint=False)  # the fork server ignores ^C; a step must not, nor a scheduler's SIGTERM
     os.chdir(cwd)  # the fork server's is the parent's when it started; a relative sqlite:///mlflow.db needs this one
     os.environ.clear()
-    os.environ.update(env)  # CUDA_VISIBLE_DEVICES first of all: the fork server made no CUDA context (step_preload)
+    os.environ.update(env)  # CUDA_VISIBLE_DEVICES first of all: the fork server made no CUDA context (fork_server)
     os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s main run: a phase would take it for its own
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
     from distill.log import quiet_loggers
@@ -231,7 +231,7 @@ def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: b
                    cuda_visible_devices: str | None = None) -> str:
     """`module.run(params)` in a fresh process nested under the main run; its run id, or the step's
     error raised here (DistillError as it was, anything else as StepError). `fresh_inputs`: see
-    phase_runs.FRESH_INPUTS. `cuda_visible_devices`: the GPUs the process sees (distill.phases.main.gpus; "" none),
+    phase_runs.FRESH_INPUTS. `cuda_visible_devices`: the GPUs the process sees (distill.pipeline.gpus; "" none),
     set in its environment before anything in it can initialise CUDA; None: this process's."""
     import mlflow
 

@@ -6,7 +6,7 @@ carries the cache key of its grid (lineage.CACHE_KEY, from its params less how i
 heartbeat a daemon thread renews; so does the run `mlflow run` opened for it (MLFLOW_RUN_ID), which is the
 main run itself under `--experiment-name`, else a run of its own in the Default experiment. The next `main`
 of the same grid marks those that are dead KILLED (distill.killed_reason) when it starts: at once when they ran
-on this machine and their process is gone (claims.process_gone), else once their heartbeat stopped. When it ends
+on this machine and their process is gone (key_locks.process_gone), else once their heartbeat stopped. When it ends
 it marks every dead run of its experiments KILLED, whatever its work: what a killed `main` left RUNNING in a step
 this one did not reach (or reused from elsewhere) is not left RUNNING after it. A ^C or SIGTERM ends it KILLED.
 """
@@ -22,14 +22,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from distill.config import params
-from distill.phases.main import planner
-from distill.tracking import cache_keys, claims, lineage, phase_runs, ui_links
+from distill.pipeline import planner
+from distill.tracking import cache_keys, key_locks, lineage, phase_runs, ui_links
 from distill.tracking.registry import registered_name
 
 console = logging.getLogger(__name__)
 
 # The run `mlflow run` opened for this `main` (MLFLOW_RUN_ID), noted before the preset's experiment takes
-# it out of the environment (distill.tracking.store.use_preset_experiment); set by distill.phases.main.prepare.
+# it out of the environment (distill.tracking.store.use_preset_experiment); set by distill.pipeline.prepare.
 CLI_RUN_ID: str | None = None
 
 
@@ -68,19 +68,19 @@ def _cli_run(main_run_id: str):
 def mark_dead(key: str, me: str, cli_experiment: str | None) -> None:
     """Earlier tries of this grid (or build) that are dead: parent runs here, `mlflow run`'s in its experiment."""
     try:
-        claims.mark_dead(key, me)
+        key_locks.mark_dead(key, me)
         if cli_experiment:
             tries = lineage.search_phase_runs(status="RUNNING", tags={lineage.CACHE_KEY: key},
                                               experiment_ids=[cli_experiment])
-            claims.mark_dead(key, me, tries)
+            key_locks.mark_dead(key, me, tries)
     except Exception as e:  # noqa: BLE001 - marking others is housekeeping; this run goes on
         console.warning(f"could not mark dead runs of this grid KILLED ({type(e).__name__}: {e})")
 
 
 def mark_all_dead(me: str, experiment_id: str, cli_experiment: str | None) -> None:
-    """Every dead run of this run's experiment (and `mlflow run`'s), whatever its work (claims.mark_dead_in)."""
+    """Every dead run of this run's experiment (and `mlflow run`'s), whatever its work (key_locks.mark_dead_in)."""
     try:
-        claims.mark_dead_in([experiment_id, *([cli_experiment] if cli_experiment else [])], me)
+        key_locks.mark_dead_in([experiment_id, *([cli_experiment] if cli_experiment else [])], me)
     except Exception as e:  # noqa: BLE001 - housekeeping, as mark_dead
         console.warning(f"could not mark dead runs KILLED ({type(e).__name__}: {e})")
 
@@ -102,16 +102,16 @@ def parent_run(run_name: str, params: dict, key: str, tags: dict[str, str]) -> I
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    beat = {lineage.CACHE_KEY: key, lineage.HEARTBEAT: f"{time.time():.3f}", **claims.whereabouts()}
+    beat = {lineage.CACHE_KEY: key, lineage.HEARTBEAT: f"{time.time():.3f}", **key_locks.whereabouts()}
     with ExitStack() as stack:
         run = stack.enter_context(mlflow.start_run(run_name=run_name, tags={**tags, **beat}))
-        stack.enter_context(claims.Heartbeat(run.info.run_id))
+        stack.enter_context(key_locks.Heartbeat(run.info.run_id))
         cli = _cli_run(run.info.run_id)
         if cli is not None:
             client = MlflowClient()
             for k, v in beat.items():
                 client.set_tag(cli.info.run_id, k, v)
-            stack.enter_context(claims.Heartbeat(cli.info.run_id))
+            stack.enter_context(key_locks.Heartbeat(cli.info.run_id))
         cli_experiment = cli.info.experiment_id if cli is not None and cli.info.experiment_id != run.info.experiment_id \
             else None
         mark_dead(key, run.info.run_id, cli_experiment)

