@@ -354,4 +354,6 @@ def check_sft_block(preset, name: str, in_a_child: bool) -> None:
     done = subprocess.run([sys.executable, "-m", "distill.training.sft_config", name], capture_output=True, text=True)
     if done.returncode:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        raise DistillError(lines[-1] if done.returncode == 2 else f"checking the preset's sft: block failed: {lines[-1]}")
+        raise DistillError(
+            lines[-1] if done.returncode == 2 else f"checking the preset's sft: block failed: {lines[-1]}"
+        )

@@ -119,7 +119,9 @@ def describe_store() -> tuple[str, str]:
 
 def is_line(text: str) -> bool:
     """Whether an error's text is such a line (a step process sends its error as text)."""
-    return text.startswith((*REASONS.values(), f"{NO_SPACE} writing the tracking store", "the tracking store answered"))
+    return text.startswith(
+        (*REASONS.values(), f"{NO_SPACE} writing the tracking store", "the tracking store answered")
+    )
 
 
 @contextmanager

@@ -10,7 +10,8 @@ NAMES = (*PHASE_NAMES, "main")  # in the order the docs describe them
 
 
 def entry_point(name: str) -> Phase:
-    """The phase an entry point runs; `main` is distill.pipeline.MAIN. An unknown name is refused with the known ones."""
+    """The phase an entry point runs; `main` is distill.pipeline.MAIN. An unknown name is refused with the
+    known ones."""
     if name == "main":
         from distill.pipeline import MAIN
 

@@ -51,7 +51,8 @@ def table(phase: str) -> str:
     built = upstream_fields(phase)
     builds = {f.name for f, _ in built} - set(BUILD_OPTIONS)
     for f, s in doc_order(params_class(phase)) + built:
-        meaning = ("for what it builds: " if f.name in builds else "") + s.help + (f"; {s.rule.allowed()}" if s.rule else "")
+        meaning = (("for what it builds: " if f.name in builds else "") + s.help
+                   + (f"; {s.rule.allowed()}" if s.rule else ""))
         if s.unkeyed and f.name not in builds:
             meaning += f" (not in the reuse key: {s.unkeyed})"
         rows.append(f"| `{f.name}` | {default_text(f, s)} | {meaning} |")

@@ -34,7 +34,8 @@ class Student:
     def uri(self) -> str:
         """The shortest alias that points here (`@teacher-7b` for the newest, else `@teacher-7b-seed1`),
         else the version number: an alias moves with retraining, a number never does."""
-        return f"models:/{self.name}@{min(self.aliases, key=len)}" if self.aliases else f"models:/{self.name}/{self.version}"
+        return (f"models:/{self.name}@{min(self.aliases, key=len)}" if self.aliases
+                else f"models:/{self.name}/{self.version}")
 
     def cells(self) -> tuple[str, ...]:
         return (self.name, str(self.version), self.teacher or DASH, self.seed or DASH, self.accuracy,

@@ -1,4 +1,5 @@
-"""Entry point `select` (not named select.py: that would shadow the standard library module): see distill/phases/select.py."""
+"""Entry point `select` (not named select.py: that would shadow the standard library module): see
+distill/phases/select.py."""
 
 from distill.cli import run_phase
 

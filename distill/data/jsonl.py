@@ -53,7 +53,8 @@ def read_train_file(path: Path) -> list[dict]:
     """The user's own training set for `sft`: JSON objects with text `prompt` and `completion`."""
     rows = []
     for lineno, row in json_lines(path):
-        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k] for k in ("prompt", "completion"))):
+        if not (isinstance(row, dict)
+                and all(isinstance(row.get(k), str) and row[k] for k in ("prompt", "completion"))):
             raise DistillError(f"{path}:{lineno}: needs non-empty text 'prompt' and 'completion' fields")
         rows.append(row)
     return rows

@@ -39,7 +39,8 @@ def _exemplar_block(ex: dict) -> str:
 
 
 def few_shot_prompt(question: str, shots: int) -> str:
-    """The paper's few-shot baseline (4 shots in the paper): exemplars in the same format, then the question's prompt."""
+    """The paper's few-shot baseline (4 shots in the paper): exemplars in the same format, then the
+    question's prompt."""
     blocks = [_exemplar_block(ex) for ex in mgsm_exemplars()[:shots]]
     return "\n\n".join(blocks + [paper_prompt(question)]) + "\n"
 

@@ -76,8 +76,8 @@ def read_jsonl_examples(path: Path, id_prefix: str | None = None) -> list[Exampl
             raise DistillError(f"{where}: needs an 'answer_number' field")
         gold = _gold_or_fail(row["answer_number"], where)
         examples.append(
-            Example(str(row.get("id", f"{prefix}-{lineno - 1:04d}")), row["question"].strip(), gold, row.get("reference"),
-                    where=where)
+            Example(str(row.get("id", f"{prefix}-{lineno - 1:04d}")), row["question"].strip(), gold,
+                    row.get("reference"), where=where)
         )
     if not examples:
         raise DistillError(f"{path}: no examples in the file")
@@ -212,7 +212,8 @@ def load_gsm8k(split: str, source: str = "hub", limit: int | None = None) -> lis
     out = []
     for i, row in enumerate(first(rows, limit, f"GSM8K {split} questions of {source}")):
         gold = _gold_or_fail(row["answer"], f"GSM8K {split} row {i}")
-        out.append({"id": f"gsm8k-{split}-{i:04d}", "question": row["question"], "answer": row["answer"], "answer_number": gold})
+        out.append({"id": f"gsm8k-{split}-{i:04d}", "question": row["question"], "answer": row["answer"],
+                    "answer_number": gold})
     return out
 
 

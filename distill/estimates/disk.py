@@ -55,9 +55,10 @@ def sft_disk(preset, keep: str = "last", local: bool = True) -> dict:
     else:
         kept = 0
         after, peak = models, models + CHECKPOINTS_AT_ONCE * CHECKPOINT_BYTES * largest
-    return {"runs": runs * len(params), "checkpoints_per_run": per_run, "students_b": {k: v / 1e9 for k, v in params.items()},
-            "models_gb": models / GB, "checkpoints_gb": kept / GB, "store_after_gb": after / GB,
-            "store_peak_gb": peak / GB, "checkpoint_gb_largest": CHECKPOINT_BYTES * largest / GB}
+    return {"runs": runs * len(params), "checkpoints_per_run": per_run,
+            "students_b": {k: v / 1e9 for k, v in params.items()}, "models_gb": models / GB,
+            "checkpoints_gb": kept / GB, "store_after_gb": after / GB, "store_peak_gb": peak / GB,
+            "checkpoint_gb_largest": CHECKPOINT_BYTES * largest / GB}
 
 
 def sft_step_gb(n_params: int, keep: str = "last", epochs: float = 1) -> float:

@@ -52,7 +52,8 @@ class TransformersGenerator:
         self.tokenizer.padding_side = "left"
         placement = {}
         if model is None:
-            torch_dtype = (torch.bfloat16 if self.device == "cuda" else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+            torch_dtype = ((torch.bfloat16 if self.device == "cuda" else torch.float32) if dtype == "auto"
+                           else getattr(torch, dtype))
             placement = load_placement(self.device, torch.cuda.device_count() if self.device == "cuda" else 0)
             model = AutoModelForCausalLM.from_pretrained(
                 model_source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **placement

@@ -107,9 +107,13 @@ class OpenAIGenerator:
                 try:
                     results.append(f.result())
                 except openai.APIConnectionError as e:
-                    raise DistillError(f"cannot reach the OpenAI-compatible server at {self.client.base_url}: {e}") from None
+                    raise DistillError(
+                        f"cannot reach the OpenAI-compatible server at {self.client.base_url}: {e}"
+                    ) from None
                 except openai.APIStatusError as e:
-                    raise DistillError(f"the server at {self.client.base_url} answered {e.status_code}: {e.message}") from None
+                    raise DistillError(
+                        f"the server at {self.client.base_url} answered {e.status_code}: {e.message}"
+                    ) from None
         return results
 
     def close(self) -> None:

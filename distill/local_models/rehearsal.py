@@ -13,16 +13,16 @@ in minutes, instead of after hours of 72B generation. With backend=vllm on vLLM'
 vLLM loads the same ids from the same cache; only its GPU kernels and tensor parallelism are not exercised.
 
 The stand-ins: tiny models (distill.local_models.tiny) of each model's real architecture (Llama for Swallow,
-sarashina2.2 and llm-jp-3.1; Qwen2 for Qwen2.5), with a chat template where the real repository has
-one: the translator and the instruct teachers, and the Qwen2.5 base students (Qwen ships its template
-with the base models too); the sarashina2.2-1b and llm-jp-3.1-1.8b base models ship none, and neither
-do their stand-ins. The teachers always answer `解答: 72` (their weights map each token of that answer
-to the next: make_answer), in transformers and in vLLM alike, and every other stand-in GSM8K training question has 72 as its gold answer, so `select`'s
-all-correct filter keeps some questions, as it does on the real teachers. The data: real text shipped
-in this package (GSM8K samples, MIT; MGSM-ja, CC BY 4.0) in the real columns and splits: openai/gsm8k
-`main` train/test (`question`, `answer`), SakanaAI/gsm8k-ja-test_250-1319 `test` (`question`,
-`answer_number`; its rows are GSM8K test questions 250 onwards, so the stand-in's English originals
-sit at those positions of the stand-in GSM8K test split, where the judge's references are looked up).
+sarashina2.2 and llm-jp-3.1; Qwen2 for Qwen2.5), with a chat template where the real repository has one: the
+translator and the instruct teachers, and the Qwen2.5 base students (Qwen ships its template with the base
+models too); the sarashina2.2-1b and llm-jp-3.1-1.8b base models ship none, and neither do their stand-ins.
+The teachers always answer `解答: 72` (their weights map each token of that answer to the next: make_answer),
+in transformers and in vLLM alike, and every other stand-in GSM8K training question has 72 as its gold
+answer, so `select`'s all-correct filter keeps some questions, as it does on the real teachers. The data:
+real text shipped in this package (GSM8K samples, MIT; MGSM-ja, CC BY 4.0) in the real columns and splits:
+openai/gsm8k `main` train/test (`question`, `answer`), SakanaAI/gsm8k-ja-test_250-1319 `test` (`question`,
+`answer_number`; its rows are GSM8K test questions 250 onwards, so the stand-in's English originals sit at
+those positions of the stand-in GSM8K test split, where the judge's references are looked up).
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ def _gsm8k_rows(split: str) -> list[dict]:
     from distill.data.jsonl import read_jsonl
     from distill.data.questions import RESOURCES
 
-    return [{"question": r["question"], "answer": r["answer"]} for r in read_jsonl(RESOURCES / f"gsm8k_{split}_sample.jsonl")]
+    return [{"question": r["question"], "answer": r["answer"]}
+            for r in read_jsonl(RESOURCES / f"gsm8k_{split}_sample.jsonl")]
 
 
 def _with_gold(answer: str, gold: str) -> str:
@@ -212,13 +213,15 @@ def build(folder: str | Path, preset_name: str = "paper") -> dict:
     for (repo_id, config), splits in data.items():
         put_dataset(folder / "datasets", repo_id, config, splits)
     manifest = {"preset": preset.name, "models": models,
-                "datasets": {f"{r} ({c})": {s: len(rows) for s, rows in splits.items()} for (r, c), splits in data.items()}}
+                "datasets": {f"{r} ({c})": {s: len(rows) for s, rows in splits.items()}
+                             for (r, c), splits in data.items()}}
     (folder / "rehearsal.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
 
 
 def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m distill.local_models.rehearsal", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m distill.local_models.rehearsal",
+                                     description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write the stand-ins of a preset's models and data sets into FOLDER")
     b.add_argument("folder")

@@ -73,7 +73,8 @@ class EvaluateParams(GenerationOptions):
     preset: str = preset_param()
     eval_set: str = param("", preset="data.eval_set",
                           help="`gsm8k-ja` (`SakanaAI/gsm8k-ja-test_250-1319`, 1,069 questions, from the Hub), "
-                               "`mgsm-ja` (250, shipped), or a JSONL file with `question` and `answer_number` per line")
+                               "`mgsm-ja` (250, shipped), or a JSONL file with `question` and `answer_number` "
+                               "per line")
     mode: str = param("zero-shot", help="`few-shot`: the paper's base-model baseline (below)")
     prompt_format: str = param("auto", help="`chat` (chat template; teachers) or `plain` (base models, students); "
                                             "`auto`: chat for the preset's teachers and for a served name without a "
@@ -97,8 +98,8 @@ def _lineage_from_run(run_id: str) -> dict[str, str]:
     if tags.get(PHASE) != "sft":
         raise DistillError(f"run {run_id} is not an sft run (phase {tags.get(PHASE)!r}); "
                            "give an sft run id, a models:/ URI or a model name")
-    return {STUDENT: tags.get(STUDENT, ""), TEACHER: tags.get(TEACHER, ""), SFT_RUN_ID: run_id, SEED: tags.get(SEED, ""),
-            LOGGED_MODEL: tags.get(LOGGED_MODEL, ""), MODEL_ID: tags.get(MODEL_ID, ""),
+    return {STUDENT: tags.get(STUDENT, ""), TEACHER: tags.get(TEACHER, ""), SFT_RUN_ID: run_id,
+            SEED: tags.get(SEED, ""), LOGGED_MODEL: tags.get(LOGGED_MODEL, ""), MODEL_ID: tags.get(MODEL_ID, ""),
             REGISTERED_MODEL: tags.get(REGISTERED_MODEL, ""), REGISTERED_VERSION: tags.get(REGISTERED_VERSION, "")}
 
 
@@ -198,7 +199,9 @@ def resolve_settings(p: EvaluateParams, preset) -> Resolved:
     if p.mode == "few-shot" and p.shots is None:
         raise DistillError(f"preset {preset.name!r} has no baseline.shots; pass shots=<n> (the paper: 4)")
     if p.mode == "few-shot" and not 0 < p.shots <= len(mgsm_exemplars()):
-        raise DistillError(f"shots must be between 1 and {len(mgsm_exemplars())} (the MGSM-ja exemplars); got {p.shots}")
+        raise DistillError(
+            f"shots must be between 1 and {len(mgsm_exemplars())} (the MGSM-ja exemplars); got {p.shots}"
+        )
     p = dataclasses.replace(with_model_parallelism(p, ref), model=ref.name, prompt_format=prompt_format)
     return Resolved(p, ref, lineage, examples, source)
 
@@ -224,8 +227,8 @@ def run(p: EvaluateParams) -> str:
     who = describe(ref, lineage, few_shot, shots)
     # `model` is the readable name (a student's sft run id is `model_source` and the tag distill.sft_run_id);
     # under `mlflow run -P model=<run id>` the typed value stays and the name goes to `model.resolved`.
-    logged = {"preset": preset.name, "model": who["model_name"], "model_source": ref.source,
-              "role": who["role"], "teacher": who["teacher"], "student": who["student"], "seed": who["seed"], "eval_set": eval_set,
+    logged = {"preset": preset.name, "model": who["model_name"], "model_source": ref.source, "role": who["role"],
+              "teacher": who["teacher"], "student": who["student"], "seed": who["seed"], "eval_set": eval_set,
               "mode": p.mode, "shots": shots if few_shot else 0, "prompt_format": p.prompt_format,
               "backend": p.backend, "limit": p.limit, "max_new_tokens": config.max_new_tokens,
               "repetition_penalty": p.repetition_penalty, "temperature": config.temperature, "stop": "eos",
@@ -277,7 +280,8 @@ def run(p: EvaluateParams) -> str:
         if lineage.get(REGISTERED_MODEL):
             registry.note_accuracy(lineage, metrics, pr.run_id, eval_set)
         line = (f"evaluate {ref.name} on {eval_set}: accuracy {metrics['accuracy']:.2f}% "
-                f"[{metrics['accuracy_ci_low']:.2f}, {metrics['accuracy_ci_high']:.2f}] ({sum(correct)}/{len(correct)}; "
+                f"[{metrics['accuracy_ci_low']:.2f}, {metrics['accuracy_ci_high']:.2f}] "
+                f"({sum(correct)}/{len(correct)}; "
                 f"answer line {metrics['accuracy_answer_line']:.2f}%")
         if few_shot:
             line += f"; cut at the next question {metrics['accuracy_' + CUT]:.2f}%"

@@ -85,7 +85,8 @@ def _teacher_runs(p: SelectParams, preset) -> list:
     teachers = [r.data.tags.get(lineage.TEACHER) for r in runs]
     if len(runs) < 2:
         raise DistillError(f"select needs at least two teacher runs; found {len(runs)}"
-                           + (f" ({', '.join(f'{t}: {r.info.run_id}' for t, r in zip(teachers, runs))})" if runs else "")
+                           + (f" ({', '.join(f'{t}: {r.info.run_id}' for t, r in zip(teachers, runs))})"
+                              if runs else "")
                            + "; run `teacher` for more teachers or pass teacher_runs=<id>,<id>")
     if len(set(teachers)) != len(teachers):
         raise DistillError(f"two teacher runs are for the same teacher: {teachers}")
@@ -118,7 +119,8 @@ def run(p: SelectParams) -> str:
     order = {name: i for i, name in enumerate(preset.teachers)}  # preset order: small to large
     runs.sort(key=lambda r: (order.get(r.data.tags[lineage.TEACHER], len(order)), r.data.tags[lineage.TEACHER]))
     translation_run_id = runs[0].data.tags[lineage.TRANSLATION_RUN_ID]
-    answers = {r.data.tags[lineage.TEACHER]: phase_runs.read_jsonl_artifact(r.info.run_id, "answers.jsonl") for r in runs}
+    answers = {r.data.tags[lineage.TEACHER]: phase_runs.read_jsonl_artifact(r.info.run_id, "answers.jsonl")
+               for r in runs}
     translations = {t["id"]: t for t in phase_runs.read_jsonl_artifact(translation_run_id, "translations.jsonl")}
     ids = qualifying_ids(answers, translations, rule, keep_truncated)
     n_truncated = {t: sum(truncated(a) for a in rows) for t, rows in answers.items()}
@@ -129,7 +131,8 @@ def run(p: SelectParams) -> str:
         if not p.allow_fewer:
             raise DistillError(f"only {len(ids)} questions qualify under filter={rule} ({per_teacher}), fewer than "
                                f"n={n}; lower n, or pass allow_fewer=true to take all {len(ids)}"
-                               + (" (or keep_truncated=true)" if any(n_truncated.values()) and not keep_truncated else ""))
+                               + (" (or keep_truncated=true)"
+                                  if any(n_truncated.values()) and not keep_truncated else ""))
         console.info(f"select: taking all {len(ids)} qualifying questions (n={n} asked, allow_fewer=true)")
     chosen = choose(ids, min(n, len(ids)), seed)
     chosen_set = set(chosen)
@@ -143,7 +146,8 @@ def run(p: SelectParams) -> str:
                 **{f"teacher_run_id.{r.data.tags[lineage.TEACHER]}": r.info.run_id for r in runs}}
     tags = {lineage.TEACHERS: ",".join(teachers),
             lineage.TEACHER_RUN_IDS: json.dumps({r.data.tags[lineage.TEACHER]: r.info.run_id for r in runs})}
-    with phase_runs.phase_run("select", logged, upstream, tags=tags, reuse=p.reuse, key=params.key_payload(p, preset)) as pr:
+    with phase_runs.phase_run("select", logged, upstream, tags=tags, reuse=p.reuse,
+                              key=params.key_payload(p, preset)) as pr:
         if pr.reused:
             return pr.run_id
         import mlflow
@@ -159,9 +163,11 @@ def run(p: SelectParams) -> str:
                 path = tmp / "train" / f"{teacher}.jsonl"
                 path.parent.mkdir(exist_ok=True)
                 write_jsonl(path, train)
-                phase_runs.log_dataset(train, name=f"train-{teacher}", source=f"runs:/{pr.run_id}/train/{teacher}.jsonl",
-                                     context=f"training:{teacher}")
-            dev = [{"id": i, "question": translations[i]["question_ja"], "answer_number": translations[i]["answer_number"]}
+                phase_runs.log_dataset(train, name=f"train-{teacher}",
+                                       source=f"runs:/{pr.run_id}/train/{teacher}.jsonl",
+                                       context=f"training:{teacher}")
+            dev = [{"id": i, "question": translations[i]["question_ja"],
+                    "answer_number": translations[i]["answer_number"]}
                    for i in dev_ids]
             write_jsonl(tmp / "dev.jsonl", dev)
             mlflow.log_artifacts(str(tmp / "train"), artifact_path="train")
@@ -173,7 +179,8 @@ def run(p: SelectParams) -> str:
                                 qualifying_ids(answers, translations, rule, True)) - len(ids),
                             "n_excluded_flagged": sum(t.get("flag") == "empty" for t in translations.values())})
         if any(n_truncated.values()):
-            console.info(f"select: answers cut at max_new_tokens ({', '.join(f'{t}: {k}' for t, k in n_truncated.items())})"
+            console.info("select: answers cut at max_new_tokens "
+                         f"({', '.join(f'{t}: {k}' for t, k in n_truncated.items())})"
                          f" {'kept (keep_truncated=true)' if keep_truncated else 'left out'}")
         console.info(f"select: {len(ids)} questions qualify, {len(chosen)} chosen, dev {len(dev_ids)}; "
                      f"teachers {', '.join(teachers)}; run {pr.run_id}")

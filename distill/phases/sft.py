@@ -210,7 +210,8 @@ def load_training_rows(p: SftParams, teachers: list[str], preset) -> tuple[list[
     sets = {t: phase_runs.read_jsonl_artifact(run.info.run_id, f"train/{t}.jsonl") for t in teachers}
     rows = sets[teachers[0]] if len(teachers) == 1 else mix(sets, p.seed)
     upstream = {"select_run_id": run.info.run_id, "teacher_run_id": ",".join(run_ids.get(t, "") for t in teachers)}
-    source = f"runs:/{run.info.run_id}/train/{teachers[0]}.jsonl" if len(teachers) == 1 else f"runs:/{run.info.run_id}/train"
+    source = (f"runs:/{run.info.run_id}/train/{teachers[0]}.jsonl" if len(teachers) == 1
+              else f"runs:/{run.info.run_id}/train")
     return rows, upstream, source, run
 
 
@@ -233,8 +234,8 @@ def train_config(p: SftParams, h: dict, bf16: bool, out_dir: Path, run_id: str |
     """How this phase trains: checkpoints in out_dir, resumed from `resume`, uploaded to run_id (whose earlier
     tries' checkpoints are removed once it has a newer one, unless keep_checkpoints=all), and the trained
     model saved by every rank into out_dir/final."""
-    return TrainConfig(settings=h, seed=p.seed, bf16=bf16, output_dir=out_dir, run_id=run_id, resume=resume, earlier=list(earlier),
-                       save_steps=p.save_steps, checkpoints_to_run=p.checkpoints_to_run,
+    return TrainConfig(settings=h, seed=p.seed, bf16=bf16, output_dir=out_dir, run_id=run_id, resume=resume,
+                       earlier=list(earlier), save_steps=p.save_steps, checkpoints_to_run=p.checkpoints_to_run,
                        keep_checkpoints=p.keep_checkpoints, final_dir=out_dir / "final")
 
 
@@ -244,8 +245,8 @@ def default_seed(preset) -> int:
 
 
 def preflight(p: SftParams) -> None:
-    """What run() would refuse before any work, asked before an entry point builds the upstream (distill.pipeline.upstream):
-    a bad name or setting stops it at once, not after the teachers have run."""
+    """What run() would refuse before any work, asked before an entry point builds the upstream
+    (distill.pipeline.upstream): a bad name or setting stops it at once, not after the teachers have run."""
     preset = load_preset(p.preset)
     students = [p.student] if p.student else list(preset.grid.students or preset.students)
     for student in students:
@@ -334,7 +335,8 @@ def _train_on_rank_0(p: SftParams, h: dict, teachers: list[str], student, preset
     # The setting, not its outcome, goes into the parameters: resolving `auto` needs torch, and a reused
     # run should be found without importing it. The outcome is logged as `bf16_used`.
     logged = {"preset": preset.name, "teacher": p.teacher, "student": student.name, "student_source": student.source,
-              **h, "seed": p.seed, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit, "train_file": p.train_file or None}
+              **h, "seed": p.seed, "bf16": p.bf16, "n_train": len(rows), "limit": p.limit,
+              "train_file": p.train_file or None}
     tags = {lineage.TEACHER: p.teacher, lineage.STUDENT: student.name, lineage.SEED: str(p.seed)}
     with phase_runs.phase_run("sft", logged, upstream, tags=tags, reuse=p.reuse,
                             key=key_payload(p, student, rows, preset)) as pr:

@@ -203,7 +203,8 @@ def run(p: SweepParams) -> str:
                             key=params.key_payload(p, preset, student_source=student.source)) as pr:
         # Workers seeded alike would try the same settings in the same order.
         sampler = optuna.samplers.TPESampler(seed=p.seed + p.worker)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0) if p.pruning else optuna.pruners.NopPruner()
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0) if p.pruning
+                  else optuna.pruners.NopPruner())
         study = open_study(p.storage, study_name, sampler, pruner)
 
         class PruneOnDev(TrainerCallback):
@@ -236,8 +237,8 @@ def run(p: SweepParams) -> str:
                 box = [load_tokenizer(materialize(student).tokenizer)]
                 callback = PruneOnDev(trial, box)
                 with tempfile.TemporaryDirectory() as out:
-                    config = TrainConfig(settings=h, seed=p.seed, bf16=use_bf16("auto", preset), output_dir=Path(out), save=False,
-                                         callbacks=[callback], tokenizer=box[0])
+                    config = TrainConfig(settings=h, seed=p.seed, bf16=use_bf16("auto", preset), output_dir=Path(out),
+                                         save=False, callbacks=[callback], tokenizer=box[0])
                     model, tokenizer, stats = train(student, rows, config)
                 mlflow.log_metrics(stats)
                 if callback.pruned:

@@ -106,5 +106,6 @@ def run(p: TeacherParams) -> str:
                             "n_truncated": n_truncated,
                             "output_tokens_mean": sum(r["output_tokens"] for r in records) / max(len(records), 1)})
         console.info(f"teacher {ref.name}: {sum(correct)}/{len(correct)} correct ({acc:.2f}%) on the "
-                     f"training questions, {n_truncated} cut at max_new_tokens={config.max_new_tokens}; run {pr.run_id}")
+                     f"training questions, {n_truncated} cut at max_new_tokens={config.max_new_tokens}; "
+                     f"run {pr.run_id}")
         return pr.run_id

@@ -74,7 +74,8 @@ def token_figure(rows: list[dict], tokenizers: list[str], teachers: list[str]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=max(len(tokenizers), 1), subplot_titles=tokenizers or ["(none)"], shared_yaxes=True)
+    fig = make_subplots(rows=1, cols=max(len(tokenizers), 1), subplot_titles=tokenizers or ["(none)"],
+                        shared_yaxes=True)
     for c, name in enumerate(tokenizers, start=1):
         for t in teachers:
             fig.add_trace(go.Box(y=[r["tokens"] for r in rows if r["tokenizer"] == name and r["teacher"] == t],
@@ -141,7 +142,8 @@ def run(p: TokensParams) -> str:
                 counts = [len(tok(a["completion"], add_special_tokens=False).input_ids) for a in answers]
                 for a, n in zip(answers, counts):
                     rows.append({"teacher": teacher, "tokenizer": name, "id": a["id"], "tokens": n,
-                                 "steps": calculation_steps(a["completion"]), "uses_decimal": uses_decimal(a["completion"])})
+                                 "steps": calculation_steps(a["completion"]),
+                                 "uses_decimal": uses_decimal(a["completion"])})
                 stats = summary(counts) if counts else {}
                 steps = [calculation_steps(a["completion"]) for a in answers]
                 table.append({"tokenizer": name, "teacher": teacher, "n": len(counts), **stats,
@@ -157,6 +159,7 @@ def run(p: TokensParams) -> str:
         phase_runs.log_records(table, "token_summary")
         log_figure(token_figure(rows, names, teachers), "token_counts", pr.run_id)
         for t in table:
-            console.info(f"tokens {t['tokenizer']:>14} {t['teacher']:>8}: mean {t.get('tokens_mean', float('nan')):.1f}, "
+            console.info(f"tokens {t['tokenizer']:>14} {t['teacher']:>8}: "
+                         f"mean {t.get('tokens_mean', float('nan')):.1f}, "
                          f"median {t.get('tokens_median', float('nan')):.0f}")
         return pr.run_id

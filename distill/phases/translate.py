@@ -76,7 +76,8 @@ class TranslateParams(GenerationOptions):
     preset: str = preset_param()
     translator: str = param("", preset=Default("the preset's `translator`"),
                             help="the translating model: a short name of the preset, a Hub id or a folder")
-    source: str = param("", preset="data.train", help="`hub` (openai/gsm8k), `shipped` (256 questions) or a JSONL path")
+    source: str = param("", preset="data.train",
+                        help="`hub` (openai/gsm8k), `shipped` (256 questions) or a JSONL path")
     limit: int | None = limit_param("the first N training questions", preset="data.train_limit",
                                     note="a number of training questions")
     max_new_tokens: int | None = max_new_tokens_param("generation.translate_max_new_tokens")
@@ -121,7 +122,8 @@ def run(p: TranslateParams) -> str:
         import mlflow
 
         phase_runs.log_dataset([{k: r[k] for k in ("id", "question", "answer_number")} for r in rows],
-                             name="gsm8k-train-en", source="hf://datasets/openai/gsm8k" if source in ("hub", "openai/gsm8k") else source,
+                             name="gsm8k-train-en",
+                             source="hf://datasets/openai/gsm8k" if source in ("hub", "openai/gsm8k") else source,
                              context="source")
 
         def translation(r: dict, out) -> dict:

@@ -29,7 +29,8 @@ console = logging.getLogger(__name__)
 
 
 def _known(text: str, name: str) -> str:
-    """A typed backend or executor checked when parsed, before the grid is planned or a step runs; empty: the default."""
+    """A typed backend or executor checked when parsed, before the grid is planned or a step runs; empty: the
+    default."""
     text = text.strip()
     if not text:
         return text
@@ -72,7 +73,8 @@ class MainParams:
     judge_base_url: str = param("", preset=Default(_EACH),
                                 help="the judge's server; without one (nor OPENAI_API_KEY) `errors` is skipped")
     max_new_tokens: int | None = count_param(None, "generation length of every step", preset=Default(_EACH))
-    rehearsal: bool = param(False, help="let a GPU preset run on a CPU (stand-in models: distill/local_models/rehearsal.py)")
+    rehearsal: bool = param(False,
+                            help="let a GPU preset run on a CPU (stand-in models: distill/local_models/rehearsal.py)")
     reuse: bool = reuse_param()
     plan: bool = param(False, unkeyed="prints what would run, runs nothing",
                        help="`true`: print the steps it would run and those it reuses, each with its GPUs, GPU-hours, "
@@ -196,8 +198,8 @@ class Steps:
         if not reused:
             self.fresh.add(run_id)
             step_time.log_step_time(run_id, time.perf_counter() - t0, gpus, self.estimates.get(name))
-        self.log.append({"step": name, "run_id": run_id, "reused": reused, "seconds": round(time.perf_counter() - t0, 2),
-                         "gpus": gpus})
+        self.log.append({"step": name, "run_id": run_id, "reused": reused,
+                         "seconds": round(time.perf_counter() - t0, 2), "gpus": gpus})
         console.info(f"{self.label}: {name}: {'reused' if reused else 'ran'} {run_id} "
                      f"({time.perf_counter() - t0:.1f}s){_result(run_id)}")
         return run_id
@@ -255,7 +257,8 @@ def print_plan(p: MainParams, grid: planner.Grid, steps: list[planner.Step]) -> 
 def run(p: MainParams) -> str | None:
     grid = planner.resolve_grid(p, hardware=not p.plan)  # a plan of a GPU preset may be read on a laptop
     steps = planner.plan(p, grid)
-    check_preset(grid.preset, dict.fromkeys(type(s.params) for s in steps))  # every value a step will read, before any runs
+    # Every value a step will read, before any runs.
+    check_preset(grid.preset, dict.fromkeys(type(s.params) for s in steps))
     if p.plan:
         return print_plan(p, grid, steps)
     if not grid.judge:

@@ -40,7 +40,8 @@ SCRATCH_ENV = "DISTILL_TASK_SCRATCH"
 # How a task signs in to a team's tracking server (README, "A team's set-up"): passed as the task's environment
 # only, never as a param or a tag.
 CREDENTIALS_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                   "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH")
+                   "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                   "MLFLOW_TRACKING_CLIENT_CERT_PATH")
 # Passed to every task (a local Ray's workers inherit the rest of the environment; a cluster's nodes have their own).
 PASSED_ENV = (*OFFLINE_ENV, "HF_HOME", "DISTILL_HOME", SCRATCH_ENV,
               "TOKENIZERS_PARALLELISM", "OPENAI_BASE_URL", *CREDENTIALS_ENV)
@@ -240,9 +241,9 @@ def _warn_unshared_artifacts(n_nodes: int) -> None:
 
     uri = mlflow.get_artifact_uri()
     if n_nodes > 1 and (uri.startswith("file:") or uri.startswith("/")):
-        console.warning(f"main: artifacts go to {redact_uri(uri)}, a path on each node's own disk: unless every node shares "
-                        "it, steps cannot read each other's results; serve them through the tracking server "
-                        "(mlflow server --artifacts-destination ...)")
+        console.warning(f"main: artifacts go to {redact_uri(uri)}, a path on each node's own disk: "
+                        "unless every node shares it, steps cannot read each other's results; serve them through "
+                        "the tracking server (mlflow server --artifacts-destination ...)")
 
 
 def run_steps(steps: list[planner.Step], p, grid: planner.Grid, launch: Callable[[planner.Step, Any, dict], Any],

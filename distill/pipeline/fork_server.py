@@ -14,15 +14,16 @@ os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # torch.cuda.is_ava
 # torch._dynamo and sympy, ~5 s here; MLflow's sqlite store ~6 s), or each step process imports them again.
 MODULES = (
     "mlflow", "mlflow.transformers", "mlflow.store.tracking.sqlalchemy_store",  # the sqlite store: ~6 s to import
-    "mlflow.store.model_registry.sqlalchemy_store", "mlflow.store.tracking.file_store", "mlflow.store.tracking.rest_store",
-    "mlflow.store.artifact.local_artifact_repo", "mlflow.store.artifact.mlflow_artifacts_repo", "mlflow.pyfunc",
-    "sqlalchemy.dialects.sqlite", "alembic.command", "git", "netrc", "torch", "datasets", "transformers", "transformers.modeling_utils",
-    "transformers.masking_utils", "transformers.activations", "transformers.modeling_layers",
-    "transformers.generation.utils", "transformers.models.auto.modeling_auto",
-    "transformers.models.auto.tokenization_auto", "transformers.models.qwen2.modeling_qwen2",
-    "transformers.models.llama.modeling_llama", "transformers.trainer", "trl", "trl.trainer.sft_trainer",
-    "trl.trainer.sft_config", "distill.config.models", "distill.generation.hf", "distill.phases.translate", "distill.phases.teacher",
-    "distill.phases.evaluate", "distill.phases.sft", "distill.training.callbacks", "distill.phases.tokens", "plotly.graph_objects", "plotly.io",
+    "mlflow.store.model_registry.sqlalchemy_store", "mlflow.store.tracking.file_store",
+    "mlflow.store.tracking.rest_store", "mlflow.store.artifact.local_artifact_repo",
+    "mlflow.store.artifact.mlflow_artifacts_repo", "mlflow.pyfunc", "sqlalchemy.dialects.sqlite", "alembic.command",
+    "git", "netrc", "torch", "datasets", "transformers", "transformers.modeling_utils", "transformers.masking_utils",
+    "transformers.activations", "transformers.modeling_layers", "transformers.generation.utils",
+    "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
+    "transformers.models.qwen2.modeling_qwen2", "transformers.models.llama.modeling_llama", "transformers.trainer",
+    "trl", "trl.trainer.sft_trainer", "trl.trainer.sft_config", "distill.config.models", "distill.generation.hf",
+    "distill.phases.translate", "distill.phases.teacher", "distill.phases.evaluate", "distill.phases.sft",
+    "distill.training.callbacks", "distill.phases.tokens", "plotly.graph_objects", "plotly.io",
 )
 
 for _name in MODULES:

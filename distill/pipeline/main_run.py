@@ -112,8 +112,8 @@ def parent_run(run_name: str, params: dict, key: str, tags: dict[str, str]) -> I
             for k, v in beat.items():
                 client.set_tag(cli.info.run_id, k, v)
             stack.enter_context(key_locks.Heartbeat(cli.info.run_id))
-        cli_experiment = cli.info.experiment_id if cli is not None and cli.info.experiment_id != run.info.experiment_id \
-            else None
+        cli_experiment = (cli.info.experiment_id
+                          if cli is not None and cli.info.experiment_id != run.info.experiment_id else None)
         mark_dead(key, run.info.run_id, cli_experiment)
         phase_runs.log_params_merged(run, params)
         try:

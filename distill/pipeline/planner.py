@@ -72,7 +72,8 @@ def parse_seeds(text: list[str], default: list) -> list[int]:
         try:
             seeds.append(int(item))
         except ValueError:
-            raise DistillError(f"seeds must be comma-separated integers like 1,2,3 (got {item!r} in {','.join(map(str, text))!r})") from None
+            raise DistillError(f"seeds must be comma-separated integers like 1,2,3 "
+                               f"(got {item!r} in {','.join(map(str, text))!r})") from None
         check(SEED, "seeds", seeds[-1])
     return seeds
 

@@ -288,7 +288,8 @@ def run_in_process(ctx, module: str, params, parent_run_id: str, fresh_inputs: b
     raise DistillError(detail) if is_distill else StepError(detail)
 
 
-def _respawn(ctx, module: str, params, parent_run_id: str, fresh_inputs: bool, cuda_visible_devices: str | None) -> str:
+def _respawn(ctx, module: str, params, parent_run_id: str, fresh_inputs: bool,
+             cuda_visible_devices: str | None) -> str:
     """The step again, and every later one, with spawn: its process was forked from a fork server whose preloading
     initialised CUDA, so no forked step could use a GPU. Said once; a spawned process that reports it is an error,
     not a loop."""

@@ -11,14 +11,19 @@ planner.upstream gives what they need. The grid they come from is the one `main`
 step built here is the step `main` builds (same parameters, same cache key): whichever runs first, the other reuses
 it.
 
-| entry point | targets | what they need (unless the input is given) |
-|---|---|---|
-| `sft -P teacher=T` | `sft T -> s (seed k)` for each student s of the grid (`student=` narrows) and seed k (`seed=`) | translate, each teacher of the selection (the grid's plus T), select (`select_run=`/`train_file=`: nothing) |
-| `evaluate -P model=M` | `evaluate M` | for `models:/<student>@teacher-T[-seed<k>]` not registered yet, that student's sft and its upstream; for any other model (a teacher, a base model, an sft run id, a registered version), nothing |
-| `teacher -P teacher=T` | `teacher T` | translate (`translation_run=`: nothing) |
-| `select` | `select` | translate, each teacher of the grid (`teacher_runs=`: nothing) |
-| `tokens` | `tokens` | translate, each teacher, select (`select_run=`: nothing) |
-| `report` | `report` | the whole grid: teachers and their evaluations, every sft cell and its evaluation, the 4-shot baselines, the judge where one is configured, tokens |
+Each entry point's targets, then what they need (unless the input is given):
+
+- `sft -P teacher=T`: `sft T -> s (seed k)` for each student s of the grid (`student=` narrows) and seed k
+  (`seed=`); translate, each teacher of the selection (the grid's plus T), select (`select_run=`/`train_file=`:
+  nothing).
+- `evaluate -P model=M`: `evaluate M`; for `models:/<student>@teacher-T[-seed<k>]` not registered yet, that
+  student's sft and its upstream; for any other model (a teacher, a base model, an sft run id, a registered
+  version), nothing.
+- `teacher -P teacher=T`: `teacher T`; translate (`translation_run=`: nothing).
+- `select`: `select`; translate, each teacher of the grid (`teacher_runs=`: nothing).
+- `tokens`: `tokens`; translate, each teacher, select (`select_run=`: nothing).
+- `report`: `report`; the whole grid: teachers and their evaluations, every sft cell and its evaluation, the 4-shot
+  baselines, the judge where one is configured, tokens.
 """
 
 from __future__ import annotations
@@ -115,7 +120,8 @@ def _build(plan: list[Step], targets: list[Step], extra: list[Step] = (),
     if not used:
         return Build(targets, needed)
     for s in needed:
-        s.given = {d: used[d].run_id for d in [*(d for deps in s.inputs.values() for d in deps), *s.after] if d in used}
+        s.given = {d: used[d].run_id for d in [*(d for deps in s.inputs.values() for d in deps), *s.after]
+                   if d in used}
     kept = planner.upstream([s for s in needed if s.name not in used], names)  # what only a used step needed goes too
     selection = next((s for s in kept if s.phase == "select"), None)
     if selection is not None and "translate" in used:
@@ -247,7 +253,8 @@ def teacher(p, up: UpstreamParams) -> Build:
     ref = resolve_role(p.teacher, preset, "teacher", served=backend == "openai")
     target = Step(f"teacher {ref.name}", "teacher", dataclasses.replace(p, teacher=ref.name),
                   inputs={"translation_run": ["translate"]},
-                  gpus=planner.gpus_for_generation(preset, backend, p.tensor_parallel_size or ref.tensor_parallel_size))
+                  gpus=planner.gpus_for_generation(preset, backend,
+                                                   p.tensor_parallel_size or ref.tensor_parallel_size))
     if p.translation_run:
         return _alone(target)
     return _build(_grid("teacher", p, up), [target], used=_users("teacher", preset, up, []))
@@ -265,7 +272,8 @@ def select(p, up: UpstreamParams) -> Build:
 
 def tokens(p, up: UpstreamParams) -> Build:
     preset = load_preset(p.preset)
-    if not p.select_run and not users_runs.settings_given(up, grid_params("tokens"), users_runs.SELECTION) and (found := _finished("select", preset)):
+    if (not p.select_run and not users_runs.settings_given(up, grid_params("tokens"), users_runs.SELECTION)
+            and (found := _finished("select", preset))):
         p = dataclasses.replace(p, select_run=found)
     if p.select_run:
         return _alone(Step("tokens", "tokens", p))
@@ -279,7 +287,8 @@ def report(p, up: UpstreamParams) -> Build:
     """The report of the grid (its `teachers`, `students`, `seeds`, else the preset's grid), after all of it."""
     plan = _grid("report", p, up, p.teachers, p.students, p.seeds)
     grid = _in_plan(plan, "report")
-    mine = dataclasses.replace(p, teachers=grid.params.teachers, students=grid.params.students, seeds=grid.params.seeds)
+    mine = dataclasses.replace(p, teachers=grid.params.teachers, students=grid.params.students,
+                               seeds=grid.params.seeds)
     return _build(plan, [Step("report", "report", mine, after=grid.after)])
 
 

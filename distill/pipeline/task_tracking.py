@@ -131,6 +131,6 @@ def tracking_for_tasks(uri: str, address: str):
         return Served(uri)  # a database URL (postgresql://, mysql://): made for many writers
     if address:
         raise DistillError(f"executor=ray on the Ray cluster {redact_uri(address)} needs a tracking server every "
-                           f"node reaches (MLFLOW_TRACKING_URI=http://...); the local store {redact_uri(uri)} is served "
-                           "only on this machine")
+                           f"node reaches (MLFLOW_TRACKING_URI=http://...); the local store {redact_uri(uri)} "
+                           "is served only on this machine")
     return LoopbackServer(uri)

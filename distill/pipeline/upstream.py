@@ -139,7 +139,8 @@ def run_steps(label: str, found: Build, to_run: list[planner.Step], preset_name:
         main_run.record(parent, step.log, seconds)
         reused = sum(s["reused"] for s in step.log)
         n = len(step.log)
-        mlflow.set_tags({"mlflow.runName": f"{label}-{preset_name}" + (f" (reused {reused} of {n} steps)" if reused else ""),
+        mlflow.set_tags({"mlflow.runName": f"{label}-{preset_name}"
+                                           + (f" (reused {reused} of {n} steps)" if reused else ""),
                          "mlflow.note.content": note(label, preset_name, targets, step.log, parent.experiment_id,
                                                      found.used)})
         console.info(f"{label}: {n} steps, {reused} reused, {seconds:.0f}s; "

@@ -190,9 +190,11 @@ def _preset_digest(name: str) -> tuple[str, str] | None:
 @cache
 def _code_files(phase: str | None, preset: str | None, backend: str | None) -> tuple[tuple[str, str], ...]:
     if phase is None:  # everything: for callers that want one version of the whole package
-        files = {p for p in PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix in {".py", ".yaml", ".json", ".tsv", ".jsonl"}}
+        files = {p for p in PACKAGE_DIR.rglob("*")
+                 if p.is_file() and p.suffix in {".py", ".yaml", ".json", ".tsv", ".jsonl"}}
     else:
-        seen, todo = set(), [module_name(phase), "distill"] + ([BACKEND_MODULES[backend]] if backend in BACKEND_MODULES else [])
+        seen, todo = set(), [module_name(phase), "distill"] + (
+            [BACKEND_MODULES[backend]] if backend in BACKEND_MODULES else [])
         while todo:
             module = todo.pop()
             if module in seen:

@@ -24,7 +24,7 @@ MODE = "distill.mode"
 EVAL_SET = "distill.eval_set"
 BASELINE = "distill.baseline"             # evaluate: "<k>-shot" for a base student's baseline
 REHEARSAL = "distill.rehearsal"           # stand-in models under real ids (distill/local_models/rehearsal.py)
-ENTRY_POINT = "distill.entry_point"       # the run an entry point's upstream steps nest under (distill.pipeline.upstream)
+ENTRY_POINT = "distill.entry_point"       # the run an entry point's upstream steps nest under (pipeline.upstream)
 PLAN_ONLY = "distill.plan_only"           # `mlflow run`'s run of an entry point typed with plan=true: nothing ran
 
 # The runs it consumed: phase_run tags each upstream run id `distill.<name>` (upstream_tags)

@@ -157,7 +157,8 @@ def phase_run(phase: str, params: dict[str, Any], upstream: dict[str, str] | Non
                         f"{', '.join(stale[1])}); running again. reuse={IGNORE_CODE} would accept it")
         all_tags[lineage.CODE_CHANGED] = f"{stale[0]}: {', '.join(stale[1])}"[:5000]
     parent = PARENT_RUN_ID if not active else None
-    with mlflow.start_run(run_name=run_name or _run_name(phase, tags), nested=nested, parent_run_id=parent, tags=all_tags) as run, \
+    with mlflow.start_run(run_name=run_name or _run_name(phase, tags), nested=nested, parent_run_id=parent,
+                          tags=all_tags) as run, \
             key_locks.Heartbeat(run.info.run_id):
         tries = None
         if mode:  # another try claimed the same work at the same moment: the earlier claim does it
@@ -178,7 +179,8 @@ def _become_pointer(run_id: str, prior: str, phase: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    for tag in (lineage.PHASE, lineage.CACHE_KEY, lineage.WORK_KEY, lineage.CODE_FILES, lineage.CLAIMED_AT, lineage.HEARTBEAT):
+    for tag in (lineage.PHASE, lineage.CACHE_KEY, lineage.WORK_KEY, lineage.CODE_FILES, lineage.CLAIMED_AT,
+                lineage.HEARTBEAT):
         client.delete_tag(run_id, tag)
     client.set_tag(run_id, lineage.REUSED_RUN_ID, prior)
     client.set_tag(run_id, lineage.REUSED_PHASE, phase)

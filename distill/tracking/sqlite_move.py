@@ -60,7 +60,8 @@ def move(uri: str, old_folder: str) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].startswith("sqlite:///"):
-        print("usage: python -m distill.tracking.sqlite_move OLD_FOLDER sqlite:///NEW_FOLDER/mlflow.db", file=sys.stderr)
+        print("usage: python -m distill.tracking.sqlite_move OLD_FOLDER sqlite:///NEW_FOLDER/mlflow.db",
+              file=sys.stderr)
         return 2
     old, uri = argv
     try:

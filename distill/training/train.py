@@ -81,7 +81,8 @@ def train(student: ModelRef, rows: list[dict], config: TrainConfig):
     split = split_for(args, h)  # the preset's batch over the processes these arguments train on, or a refusal
     # Only FlashAttention keeps the sequences of one flattened row apart (checked before the run started).
     attention = {"attn_implementation": "flash_attention_2"} if args.padding_free else {}
-    model = AutoModelForCausalLM.from_pretrained(loadable.model, dtype=torch.float32, use_safetensors=True, **attention)
+    model = AutoModelForCausalLM.from_pretrained(loadable.model, dtype=torch.float32, use_safetensors=True,
+                                                 **attention)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     check_trainer_batch(trainer, split)
@@ -107,7 +108,8 @@ def train(student: ModelRef, rows: list[dict], config: TrainConfig):
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
     real, total = counter.totals()
-    stats = {"train_seconds": seconds, "train_tokens": real, "train_tokens_per_second": real / seconds if seconds else 0.0,
+    stats = {"train_seconds": seconds, "train_tokens": real,
+             "train_tokens_per_second": real / seconds if seconds else 0.0,
              "padding_fraction": 1 - real / total if total else 0.0,
              "final_train_loss": logger.last_loss or float("nan")}
     model = trainer.model if config.final_dir is None else saved_model(trainer, Path(config.final_dir))

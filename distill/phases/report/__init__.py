@@ -166,8 +166,8 @@ def run(p: ReportParams) -> str:
                                     if narrow else inputs.teacher_evals)
     error_teachers = [_known(t, teachers) for t in error_teachers]
     logged = {"preset": preset.name, "eval_set": eval_set, "error_teachers": ",".join(error_teachers),
-              "teachers": ",".join(preset_teachers), "students": ",".join(preset_students), "seeds": ",".join(seeds_wanted),
-              "tokens_run": p.tokens_run, "inputs_digest": inputs.digest()}
+              "teachers": ",".join(preset_teachers), "students": ",".join(preset_students),
+              "seeds": ",".join(seeds_wanted), "tokens_run": p.tokens_run, "inputs_digest": inputs.digest()}
     upstream = {"tokens_run_id": inputs.tokens_run.info.run_id if inputs.tokens_run is not None else ""}
     tags = {lineage.EVAL_SET: eval_set}
     with phase_runs.phase_run("report", logged, upstream, tags=tags, reuse=p.reuse,
@@ -187,7 +187,8 @@ def run(p: ReportParams) -> str:
         repro = reproduction(preset, eval_set, inputs, predictions, wide, t3)
         errors_df, md_errors = error_summary(inputs, error_teachers, students)
         token_rows = load_tokens(inputs.tokens_run)
-        tokenizers = ordered_names(preset_list(preset, "tokenizers"), {r.get("tokenizer") for r in token_rows} - {None})
+        tokenizers = ordered_names(preset_list(preset, "tokenizers"),
+                                   {r.get("tokenizer") for r in token_rows} - {None})
         tokenizers = [k for k in tokenizers if any(r.get("tokenizer") == k for r in token_rows)]
         token_teachers = ordered_names(preset_teachers, {r.get("teacher") for r in token_rows} - {None})
         token_teachers = [t for t in token_teachers if any(r.get("teacher") == t for r in token_rows)]
@@ -235,8 +236,10 @@ def run(p: ReportParams) -> str:
             _save(cost.df, cost.md, root / "tables", "estimated_vs_actual")
             write_figure(figure_accuracy(cells, inputs, teachers, students, baseline_label),
                          root / "figures" / "fig1_accuracy", asset)
-            write_figure(figure_errors(errors_df, error_teachers, students, colors), root / "figures" / "fig2_errors", asset)
-            write_figure(figure_tokens(token_rows, token_teachers, tokenizers, colors), root / "figures" / "fig3_tokens", asset)
+            write_figure(figure_errors(errors_df, error_teachers, students, colors),
+                         root / "figures" / "fig2_errors", asset)
+            write_figure(figure_tokens(token_rows, token_teachers, tokenizers, colors),
+                         root / "figures" / "fig3_tokens", asset)
             meta = {"preset": preset.name, "eval_set": eval_set, "experiment": experiment.name,
                     "experiment_id": experiment.experiment_id, "run_id": pr.run_id, "plotly_run_id": asset.run_id,
                     "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

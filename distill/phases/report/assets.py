@@ -56,7 +56,8 @@ def _text() -> str:
 
 
 def _complete(client, run_id: str, size: int) -> bool:
-    return any(f.path == f"{FOLDER}/{PLOTLY_JS}" and f.file_size == size for f in client.list_artifacts(run_id, FOLDER))
+    return any(f.path == f"{FOLDER}/{PLOTLY_JS}" and f.file_size == size
+               for f in client.list_artifacts(run_id, FOLDER))
 
 
 def _local_file(client, run_id: str, path: str) -> str:
@@ -65,7 +66,8 @@ def _local_file(client, run_id: str, path: str) -> str:
     from mlflow.utils.uri import is_local_uri
 
     root = client.get_run(run_id).info.artifact_uri
-    return str(Path(local_file_uri_to_path(root), path)) if is_local_uri(root, is_tracking_or_registry_uri=False) else ""
+    return (str(Path(local_file_uri_to_path(root), path))
+            if is_local_uri(root, is_tracking_or_registry_uri=False) else "")
 
 
 def _address(client, run_id: str, path: str) -> str:
@@ -92,13 +94,16 @@ def shared_plotlyjs(experiment_id: str) -> SharedAsset:
 
     client, version, text = MlflowClient(), _version(), _text()
     size = len(text.encode("utf-8"))
-    found = client.search_runs([experiment_id], f"tags.`{ASSET}` = '{PLOTLY}' and tags.`{ASSET_VERSION}` = '{version}' "
-                                                "and attributes.status = 'FINISHED'",
+    found = client.search_runs([experiment_id],
+                               f"tags.`{ASSET}` = '{PLOTLY}' and tags.`{ASSET_VERSION}` = '{version}' "
+                               "and attributes.status = 'FINISHED'",
                                order_by=["attributes.start_time ASC"], max_results=20)
     run_id = next((r.info.run_id for r in found if _complete(client, r.info.run_id, size)), None)
     if run_id is None:
-        run_id = client.create_run(experiment_id, run_name=f"{PLOTLY} {version}",
-                                   tags={ASSET: PLOTLY, ASSET_VERSION: version, "mlflow.note.content": NOTE}).info.run_id
+        run_id = client.create_run(
+            experiment_id, run_name=f"{PLOTLY} {version}",
+            tags={ASSET: PLOTLY, ASSET_VERSION: version, "mlflow.note.content": NOTE},
+        ).info.run_id
         what = f"plotly.js, shared by the experiment's figures, {disk_full.human(size)} to write"
         try:
             with tempfile.TemporaryDirectory() as tmp:

@@ -58,7 +58,8 @@ def _artifact_link(meta: dict, path: str) -> str:
             f"in this run's artifacts (`{path}` beside this file once downloaded; {needs})")
 
 
-def render_report(meta: dict, summary: list[str], sections: dict[str, str], missing: list[dict], notes: list[str]) -> str:
+def render_report(meta: dict, summary: list[str], sections: dict[str, str], missing: list[dict],
+                  notes: list[str]) -> str:
     out = [f"# Report: does a bigger teacher make a better student? ({meta['eval_set']})", "",
            f"Preset `{meta['preset']}`, evaluation set `{meta['eval_set']}`, experiment `{meta['experiment']}`, "
            f"generated {meta['generated']}. Read {meta['n_eval_runs']} FINISHED evaluate run(s) on this set, "

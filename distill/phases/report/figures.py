@@ -73,8 +73,9 @@ def figure_accuracy(cells, inputs: Inputs, teachers: list[str], students: list[s
             seed_legend = False
         missing = [t for t in teachers if (t, student) not in by_cell]
         if missing:
-            fig.add_trace(go.Scatter(x=missing, y=[top * 0.04] * len(missing), mode="text", text=["missing"] * len(missing),
-                                     textfont=dict(color="#999", size=11), hoverinfo="skip", showlegend=False),
+            fig.add_trace(go.Scatter(x=missing, y=[top * 0.04] * len(missing), mode="text",
+                                     text=["missing"] * len(missing), textfont=dict(color="#999", size=11),
+                                     hoverinfo="skip", showlegend=False),
                           row=row, col=col)
         categories = list(teachers)
         for label, runs in inputs.baselines.items():
@@ -92,9 +93,9 @@ def figure_accuracy(cells, inputs: Inputs, teachers: list[str], students: list[s
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=categories, title_text="teacher",
                          row=row, col=col)
     fig.update_yaxes(range=[0, percent_axis_top(top)], col=1, title_text="accuracy (%)")
-    fig.update_layout(title=f"Fig. 1: student accuracy by teacher ({inputs.eval_set})<br><sup>error bars: bootstrap 95% "
-                            "interval; circles: single seeds; grey bar and dashed line: the untrained student, "
-                            "few-shot</sup>",
+    fig.update_layout(title=f"Fig. 1: student accuracy by teacher ({inputs.eval_set})<br><sup>"
+                            "error bars: bootstrap 95% interval; circles: single seeds; grey bar and dashed line: "
+                            "the untrained student, few-shot</sup>",
                       template="plotly_white", height=380 * rows + 120, bargap=0.25, margin=dict(t=110),
                       showlegend=False)
     return fig

@@ -43,7 +43,8 @@ class EvalRun:
 @dataclass
 class Inputs:
     eval_set: str
-    cells: dict[tuple[str, str], dict[str, EvalRun]] = field(default_factory=dict)   # (teacher, student) -> seed -> run
+    # (teacher, student) -> seed -> run
+    cells: dict[tuple[str, str], dict[str, EvalRun]] = field(default_factory=dict)
     baselines: dict[str, dict[str, EvalRun]] = field(default_factory=dict)           # label -> student -> run
     teacher_evals: dict[str, EvalRun] = field(default_factory=dict)
     errors: dict[str, Any] = field(default_factory=dict)                             # eval run id -> errors run
@@ -137,7 +138,8 @@ class Predictions:
                 rows = phase_runs.read_jsonl_artifact(run_id, "predictions.jsonl")
                 self._cache[run_id] = {str(r["id"]): bool(r["correct"]) for r in rows}
             except (DistillError, KeyError, ValueError, TypeError) as e:
-                self.unreadable[run_id] = str(e) if isinstance(e, DistillError) else f"malformed ({type(e).__name__}: {e})"
+                self.unreadable[run_id] = (str(e) if isinstance(e, DistillError)
+                                           else f"malformed ({type(e).__name__}: {e})")
                 self._cache[run_id] = None
         return self._cache[run_id]
 

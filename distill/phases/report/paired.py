@@ -85,7 +85,8 @@ def paired_tests(inputs: Inputs, teachers: list[str], students: list[str], predi
             r["p_mcnemar_holm"] = adj
         rows += block
     df = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
-    md_rows = [[r.student, r.teacher_a, r.teacher_b, r.seeds, int(r.n_questions) if np.isfinite(r.n_questions) else DASH,
+    md_rows = [[r.student, r.teacher_a, r.teacher_b, r.seeds,
+                int(r.n_questions) if np.isfinite(r.n_questions) else DASH,
                 fmt(r.accuracy_a), fmt(r.accuracy_b), fmt(r.diff, 2) if not np.isfinite(r.diff) else f"{r.diff:+.2f}",
                 f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]" if np.isfinite(r.ci_low) else DASH, fmt_p(r.p_bootstrap),
                 f"{int(r.only_a)} / {int(r.only_b)}" if np.isfinite(r.only_a) else DASH, fmt_p(r.p_mcnemar),

@@ -62,7 +62,8 @@ def cell_summary(inputs: Inputs, teachers: list[str], students: list[str]):
                 "accuracy_answer_line_mean": float(np.mean([r.accuracy_answer_line for r in runs])),
             })
     columns = ["teacher", "student", "n_seeds", "seeds", "accuracy_mean", "accuracy_std", "accuracy_min",
-               "accuracy_max", "ci_low", "ci_high", "seed_accuracies", "n_total", "run_ids", "accuracy_answer_line_mean"]
+               "accuracy_max", "ci_low", "ci_high", "seed_accuracies", "n_total", "run_ids",
+               "accuracy_answer_line_mean"]
     return pd.DataFrame(rows, columns=columns)
 
 
