@@ -98,21 +98,24 @@ def first_mismatch(ref, got, prompts) -> dict | None:
 
 
 def count_mismatches(ref, got) -> int:
-    return sum((a.text, a.n_tokens, a.finish_reason) != (b.text, b.n_tokens, b.finish_reason) for a, b in zip(ref, got))
+    return sum((a.text, a.n_tokens, a.finish_reason) != (b.text, b.n_tokens, b.finish_reason)
+               for a, b in zip(ref, got))
 
 
 def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes: list[int], repeats: int,
                 repetition_penalty: float = 1.0) -> dict:
     from distill.generation import GenerationConfig
 
-    lengths = [len(gen.tokenizer(text, add_special_tokens=special).input_ids) for text, special in map(gen.render, prompts)]
+    lengths = [len(gen.tokenizer(text, add_special_tokens=special).input_ids)
+               for text, special in map(gen.render, prompts)]
     log(f"{label}: {len(prompts)} prompts, prompt tokens {min(lengths)}-{max(lengths)} "
         f"(mean {sum(lengths) / len(lengths):.0f}), max_new_tokens {max_new_tokens}, batch sizes {batch_sizes}")
 
     # Warm-up: one short call per batch size (allocator, kernels, tokenizer caches).
     t0 = time.perf_counter()
     for bs in batch_sizes:
-        gen.generate(prompts[:bs], GenerationConfig(max_new_tokens=min(8, max_new_tokens), batch_size=bs), progress=False)
+        gen.generate(prompts[:bs], GenerationConfig(max_new_tokens=min(8, max_new_tokens), batch_size=bs),
+                     progress=False)
     log(f"{label}: warm-up {time.perf_counter() - t0:.1f} s")
 
     times: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
@@ -171,7 +174,8 @@ def bench_model(label: str, gen, prompts: list, max_new_tokens: int, batch_sizes
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", choices=["tiny", "smollm2", "both"], default="both")
     ap.add_argument("--prompts", type=int, default=32, help="prompts for the tiny model (default 32)")
     ap.add_argument("--max-new-tokens", type=int, default=64, help="for the tiny model (default 64)")
@@ -180,7 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smollm2-max-new-tokens", type=int, default=64, help="for SmolLM2 (default 64)")
     ap.add_argument("--smollm2-prompt", choices=["chat", "paper-chat", "plain"], default="chat")
     ap.add_argument("--batch-sizes", default="1,16", help="comma-separated; the first is the baseline (default 1,16)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per batch size; the best is reported (default 2)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="timed runs per batch size; the best is reported (default 2)")
     ap.add_argument("--repetition-penalty", type=float, default=1.0,
                     help="greedy with this penalty (the few-shot baseline uses 1.1); default 1.0")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -249,7 +254,8 @@ def main(argv=None) -> int:
                 report.say(f"  note: {row['repeats_disagreeing_with_first']} repeat(s) at batch {row['batch_size']} "
                            "disagreed with its own first run (non-deterministic)")
     report.note_load(args.repeats)
-    report.write({"goal_speedup": GOAL_SPEEDUP, "goal_met_and_outputs_identical": ok_all, "results": results}, args.out)
+    report.write({"goal_speedup": GOAL_SPEEDUP, "goal_met_and_outputs_identical": ok_all, "results": results},
+                 args.out)
     return 0 if ok_all or args.dry else 1  # a dry run checks the code paths; its speed-up means nothing
 
 

@@ -25,7 +25,8 @@ from distill.estimates.schedule import simulate
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, "grid_walltime")
     args = ap.parse_args(argv)
     report = Results("grid_walltime", args)
@@ -52,10 +53,11 @@ def main(argv=None) -> int:
     f = lambda h: "n/a" if h is None else f"{h:.1f} h"  # noqa: E731
     report.table(["GPUs", "sequential", "executor=ray"], [[r["gpus"], f(r["sequential_hours"]), f(r["ray_hours"])]
                                                           for r in rows])
-    report.say(f"1 GPU without the 4-GPU steps (70B translator, 72B teacher): {rows[0]['without_4gpu_steps_hours']:.1f} h "
-               f"sequential, {rows[0]['without_4gpu_steps_ray_hours']:.1f} h executor=ray")
-    report.write({"estimate": True, "rows": rows, "step_seconds": durations, "step_gpus": {s.name: s.gpus for s in steps}},
-                 args.out)
+    report.say("1 GPU without the 4-GPU steps (70B translator, 72B teacher): "
+               f"{rows[0]['without_4gpu_steps_hours']:.1f} h sequential, "
+               f"{rows[0]['without_4gpu_steps_ray_hours']:.1f} h executor=ray")
+    report.write({"estimate": True, "rows": rows, "step_seconds": durations,
+                  "step_gpus": {s.name: s.gpus for s in steps}}, args.out)
     return 0
 
 

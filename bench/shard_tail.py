@@ -92,14 +92,16 @@ def pick(table: dict[int, dict[int, float]], goal: float) -> int | None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=7473, help="prompts of the pass (default 7,473, the paper's)")
     ap.add_argument("--mean-tokens", type=float, default=300, help="mean answer length in tokens (default 300)")
     ap.add_argument("--max-new-tokens", type=int, default=1024, help="answer cap (default 1,024, the preset's)")
     ap.add_argument("--truncated", type=float, default=0.01, help="share of answers running to the cap (default 1%%)")
     ap.add_argument("--slots", default="1024,256,32", help="sequences decoding at once, comma-separated")
     ap.add_argument("--shard-sizes", default="256,512,1024,2048,4096,8192", help="candidate shard sizes")
-    ap.add_argument("--fixed-cost", type=float, default=128, help="a step's fixed cost in sequences, a/k (default 128)")
+    ap.add_argument("--fixed-cost", type=float, default=128,
+                    help="a step's fixed cost in sequences, a/k (default 128)")
     ap.add_argument("--sensitivity", default="32,512", help="other a/k values for the chosen size (comma-separated)")
     ap.add_argument("--goal", type=float, default=0.05, help="largest cost of the tails over one call (default 5%%)")
     ap.add_argument("--seed", type=int, default=0)
