@@ -6,13 +6,13 @@ the process chdirs there), then the real upstream phases of the offline preset: 
 tiny random teachers stop at EOS at scattered points), `select` (`n=--n`, `dev_size=0`, filter `none` as the preset
 has it, `allow_fewer` so that every usable question is taken).
 
-Timed: `distill.phases.sft.run(SftParams(teacher="7B", student="qwen2.5-0.5b", preset="offline", batching=b, register=False,
-reuse=False, num_train_epochs=1, checkpoints_to_run=False, output_dir=<tmp>/ckpt-...))` for each batching mode,
-interleaved over `--repeats`, at the paper's batch size 8 (the preset's `per_device_train_batch_size`). Figures are the
-run's own metrics (`train_tokens_per_second`, `padding_fraction`, `train_seconds`, `train_tokens`: real tokens,
-padding excluded, counted by `distill.training.callbacks.PaddingCounter`). A fresh `output_dir` per run matters: the
-phase resumes from the newest checkpoint in its output folder, and the default folder is keyed by the cache key,
-which is the same for a repeat.
+Timed: `distill.phases.sft.run(SftParams(teacher="7B", student="qwen2.5-0.5b", preset="offline", batching=b,
+register=False, reuse=False, num_train_epochs=1, checkpoints_to_run=False, output_dir=<tmp>/ckpt-...))` for each
+batching mode, interleaved over `--repeats`, at the paper's batch size 8 (the preset's `per_device_train_batch_size`).
+Figures are the run's own metrics (`train_tokens_per_second`, `padding_fraction`, `train_seconds`, `train_tokens`:
+real tokens, padding excluded, counted by `distill.training.callbacks.PaddingCounter`). A fresh `output_dir` per run
+matters: the phase resumes from the newest checkpoint in its output folder, and the default folder is keyed by the
+cache key, which is the same for a repeat.
 
 Cross-check: the sequence lengths are recomputed with the student's tokenizer the way TRL prepares a
 prompt/completion set (prompt + completion + EOS, tokenized together, cut at the preset's max_length); their sum
@@ -26,9 +26,9 @@ reference solutions in the same prompt format.
 
 Finally `batching=padding_free` is tried once and must be refused on a CPU with a clear DistillError.
 
-    python bench/sft_throughput.py                       # 128 questions, teachers at 96 new tokens, 3 repeats (~1-2 min)
+    python bench/sft_throughput.py                     # 128 questions, teachers at 96 new tokens, 3 repeats (~1-2 min)
     python bench/sft_throughput.py --teacher-max-new-tokens 512 --max-length 1024   # longer, spread-out answers
-    python bench/sft_throughput.py --dry                 # 8 questions, 8 new tokens, 1 repeat (seconds)
+    python bench/sft_throughput.py --dry               # 8 questions, 8 new tokens, 1 repeat (seconds)
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def simulate(lengths: list[int], batch_size: int, seeds: int) -> dict:
         out[name] = {"mean": statistics.fmean(fractions), "sd": statistics.pstdev(fractions),
                      "min": min(fractions), "max": max(fractions)}
     real, total = padding_of(sorted(range(len(lengths)), key=lambda i: lengths[i]), lengths, batch_size)
-    out["sorted (lower bound)"] = {"mean": 1 - real / total, "sd": 0.0, "min": 1 - real / total, "max": 1 - real / total}
+    out["sorted (lower bound)"] = {"mean": 1 - real / total, "sd": 0.0, "min": 1 - real / total,
+                                   "max": 1 - real / total}
     out["megabatch_size"] = max(min(len(lengths) // (batch_size * 4), 50), 1) * batch_size
     return out
 
@@ -111,11 +112,13 @@ def describe(xs: list[int]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=128, help="questions translated and answered (default 128)")
     ap.add_argument("--teacher-max-new-tokens", type=int, default=96, help="teachers' max_new_tokens (default 96)")
     ap.add_argument("--n", type=int, default=None, help="select n (default: every usable question, allow_fewer)")
-    ap.add_argument("--batchings", default="padded,group_by_length", help="comma-separated (default padded,group_by_length)")
+    ap.add_argument("--batchings", default="padded,group_by_length",
+                    help="comma-separated (default padded,group_by_length)")
     ap.add_argument("--repeats", type=int, default=3, help="sft runs per batching, interleaved (default 3)")
     ap.add_argument("--max-length", type=int, default=None,
                     help="SftParams.max_length (default: the preset's, 256 in offline; the paper's default is 2048)")
@@ -169,7 +172,8 @@ def main(argv=None) -> int:
         teacher_tokens = describe([a["output_tokens"] for a in answers])
         stopped = sum(a["finish_reason"] == "stop" for a in answers)
         log(f"teacher {TRAIN_TEACHER} output tokens {teacher_tokens['min']}-{teacher_tokens['max']} (median "
-            f"{teacher_tokens['median']}), {stopped}/{len(answers)} stopped at EOS before {args.teacher_max_new_tokens}")
+            f"{teacher_tokens['median']}), {stopped}/{len(answers)} stopped at EOS before "
+            f"{args.teacher_max_new_tokens}")
         sim = simulate(lens["train"], batch_size, args.seeds)
         import random
 
@@ -190,9 +194,10 @@ def main(argv=None) -> int:
 
         # ---- warm-up: one short sft run (first-use costs of the Trainer, autograd and the MLflow model logging)
         t = now()
-        args.dry or sft_run(SftParams(teacher=TRAIN_TEACHER, student=STUDENT, preset="offline", batching=batchings[0], limit=16,
-                          register=False, reuse=False, num_train_epochs=args.epochs, max_length=args.max_length,
-                          checkpoints_to_run=False, output_dir=str(tmp / "ckpt-warmup")))  # not in a dry run
+        args.dry or sft_run(SftParams(teacher=TRAIN_TEACHER, student=STUDENT, preset="offline", batching=batchings[0],
+                                      limit=16, register=False, reuse=False, num_train_epochs=args.epochs,
+                                      max_length=args.max_length, checkpoints_to_run=False,
+                                      output_dir=str(tmp / "ckpt-warmup")))  # not in a dry run
         log(f"warm-up sft run (16 examples) {now() - t:.1f} s")
 
         # ---- timed sft runs
@@ -208,9 +213,11 @@ def main(argv=None) -> int:
                 m = mlflow.get_run(run_id).data.metrics
                 res = {"run_id": run_id, "phase_seconds": wall, **{k: m.get(k) for k in METRICS},
                        "loadavg": os.getloadavg()[0], "cpu_per_wall": cpu / wall}
-                res["padded_tokens_per_second"] = res["train_tokens"] / (1 - res["padding_fraction"]) / res["train_seconds"]
+                res["padded_tokens_per_second"] = (res["train_tokens"] / (1 - res["padding_fraction"])
+                                                   / res["train_seconds"])
                 runs[b].append(res)
-                log(f"repeat {r + 1}/{args.repeats} {b:<16}: {res['train_tokens']:.0f} tokens in {res['train_seconds']:.2f} s "
+                log(f"repeat {r + 1}/{args.repeats} {b:<16}: {res['train_tokens']:.0f} tokens in "
+                    f"{res['train_seconds']:.2f} s "
                     f"= {res['train_tokens_per_second']:.0f} tok/s, padding {100 * res['padding_fraction']:.1f}% "
                     f"(phase end-to-end {wall:.1f} s; cpu/wall {cpu / wall:.2f}, load avg {res['loadavg']:.2f})")
 
@@ -237,33 +244,37 @@ def main(argv=None) -> int:
     rows_out = []
     for b in batchings:
         best = max(runs[b], key=lambda x: x["train_tokens_per_second"])
-        rows_out.append({"batching": b, **best, "tokens_per_second_all": [x["train_tokens_per_second"] for x in runs[b]],
+        rows_out.append({"batching": b, **best,
+                         "tokens_per_second_all": [x["train_tokens_per_second"] for x in runs[b]],
                          "tokens_per_second_median": statistics.median(x["train_tokens_per_second"] for x in runs[b]),
                          "padding_fraction_all": [x["padding_fraction"] for x in runs[b]],
                          "simulated_padding": sim.get(b)})
-    report.say(f"training set: {len(rows)} examples ({TRAIN_TEACHER}'s answers), batch {batch_size}, max_length {max_length}, "
-          f"{args.epochs:g} epoch(s), {args.repeats} repeat(s), best tok/s shown")
+    report.say(f"training set: {len(rows)} examples ({TRAIN_TEACHER}'s answers), batch {batch_size}, "
+               f"max_length {max_length}, {args.epochs:g} epoch(s), {args.repeats} repeat(s), best tok/s shown")
     report.say(f"{'tokens per example':<26} {'min':>5} {'p10':>5} {'median':>6} {'p90':>5} {'max':>5} {'mean':>6}")
     for key, label in (("prompt", "prompt"), ("completion", "completion (+EOS)"), ("full", "prompt+completion"),
                        ("train", f"after cut at {max_length}")):
         d = describe(lens[key])
-        report.say(f"{label:<26} {d['min']:>5} {d['p10']:>5} {d['median']:>6.0f} {d['p90']:>5} {d['max']:>5} {d['mean']:>6.1f}")
+        report.say(f"{label:<26} {d['min']:>5} {d['p10']:>5} {d['median']:>6.0f} {d['p90']:>5} {d['max']:>5} "
+                   f"{d['mean']:>6.1f}")
     n_cut = sum(f > max_length for f in lens["full"])
     report.say(f"sequences cut at max_length: {n_cut}/{len(rows)}; analytic sum of tokens per epoch "
           f"{sum(lens['train'])}")
     report.table(["batching", "tokens", "seconds", "tok/s", "median", "tok/s incl pad", "padding",
                "simulated padding (mean ± sd)", "phase s"],
-              [[r["batching"], f"{r['train_tokens']:.0f}", f"{r['train_seconds']:.2f}", f"{r['train_tokens_per_second']:.0f}",
-                f"{r['tokens_per_second_median']:.0f}", f"{r['padded_tokens_per_second']:.0f}",
+              [[r["batching"], f"{r['train_tokens']:.0f}", f"{r['train_seconds']:.2f}",
+                f"{r['train_tokens_per_second']:.0f}", f"{r['tokens_per_second_median']:.0f}",
+                f"{r['padded_tokens_per_second']:.0f}",
                 f"{100 * r['padding_fraction']:.1f}%",
                 f"{100 * r['simulated_padding']['mean']:.1f}% ± {100 * r['simulated_padding']['sd']:.1f}"
                 if r["simulated_padding"] else "-", f"{r['phase_seconds']:.1f}"] for r in rows_out])
     if len(rows_out) >= 2:
         a, b = rows_out[0], rows_out[1]
-        report.say(f"\n{b['batching']} vs {a['batching']}: {b['train_tokens_per_second'] / a['train_tokens_per_second']:.2f}x "
-              f"tokens/s best-of, {b['tokens_per_second_median'] / a['tokens_per_second_median']:.2f}x median; padding "
-              f"{100 * a['padding_fraction']:.1f}% -> {100 * b['padding_fraction']:.1f}% (alone worth "
-              f"{(1 - b['padding_fraction']) / (1 - a['padding_fraction']):.2f}x at equal compute per token)")
+        report.say(f"\n{b['batching']} vs {a['batching']}: "
+                   f"{b['train_tokens_per_second'] / a['train_tokens_per_second']:.2f}x tokens/s best-of, "
+                   f"{b['tokens_per_second_median'] / a['tokens_per_second_median']:.2f}x median; padding "
+                   f"{100 * a['padding_fraction']:.1f}% -> {100 * b['padding_fraction']:.1f}% (alone worth "
+                   f"{(1 - b['padding_fraction']) / (1 - a['padding_fraction']):.2f}x at equal compute per token)")
     report.say(f"\nsimulated padding fraction, batch {batch_size}:")
     this_set = f"this set (N={len(rows)}, mega-batch {sim['megabatch_size']})"
     resampled = f"resampled N={PAPER_N} (mega-batch {sim_paper['megabatch_size']})"
@@ -272,23 +283,25 @@ def main(argv=None) -> int:
         report.say(f"{k:<22} {100 * sim[k]['mean']:>29.1f}% ± {100 * sim[k]['sd']:3.1f} "
               f"{100 * sim_paper[k]['mean']:>29.1f}% ± {100 * sim_paper[k]['sd']:3.1f}")
     d = describe(proxy_lens["train"])
-    report.say(f"\nproxy, GSM8K reference solutions ({len(proxy_lens['train'])} shipped, student tokenizer, cut at {max_length}): "
-          f"tokens min {d['min']} / median {d['median']:.0f} / max {d['max']}, "
-          f"{sum(f > max_length for f in proxy_lens['full'])} cut")
+    report.say(f"\nproxy, GSM8K reference solutions ({len(proxy_lens['train'])} shipped, student tokenizer, "
+               f"cut at {max_length}): tokens min {d['min']} / median {d['median']:.0f} / max {d['max']}, "
+               f"{sum(f > max_length for f in proxy_lens['full'])} cut")
     this_set = f"N={len(proxy_lens['train'])} (mega-batch {sim_proxy['megabatch_size']})"
     resampled = f"resampled N={PAPER_N} (mega-batch {sim_proxy_paper['megabatch_size']})"
     report.say(f"{'sampler':<22} {this_set:>36} {resampled:>36}")
     for k in ("padded", "group_by_length", "sorted (lower bound)"):
         report.say(f"{k:<22} {100 * sim_proxy[k]['mean']:>29.1f}% ± {100 * sim_proxy[k]['sd']:3.1f} "
               f"{100 * sim_proxy_paper[k]['mean']:>29.1f}% ± {100 * sim_proxy_paper[k]['sd']:3.1f}")
-    tokens_match = all(abs(r["train_tokens"] - sum(lens["train"]) * args.epochs) < 0.5 for rs in runs.values() for r in rs)
+    tokens_match = all(abs(r["train_tokens"] - sum(lens["train"]) * args.epochs) < 0.5
+                       for rs in runs.values() for r in rs)
     report.say(f"\ncross-check: measured train_tokens {'==' if tokens_match else '!='} analytic "
           f"{sum(lens['train']) * args.epochs:g} per run")
     if refusal is not None:
         report.say(f"batching=padding_free: {'refused' if refusal['refused'] else 'NOT refused'} "
               f"({refusal.get('error', '-')}) after {refusal['seconds_to_refusal']:.1f} s: {refusal['message']}")
         if refusal["runs_left_behind"]:
-            report.say(f"  left in the tracking store: {', '.join(r['run_id'] + ' ' + r['status'] for r in refusal['runs_left_behind'])}")
+            report.say("  left in the tracking store: "
+                       + ", ".join(r["run_id"] + " " + r["status"] for r in refusal["runs_left_behind"]))
 
     report.note_load(args.repeats)
     report.write({
