@@ -1,7 +1,8 @@
 """Overhead of the `teacher` phase over raw batched generation of the same prompts (offline tiny teacher).
 
-Set-up (not timed): a temp folder with a fresh sqlite tracking store (`MLFLOW_TRACKING_URI=sqlite:///<tmp>/mlflow.db`,
-the process chdirs there), one `translate` run of the offline preset (`--limit` GSM8K train questions; 256 are shipped).
+Set-up (not timed): a temp folder with a fresh sqlite tracking store
+(`MLFLOW_TRACKING_URI=sqlite:///<tmp>/mlflow.db`, the process chdirs there), one `translate` run of the offline
+preset (`--limit` GSM8K train questions; 256 are shipped).
 
 Timed, interleaved per repeat (raw, phase shard A, phase shard B, raw, ...), best (shortest) of `--repeats` reported:
 - raw: `make_generator("transformers", tiny_model_dir("tiny:teacher-7b"))` (load counted) and one
@@ -30,9 +31,9 @@ see the same background load), and the phase's non-generation time, which is fre
 The tiny model is so fast that fixed costs dominate unless generation is long: the defaults (256 questions x 640
 new tokens, most rows run to the limit) give ~20-25 s of generation per pass on 2 quiet CPU cores.
 
-    python bench/teacher_overhead.py                                   # 256 x 640, shards 256 and 32, 2 repeats (~4 min)
-    python bench/teacher_overhead.py --limit 128 --max-new-tokens 128 --shard-sizes 256 --repeats 1   # quick
-    python bench/teacher_overhead.py --dry                             # 4 x 4, shards 4 and 2, 1 repeat (seconds)
+    python bench/teacher_overhead.py                                 # 256 x 640, shards 256 and 32, 2 repeats (~4 min)
+    python bench/teacher_overhead.py --limit 128 --max-new-tokens 128 --shard-sizes 256 --repeats 1  # quick
+    python bench/teacher_overhead.py --dry                           # 4 x 4, shards 4 and 2, 1 repeat (seconds)
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ def raw_pass(questions: list[dict], max_new_tokens: int, batch_size: int, chunk:
     t_gen = now() - t1
     total = now() - t0
     return {"seconds": total, "cpu_seconds": time.process_time() - cpu0, "model_load": t_load, "generation": t_gen,
-            "tokens": sum(o.n_tokens for o in outs), "finished_by_length": sum(o.finish_reason == "length" for o in outs),
+            "tokens": sum(o.n_tokens for o in outs),
+            "finished_by_length": sum(o.finish_reason == "length" for o in outs),
             "outputs": {q["id"]: (o.text, o.n_tokens, o.finish_reason) for q, o in zip(questions, outs)}}
 
 
@@ -231,11 +233,14 @@ def mismatches(ref: dict, got: dict) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", type=int, default=256, help="questions translated and answered (default 256, all shipped)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=256,
+                    help="questions translated and answered (default 256, all shipped)")
     ap.add_argument("--max-new-tokens", type=int, default=640, help="teacher max_new_tokens (default 640)")
     ap.add_argument("--batch-size", type=int, default=16, help="generation batch size (default 16, the preset's)")
-    ap.add_argument("--shard-sizes", default="256,32", help="comma-separated shard sizes for the phase (default 256,32)")
+    ap.add_argument("--shard-sizes", default="256,32",
+                    help="comma-separated shard sizes for the phase (default 256,32)")
     ap.add_argument("--no-raw-chunked", dest="raw_chunked", action="store_false",
                     help="skip the raw passes chunked like the smaller shard sizes")
     ap.add_argument("--repeats", type=int, default=2, help="timed passes per configuration; best reported (default 2)")
@@ -271,12 +276,15 @@ def main(argv=None) -> int:
         t = now()
         gen = make_generator("transformers", str(tiny_model_dir(TEACHER_SPEC)))
         prompts = [chat_messages(q["question_ja"]) for q in questions]
-        lengths = [len(gen.tokenizer(text, add_special_tokens=special).input_ids) for text, special in map(gen.render, prompts)]
-        gen.generate(prompts[:args.batch_size], GenerationConfig(max_new_tokens=8, batch_size=args.batch_size), progress=False)
+        lengths = [len(gen.tokenizer(text, add_special_tokens=special).input_ids)
+                   for text, special in map(gen.render, prompts)]
+        gen.generate(prompts[:args.batch_size], GenerationConfig(max_new_tokens=8, batch_size=args.batch_size),
+                     progress=False)
         del gen
         if not args.dry:
             phase_pass(8, max(shard_sizes))
-        log(f"warm-up {now() - t:.1f} s; prompt tokens {min(lengths)}-{max(lengths)} (median {sorted(lengths)[len(lengths) // 2]})")
+        log(f"warm-up {now() - t:.1f} s; prompt tokens {min(lengths)}-{max(lengths)} "
+            f"(median {sorted(lengths)[len(lengths) // 2]})")
 
         # raw passes: one generate call over everything, and (if asked) one call per chunk of each smaller shard size
         chunked = [s for s in shard_sizes if s < len(questions)] if args.raw_chunked else []
@@ -285,15 +293,17 @@ def main(argv=None) -> int:
             for c in [None, *chunked]:
                 x = raw_pass(questions, args.max_new_tokens, args.batch_size, chunk=c)
                 (raw_chunks[c] if c else raws).append(x)
-                log(f"repeat {r + 1}/{args.repeats} raw {'chunks ' + str(c) if c else 'all':>10}: {x['tokens']} tokens "
-                    f"in {x['seconds']:.2f} s = {x['tokens'] / x['seconds']:.0f} tok/s (load {x['model_load']:.2f} s, "
+                log(f"repeat {r + 1}/{args.repeats} raw {'chunks ' + str(c) if c else 'all':>10}: "
+                    f"{x['tokens']} tokens in {x['seconds']:.2f} s = {x['tokens'] / x['seconds']:.0f} tok/s "
+                    f"(load {x['model_load']:.2f} s, "
                     f"generate {x['generation']:.2f} s; cpu/wall {x['cpu_seconds'] / x['seconds']:.2f}, "
                     f"load avg {os.getloadavg()[0]:.2f})")
             for s in shard_sizes:
                 x = phase_pass(args.max_new_tokens, s)
                 phases[s].append(x)
-                log(f"repeat {r + 1}/{args.repeats} phase shard {s:>4}: {x['tokens']} tokens in {x['seconds']:.2f} s = "
-                    f"{x['tokens'] / x['seconds']:.0f} tok/s (generate {x['split']['generation']:.2f} s, non-generation "
+                log(f"repeat {r + 1}/{args.repeats} phase shard {s:>4}: {x['tokens']} tokens in "
+                    f"{x['seconds']:.2f} s = {x['tokens'] / x['seconds']:.0f} tok/s "
+                    f"(generate {x['split']['generation']:.2f} s, non-generation "
                     f"{x['seconds'] - x['split']['generation']:.2f} s, {x['n_shards']} shards; cpu/wall "
                     f"{x['cpu_seconds'] / x['seconds']:.2f}, load avg {os.getloadavg()[0]:.2f})")
 
@@ -316,8 +326,8 @@ def main(argv=None) -> int:
         best = min(phases[s], key=lambda x: x["seconds"])
         gen_s = best["split"]["generation"]
         rows.append(row_of(
-            f"teacher phase, shard_size={s}", best, phases[s], gen_s, shard_size=s, model_load=best["split"]["model_load"],
-            n_shards=best["n_shards"],
+            f"teacher phase, shard_size={s}", best, phases[s], gen_s, shard_size=s,
+            model_load=best["split"]["model_load"], n_shards=best["n_shards"],
             # interleaved pairs (raw and phase of the same repeat) see the same background load
             overhead_paired_median=statistics.median(p["seconds"] / q["seconds"] - 1 for p, q in zip(phases[s], raws)),
             # against raw generation chunked the same way: the bookkeeping alone, chunking's cost removed
@@ -341,9 +351,10 @@ def main(argv=None) -> int:
                    "-" if r is rows[0] else ("identical" if r["output_mismatches_vs_raw"] == 0
                                              else f"{r['output_mismatches_vs_raw']} differ")]
                   for r in rows])
-    report.say("overhead: best phase / best raw (all) - 1; paired: median over repeats of phase / raw of the same repeat - 1; "
-               "same-chunk: against raw generation chunked like the shards; non-gen %: the phase's time outside generate, "
-               "less raw's model load, over the raw pass (the phase's bookkeeping, free of generation-speed noise)")
+    report.say("overhead: best phase / best raw (all) - 1; paired: median over repeats of phase / raw of the same "
+               "repeat - 1; same-chunk: against raw generation chunked like the shards; non-gen %: the phase's time "
+               "outside generate, less raw's model load, over the raw pass (the phase's bookkeeping, free of "
+               "generation-speed noise)")
     report.table(["bucket", *(f"shard {r['shard_size']}" for r in phase_rows)],
                  [*([b, *(f"{r['split'][b]:.2f} {100 * r['split'][b] / r['seconds_best']:.1f}%" for r in phase_rows)]
                     for b in SPLIT),
