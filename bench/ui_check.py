@@ -56,7 +56,8 @@ SIDEBAR = "(document.querySelector('nav') || document.body).innerText"
 # Before a screenshot: the MLflow Assistant's side panel closed (it takes a third of the page), and on the
 # compare page the parallel-coordinates plot set to teacher and student (MLflow's default: the first
 # three params by name), as a researcher would pick them.
-CLOSE_ASSISTANT = """(() => { const b = document.querySelector('[data-component-id="mlflow.assistant.chat_panel.close"]');
+CLOSE_ASSISTANT = """(() => {
+  const b = document.querySelector('[data-component-id="mlflow.assistant.chat_panel.close"]');
   if (b) b.click(); return !!b; })()"""
 SHOW_DESCRIPTION = """(() => {
   const more = document.querySelector('[data-testid="show-comment-toggle"][aria-label="Expand description"]');
@@ -69,10 +70,14 @@ COMPARE_AXES = """(async () => {
   const click = (el, type) => el.dispatchEvent(new MouseEvent(type || 'click', {bubbles: true, cancelable: true}));
   const sel = document.querySelector('.du-bois-light-select');
   if (!sel) return [];
-  const names = () => [...sel.querySelectorAll('.du-bois-light-select-selection-item-content')].map(e => e.textContent);
+  const names = () => [...sel.querySelectorAll('.du-bois-light-select-selection-item-content')]
+    .map(e => e.textContent);
   for (const item of [...sel.querySelectorAll('.du-bois-light-select-selection-item')]) {
     const name = item.querySelector('.du-bois-light-select-selection-item-content').textContent;
-    if (name !== 'teacher') { click(item.querySelector('.du-bois-light-select-selection-item-remove')); await sleep(300); }
+    if (name !== 'teacher') {
+      click(item.querySelector('.du-bois-light-select-selection-item-remove'));
+      await sleep(300);
+    }
   }
   for (const want of ['teacher', 'student']) {
     if (names().includes(want)) continue;
@@ -84,12 +89,15 @@ COMPARE_AXES = """(async () => {
     await sleep(500);
   }
   const input = sel.querySelector('input');
-  if (input) { input.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', keyCode: 27, bubbles: true})); input.blur(); }
+  if (input) {
+    input.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', keyCode: 27, bubbles: true}));
+    input.blur();
+  }
   await sleep(1000);
   return names();
 })()"""
-SCREENSHOTS = {"runs": "ui-runs.png", "main_run": "ui-main-run.png", "compare": "ui-compare.png", "version": "ui-model-version.png",
-               "fig1": "ui-figure.png"}
+SCREENSHOTS = {"runs": "ui-runs.png", "main_run": "ui-main-run.png", "compare": "ui-compare.png",
+               "version": "ui-model-version.png", "fig1": "ui-figure.png"}
 
 
 def small_png(path: Path) -> None:
@@ -225,7 +233,8 @@ def main() -> int:
     main_run = client.search_runs([exp.experiment_id], "tags.`distill.phase` = 'main'",
                                   order_by=["attributes.start_time DESC"])[0]
     report_run = main_run.data.tags.get("distill.report_run_id", "")
-    tokens = client.search_runs([exp.experiment_id], "tags.`distill.phase` = 'tokens' and attributes.status = 'FINISHED'",
+    tokens = client.search_runs([exp.experiment_id],
+                                "tags.`distill.phase` = 'tokens' and attributes.status = 'FINISHED'",
                                 order_by=["attributes.start_time DESC"], max_results=1)
     tokens_run = tokens[0].info.run_id if tokens else ""
     students = client.search_runs([exp.experiment_id], "params.role = 'student' and attributes.status = 'FINISHED'")
@@ -250,13 +259,16 @@ def main() -> int:
         pages = {"runs": ui_links.absolute(base, ui_links.study_runs(exp_id)),
                  "main_run": ui_links.absolute(base, ui_links.run_page(exp_id, main_run.info.run_id)),
                  "compare": ui_links.absolute(base, ui_links.compare_runs(exp_id, [r.info.run_id for r in students]))}
-        versions = [v for m in client.search_registered_models() for v in client.search_model_versions(f"name = '{m.name}'")]
+        versions = [v for m in client.search_registered_models()
+                    for v in client.search_model_versions(f"name = '{m.name}'")]
         evaluated = [v for v in versions if "accuracy" in v.tags]
         if evaluated:
             v = evaluated[0]
             pages["version"] = ui_links.absolute(base, ui_links.model_version(v.name, v.version))
-        figures = {"fig1": (report_run, "figures/fig1_accuracy.html"), "fig2": (report_run, "figures/fig2_errors.html"),
-                   "fig3": (report_run, "figures/fig3_tokens.html"), "tokens_fig": (tokens_run, "figures/token_counts.html")}
+        figures = {"fig1": (report_run, "figures/fig1_accuracy.html"),
+                   "fig2": (report_run, "figures/fig2_errors.html"),
+                   "fig3": (report_run, "figures/fig3_tokens.html"),
+                   "tokens_fig": (tokens_run, "figures/token_counts.html")}
         for name, (run_id, path) in figures.items():
             if run_id:
                 pages[name] = ui_links.absolute(base, ui_links.run_page(exp_id, run_id, path))
@@ -276,7 +288,8 @@ def main() -> int:
 
         for name in figures:
             ok = drawn.get(name, False)
-            log(f"{'ok  ' if ok else 'FAIL'} {name}: the plot is drawn inside the UI's artifact frame ({pages.get(name)})")
+            log(f"{'ok  ' if ok else 'FAIL'} {name}: the plot is drawn inside the UI's artifact frame "
+                f"({pages.get(name)})")
             if not ok:
                 failures.append(f"{name}: no plotly plot (svg.main-svg) drawn in the artifact viewer")
         axes = drawn.get("compare_axes") or []
