@@ -59,7 +59,8 @@ def compare(a: str, b: str) -> list[str]:
         diffs = [f"status {x.info.status} != {y.info.status}"] if x.info.status != y.info.status else []
         pa = {k: norm(v) for k, v in x.data.params.items() if k not in SKIP_PARAMS}
         pb = {k: norm(v) for k, v in y.data.params.items() if k not in SKIP_PARAMS}
-        diffs += [f"param {k}: {pa.get(k)!r} != {pb.get(k)!r}" for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
+        diffs += [f"param {k}: {pa.get(k)!r} != {pb.get(k)!r}" for k in sorted(set(pa) | set(pb))
+                  if pa.get(k) != pb.get(k)]
         ma, mb = x.data.metrics, y.data.metrics
         diffs += [f"metric {k}: {ma.get(k)} != {mb.get(k)}" for k in sorted(set(ma) | set(mb))
                   if ma.get(k) != mb.get(k) and not TIME_METRICS.search(k)]

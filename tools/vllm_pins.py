@@ -10,7 +10,8 @@ training and evaluation tests a second time under this file (docs/development.md
 Each dry run is `pip install --dry-run --ignore-installed --report R -e SPEC`, for ".[vllm]" and for "."
 (the default resolution). Pinned: the Hugging Face stack the study calls (PINNED), whatever their versions,
 and every other package that both resolutions install at different versions. Never torch: the tests run on
-the CPU build, and vLLM's own torch pin is a CUDA build (nor CUDA's packages). Standard library only: it runs before any install.
+the CPU build, and vLLM's own torch pin is a CUDA build (nor CUDA's packages). Standard library only: it runs
+before any install.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def constraints_text(vllm: dict[str, str], default: dict[str, str], made: str) -
         f" python {sys.version_info.major}.{sys.version_info.minor}, Linux x86-64).",
         "# Regenerate: python tools/vllm_pins.py  (dry runs of the vLLM extra and of the default install).",
         "# Used by the pinned test pass (README): pip install -c constraints/vllm-resolved.txt -e \".[dev]\".",
-        f"# torch is not pinned here: the tests run on the CPU build 2.13.0; vLLM pins torch=={vllm.get('torch', '?')}",
+        "# torch is not pinned here: the tests run on the CPU build 2.13.0; "
+        f"vLLM pins torch=={vllm.get('torch', '?')}",
         "# (a CUDA build), which a CPU machine cannot run.",
         "# Pinned: the Hugging Face stack the study calls, and every package the two resolutions install at",
         "# different versions (default -> vLLM):",
