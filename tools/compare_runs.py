@@ -5,8 +5,9 @@
 For a change that must not change results (a refactor): run `main` on a fresh store before and after it, then
 compare. Runs are matched by experiment, run name, `distill.phase` and Optuna trial; run ids inside values are
 replaced by the identity of the run they name, so two stores compare although every id differs. What differs
-between any two runs of the same work is left out: timings, keys that hash the code, heartbeats, model ids
-(`m-...`, new per logged model) and the local port of a judge server. Exit status 1 when anything else differs.
+between any two runs of the same work is left out: timings, keys that hash the code, heartbeats, process ids,
+model ids (`m-...`, new per logged model) and the local port of a judge server; the run `mlflow run` opens is
+matched by its entry point, not by the name MLflow drew for it. Exit status 1 when anything else differs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import re
 import sys
 
 TIME_METRICS = re.compile(r"(seconds|per_second|runtime|_time|samples_per|steps_per|flos)")
-SKIP_TAGS = re.compile(r"^(distill\.(cache_key|work_key|code_version|code_files|claimed_at|heartbeat)"
-                       r"|mlflow\.(source|user|log-model|gitRepo|project)|mlflow\.note\.content$)")
+# mlflow.runName: the name is in a run's identity already (or drawn at random, for the run `mlflow run` opens)
+SKIP_TAGS = re.compile(r"^(distill\.(cache_key|work_key|code_version|code_files|claimed_at|heartbeat|pid)"
+                       r"|mlflow\.(source|user|log-model|gitRepo|project|runName)|mlflow\.note\.content$)")
 SKIP_PARAMS = {"inputs_digest"}  # report: a hash of the run ids it read
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 MODEL_ID = re.compile(r"\bm-[0-9a-f]{32}\b")
@@ -32,9 +34,11 @@ def load(uri: str):
 
 
 def identity(run, experiments) -> tuple:
+    """Experiment, name, phase, trial; the run `mlflow run` opens has a name MLflow draws at random: its entry point."""
     tags = run.data.tags
-    return experiments[run.info.experiment_id], run.info.run_name, tags.get("distill.phase", ""), \
-        tags.get("optuna.trial", "")
+    entry_point = tags.get("mlflow.project.entryPoint")
+    name = f"mlflow run -e {entry_point}" if entry_point and "distill.phase" not in tags else run.info.run_name
+    return experiments[run.info.experiment_id], name, tags.get("distill.phase", ""), tags.get("optuna.trial", "")
 
 
 def compare(a: str, b: str) -> list[str]:
