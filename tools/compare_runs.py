@@ -34,7 +34,7 @@ def load(uri: str):
 
 
 def identity(run, experiments) -> tuple:
-    """Experiment, name, phase, trial; the run `mlflow run` opens has a name MLflow draws at random: its entry point."""
+    """Experiment, name, phase, trial; for the run `mlflow run` opens, whose name MLflow draws, its entry point."""
     tags = run.data.tags
     entry_point = tags.get("mlflow.project.entryPoint")
     name = f"mlflow run -e {entry_point}" if entry_point and "distill.phase" not in tags else run.info.run_name
