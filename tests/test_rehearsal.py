@@ -33,7 +33,7 @@ class Guard(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         raise ImportError(f"{module.__name__} imported in the parent process of main")
 sys.meta_path.insert(0, Guard())
 from distill.cli import run_phase
-run_phase("pipeline", sys.argv[1:])
+run_phase("main", sys.argv[1:])
 """
 
 # Where the rehearsal exercises each key of paper.yaml (a new key fails this test until it is placed).
