@@ -137,3 +137,30 @@ def run_entry(phase: str, *args: str, env: dict | None = None, cwd: Path | None 
     if check and proc.returncode != 0:
         raise AssertionError(f"{phase} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+@pytest.fixture
+def cli(capsys):
+    """The CLI in this process, for a refusal whose process is not what is tested (a fresh interpreter costs
+    ~5 s of imports): `cli(phase, *args)` -> (exit status, stderr). What the CLI sets for its process (quiet and
+    offline variables, the preset's experiment) is undone afterwards. Each kind of refusal keeps a test through
+    run_entry too."""
+    import mlflow.tracking.fluent
+
+    from distill.cli import run_phase
+
+    saved = dict(os.environ)
+
+    def call(phase: str, *args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            run_phase(phase, list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+
+    yield call
+    os.environ.clear()
+    os.environ.update(saved)
+    mlflow.tracking.fluent._active_experiment_id = None  # set_experiment's choice outlives the store it was in

@@ -162,11 +162,20 @@ def _jsonl(tmp_path):
     (["--model", "7B", "--limit", "0"], "limit must be an integer >= 1"),
     (["--model", "7B", "--preset", "tiny"], "unknown preset 'tiny'; known presets: offline, paper"),
 ])
-def test_bad_input_gets_one_clear_message(tracking, tmp_path, args, message):
-    proc = run_entry("evaluate", "--preset", "offline", *args, check=False, cwd=tmp_path,
+def test_bad_input_gets_one_clear_message(tracking, tmp_path, cli, args, message):
+    """In this process (the CLI's refusal, not the interpreter, is tested); test_bad_input_in_a_fresh_process
+    types one of them as a user would."""
+    code, err = cli("evaluate", "--preset", "offline", *args)
+    assert code == 2, err[-2000:]
+    assert message.format(tmp_path=tmp_path) in err
+    assert "Traceback" not in err
+
+
+def test_bad_input_in_a_fresh_process(tracking, tmp_path):
+    proc = run_entry("evaluate", "--preset", "offline", "--model", "./no/such/model", check=False, cwd=tmp_path,
                      env={"MLFLOW_TRACKING_URI": tracking})
     assert proc.returncode == 2
-    assert message.format(tmp_path=tmp_path) in proc.stderr
+    assert f"model path not found: {tmp_path}/no/such/model" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -178,12 +187,11 @@ def test_unreachable_tracking_server(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_malformed_eval_file_names_file_and_line(tracking, tmp_path):
+def test_malformed_eval_file_names_file_and_line(tracking, tmp_path, cli):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "1+1", "answer_number": 2}\nnot json\n')
-    proc = run_entry("evaluate", "--preset", "offline", "--model", "7B", "--eval_set", str(bad), check=False,
-                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": tracking})
-    assert proc.returncode == 2 and f"{bad}:2: not valid JSON" in proc.stderr
+    code, err = cli("evaluate", "--preset", "offline", "--model", "7B", "--eval_set", str(bad))
+    assert code == 2 and f"{bad}:2: not valid JSON" in err
 
 
 @pytest.mark.slow

@@ -18,9 +18,15 @@ def judge_by_question(kind, body):
     return {"category": letter, "reason": "stub"}
 
 
-@pytest.fixture
-def eval_run(tracking):
-    return evaluate(EvaluateParams(model="qwen2.5-0.5b", limit=6, max_new_tokens=6))
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory):
+    """One evaluation (6 wrong answers) for the module's judge runs, in a store of the module's own: each test's
+    judge server has its own port, which the errors run's reuse key holds, so no test reuses another's run."""
+    from tests.mini_study import current_store
+
+    root = tmp_path_factory.mktemp("judge")
+    with current_store(f"sqlite:///{root / 'mlflow.db'}", root):
+        yield evaluate(EvaluateParams(model="qwen2.5-0.5b", limit=6, max_new_tokens=6))
 
 
 def test_parser_is_strict():

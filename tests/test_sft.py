@@ -13,30 +13,16 @@ from mlflow.tracking import MlflowClient
 
 from distill import DistillError
 from distill.phases.evaluate import EvaluateParams, run as evaluate
-from distill.phases.select import SelectParams, run as select
 from distill.phases.sft import SftParams, checkpoint_root, mix, run as sft
-from distill.phases.teacher import TeacherParams, run as teacher
-from distill.phases.translate import TranslateParams, run as translate
 from distill.training import checkpoints
 from distill.training.checkpoints import UPLOAD_COMPLETE
 from tests.conftest import ROOT
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """translate -> two teachers -> select, once for the module, in a store of its own."""
-    root = tmp_path_factory.mktemp("sft-study")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
-        mlflow.set_tracking_uri(uri)
-        translate(TranslateParams(limit=16))
-        t7 = teacher(TeacherParams(teacher="7B", max_new_tokens=16))
-        t72 = teacher(TeacherParams(teacher="72B", max_new_tokens=16))
-        sel = select(SelectParams(n=12, dev_size=4))
-        yield {"root": root, "uri": uri, "select": sel, "7B": t7, "72B": t72}
-        mlflow.set_tracking_uri(None)
+@pytest.fixture
+def study(mini_study):
+    """conftest's mini_study (translate -> two teachers -> select, built once for the module, its store current)."""
+    return mini_study
 
 
 def test_lineage_registry_round_trip_and_evaluate(study):

@@ -5,18 +5,15 @@ import optuna
 import pytest
 
 from distill import DistillError
-from distill.phases.select import SelectParams, run as select
 from distill.phases.sweep import SweepParams, run as sweep
-from distill.phases.teacher import TeacherParams, run as teacher
-from distill.phases.translate import TranslateParams, run as translate
+from tests.mini_study import Sizes
+
+MINI_STUDY = Sizes(limit=14, max_new_tokens=12, n=8, dev_size=4)  # conftest's mini_study, built once for the module
 
 
 @pytest.fixture
-def selected(tracking):
-    translate(TranslateParams(limit=14))
-    teacher(TeacherParams(teacher="7B", max_new_tokens=12))
-    teacher(TeacherParams(teacher="72B", max_new_tokens=12))
-    return select(SelectParams(n=8, dev_size=4))
+def selected(mini_study):
+    return mini_study["select"]
 
 
 def test_sweep_runs_trials_as_nested_runs_and_logs_plots(selected, tmp_path):
