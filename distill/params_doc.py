@@ -21,7 +21,7 @@ _TABLE = re.compile(r"<!-- params: (\w+) -->\n(.*?)<!-- /params -->", re.S)
 
 
 def params_class(name: str):
-    """The `*Params` class of an entry point (`errors` -> distill.phases.judge.ErrorsParams)."""
+    """The `*Params` class of an entry point (`errors` -> distill.phases.errors.ErrorsParams)."""
     return phase_of(name).code.params
 
 

@@ -1,4 +1,4 @@
-"""Entry point `errors`: see distill/phases/judge.py for what it does and its parameters."""
+"""Entry point `errors`: see distill/phases/errors.py for what it does and its parameters."""
 
 from distill.cli import run_phase
 

@@ -52,7 +52,7 @@ def test_an_unknown_phase_is_refused_with_the_known_ones():
 
     with pytest.raises(DistillError, match="no phase named 'judge'; the phases are translate, teacher"):
         entry_point("judge")
-    assert entry_point("main").module == "distill.pipeline" and phase("errors").module == "distill.phases.judge"
+    assert entry_point("main").module == "distill.pipeline" and phase("errors").module == "distill.phases.errors"
 
 
 def test_the_module_map_imports_nothing():

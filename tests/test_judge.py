@@ -6,8 +6,8 @@ import mlflow
 import pytest
 
 from distill import DistillError
+from distill.phases.errors import ErrorsParams, parse_judgment, run as errors
 from distill.phases.evaluate import EvaluateParams, run as evaluate
-from distill.phases.judge import ErrorsParams, parse_judgment, run as errors
 from tests.openai_server import OpenAIStub
 
 

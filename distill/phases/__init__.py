@@ -1,6 +1,6 @@
 """The study's method, one module per phase, in the order the paper runs them (docs/development.md, "Layout").
 
-translate -> teacher -> select -> sft -> evaluate -> errors (distill.phases.judge) -> tokens -> report; sweep
+translate -> teacher -> select -> sft -> evaluate -> errors (the judge) -> tokens -> report; sweep
 searches sft's hyperparameters; main (distill.pipeline) runs the grid. What a phase is to the CLI, the planner and
 the docs is declared once, in distill.phases.contract.
 """
@@ -15,7 +15,7 @@ MODULES = {
     "select": "distill.phases.select",
     "sft": "distill.phases.sft",
     "evaluate": "distill.phases.evaluate",
-    "errors": "distill.phases.judge",
+    "errors": "distill.phases.errors",
     "tokens": "distill.phases.tokens",
     "report": "distill.phases.report",
     "sweep": "distill.phases.sweep",
@@ -25,5 +25,5 @@ MODULES = {
 
 
 def module_name(phase: str) -> str:
-    """The module that runs a phase: `errors` -> distill.phases.judge, `main` -> distill.pipeline."""
+    """The module that runs a phase: `sft` -> distill.phases.sft, `main` -> distill.pipeline."""
     return MODULES[phase]

@@ -92,7 +92,7 @@ def _load_evaluate() -> PhaseCode:
 
 
 def _load_errors() -> PhaseCode:
-    from distill.phases import judge as m
+    from distill.phases import errors as m
 
     return PhaseCode(m.ErrorsParams, m.run, m.reuse_key, m.resolve_settings)
 

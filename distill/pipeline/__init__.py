@@ -206,7 +206,7 @@ class Steps:
 
 
 def phase_function(name: str):
-    """The `run` of a phase (`errors` -> distill.phases.judge.run)."""
+    """The `run` of a phase (`errors` -> distill.phases.errors.run)."""
     return phase(name).code.run
 
 
