@@ -140,14 +140,20 @@ def run_entry(phase: str, *args: str, env: dict | None = None, cwd: Path | None 
 
 
 @pytest.fixture
-def cli(capsys):
+def cli(capsys, monkeypatch):
     """The CLI in this process, for a refusal whose process is not what is tested (a fresh interpreter costs
     ~5 s of imports): `cli(phase, *args)` -> (exit status, stderr). What the CLI sets for its process (quiet and
-    offline variables, the preset's experiment) is undone afterwards. Each kind of refusal keeps a test through
-    run_entry too."""
+    offline variables, the preset's experiment) is undone afterwards. `main` checks the preset's sft: block in
+    this process too, not in the child its own process (which imports no TRL) starts for it. Each kind of refusal
+    keeps a test through run_entry too."""
     import mlflow.tracking.fluent
 
+    from distill import cli as cli_module
     from distill.cli import run_phase
+
+    check_sft_block = cli_module.check_sft_block
+    monkeypatch.setattr(cli_module, "check_sft_block", lambda preset, name, in_a_child: check_sft_block(
+        preset, name, in_a_child=False))
 
     saved = dict(os.environ)
 

@@ -49,6 +49,7 @@ def test_main_runs_the_grid_then_reuses_everything(tmp_path):
         mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow  # `main` end to end in processes until its first step fails: ~35 s
 def test_a_failing_step_is_named_with_its_run(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     proc = run_entry("main", "--preset", "offline", "--backend", "openai", "--train_limit", "4", check=False,
@@ -68,7 +69,16 @@ def test_a_failing_step_is_named_with_its_run(tmp_path, monkeypatch):
     (("--preset", "offlne"), "known presets: offline, paper"),
     (("--preset", "offline", "--teachers", "7B,9B"), "known names: 7B, 14B, 32B, 72B"),
 ])
-def test_main_bad_input(tmp_path, args, message):
-    proc = run_entry("main", *args, check=False, cwd=tmp_path,
+def test_main_bad_input(tmp_path, monkeypatch, cli, args, message):
+    """In this process (the refusal, not the interpreter, is tested); test_main_bad_input_in_a_fresh_process types
+    one as a user would."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    code, err = cli("main", *args)
+    assert code == 2 and message in err, err[-2000:]
+
+
+def test_main_bad_input_in_a_fresh_process(tmp_path):
+    proc = run_entry("main", "--preset", "offline", "--reuse", "sometimes", check=False, cwd=tmp_path,
                      env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "reuse must be true, false or ignore_code" in proc.stderr, proc.stderr[-2000:]
