@@ -54,22 +54,42 @@ def test_sweep_refuses_a_storage_with_a_password_before_anything_is_written(trac
     assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store was even made
 
 
+def _bad_tracking_uri(kind: str, tmp_path) -> str:
+    (tmp_path / "afile").write_text("not a folder")
+    return {"proc": "sqlite:////proc/nope/mlflow.db",
+            "under_a_file": f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}",
+            "unknown_scheme": "foo://bar",
+            "folder_store": str(tmp_path / "runs")}[kind]
+
+
+def _refused_in_one_line(code: int, stderr: str, uri: str, tmp_path) -> None:
+    lines = stderr.strip().splitlines()
+    assert code == 2, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and uri in lines[0], lines
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.parametrize("kind", ["proc", "under_a_file", "unknown_scheme", "folder_store"])
-def test_a_bad_tracking_uri_is_refused_by_name_in_one_line_before_any_work(kind, tmp_path):
+def test_a_bad_tracking_uri_is_refused_by_name_in_one_line_before_any_work(kind, tmp_path, monkeypatch, cli):
+    """In this process (the refusal, not the interpreter, is tested); the next test types one as a user would."""
+    uri = _bad_tracking_uri(kind, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    try:
+        code, err = cli("translate", "--preset", "offline", "--limit", "2")
+    finally:
+        mlflow.set_tracking_uri(None)
+    _refused_in_one_line(code, err, uri, tmp_path)
+
+
+def test_a_bad_tracking_uri_is_refused_in_a_fresh_process(tmp_path):
     from tests.conftest import run_entry
 
-    (tmp_path / "afile").write_text("not a folder")
-    uri = {"proc": "sqlite:////proc/nope/mlflow.db",
-           "under_a_file": f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}",
-           "unknown_scheme": "foo://bar",
-           "folder_store": str(tmp_path / "runs")}[kind]
-    env = {"MLFLOW_TRACKING_URI": uri}
-    proc = run_entry("translate", "--preset", "offline", "--limit", "2", cwd=tmp_path, env=env, check=False)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and uri in lines[0], lines
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+    uri = _bad_tracking_uri("under_a_file", tmp_path)
+    proc = run_entry("translate", "--preset", "offline", "--limit", "2", cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": uri}, check=False)
+    _refused_in_one_line(proc.returncode, proc.stderr, uri, tmp_path)
 
 
 @pytest.mark.slow
