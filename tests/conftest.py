@@ -142,7 +142,7 @@ def run_entry(phase: str, *args: str, env: dict | None = None, cwd: Path | None 
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """The CLI in this process, for a refusal whose process is not what is tested (a fresh interpreter costs
-    ~5 s of imports): `cli(phase, *args)` -> (exit status, stderr). What the CLI sets for its process (quiet and
+    ~5 s of imports): `cli(phase, *args)` -> a CompletedProcess as run_entry's (exit status, stdout, stderr). What the CLI sets for its process (quiet and
     offline variables, the preset's experiment) is undone afterwards. `main` checks the preset's sft: block in
     this process too, not in the child its own process (which imports no TRL) starts for it. Each kind of refusal
     keeps a test through run_entry too."""
@@ -157,14 +157,15 @@ def cli(capsys, monkeypatch):
 
     saved = dict(os.environ)
 
-    def call(phase: str, *args: str) -> tuple[int, str]:
+    def call(phase: str, *args: str) -> subprocess.CompletedProcess:
         capsys.readouterr()
         try:
             run_phase(phase, list(args))
             code = 0
         except SystemExit as e:
             code = e.code
-        return code, capsys.readouterr().err
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([phase, *args], code, out, err)
 
     yield call
     os.environ.clear()

@@ -165,7 +165,8 @@ def _jsonl(tmp_path):
 def test_bad_input_gets_one_clear_message(tracking, tmp_path, cli, args, message):
     """In this process (the CLI's refusal, not the interpreter, is tested); test_bad_input_in_a_fresh_process
     types one of them as a user would."""
-    code, err = cli("evaluate", "--preset", "offline", *args)
+    done = cli("evaluate", "--preset", "offline", *args)
+    code, err = done.returncode, done.stderr
     assert code == 2, err[-2000:]
     assert message.format(tmp_path=tmp_path) in err
     assert "Traceback" not in err
@@ -190,7 +191,8 @@ def test_unreachable_tracking_server(tmp_path):
 def test_malformed_eval_file_names_file_and_line(tracking, tmp_path, cli):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "1+1", "answer_number": 2}\nnot json\n')
-    code, err = cli("evaluate", "--preset", "offline", "--model", "7B", "--eval_set", str(bad))
+    done = cli("evaluate", "--preset", "offline", "--model", "7B", "--eval_set", str(bad))
+    code, err = done.returncode, done.stderr
     assert code == 2 and f"{bad}:2: not valid JSON" in err
 
 

@@ -74,7 +74,8 @@ def test_main_bad_input(tmp_path, monkeypatch, cli, args, message):
     one as a user would."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
-    code, err = cli("main", *args)
+    done = cli("main", *args)
+    code, err = done.returncode, done.stderr
     assert code == 2 and message in err, err[-2000:]
 
 

@@ -19,7 +19,7 @@ from distill.estimates.steps import StepEstimate, estimate
 from distill.phases.report import ReportParams, run as report
 from distill.pipeline import MainParams, planner, priced_plan
 from tests import step_fixtures
-from tests.conftest import ROOT, run_entry
+from tests.conftest import ROOT
 from tests.step_fixtures import FixtureParams
 from tests.test_report import Store, artifacts, first
 
@@ -60,11 +60,15 @@ def _earlier_runs(uri: str) -> dict[str, str]:
     return ids
 
 
-def test_the_paper_plan_is_priced_on_a_cpu_from_assumptions_and_measured_rates(tmp_path):
+def test_the_paper_plan_is_priced_on_a_cpu_from_assumptions_and_measured_rates(tmp_path, monkeypatch, cli):
+    """`main --plan true` through the CLI in this process (tests/test_upstream.py types plans as a user would)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     earlier = _earlier_runs(uri)
-    proc = run_entry("main", "--preset", "paper", "--plan", "true", "--gpu_hour_price", "2.5", cwd=tmp_path,
-                     env={"MLFLOW_TRACKING_URI": uri, "HF_HOME": str(tmp_path / "hf")})  # an empty Hub cache
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hub cache
+    monkeypatch.chdir(tmp_path)
+    proc = cli("main", "--preset", "paper", "--plan", "true", "--gpu_hour_price", "2.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     rows = _rows(out)
     assert out.splitlines()[0] == "main: 48 steps, 48 to run, 0 reused" and len(rows) == 48, out
@@ -192,7 +196,7 @@ def test_the_report_sets_each_phases_cost_beside_its_estimate(tracking, tmp_path
     assert "| translate | 1 | 1 | 1 | 60.0 | 4.000 | 30.0 | 2.000 | 2.00 |" in md
 
 
-def test_a_presets_price_is_the_default_and_checked_by_the_same_rule(tmp_path):
+def test_a_presets_price_is_the_default_and_checked_by_the_same_rule(tmp_path, monkeypatch, cli):
     from distill.config.params import check_preset
 
     text = (ROOT / "distill/presets/offline.yaml").read_text()
@@ -201,9 +205,10 @@ def test_a_presets_price_is_the_default_and_checked_by_the_same_rule(tmp_path):
     (tmp_path / "negative.yaml").write_text(text.replace("  gpu_hour_price: null\n", "  gpu_hour_price: -3\n"))
     with pytest.raises(DistillError, match=r"negative.yaml.*grid.gpu_hour_price must be a finite number >= 0"):
         check_preset(load_preset(str(tmp_path / "negative.yaml")), [MainParams])
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_entry("main", "--preset", "priced.yaml", "--plan", "true", cwd=tmp_path,
-                     env={"MLFLOW_TRACKING_URI": uri})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    proc = cli("main", "--preset", "priced.yaml", "--plan", "true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "  cost: 0.00 (0.00 GPU-hours x 3 a GPU-hour)" in proc.stdout.splitlines(), proc.stdout
 
 

@@ -77,10 +77,10 @@ def test_a_bad_tracking_uri_is_refused_by_name_in_one_line_before_any_work(kind,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     try:
-        code, err = cli("translate", "--preset", "offline", "--limit", "2")
+        done = cli("translate", "--preset", "offline", "--limit", "2")
     finally:
         mlflow.set_tracking_uri(None)
-    _refused_in_one_line(code, err, uri, tmp_path)
+    _refused_in_one_line(done.returncode, done.stderr, uri, tmp_path)
 
 
 def test_a_bad_tracking_uri_is_refused_in_a_fresh_process(tmp_path):
