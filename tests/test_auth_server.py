@@ -95,7 +95,8 @@ def team(postgres, tmp_path_factory):
     passwords = {u: f"{u}-{secrets.token_urlsafe(16)}" for u in ("admin", *USERS)}
     env = {k: v for k, v in os.environ.items() if k not in ENV_CREDENTIALS}
     env |= {"MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"), "MLFLOW_AUTH_ADMIN_PASSWORD": passwords["admin"],
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner: ~10 processes no phase needs
     with start_auth_server(root, backend, env) as uri:
         with signed_in("admin", passwords["admin"]):
             auth = get_app_client("basic-auth", tracking_uri=uri)
