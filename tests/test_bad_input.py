@@ -63,7 +63,8 @@ def refuse(store, cli, monkeypatch):
 
     def call(script: str, args: tuple[str, ...], fresh: bool) -> tuple[int, str]:
         if not fresh:
-            return cli(PHASE_OF_SCRIPT.get(script, script), *args)
+            done = cli(PHASE_OF_SCRIPT.get(script, script), *args)  # a CompletedProcess, as run_entry's
+            return done.returncode, done.stderr
         proc = run_entry(script, *args, check=False, cwd=store, env={"MLFLOW_TRACKING_URI": uri})
         return proc.returncode, proc.stderr
 
