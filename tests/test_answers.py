@@ -41,7 +41,8 @@ def test_both_rules_on_real_output_forms(text, paper, answer_line):
     assert extract_answer(text, "answer_line") == pytest.approx(answer_line)
 
 
-def test_score_gives_both_readings_as_record_fields():
+def test_score_gives_both_readings():
+    """`score` gives both readings (paper rule and answer line) as record fields."""
     assert score("解答: 18\n\n次の問題では5個", 18) == {
         "extracted": "5", "correct": False, "extracted_answer_line": "18", "correct_answer_line": True}
     assert score("解答: 3 × 6 = 18", 18.0) == {
@@ -56,7 +57,8 @@ def test_score_gives_both_readings_as_record_fields():
 
 @pytest.mark.parametrize("text", ["", None, "わかりません", "解答: [answer]", "\n\n\n"])
 @pytest.mark.parametrize("rule", RULES)
-def test_unparseable_output_is_none_not_an_exception(text, rule):
+def test_unparseable_output_is_none(text, rule):
+    """Output with no number is None, not an exception."""
     assert extract_answer(text, rule) is None
 
 
@@ -71,7 +73,8 @@ def test_tolerance_is_the_papers():
     assert not is_correct(None, 18)
 
 
-def test_gold_from_gsm8k_solution_and_numbers():
+def test_gold_from_solution_and_numbers():
+    """The gold number is read from a GSM8K solution, a number or a numeric text."""
     assert parse_gold("She has 3+4=<<3+4=7>>7 apples.\n#### 1,234") == 1234
     assert parse_gold(70000) == 70000
     assert parse_gold("18") == 18

@@ -14,8 +14,9 @@ from distill.training.batching import split_batch
     (1, 8, 2, (1, 4)),      # per-device 1 stays 1; accumulation makes up the rest
     (4, 3, 2, (3, 2)),      # 12 a step: 6 a process, the largest per-device batch <= 4 that divides it
     (16, 1, 1, (16, 1)),
-])
-def test_the_effective_batch_is_the_presets_on_any_number_of_processes(per_device, accumulation, world, expected):
+], ids=["8x1-on-1", "8x1-on-2", "8x1-on-4", "8x1-on-8", "1x8-on-2", "4x3-on-2", "16x1-on-1"])
+def test_effective_batch_on_any_process_count(per_device, accumulation, world, expected):
+    """The effective batch is the preset's on any number of processes."""
     split = split_batch(per_device, accumulation, world)
     assert (split.per_device, split.accumulation) == expected
     assert split.effective == per_device * accumulation == split.per_device * split.accumulation * world
@@ -27,15 +28,18 @@ def test_the_effective_batch_is_the_presets_on_any_number_of_processes(per_devic
               "split evenly over 3 processes"),
     (8, 1, 16, "over 16 processes"),
     (2, 3, 4, "effective batch 6 .* over 4 processes"),
-])
-def test_a_batch_that_does_not_divide_is_refused_with_the_numbers(per_device, accumulation, world, numbers):
+], ids=["8x1-on-3", "8x1-on-16", "2x3-on-4"])
+def test_indivisible_batch_refused(per_device, accumulation, world, numbers):
+    """A batch that does not divide over the processes is refused with the numbers."""
     with pytest.raises(DistillError, match=numbers) as e:
         split_batch(per_device, accumulation, world)
     assert "\n" not in str(e.value)
 
 
-def test_a_process_that_sees_four_gpus_trains_on_one_with_the_effective_batch(tiny_student, tmp_path, caplog):
-    """A plain process (no launcher) on a node with 4 GPUs: HF Trainer would take 8 x 4 examples a step
+def test_four_gpus_one_process_trains_on_one(tiny_student, tmp_path, caplog):
+    """A process that sees four GPUs trains on one, with the effective batch.
+
+    A plain process (no launcher) on a node with 4 GPUs: HF Trainer would take 8 x 4 examples a step
     through nn.DataParallel, which TRL's SFTTrainer refuses outright (a ValueError, so the run failed). No GPU
     here: `_n_gpu`, what TrainingArguments sets from torch.cuda.device_count(), is the one value given."""
     from datasets import Dataset

@@ -47,7 +47,8 @@ def store(request, tmp_path, tmp_path_factory, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def test_only_the_newest_complete_checkpoint_stays(store, tmp_path):
+def test_newest_complete_checkpoint_stays(store, tmp_path):
+    """Only the newest complete checkpoint stays."""
     with mlflow.start_run() as killed:  # an earlier try that uploaded a checkpoint, then died
         on_save(MlflowLogger(PaddingCounter(None, 0), keep="all"), tmp_path / "killed", 2)
     assert uploaded(killed.info.run_id) == ["checkpoints/checkpoint-2"]

@@ -30,7 +30,8 @@ def _store(root: Path, accuracy: float, port: int) -> str:
     return uri
 
 
-def test_the_same_work_agrees_and_a_changed_metric_is_named(tmp_path):
+def test_changed_metric_is_named(tmp_path):
+    """The same work agrees, and a changed metric is named."""
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
     a = _store(tmp_path / "a", 50.0, 8791)
     b = _store(tmp_path / "b", 50.0, 8792)  # other run ids, port, timing and heartbeat: the same work

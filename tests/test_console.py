@@ -15,7 +15,8 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def test_quiet_by_default_and_what_the_user_set_wins(clean_env):
+def test_quiet_by_default_user_setting_wins(clean_env):
+    """Quiet by default, and what the user set wins."""
     clean_env.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
     import os
 
@@ -33,8 +34,10 @@ def test_verbose_shows_everything(clean_env):
         quiet_console(["--verbose=loud"])
 
 
-def test_quiet_hides_library_chatter_and_verbose_keeps_it(clean_env):
-    """TRL's dataset-map bars, mlflow.transformers' model-card/license/`resolved as` lines, transformers'
+def test_quiet_hides_library_chatter(clean_env):
+    """Quiet hides library chatter, and verbose keeps it.
+
+    TRL's dataset-map bars, mlflow.transformers' model-card/license/`resolved as` lines, transformers'
     checkpoint-sorting note and MLflow's registry prints are off by default; verbose shows them."""
     import io
     import logging
@@ -73,8 +76,10 @@ def test_quiet_hides_library_chatter_and_verbose_keeps_it(clean_env):
             logging.getLogger(n).setLevel(level)
 
 
-def test_sft_names_checkpointing_as_the_installed_transformers_does(tmp_path):
-    """transformers >= 5.23 warns (FutureWarning) at `gradient_checkpointing=`; 5.20-5.22 (5.20 is what the vLLM
+def test_checkpointing_named_as_transformers(tmp_path):
+    """sft names gradient checkpointing as the installed transformers does.
+
+    transformers >= 5.23 warns (FutureWarning) at `gradient_checkpointing=`; 5.20-5.22 (5.20 is what the vLLM
     extra resolves to) refuse `activation_checkpointing=` with a TypeError. Training builds its SFTConfig with
     whichever name the installed version has, and the setting arrives either way."""
     import warnings
@@ -89,7 +94,8 @@ def test_sft_names_checkpointing_as_the_installed_transformers_does(tmp_path):
         assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
 
 
-def test_console_lines_go_through_logging_at_a_rank_aware_level(clean_env, capsys):
+def test_console_lines_rank_aware_logging(clean_env, capsys):
+    """Console lines go through logging, at a rank-aware level."""
     import logging
 
     from distill.log import setup_logging

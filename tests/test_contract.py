@@ -12,8 +12,10 @@ from distill.phases.contract import phase
 from tests.conftest import ROOT
 
 
-def test_mlproject_entry_points_and_scripts_are_the_phases():
-    """Each MLproject entry point is a phase, runs its script, and the script runs that phase."""
+def test_entry_points_are_the_phases():
+    """MLproject's entry points and scripts are the phases.
+
+    Each MLproject entry point is a phase, runs its script, and the script runs that phase."""
     entry_points = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
     assert set(entry_points) == set(NAMES)
     for name, spec in entry_points.items():
@@ -35,7 +37,8 @@ def test_each_phase_names_its_parts():
             assert part is None or part.__module__ == p.module, p.name
 
 
-def test_the_planner_refuses_an_input_the_phase_does_not_take():
+def test_planner_refuses_unknown_input():
+    """The planner refuses an input the phase does not take."""
     import pytest
 
     from distill.pipeline.planner import step
@@ -45,7 +48,8 @@ def test_the_planner_refuses_an_input_the_phase_does_not_take():
         step("select", "select", {"select_run": ["select"]})
 
 
-def test_an_unknown_phase_is_refused_with_the_known_ones():
+def test_unknown_phase_lists_known():
+    """An unknown phase is refused with the known ones."""
     import pytest
 
     from distill import DistillError
@@ -62,8 +66,10 @@ def test_the_module_map_imports_nothing():
     assert set(NAMES) <= set(MODULES)
 
 
-def test_nothing_finds_a_phase_by_a_naming_convention():
-    """No `*Params` found by its suffix, no `run` fetched with getattr: the contract names them."""
+def test_no_phase_found_by_naming():
+    """Nothing finds a phase by a naming convention.
+
+    No `*Params` found by its suffix, no `run` fetched with getattr: the contract names them."""
     for file in (ROOT / "distill").rglob("*.py"):
         text = file.read_text()
         assert 'endswith("Params")' not in text and not re.search(r"getattr\(module, \"(run|prepare|preflight)", text), file

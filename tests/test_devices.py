@@ -27,8 +27,10 @@ def on_meta_recording_inputs(folder):
     return model, seen
 
 
-def test_the_load_back_check_feeds_the_model_on_its_own_device(monkeypatch, tiny_student):
-    """The check after logging a student: a model that load_model put elsewhere gets its inputs there."""
+def test_load_back_check_uses_model_device(monkeypatch, tiny_student):
+    """The load-back check feeds the model on its own device.
+
+    The check after logging a student: a model that load_model put elsewhere gets its inputs there."""
     import mlflow.transformers  # noqa: F401  (loads the module patched below)
     from transformers import AutoTokenizer
 
@@ -43,8 +45,10 @@ def test_the_load_back_check_feeds_the_model_on_its_own_device(monkeypatch, tiny
     assert seen == [torch.device("meta")]
 
 
-def test_a_model_given_several_gpus_is_spread_over_them_and_one_gpu_or_a_cpu_gets_it_whole():
-    """The 72B teacher at tensor_parallel_size 4 under backend=transformers: `.to("cuda")` put it whole on one GPU."""
+def test_model_spread_over_its_gpus():
+    """A model given several GPUs is spread over them; one GPU or a CPU gets it whole.
+
+    The 72B teacher at tensor_parallel_size 4 under backend=transformers: `.to("cuda")` put it whole on one GPU."""
     from distill.generation.hf import load_placement
 
     assert load_placement("cuda", 4) == {"device_map": "auto"}
@@ -53,8 +57,10 @@ def test_a_model_given_several_gpus_is_spread_over_them_and_one_gpu_or_a_cpu_get
     assert load_placement("mps", 4) == {}
 
 
-def test_the_generator_leaves_a_spread_model_where_accelerate_put_it(monkeypatch, tiny_student):
-    """On CUDA with 4 GPUs visible it loads with device_map="auto" and never calls `.to(device)` on the model (no GPU
+def test_spread_model_left_where_placed(monkeypatch, tiny_student):
+    """The generator leaves a spread model where accelerate put it.
+
+    On CUDA with 4 GPUs visible it loads with device_map="auto" and never calls `.to(device)` on the model (no GPU
     here: from_pretrained is recorded and loads on the CPU; `.to("cuda")` would fail on this CPU-only torch)."""
     from transformers import AutoModelForCausalLM
 

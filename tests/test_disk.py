@@ -7,7 +7,8 @@ from distill.estimates.disk import count_parameters, sft_disk
 from tests.conftest import ROOT
 
 
-def test_the_readme_gives_the_disk_the_paper_grid_needs():
+def test_docs_give_paper_grid_disk():
+    """The docs give the disk the paper grid needs, computed from the preset."""
     paper = load_preset("paper")
     last, every = sft_disk(paper, "last", local=False), sft_disk(paper, "all", local=False)
     assert last["runs"] == every["runs"] == 16 and every["checkpoints_per_run"] == 2
@@ -19,7 +20,8 @@ def test_the_readme_gives_the_disk_the_paper_grid_needs():
     assert f"{round(last['checkpoint_gb_largest'])} GB for" in section  # one checkpoint of llm-jp-3.1-1.8b
 
 
-def test_a_local_model_is_counted_from_its_config(tiny_student):
+def test_local_model_counted_from_config(tiny_student):
+    """A local model's parameters are counted from its config."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_student)

@@ -25,7 +25,8 @@ def _nav_pages(nav) -> list[str]:
     return [p for item in nav for p in _nav_pages(item)]
 
 
-def test_the_readme_is_short_and_its_links_lead_somewhere():
+def test_readme_short_and_links_resolve():
+    """The README is short, and its links lead somewhere."""
     assert len(README.splitlines()) <= 200, "the README keeps what a newcomer needs; the rest goes to docs/"
     links = re.findall(r"\]\(([^)\s]+)\)", README)
     local = [link for link in links if not re.match(r"\w+:", link)]
@@ -35,7 +36,8 @@ def test_the_readme_is_short_and_its_links_lead_somewhere():
     assert "mkdocs serve" in README
 
 
-def test_every_page_is_in_the_nav_and_every_screenshot_is_shown():
+def test_pages_in_nav_screenshots_shown():
+    """Every page is in the nav, and every screenshot is shown."""
     nav = _nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"])
     assert sorted(nav) == sorted(p.name for p in DOCS.glob("*.md")), "a page missing from mkdocs.yml's nav, or gone"
     pages = "".join(p.read_text(encoding="utf-8") for p in DOCS.glob("*.md"))
@@ -64,8 +66,10 @@ def _repository_paths(text: str) -> set[str]:
     return {p for p in paths if not p.startswith(written)} | {m.replace(".", "/") + ".py" for m in modules}
 
 
-def test_every_file_and_module_the_docs_name_exists():
-    """A moved or renamed file leaves no page pointing at its old place (the README once cited a `RULES` table
+def test_files_the_docs_name_exist():
+    """Every file and module the docs name exists.
+
+    A moved or renamed file leaves no page pointing at its old place (the README once cited a `RULES` table
     that was gone, and a paper path outside the repository)."""
     pages = {"README.md": README} | {f"docs/{p.name}": p.read_text(encoding="utf-8") for p in DOCS.glob("*.md")}
     missing = sorted(f"{page}: {path}" for page, text in pages.items() for path in _repository_paths(text)

@@ -23,7 +23,8 @@ def _jsonl(path, rows):
     return path
 
 
-def test_the_same_question_with_two_golds_is_refused_naming_both_lines(tmp_path):
+def test_question_with_two_golds_refused(tmp_path):
+    """The same question with two golds is refused, naming both lines."""
     path = _jsonl(tmp_path / "set.jsonl", [{"question": "りんごは3個、みかんは2個。 合計は？", "answer_number": 5},
                                            {"question": "1+1は？", "answer_number": 2},
                                            {"question": "りんごは３個、みかんは２個。  合計は？\n", "answer_number": 6}])
@@ -39,7 +40,8 @@ def test_a_tsv_eval_set_names_its_lines_too(tmp_path):
         repeated_questions(read_mgsm_ja(path))   # full-width digits: the same question
 
 
-def test_the_same_question_with_the_same_gold_is_kept_and_counted(tmp_path, caplog):
+def test_repeated_question_kept_and_counted(tmp_path, caplog):
+    """The same question with the same gold is kept and counted."""
     path = _jsonl(tmp_path / "set.jsonl", [{"question": "1+1は？", "answer_number": 2},
                                            {"question": "2+2は？", "answer_number": 4},
                                            {"question": "1+1は？", "answer_number": "2.0"},
@@ -63,7 +65,8 @@ def test_evaluate_logs_the_repeats(tracking, tmp_path):
     assert run.data.metrics["n_repeated_questions"] == 1 and run.data.metrics["n_total"] == 2
 
 
-def test_max_new_tokens_past_the_context_is_refused_before_the_model_loads(tracking, monkeypatch):
+def test_max_new_tokens_past_context_refused(tracking, monkeypatch):
+    """`max_new_tokens` past the context is refused before the model loads."""
     def no_generation(*a, **k):
         raise AssertionError("the generator was opened")
 
@@ -75,7 +78,8 @@ def test_max_new_tokens_past_the_context_is_refused_before_the_model_loads(track
     assert "+ 2040 > 2048 tokens (max_position_embeddings in its config); lower max_new_tokens to at most" in message
 
 
-def test_check_context_counts_what_the_backend_feeds(tiny_teacher):
+def test_context_check_counts_fed_tokens(tiny_teacher):
+    """`check_context` counts what the backend feeds."""
     ref = resolve_model("7B", load_preset("offline"))
     from transformers import AutoConfig, AutoTokenizer
 

@@ -49,14 +49,16 @@ def test_stop_strings_cut_the_output(hf_gen):
         assert f.text.startswith(s.text)
 
 
-def test_repetition_penalty_changes_greedy_output(hf_gen):
+def test_repetition_penalty_changes_output(hf_gen):
+    """`repetition_penalty` changes greedy output."""
     prompts = [plain_prompt(q) for q in QUESTIONS]
     a = hf_gen.generate(prompts, GenerationConfig(max_new_tokens=24), progress=False)
     b = hf_gen.generate(prompts, GenerationConfig(max_new_tokens=24, repetition_penalty=1.5), progress=False)
     assert [x.text for x in a] != [x.text for x in b]
 
 
-def test_openai_backend_talks_to_a_real_http_server(monkeypatch):
+def test_openai_backend_over_real_http(monkeypatch):
+    """The openai backend talks to a real HTTP server."""
     with OpenAIStub() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
@@ -72,8 +74,10 @@ def test_openai_backend_talks_to_a_real_http_server(monkeypatch):
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.1])
-def test_openai_backend_states_its_whole_decoding_on_every_request(penalty):
-    """A setting left out is the server's to choose (vllm serve: Qwen2.5's own penalty 1.05), so every one is sent."""
+def test_openai_requests_state_all_decoding(penalty):
+    """The openai backend states its whole decoding on every request.
+
+    A setting left out is the server's to choose (vllm serve: Qwen2.5's own penalty 1.05), so every one is sent."""
     with OpenAIStub() as server:
         gen = make_generator("openai", "m", base_url=server.base_url, concurrency=2)
         gen.generate([chat_messages("1+1は？"), plain_prompt("1+1は？")],
@@ -92,7 +96,8 @@ def _refuse_repetition_penalty(kind, body):
     return "解答: 2"
 
 
-def test_a_server_without_repetition_penalty_gets_none_only_when_none_is_asked(capfd):
+def test_no_repetition_penalty_unless_asked(capfd):
+    """A server without `repetition_penalty` gets none, only when none is asked."""
     with OpenAIStub(_refuse_repetition_penalty) as server:
         gen = make_generator("openai", "gpt-4o-mini", base_url=server.base_url, concurrency=1)
         outs = gen.generate([chat_messages("1+1は？")] * 3, GenerationConfig(max_new_tokens=8), progress=False)
@@ -115,7 +120,8 @@ def test_openai_backend_retries_429_and_500(monkeypatch):
     assert len(server.requests) == 3
 
 
-def test_openai_backend_without_server_or_key_says_so(monkeypatch):
+def test_openai_without_server_or_key(monkeypatch):
+    """The openai backend without a server or key says so."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(DistillError, match="OPENAI_API_KEY"):
@@ -140,8 +146,10 @@ def test_unknown_backend():
         make_generator("tgi", "m")
 
 
-def test_the_backends_table_imports_no_backend_and_matches_the_reuse_key():
-    """Backends import `base`; nothing imports a backend until it is chosen (no import circle), and the
+def test_backends_table_lazy_and_keyed():
+    """The backends table imports no backend and matches the reuse key.
+
+    Backends import `base`; nothing imports a backend until it is chosen (no import circle), and the
     reuse key's backend modules are the table's."""
     from distill.generation.backends import BACKENDS, backend_module
     from distill.tracking import cache_keys
@@ -173,8 +181,10 @@ def eos_against_one_token(folder, prompts):
     return model, tokenizer, rival
 
 
-def test_padding_never_enters_the_repetition_penalty(tiny_teacher):
-    """Left padding is the EOS id (pad = eos for Qwen2.5 base and SmolLM2): a penalty that counted it would
+def test_padding_not_in_repetition_penalty(tiny_teacher):
+    """Padding never enters the repetition penalty.
+
+    Left padding is the EOS id (pad = eos for Qwen2.5 base and SmolLM2): a penalty that counted it would
     penalise EOS in padded rows only, and an answer would depend on how its prompts were batched."""
     prompts = [plain_prompt(q * (1 + i % 5)) for i, q in enumerate(QUESTIONS * 4)]  # 16 prompts, 16 lengths
     model, tokenizer, rival = eos_against_one_token(tiny_teacher, prompts)

@@ -40,7 +40,8 @@ def _seen(step, need: int) -> str:
     return mlflow.get_run(run_id).data.params["cuda_visible_devices"]
 
 
-def test_a_step_process_sees_only_the_gpus_its_step_needs(steps_seeing):
+def test_step_sees_only_its_gpus(steps_seeing):
+    """A step process sees only the GPUs its step needs."""
     step = steps_seeing(4)
     # SFT and transformers generation: one GPU, so Trainer does not wrap the student in nn.DataParallel
     assert _seen(step, 1) == "'0'"
@@ -49,12 +50,14 @@ def test_a_step_process_sees_only_the_gpus_its_step_needs(steps_seeing):
     assert [s["gpus"] for s in step.log] == [1, 2, 0]
 
 
-def test_the_gpus_handed_out_are_those_main_was_given(steps_seeing):
+def test_gpus_handed_out_are_mains(steps_seeing):
+    """The GPUs handed out are those main was given."""
     step = steps_seeing(2, "3,5")  # a scheduler gave `main` GPUs 3 and 5 of the node
     assert _seen(step, 1) == "'3'" and _seen(step, 2) == "'3,5'"
 
 
-def test_a_step_that_needs_more_gpus_than_main_sees_is_refused_before_the_grid_starts(tracking, monkeypatch):
+def test_step_needing_more_gpus_refused(tracking, monkeypatch):
+    """A step that needs more GPUs than main sees is refused before the grid starts."""
     monkeypatch.setattr(gpus, "device_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     with pytest.raises(DistillError, match=r"^step translate needs 4 GPUs and this machine shows 2 "
@@ -66,7 +69,8 @@ def test_a_step_that_needs_more_gpus_than_main_sees_is_refused_before_the_grid_s
         pipeline.run(MainParams(preset="paper"))
 
 
-def test_visible_gpus_without_cuda_visible_devices_and_with_more_entries_than_gpus(monkeypatch):
+def test_visible_gpus_unset_or_too_many(monkeypatch):
+    """Visible GPUs without `CUDA_VISIBLE_DEVICES`, and with more entries than GPUs."""
     monkeypatch.setattr(gpus, "device_count", lambda: 3)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert gpus.visible() == ["0", "1", "2"]

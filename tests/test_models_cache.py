@@ -65,7 +65,8 @@ def home(tmp_path, monkeypatch, tiny_student):  # tiny_student first: it is buil
     return tmp_path / "home"
 
 
-def test_a_local_stores_student_is_read_in_place_and_nothing_is_copied(tracking, home, tiny_student, tmp_path):
+def test_local_store_student_read_in_place(tracking, home, tiny_student, tmp_path):
+    """A local store's student is read in place, and nothing is copied."""
     run_id = log_student(tiny_student)
     artifacts = Path(mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")).resolve()
     ref = ModelRef("student", f"runs:/{run_id}/model")
@@ -77,8 +78,10 @@ def test_a_local_stores_student_is_read_in_place_and_nothing_is_copied(tracking,
     assert not (home / "models").exists()
 
 
-def test_a_local_logged_or_registered_student_is_read_in_place(tracking, home, tiny_student, tmp_path):
-    """MLflow 3's logged model (runs:/<run>/<name> finds it) and a registered version by alias and by number."""
+def test_logged_or_registered_read_in_place(tracking, home, tiny_student, tmp_path):
+    """A local logged or registered student is read in place.
+
+    MLflow 3's logged model (runs:/<run>/<name> finds it) and a registered version by alias and by number."""
     run_id, model_id = log_logged_model(tiny_student, "student-x")
     version = mlflow.register_model(f"models:/{model_id}", "student-x").version
     mlflow.MlflowClient().set_registered_model_alias("student-x", "best", version)
@@ -108,7 +111,8 @@ def on_server(mlflow_server, monkeypatch, tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def test_a_servers_student_is_downloaded_once_into_the_cache(on_server, home, tiny_student, tmp_path, monkeypatch):
+def test_server_student_downloaded_once(on_server, home, tiny_student, tmp_path, monkeypatch):
+    """A server's student is downloaded once into the cache."""
     run_id = log_student(tiny_student)
     assert mlflow.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:")
     ref = ModelRef("student", f"runs:/{run_id}/model")
@@ -124,9 +128,11 @@ def test_a_servers_student_is_downloaded_once_into_the_cache(on_server, home, ti
     assert (Path(first.model) / "config.json").read_bytes() == (tiny_student / "config.json").read_bytes()
 
 
-def test_a_moved_alias_is_another_cached_model_and_a_lost_race_keeps_the_winners_copy(
+def test_moved_alias_and_lost_race(
         on_server, home, tiny_student, tmp_path, monkeypatch):
-    """Two processes fetch one model at once: the one whose rename loses uses the other's copy, and leaves no
+    """A moved alias is another cached model, and a lost race keeps the winner's copy.
+
+    Two processes fetch one model at once: the one whose rename loses uses the other's copy, and leaves no
     partial download behind. An alias moved to another version is fetched anew, not taken from the cache."""
     client = mlflow.MlflowClient()
     name = f"student-{tmp_path.name}"

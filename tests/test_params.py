@@ -83,7 +83,8 @@ def cases(files) -> dict[str, tuple[dict, dict]]:
 
 
 @pytest.mark.parametrize("phase", PHASES)
-def test_changing_any_keyed_field_alone_changes_the_key(phase, files, monkeypatch):
+def test_each_keyed_field_changes_the_key(phase, files, monkeypatch):
+    """Changing any keyed field alone changes the key."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     cls = params_class(phase)
@@ -96,7 +97,8 @@ def test_changing_any_keyed_field_alone_changes_the_key(phase, files, monkeypatc
 
 
 @pytest.mark.parametrize("phase", PHASES)
-def test_every_field_is_declared_and_a_field_left_out_of_the_key_says_why(phase):
+def test_fields_declared_unkeyed_say_why(phase):
+    """Every field is declared, and a field left out of the key says why."""
     cls = params_class(phase)
     hints = typing.get_type_hints(cls)
     for f, s in declared(cls):  # a field without param() is refused here
@@ -108,7 +110,8 @@ def test_every_field_is_declared_and_a_field_left_out_of_the_key_says_why(phase)
         assert not s.unkeyed or len(s.unkeyed.split()) >= 4, f"{phase}.{f.name}: out of the key without a reason"
 
 
-def test_every_preset_path_exists_and_one_path_has_one_rule():
+def test_preset_paths_exist_one_rule_each():
+    """Every preset path exists, and one path has one rule."""
     rules: dict[str, set] = {}
     for phase in PHASES:
         for f, s in declared(params_class(phase)):
@@ -120,7 +123,8 @@ def test_every_preset_path_exists_and_one_path_has_one_rule():
     assert {p: r for p, r in rules.items() if len(r) > 1} == {}  # a preset value checked one way, whoever reads it
 
 
-def test_mlproject_lists_every_parameter_of_every_entry_point():
+def test_mlproject_lists_every_parameter():
+    """MLproject lists every parameter of every entry point."""
     entry_points = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
     for entry_point, also in mlproject_also((ROOT / "MLproject").read_text()).items():
         declared_there = set(entry_points[entry_point].get("parameters") or {}) - {"base_dir"}
@@ -138,7 +142,8 @@ def test_the_parameters_page_is_the_fields():
     assert PAGE.is_file() and not found, f"docs/parameters.md is stale ({found}): python -m distill.params_doc --write"
 
 
-def test_help_gives_each_parameter_its_text_default_and_rule():
+def test_help_gives_text_default_and_rule():
+    """`--help` gives each parameter its text, default and rule."""
     from distill.cli import help_text
     from distill.phases.evaluate import EvaluateParams
 
@@ -154,8 +159,10 @@ def _help(entry_point: str) -> str:
     return run_entry(entry_point, "--help").stdout
 
 
-def test_text_none_is_a_word_and_empty_lists_are_refused_except_where_mlflow_passes_them():
-    """`filter=none` is select's no-filter, not the preset's `all_correct`; a list MLproject declares with an
+def test_none_is_a_word_empty_lists_refused():
+    """Text `none` is a word, and empty lists are refused except where MLflow passes them.
+
+    `filter=none` is select's no-filter, not the preset's `all_correct`; a list MLproject declares with an
     empty default is passed empty by `mlflow run` when not given, so only there is empty the default."""
     from distill import DistillError
     from distill.cli import EMPTY_LIST_IS_DEFAULT, parse_params

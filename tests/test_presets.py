@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", ["paper", "offline"])
-def test_the_shipped_presets_load_as_typed_data(name):
+def test_shipped_presets_load_typed(name):
+    """The shipped presets load as typed data."""
     preset = load_preset(name)
     assert preset.name == name and preset.data.eval_set and preset.sft.seeds == [42]
     assert preset.as_dict() == yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
@@ -34,14 +35,17 @@ def _write(tmp_path, edit) -> str:
     return str(path)
 
 
-def test_an_unknown_key_is_refused_naming_the_file_and_the_key(tmp_path):
-    """(The `sft:` block's keys are trl.SFTConfig fields, checked where sft settles: tests/test_sft_config.py.)"""
+def test_unknown_key_refused_by_name(tmp_path):
+    """An unknown key is refused, naming the file and the key.
+
+    (The `sft:` block's keys are trl.SFTConfig fields, checked where sft settles: tests/test_sft_config.py.)"""
     path = _write(tmp_path, lambda d: d.update(teachrs={}))
     with pytest.raises(DistillError, match=rf"{path} has an unknown key 'teachrs'"):
         load_preset(path)
 
 
-def test_a_missing_key_is_refused_naming_the_file_and_the_key(tmp_path):
+def test_missing_key_refused_by_name(tmp_path):
+    """A missing key is refused, naming the file and the key."""
     path = _write(tmp_path, lambda d: d["select"].pop("n"))
     with pytest.raises(DistillError, match=rf"preset file {path} has no 'select.n'"):
         load_preset(path)
@@ -57,7 +61,8 @@ def test_optional_keys_may_be_left_out(tmp_path):
     assert "warmup_steps" not in preset.sweep.ranges()
 
 
-def test_preset_numbers_follow_the_rules_of_the_parameters_that_take_them(tmp_path):
+def test_preset_numbers_follow_param_rules(tmp_path):
+    """Preset numbers follow the rules of the parameters that take them."""
     from distill.config.params import check_preset, resolve
     from distill.phases.select import SelectParams
 
@@ -77,7 +82,8 @@ def test_yes_no(text, value):
     assert yes_no(text) is value
 
 
-def test_yes_no_refuses_anything_else_by_name():
+def test_yes_no_refuses_other_words():
+    """`yes_no` refuses anything else, by name."""
     with pytest.raises(DistillError, match="register: expected true or false, got 'maybe'"):
         yes_no("maybe", "register")
     from distill.phases.sft import SftParams
@@ -101,7 +107,8 @@ def test_lists_are_parsed_once():
 
 
 @pytest.mark.parametrize("unset", ["", "None"])
-def test_an_unset_mlflow_value_means_the_preset(unset):
+def test_unset_mlflow_value_means_preset(unset):
+    """An unset MLflow value means the preset's."""
     from distill.phases.teacher import TeacherParams
 
     p = parse_params(TeacherParams, ["--teacher", "7B", "--batch_size", unset, "--max_new_tokens", unset])
@@ -115,7 +122,8 @@ def test_a_typed_zero_is_refused_by_name():
         parse_params(TeacherParams, ["--teacher", "7B", "--batch_size", "0"])
 
 
-def test_the_offline_variables_are_set_in_one_place(monkeypatch):
+def test_offline_variables_set_in_one_place(monkeypatch):
+    """The offline variables are set in one place."""
     for name in OFFLINE_ENV:
         monkeypatch.setenv(name, "0")
     assert {n: os.environ[n] for n in offline_env()} and all(os.environ[n] == "0" for n in OFFLINE_ENV)

@@ -10,12 +10,14 @@ def test_paper_prompt_is_verbatim():
     assert PAPER_PROMPT.replace("{question}", "{問題文}") == APPENDIX_B
 
 
-def test_plain_and_chat_carry_the_same_prompt():
+def test_plain_and_chat_same_prompt():
+    """Plain and chat carry the same prompt."""
     assert plain_prompt("Q") == APPENDIX_B.replace("{問題文}", "Q") + "\n"
     assert chat_messages("Q") == [{"role": "user", "content": APPENDIX_B.replace("{問題文}", "Q")}]
 
 
-def test_few_shot_uses_four_mgsm_exemplars_in_the_papers_format():
+def test_few_shot_four_mgsm_exemplars():
+    """Few-shot uses four MGSM exemplars, in the paper's format."""
     prompt = few_shot_prompt("最後の問題", shots=4)
     assert prompt.count("ステップごとに考えて答えを導いてください。") == 5
     for ex in mgsm_exemplars()[:4]:
@@ -25,7 +27,8 @@ def test_few_shot_uses_four_mgsm_exemplars_in_the_papers_format():
     assert "問題: 最後の問題" in prompt
 
 
-def test_cut_at_next_question_keeps_the_answer_and_drops_the_invented_question():
+def test_cut_at_next_question():
+    """`cut_at_next_question` keeps the answer and drops the invented question."""
     from distill.data.prompts import cut_at_next_question
 
     assert cut_at_next_question("3+4=7\n解答: 7\n\n問題: 次は5個") == "3+4=7\n解答: 7"

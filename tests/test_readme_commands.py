@@ -216,7 +216,8 @@ def check_script(command: list[str]) -> None:
     _parse(params_cls, argv, "..." in argv, phase)
 
 
-def test_the_readme_and_pages_have_the_commands_this_test_reads():
+def test_docs_have_the_commands_read():
+    """The README and pages have the commands this test reads."""
     kinds = {c[0] if c[0] != "python" else "python entrypoints" for _, c in COMMANDS}
     assert {"mlflow", "accelerate"} <= kinds and len(COMMANDS) >= 25
     pages = {line.split(": ", 1)[0] for line, _ in COMMANDS}
@@ -253,7 +254,8 @@ def test_a_readme_command_works_as_written(line, command):
     ("accelerate launch --config_file distill/accelerate/ddp.yaml entrypoints/sft.py --teacher 7B --student "
      "qwen2.5-0.5b", "no accelerate config"),
 ])
-def test_the_check_catches_what_a_user_would_hit(line, message):
+def test_check_catches_user_errors(line, message):
+    """The check catches what a user would hit."""
     [command] = _commands_in(line)
     with pytest.raises((AssertionError, DistillError), match=message):
         try:

@@ -43,20 +43,23 @@ def edit(path, old, new):
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
-def test_editing_offline_yaml_leaves_paper_keys_unchanged(package):
+def test_offline_yaml_edit_keeps_paper_keys(package):
+    """Editing offline.yaml leaves paper's keys unchanged."""
     paper, offline = keys("paper"), keys("offline", "transformers")
     edit(package / "presets" / "offline.yaml", "  n: 32\n", "  n: 33\n")
     assert keys("paper") == paper
     assert all(keys("offline", "transformers")[p] != offline[p] for p in PHASES)  # the preset in use counts
 
 
-def test_a_comment_in_the_preset_in_use_changes_nothing(package):
+def test_preset_comment_changes_nothing(package):
+    """A comment in the preset in use changes nothing."""
     paper = keys("paper")
     edit(package / "presets" / "paper.yaml", "name: paper\n", "name: paper   # a comment\n")
     assert keys("paper") == paper
 
 
-def test_editing_the_vllm_backend_leaves_non_generating_phases_unchanged(package):
+def test_vllm_edit_keeps_other_keys(package):
+    """Editing the vLLM backend leaves non-generating phases unchanged."""
     vllm, hf = keys("paper", "vllm"), keys("paper", "transformers")
     edit(package / "generation" / "vllm_backend.py", "\nimport ", "\nEDITED = 1\nimport ")
     after_vllm, after_hf = keys("paper", "vllm"), keys("paper", "transformers")
@@ -67,7 +70,8 @@ def test_editing_the_vllm_backend_leaves_non_generating_phases_unchanged(package
         assert after_vllm[phase] != vllm[phase], phase
 
 
-def test_editing_the_scoring_code_changes_evaluate(package):
+def test_scoring_edit_changes_evaluate(package):
+    """Editing the scoring code changes evaluate's key."""
     before = keys("paper")
     edit(package / "scoring" / "answers.py", "import math\n", "import math\nEDITED = 1\n")
     after = keys("paper")
@@ -77,7 +81,8 @@ def test_editing_the_scoring_code_changes_evaluate(package):
         assert after[phase] == before[phase], phase
 
 
-def test_comments_and_docstrings_change_nothing(package):
+def test_comments_docstrings_change_nothing(package):
+    """Comments and docstrings change nothing."""
     before = keys("paper")
     edit(package / "scoring" / "answers.py", "import math\n", "import math  # a comment\n")
     edit(package / "generation" / "vllm_backend.py", '"""vLLM backend', '"""The vLLM backend')
@@ -121,14 +126,16 @@ def test_a_pure_move_keeps_every_key(package, monkeypatch):
     assert keys("paper") == paper and keys("offline", "transformers") == offline
 
 
-def test_a_moved_module_that_changed_is_other_code(package):
+def test_moved_changed_module_is_new_code(package):
+    """A moved module that changed is other code."""
     before = keys("paper")
     _move(package, "scoring/answers", "grading")
     edit(package / "grading" / "answers.py", "import math\n", "import math\nEDITED = 1\n")
     assert keys("paper")["evaluate"] != before["evaluate"]
 
 
-def test_shipped_data_counts_only_where_it_is_read(package):
+def test_shipped_data_keys_only_readers(package):
+    """Shipped data counts only where it is read."""
     before = keys("paper")
     path = package / "resources" / "mgsm_ja.tsv"
     path.write_text(path.read_text(encoding="utf-8") + "追加の問題\t1\n", encoding="utf-8")
@@ -166,7 +173,8 @@ def _phase(params, reuse=True):
 
 
 @pytest.mark.usefixtures("tracking")  # conftest's store; the name `tracking` is the module here
-def test_a_finished_run_with_other_code_is_named_and_accepted_on_request(package, capsys):
+def test_other_code_run_named_and_accepted(package, capsys):
+    """A finished run with other code is named, and accepted on request."""
     import mlflow
 
     presets.load_preset("paper")

@@ -13,7 +13,8 @@ SECRETS = {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "pw-
            "MLFLOW_TRACKING_SERVER_CERT_PATH": "/etc/team/ca.pem", "MLFLOW_TRACKING_CLIENT_CERT_PATH": "/etc/team/me.pem"}
 
 
-def test_every_task_gets_the_tracking_credentials_and_no_run_records_them(tracking, monkeypatch):
+def test_tasks_get_credentials_runs_keep_none(tracking, monkeypatch):
+    """Every task gets the tracking credentials, and no run records them."""
     for k, v in SECRETS.items():
         monkeypatch.setenv(k, v)
     p = MainParams(preset="offline", limit=4, train_limit=16, n=12, executor="ray")
@@ -34,7 +35,8 @@ def test_every_task_gets_the_tracking_credentials_and_no_run_records_them(tracki
     assert not any(v in recorded for v in ("pw-Secret-41", "tok-Secret-42"))
 
 
-def test_a_store_that_will_not_serve_is_named_without_its_password():
+def test_dead_store_named_without_password():
+    """A store that will not serve is named without its password."""
     # mysql: this environment has no MySQL driver, so the server stops within seconds (a PostgreSQL URL is retried
     # by MLflow for ~100 s first); the message and the server's last lines are shown either way
     server = LoopbackServer("mysql://alice:pw-Secret-41@127.0.0.1:1/mlflow")
@@ -49,7 +51,8 @@ def test_a_store_that_will_not_serve_is_named_without_its_password():
     assert "pw-Secret-41" not in message
 
 
-def test_the_refusal_of_a_local_store_on_a_cluster_names_it_without_a_password():
+def test_local_store_on_cluster_refused():
+    """The refusal of a local store on a cluster names it without a password."""
     from distill.pipeline.task_tracking import tracking_for_tasks
 
     with pytest.raises(DistillError) as e:
