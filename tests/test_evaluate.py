@@ -20,7 +20,8 @@ def _last_run(uri, experiment="distill-offline"):
 
 
 @pytest.mark.slow
-def test_evaluate_logs_metrics_tags_dataset_and_table(mlflow_server, tmp_path):
+def test_logs_metrics_tags_dataset_table(mlflow_server, tmp_path):
+    """Evaluate logs metrics tags dataset and table."""
     run_entry("evaluate", "--model", "qwen2.5-0.5b", "--preset", "offline", "--eval_set", "mgsm-ja",
               "--limit", "12", env={"MLFLOW_TRACKING_URI": mlflow_server}, cwd=tmp_path)
     run, client = _last_run(mlflow_server)
@@ -74,7 +75,8 @@ def test_teacher_few_shot_and_reuse(mlflow_server, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_through_an_openai_compatible_server(tracking, tmp_path, monkeypatch):
+def test_through_openai_server(tracking, tmp_path, monkeypatch):
+    """Evaluate through an OpenAI compatible server."""
     with OpenAIStub() as server:
         proc = run_entry("evaluate", "--model", "7B", "--preset", "offline", "--limit", "4", "--backend", "openai",
                          "--base_url", server.base_url, "--eval_set", str(_jsonl(tmp_path)),
@@ -90,7 +92,8 @@ def _runs_on(kind, body):
     return "3+4=7\n解答: 7\n\n問題: ケンは5個のりんごを持っています。"
 
 
-def test_few_shot_baseline_runs_on_as_the_paper_did_and_logs_the_cut_beside(tracking, tmp_path, monkeypatch):
+def test_few_shot_runs_on_cut_beside(tracking, tmp_path, monkeypatch):
+    """Few shot baseline runs on as the paper did and logs the cut beside."""
     from distill.phases.evaluate import EvaluateParams, run as evaluate
 
     with OpenAIStub(_runs_on) as server:
@@ -162,8 +165,10 @@ def _jsonl(tmp_path):
     (["--model", "7B", "--limit", "0"], "limit must be an integer >= 1"),
     (["--model", "7B", "--preset", "tiny"], "unknown preset 'tiny'; known presets: offline, paper"),
 ])
-def test_bad_input_gets_one_clear_message(tracking, tmp_path, cli, args, message):
-    """In this process (the CLI's refusal, not the interpreter, is tested); test_bad_input_in_a_fresh_process
+def test_bad_input_one_message(tracking, tmp_path, cli, args, message):
+    """Bad input gets one clear message.
+
+    In this process (the CLI's refusal, not the interpreter, is tested); test_bad_input_fresh_process
     types one of them as a user would."""
     done = cli("evaluate", "--preset", "offline", *args)
     code, err = done.returncode, done.stderr
@@ -172,7 +177,8 @@ def test_bad_input_gets_one_clear_message(tracking, tmp_path, cli, args, message
     assert "Traceback" not in err
 
 
-def test_bad_input_in_a_fresh_process(tracking, tmp_path):
+def test_bad_input_fresh_process(tracking, tmp_path):
+    """Bad input in a fresh process."""
     proc = run_entry("evaluate", "--preset", "offline", "--model", "./no/such/model", check=False, cwd=tmp_path,
                      env={"MLFLOW_TRACKING_URI": tracking})
     assert proc.returncode == 2
@@ -188,7 +194,8 @@ def test_unreachable_tracking_server(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_malformed_eval_file_names_file_and_line(tracking, tmp_path, cli):
+def test_malformed_file_names_line(tracking, tmp_path, cli):
+    """Malformed eval file names file and line."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "1+1", "answer_number": 2}\nnot json\n')
     done = cli("evaluate", "--preset", "offline", "--model", "7B", "--eval_set", str(bad))
@@ -216,8 +223,10 @@ def test_mlflow_run_entry_point(mlflow_server, tmp_path):
 
 
 @pytest.mark.slow
-def test_plain_mlflow_run_logs_into_the_presets_experiment(tmp_path):
-    """`mlflow run` without --experiment-name makes its run in Default: that run points at distill-offline."""
+def test_mlflow_run_in_presets_experiment(tmp_path):
+    """Plain mlflow run logs into the preset's experiment.
+
+    `mlflow run` without --experiment-name makes its run in Default: that run points at distill-offline."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "evaluate", "--env-manager", "local",
@@ -232,8 +241,10 @@ def test_plain_mlflow_run_logs_into_the_presets_experiment(tmp_path):
     assert run.data.tags["distill.phase"] == "evaluate" and run.data.params["model"] == "baseline-qwen2.5-0.5b-zeroshot"
 
 
-def test_student_evaluations_pivot_by_teacher_and_student_params(tracking, tmp_path):
-    """The compare view's question, asked of the params alone: accuracy by teacher x student."""
+def test_pivot_by_teacher_and_student(tracking, tmp_path):
+    """Student evaluations pivot by teacher and student params.
+
+    The compare view's question, asked of the params alone: accuracy by teacher x student."""
     from distill.phases.evaluate import EvaluateParams, run as evaluate
 
     client = MlflowClient()

@@ -39,7 +39,8 @@ def test_parser_is_strict():
     assert parse_judgment("")[0] is None
 
 
-def test_judges_every_wrong_answer_with_structured_output(eval_run, monkeypatch):
+def test_judges_every_wrong_answer(eval_run, monkeypatch):
+    """Judges every wrong answer with structured output."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-logged")
     with OpenAIStub(judge_by_question) as server:
         run_id = errors(ErrorsParams(eval_run=eval_run, judge_base_url=server.base_url))
@@ -63,7 +64,8 @@ def test_judges_every_wrong_answer_with_structured_output(eval_run, monkeypatch)
     assert len(traces) >= 6  # tracing of the judge calls is on by default
 
 
-def test_failures_are_counted_and_a_rerun_asks_only_what_is_missing(eval_run, monkeypatch):
+def test_failures_counted_rerun_asks_rest(eval_run, monkeypatch):
+    """Failures are counted and a rerun asks only what is missing."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     with OpenAIStub(judge_by_question) as server:
         server.fail_next(429, retry_after=0)       # retried by the client, then answered
@@ -91,7 +93,8 @@ def test_failures_are_counted_and_a_rerun_asks_only_what_is_missing(eval_run, mo
                                    concurrency=1, trace=False)) == second
 
 
-def test_server_without_structured_output_falls_back_to_the_parser(eval_run):
+def test_no_structured_output_parser(eval_run):
+    """Server without structured output falls back to the parser."""
     def no_schema(kind, body):
         if "response_format" in body:
             return (400, "response_format json_schema is not supported")
@@ -103,7 +106,8 @@ def test_server_without_structured_output_falls_back_to_the_parser(eval_run):
     assert m["errors_calculation"] == 6 and m["judge_structured_output"] == 0
 
 
-def test_no_key_and_no_server_stops_before_any_work(eval_run, monkeypatch):
+def test_no_key_no_server_stops(eval_run, monkeypatch):
+    """No key and no server stops before any work."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     before = len(mlflow.search_runs(output_format="list"))
     with pytest.raises(DistillError, match="needs OPENAI_API_KEY"):
@@ -111,7 +115,8 @@ def test_no_key_and_no_server_stops_before_any_work(eval_run, monkeypatch):
     assert len(mlflow.search_runs(output_format="list")) == before
 
 
-def test_an_evaluation_without_wrong_answers(tracking, tmp_path):
+def test_no_wrong_answers(tracking, tmp_path):
+    """An evaluation without wrong answers."""
     path = tmp_path / "trivial.jsonl"
     path.write_text("".join(json.dumps({"question": f"q{i}", "answer_number": 7}) + "\n" for i in range(3)))
     with OpenAIStub() as gen_server:  # the stub answers "... 解答: 7": every answer right

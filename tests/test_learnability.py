@@ -44,7 +44,8 @@ def training_set(n: int) -> list[dict]:
     raise AssertionError("not enough shipped questions with different answers")
 
 
-def test_a_trained_student_reproduces_what_it_was_taught_and_an_untrained_one_does_not(tracking, tmp_path):
+def test_trained_student_learns(tracking, tmp_path):
+    """A trained student reproduces what it was taught and an untrained one does not."""
     rows = training_set(N_QUESTIONS)
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({k: r[k] for k in ("id", "prompt", "completion")}, ensure_ascii=False) + "\n"

@@ -39,7 +39,8 @@ def study(tmp_path_factory):
     yield {"root": root, "env": env, "client": MlflowClient(env["MLFLOW_TRACKING_URI"]), "first": first}
 
 
-def test_an_sft_run_whose_model_was_deleted_is_trained_again_and_the_alias_follows(study):
+def test_deleted_model_trained_again(study):
+    """An sft run whose model was deleted is trained again and the alias follows."""
     client = study["client"]
     [old] = _finished(client, "sft")
     model = client.get_logged_model(old.data.tags[lineage.MODEL_ID])
@@ -68,7 +69,8 @@ def test_an_sft_run_whose_model_was_deleted_is_trained_again_and_the_alias_follo
     assert [r.info.run_id for r in _finished(client, "sft")] == [new.info.run_id]  # the old one is out of searches
 
 
-def test_a_select_run_whose_folder_was_deleted_is_selected_again(study):
+def test_deleted_select_selected_again(study):
+    """A select run whose folder was deleted is selected again."""
     client = study["client"]
     [old] = _finished(client, "select")
     shutil.rmtree(_path(old.info.artifact_uri))
@@ -87,7 +89,8 @@ def test_a_select_run_whose_folder_was_deleted_is_selected_again(study):
     assert not client.search_runs([old.info.experiment_id], "attributes.status = 'FAILED'")
 
 
-def test_a_step_refused_says_what_to_do_not_to_type_the_same_command_again(study):
+def test_refused_step_says_what_to_do(study):
+    """A step refused says what to do not to type the same command again."""
     client = study["client"]
     select = _finished(client, "select")[0]
     shutil.rmtree(_path(select.info.artifact_uri))  # named by the user: refused, not redone behind their back

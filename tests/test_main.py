@@ -9,7 +9,8 @@ from tests.conftest import run_entry
 
 
 @pytest.mark.slow
-def test_main_runs_the_grid_then_reuses_everything(tmp_path):
+def test_grid_then_all_reused(tmp_path):
+    """Main runs the grid then reuses everything."""
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     args = ("--preset", "offline", "--students", "qwen2.5-0.5b", "--limit", "4", "--train_limit", "16", "--n", "12")
     first = run_entry("main", *args, env=env, cwd=tmp_path)
@@ -50,7 +51,8 @@ def test_main_runs_the_grid_then_reuses_everything(tmp_path):
 
 
 @pytest.mark.slow  # `main` end to end in processes until its first step fails: ~35 s
-def test_a_failing_step_is_named_with_its_run(tmp_path, monkeypatch):
+def test_failing_step_named(tmp_path, monkeypatch):
+    """A failing step is named with its run."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     proc = run_entry("main", "--preset", "offline", "--backend", "openai", "--train_limit", "4", check=False,
                      cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -70,7 +72,7 @@ def test_a_failing_step_is_named_with_its_run(tmp_path, monkeypatch):
     (("--preset", "offline", "--teachers", "7B,9B"), "known names: 7B, 14B, 32B, 72B"),
 ])
 def test_main_bad_input(tmp_path, monkeypatch, cli, args, message):
-    """In this process (the refusal, not the interpreter, is tested); test_main_bad_input_in_a_fresh_process types
+    """In this process (the refusal, not the interpreter, is tested); test_bad_input_fresh_process types
     one as a user would."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
@@ -79,7 +81,8 @@ def test_main_bad_input(tmp_path, monkeypatch, cli, args, message):
     assert code == 2 and message in err, err[-2000:]
 
 
-def test_main_bad_input_in_a_fresh_process(tmp_path):
+def test_bad_input_fresh_process(tmp_path):
+    """Main bad input in a fresh process."""
     proc = run_entry("main", "--preset", "offline", "--reuse", "sometimes", check=False, cwd=tmp_path,
                      env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     assert proc.returncode == 2 and "reuse must be true, false or ignore_code" in proc.stderr, proc.stderr[-2000:]

@@ -60,8 +60,10 @@ def _earlier_runs(uri: str) -> dict[str, str]:
     return ids
 
 
-def test_the_paper_plan_is_priced_on_a_cpu_from_assumptions_and_measured_rates(tmp_path, monkeypatch, cli):
-    """`main --plan true` through the CLI in this process (tests/test_upstream.py types plans as a user would)."""
+def test_paper_plan_priced_on_cpu(tmp_path, monkeypatch, cli):
+    """The paper plan is priced on a CPU from assumptions and measured rates.
+
+    `main --plan true` through the CLI in this process (tests/test_upstream.py types plans as a user would)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     earlier = _earlier_runs(uri)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -100,7 +102,8 @@ def test_the_paper_plan_is_priced_on_a_cpu_from_assumptions_and_measured_rates(t
     assert proc.stderr.count("Retrying") == 0
 
 
-def test_without_a_price_there_is_no_cost_and_the_rehearsal_needs_no_gpu(tmp_path):
+def test_no_price_no_cost(tmp_path):
+    """Without a price there is no cost and the rehearsal needs no GPU."""
     p = MainParams(preset="paper", rehearsal=True, backend="transformers")  # as docs/rehearsal.md runs it
     grid = planner.resolve_grid(p, hardware=False)
     steps = planner.plan(p, grid)
@@ -111,7 +114,8 @@ def test_without_a_price_there_is_no_cost_and_the_rehearsal_needs_no_gpu(tmp_pat
     assert "download: 0.0 GB" in lines[-3]
 
 
-def test_a_reused_step_costs_nothing_and_its_model_is_downloaded_by_the_next_step_that_loads_it():
+def test_reused_step_costs_nothing():
+    """A reused step costs nothing and its model is downloaded by the next step that loads it."""
     p = MainParams(preset="paper")
     pr = load_preset("paper")
     grid = planner.Grid(pr, list(pr.grid.teachers), list(pr.grid.students), [42], pr.backend, None, False)
@@ -156,7 +160,8 @@ def steps(tracking, monkeypatch):  # noqa: F811 - conftest's tracking store
         yield pipeline.Steps(multiprocessing.get_context("fork"), main.info.run_id, estimates=guess)
 
 
-def test_a_step_that_ran_logs_its_wall_time_gpu_seconds_and_estimate(steps, monkeypatch):
+def test_step_logs_time_and_estimate(steps, monkeypatch):
+    """A step that ran logs its wall time GPU seconds and estimate."""
     run_id = steps("fixture", step_fixtures.run, FixtureParams())  # in a process of its own, on CPU
     m = mlflow.get_run(run_id).data.metrics
     assert 0 < m["wall_seconds"] < 300 and m["gpus"] == 0 and m["gpu_seconds"] == 0
@@ -169,8 +174,10 @@ def test_a_step_that_ran_logs_its_wall_time_gpu_seconds_and_estimate(steps, monk
     assert "estimated_wall_seconds" not in m  # no estimate for it: none logged
 
 
-def test_the_report_sets_each_phases_cost_beside_its_estimate(tracking, tmp_path):
-    """The runs behind the report, found through their upstream tags, as `main`'s steps logged them."""
+def test_report_cost_beside_estimate(tracking, tmp_path):
+    """The report sets each phase's cost beside its estimate.
+
+    The runs behind the report, found through their upstream tags, as `main`'s steps logged them."""
     s = Store()
     timed = lambda wall, gpus, est=None: {"wall_seconds": wall, "gpus": gpus, "gpu_seconds": wall * gpus,  # noqa: E731
                                           **({"estimated_wall_seconds": est, "estimated_gpu_seconds": est * gpus}
@@ -196,7 +203,8 @@ def test_the_report_sets_each_phases_cost_beside_its_estimate(tracking, tmp_path
     assert "| translate | 1 | 1 | 1 | 60.0 | 4.000 | 30.0 | 2.000 | 2.00 |" in md
 
 
-def test_a_presets_price_is_the_default_and_checked_by_the_same_rule(tmp_path, monkeypatch, cli):
+def test_preset_price_default_and_checked(tmp_path, monkeypatch, cli):
+    """A preset's price is the default and checked by the same rule."""
     from distill.config.params import check_preset
 
     text = (ROOT / "distill/presets/offline.yaml").read_text()
@@ -212,8 +220,10 @@ def test_a_presets_price_is_the_default_and_checked_by_the_same_rule(tmp_path, m
     assert "  cost: 0.00 (0.00 GPU-hours x 3 a GPU-hour)" in proc.stdout.splitlines(), proc.stdout
 
 
-def test_an_entry_points_target_run_alone_logs_its_time_too(tracking):
-    """`-e sft` whose upstream is all reused runs its target here, not through the step executor: timed the same."""
+def test_target_alone_logs_time(tracking):
+    """An entry points target run alone logs its time too.
+
+    `-e sft` whose upstream is all reused runs its target here, not through the step executor: timed the same."""
     from distill.pipeline import upstream
 
     run_id = upstream.timed_alone(step_fixtures.run, planner.Step("fixture", "select", FixtureParams(), gpus=1),

@@ -19,7 +19,8 @@ def test_names_and_aliases():
         alias_for("7B+32B+72B")
 
 
-def test_a_student_that_fails_the_load_back_check_is_not_registered(tracking, tmp_path, tiny_student):
+def test_failed_load_back_not_registered(tracking, tmp_path, tiny_student):
+    """A student that fails the load back check is not registered."""
     import mlflow
     from mlflow.tracking import MlflowClient
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -60,7 +61,8 @@ def full(tmp_path_factory):
     (("--limit", "8"), "limit=8 of 32 examples"),
     (("--num_train_epochs", "1"), "num_train_epochs=1 (preset: 2)"),
 ])
-def test_a_smoke_run_registers_without_moving_the_alias(full, args, reason):
+def test_smoke_run_keeps_alias(full, args, reason):
+    """A smoke run registers without moving the alias."""
     from tests.conftest import run_entry
 
     client = full["client"]
@@ -96,7 +98,8 @@ def _killed_after_registering(full, seed: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_version_registered_by_a_try_killed_before_it_finished_is_deleted_by_the_next_try(full):
+def test_killed_trys_version_deleted(full):
+    """A version registered by a try killed before it finished is deleted by the next try."""
     from tests.conftest import run_entry
 
     client = full["client"]

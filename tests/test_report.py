@@ -131,7 +131,8 @@ def study(tracking):
     return s
 
 
-def test_report_tables_tests_figures_and_missing(study, tmp_path):
+def test_tables_tests_figures_missing(study, tmp_path):
+    """Report tables tests figures and missing."""
     run_id = report(ReportParams(preset="offline"))
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["distill.phase"] == "report"
@@ -261,7 +262,8 @@ def test_report_tables_tests_figures_and_missing(study, tmp_path):
     assert study.ids["7B/0.5b"] in inputs["evaluate_students"] and len(inputs["evaluate_students"]) == 10
 
 
-def test_empty_experiment_gives_a_finished_report_and_bad_input_a_clear_error(tracking, tmp_path):
+def test_empty_experiment_and_bad_input(tracking, tmp_path):
+    """Empty experiment gives a finished report and bad input a clear error."""
     with pytest.raises(DistillError, match="unknown teacher '3B'.*known teachers: 7B, 14B, 32B, 72B"):
         report(ReportParams(error_teachers="7B,3B"))
     with pytest.raises(DistillError, match="no MLflow run with id"):
@@ -338,7 +340,8 @@ def test_entry_point(tmp_path, monkeypatch, cli):
     assert "16 missing" in proc.stderr                # build the grid first)
 
 
-def test_exact_mcnemar_p_matches_scipy_binomtest():
+def test_mcnemar_matches_scipy():
+    """Exact McNemar p matches SciPy binomtest."""
     from distill.scoring.stats import binomial_two_sided_half
 
     for n in [1, 2, 3, 7, 15, 40, 101, 400, 1319]:
@@ -350,8 +353,10 @@ def test_exact_mcnemar_p_matches_scipy_binomtest():
 
 
 @pytest.mark.slow
-def test_plotly_js_is_stored_once_per_experiment_and_served_where_the_ui_fetches_it(mlflow_server, tmp_path):
-    """Two reports through the real CLI on a real server: one plotly.js run between them, each report run ~80 KB
+def test_plotly_js_stored_once_served(mlflow_server, tmp_path):
+    """Plotly js is stored once per experiment and served where the UI fetches it.
+
+    Two reports through the real CLI on a real server: one plotly.js run between them, each report run ~80 KB
     instead of 4.9 MB, and the URL the UI's artifact viewer builds from the HTML serves the script."""
     import requests
 

@@ -130,7 +130,8 @@ def report_of(tmp_path, build, rehearsal=False):
     return mlflow.get_run(run_id), Path(local), claims
 
 
-def test_a_run_that_reproduces_every_claim(tracking, tmp_path):
+def test_reproduces_every_claim(tracking, tmp_path):
+    """A run that reproduces every claim."""
     run, local, claims = report_of(tmp_path, reproducing)
     assert list(claims.index) == CLAIMS
     assert dict(claims.verdict) == dict.fromkeys(CLAIMS, "reproduced"), claims[["verdict", "reason"]].to_string()
@@ -183,7 +184,8 @@ def test_a_run_that_reproduces_every_claim(tracking, tmp_path):
     assert note.index("### Table 1") < note.index("### Reproduction") < note.index("### Steps")
 
 
-def test_a_run_that_contradicts_every_claim(tracking, tmp_path):
+def test_contradicts_every_claim(tracking, tmp_path):
+    """A run that contradicts every claim."""
     run, local, claims = report_of(tmp_path, contradicting)
     assert dict(claims.verdict) == dict.fromkeys(CLAIMS, "contradicted"), claims[["verdict", "reason"]].to_string()
     assert run.data.metrics["n_claims_contradicted"] == 6 and run.data.metrics["n_claims_reproduced"] == 0
@@ -195,7 +197,8 @@ def test_a_run_that_contradicts_every_claim(tracking, tmp_path):
                                        for s in ("Qwen2.5-0.5B", "sarashina2.2-1b")}    # a gain of 15 points
 
 
-def test_a_run_too_close_to_call_leaves_every_claim_undecided_and_a_rehearsal_says_so(tracking, tmp_path):
+def test_too_close_to_call_undecided(tracking, tmp_path):
+    """A run too close to call leaves every claim undecided and a rehearsal says so."""
     run, local, claims = report_of(tmp_path, undecided, rehearsal=True)
     assert dict(claims.verdict) == dict.fromkeys(CLAIMS, "not decided"), claims[["verdict", "reason"]].to_string()
     assert run.data.metrics["n_claims_undecided"] == 6 and run.data.metrics["n_claims_reproduced"] == 0
@@ -207,8 +210,10 @@ def test_a_run_too_close_to_call_leaves_every_claim_undecided_and_a_rehearsal_sa
            "6 not decided" in md
 
 
-def test_two_questions_all_wrong_decide_nothing(tracking, tmp_path):
-    """The rehearsal's case: 2 questions, every answer wrong. Every difference is 0 with nothing to resample; the
+def test_two_wrong_questions_decide_nothing(tracking, tmp_path):
+    """Two questions all wrong decide nothing.
+
+    The rehearsal's case: 2 questions, every answer wrong. Every difference is 0 with nothing to resample; the
     verdicts and the intervals must say "too few to tell", not "certain" (a width-0 interval, p = 0)."""
     PaperStudy(n=2).grid({(t, s): set() for t in TEACHERS for s in STUDENTS}, dict.fromkeys(STUDENTS, set()),
                          dict.fromkeys(TEACHERS, set()))
@@ -221,8 +226,10 @@ def test_two_questions_all_wrong_decide_nothing(tracking, tmp_path):
     assert cells[cells.table == "Table 1"].paper_in_ci.all() and not cells[cells.table == "Table 3"].paper_in_ci.any()
 
 
-def test_missing_runs_leave_claims_not_tested(tracking, tmp_path):
-    """Only Table 3's teachers evaluated: the teacher claim is decided, the others wait for their runs."""
+def test_missing_runs_not_tested(tracking, tmp_path):
+    """Missing runs leave claims not tested.
+
+    Only Table 3's teachers evaluated: the teacher claim is decided, the others wait for their runs."""
     cells, baselines, teachers = reproducing()
     PaperStudy().grid({}, {}, teachers)
     run_id = report(ReportParams(preset="paper"))
@@ -230,7 +237,8 @@ def test_missing_runs_leave_claims_not_tested(tracking, tmp_path):
     assert (m["n_claims_reproduced"], m["n_claims_not_tested"]) == (1, 5) and m["n_paper_values_compared"] == 4
 
 
-def test_a_run_not_like_the_paper_is_said_not_comparable_in_one_line():
+def test_unlike_paper_not_comparable():
+    """A run not like the paper is said not comparable in one line."""
     paper = load_paper()
     inputs = Inputs("gsm8k-ja")
     inputs.teacher_evals["7B"] = EvalRun("r", "7B", "", "", 80, 78, 82, 80, 100, 0, scoring="answer_line")
@@ -248,8 +256,10 @@ PAPER_TEXT = Path(__file__).parents[2] / "shared" / "paper" / "paper-ja.md"
 
 
 @pytest.mark.skipif(not PAPER_TEXT.is_file(), reason="the paper's text is not beside this checkout")
-def test_the_data_file_holds_the_papers_printed_numbers():
-    """Every number of paper_results.yaml against the tables of the paper's own text."""
+def test_data_file_holds_paper_numbers():
+    """The data file holds the paper's printed numbers.
+
+    Every number of paper_results.yaml against the tables of the paper's own text."""
     text = PAPER_TEXT.read_text(encoding="utf-8")
     paper = load_paper()
 

@@ -25,7 +25,8 @@ def study(mini_study):
     return mini_study
 
 
-def test_lineage_registry_round_trip_and_evaluate(study):
+def test_lineage_registry_evaluate(study):
+    """Lineage registry round trip and evaluate."""
     run_id = sft(SftParams(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=1))
     run = mlflow.get_run(run_id)
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
@@ -95,7 +96,8 @@ def test_mix_of_two_teachers(study):
     (dict(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=-1), r"num_train_epochs must be a finite number in \(0, 1000\]"),
     (dict(teacher="7B", student="qwen2.5-0.5b", keep_checkpoints="first"), r"keep_checkpoints must be one of last, all"),
 ])
-def test_bad_input_stops_before_any_model_loads(study, params, message, monkeypatch):
+def test_bad_input_before_model_loads(study, params, message, monkeypatch):
+    """Bad input stops before any model loads."""
     import transformers
 
     def no_load(*a, **k):
@@ -108,7 +110,8 @@ def test_bad_input_stops_before_any_model_loads(study, params, message, monkeypa
         sft(SftParams(**params))
 
 
-def test_a_launch_that_cannot_split_the_batch_is_refused_before_a_run_starts(study, monkeypatch):
+def test_unsplittable_batch_refused(study, monkeypatch):
+    """A launch that cannot split the batch is refused before a run starts."""
     monkeypatch.setenv("WORLD_SIZE", "3")  # rank 0 of 3 processes: 8 examples a step do not divide
     before = len(mlflow.search_runs(output_format="list"))
     with pytest.raises(DistillError, match=r"the effective batch 8 \(per_device_train_batch_size 8 x "
@@ -125,7 +128,8 @@ def test_empty_training_set(study, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_sft_resumes_from_its_last_checkpoint(study):
+def test_killed_resumes_from_checkpoint(study):
+    """Killed sft resumes from its last checkpoint."""
     args = [sys.executable, str(ROOT / "entrypoints" / "sft.py"), "--teacher", "72B", "--student", "qwen2.5-0.5b",
             "--per_device_train_batch_size", "1", "--num_train_epochs", "3", "--save_steps", "4", "--seed", "3",
             "--register", "false"]
@@ -171,7 +175,8 @@ def test_accelerate_launch_single_process(study):
     assert run.info.status == "FINISHED" and run.data.tags["distill.phase"] == "sft"
 
 
-def test_a_forced_rerun_trains_again_instead_of_resuming_a_finished_run(study):
+def test_forced_rerun_trains_again(study):
+    """A forced rerun trains again instead of resuming a finished run."""
     params = dict(teacher="72B", student="llm-jp-3.1-1.8b", num_train_epochs=1, register=False, seed=11)
     first = mlflow.get_run(sft(SftParams(**params)))
     again = mlflow.get_run(sft(SftParams(**params, reuse=False)))
@@ -180,15 +185,18 @@ def test_a_forced_rerun_trains_again_instead_of_resuming_a_finished_run(study):
     assert again.data.metrics["train_tokens"] == first.data.metrics["train_tokens"] > 0
 
 
-def test_padding_free_without_flash_attention_is_refused_before_a_run_starts(study):
+def test_padding_free_needs_flash_attn(study):
+    """Padding free without flash attention is refused before a run starts."""
     before = len(mlflow.search_runs(output_format="list"))
     with pytest.raises(DistillError, match="padding_free needs FlashAttention 2"):
         sft(SftParams(teacher="7B", student="qwen2.5-0.5b", batching="padding_free"))
     assert len(mlflow.search_runs(output_format="list")) == before
 
 
-def test_a_partly_uploaded_checkpoint_is_not_resumed_from(tracking, tmp_path):  # noqa: F811
-    """A try killed while uploading a checkpoint leaves a folder without its last file; resume takes the
+def test_partial_checkpoint_not_resumed(tracking, tmp_path):  # noqa: F811
+    """A partly uploaded checkpoint is not resumed from.
+
+    A try killed while uploading a checkpoint leaves a folder without its last file; resume takes the
     newest complete one (CI once resumed from such a folder: "Can't find a valid checkpoint")."""
     from distill.training.checkpoints import checkpoint_from_runs
 

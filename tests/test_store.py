@@ -23,11 +23,13 @@ from tests.conftest import free_port
     ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
     ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
 ])
-def test_a_password_in_a_uri_is_shown_as_stars(uri, shown):
+def test_uri_password_as_stars(uri, shown):
+    """A password in a URI is shown as stars."""
     assert redact_uri(uri) == shown
 
 
-def test_a_postgresql_tracking_store_that_cannot_be_reached_is_one_line_without_its_password(monkeypatch, tmp_path):
+def test_unreachable_postgresql_one_line(monkeypatch, tmp_path):
+    """A PostgreSQL tracking store that cannot be reached is one line without its password."""
     uri = f"postgresql://team:s3cret-pw@127.0.0.1:{free_port()}/mlflow"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
@@ -44,7 +46,8 @@ def test_a_postgresql_tracking_store_that_cannot_be_reached_is_one_line_without_
     assert "s3cret-pw" not in message and "\n" not in message
 
 
-def test_sweep_refuses_a_storage_with_a_password_before_anything_is_written(tracking, tmp_path, capsys):
+def test_sweep_refuses_storage_password(tracking, tmp_path, capsys):
+    """Sweep refuses a storage with a password before anything is written."""
     with pytest.raises(SystemExit) as e:
         run_phase("sweep", ["--teacher", "7B", "--student", "qwen2.5-0.5b",
                             "--storage", "postgresql://optuna:s3cret-pw@db:5432/optuna"])
@@ -71,8 +74,10 @@ def _refused_in_one_line(code: int, stderr: str, uri: str, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["proc", "under_a_file", "unknown_scheme", "folder_store"])
-def test_a_bad_tracking_uri_is_refused_by_name_in_one_line_before_any_work(kind, tmp_path, monkeypatch, cli):
-    """In this process (the refusal, not the interpreter, is tested); the next test types one as a user would."""
+def test_bad_tracking_uri_refused(kind, tmp_path, monkeypatch, cli):
+    """A bad tracking URI is refused by name in one line before any work.
+
+    In this process (the refusal, not the interpreter, is tested); the next test types one as a user would."""
     uri = _bad_tracking_uri(kind, tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
@@ -83,7 +88,8 @@ def test_a_bad_tracking_uri_is_refused_by_name_in_one_line_before_any_work(kind,
     _refused_in_one_line(done.returncode, done.stderr, uri, tmp_path)
 
 
-def test_a_bad_tracking_uri_is_refused_in_a_fresh_process(tmp_path):
+def test_bad_tracking_uri_fresh_process(tmp_path):
+    """A bad tracking URI is refused in a fresh process."""
     from tests.conftest import run_entry
 
     uri = _bad_tracking_uri("under_a_file", tmp_path)
@@ -93,8 +99,10 @@ def test_a_bad_tracking_uri_is_refused_in_a_fresh_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sqlite_store_keeps_its_artifacts_beside_the_database_file_not_where_the_command_runs(tmp_path):
-    """The preset's experiment (and MLflow's Default) are created with their artifacts in `mlruns` beside the
+def test_artifacts_beside_sqlite_file(tmp_path):
+    """A SQLite store keeps its artifacts beside the database file not where the command runs.
+
+    The preset's experiment (and MLflow's Default) are created with their artifacts in `mlruns` beside the
     database file, whatever the folder a command runs in: a store in /data/mlflow.db keeps them in /data."""
     from mlflow.tracking import MlflowClient
 
@@ -116,8 +124,10 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_the_database_file_not_where_t
 
 
 @pytest.mark.slow
-def test_a_sqlite_store_moved_with_its_artifacts_keeps_them_after_one_command(tmp_path):
-    """MLflow writes absolute locations: a copied store points at the old folder until
+def test_moved_sqlite_store_keeps_artifacts(tmp_path):
+    """A SQLite store moved with its artifacts keeps them after one command.
+
+    MLflow writes absolute locations: a copied store points at the old folder until
     `python -m distill.tracking.sqlite_move OLD sqlite:///NEW/mlflow.db` rewrites them."""
     import shutil
     import subprocess

@@ -43,7 +43,8 @@ def _user_env() -> dict:
     return env
 
 
-def test_a_name_typed_7b_is_the_presets_7B_everywhere(store):
+def test_typed_7b_is_7B(store):
+    """A name typed 7B is the preset's 7B everywhere."""
     run = mlflow.get_run(store["sft"])
     assert run.data.params["teacher"] == "7B" and run.data.tags["distill.teacher"] == "7B"
     assert run.data.params["student"] == "qwen2.5-0.5b" and run.data.tags["distill.student"] == "qwen2.5-0.5b"
@@ -72,7 +73,8 @@ def users_folder(store, monkeypatch):
     mlflow.set_tracking_uri(store["uri"])
 
 
-def test_the_readmes_snippet_pulls_the_student_back_and_generates(users_folder, capsys):
+def test_readme_snippet_generates(users_folder, capsys):
+    """The README's snippet pulls the student back and generates."""
     snippet = _readme_pull_back_snippet()
     assert f'"models:/{NAME}@teacher-7b"' in snippet
     exec(compile(snippet, "docs/sft.md", "exec"), {"__name__": "__main__"})
@@ -86,7 +88,8 @@ def _table(args: list[str], capsys) -> list[list[str]]:
     return [re.split(r"\s{2,}", line) for line in lines[2:]]  # header, rule, rows
 
 
-def test_students_are_listed_then_evaluated_through_mlflow_run_as_the_readme_says(store, capsys, monkeypatch):
+def test_listed_then_evaluated(store, capsys, monkeypatch):
+    """Students are listed then evaluated through mlflow run as the README says."""
     uri = f"models:/{NAME}@teacher-7b"
     rows = _table(["--preset", "offline"], capsys)
     assert rows == [[NAME, "1", "7B", "42", DASH, "teacher-7b, teacher-7b-seed42", uri]]
@@ -115,7 +118,8 @@ def test_students_are_listed_then_evaluated_through_mlflow_run_as_the_readme_say
     assert re.split(r"\s{2,}", row) == [NAME, "1", "7B", "42", accuracy, "teacher-7b, teacher-7b-seed42", uri]
 
 
-def test_students_without_a_store_says_where_it_looked(tmp_path, capsys, monkeypatch):
+def test_no_store_says_where_it_looked(tmp_path, capsys, monkeypatch):
+    """Students without a store says where it looked."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     before = mlflow.get_tracking_uri()

@@ -16,7 +16,8 @@ def selected(mini_study):
     return mini_study["select"]
 
 
-def test_sweep_runs_trials_as_nested_runs_and_logs_plots(selected, tmp_path):
+def test_trials_nested_with_plots(selected, tmp_path):
+    """Sweep runs trials as nested runs and logs plots."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     run_id = sweep(SweepParams(teacher="7B", student="qwen2.5-0.5b", n_trials=3, storage=storage, max_new_tokens=6,
                                space="learning_rate,num_train_epochs"))

@@ -42,7 +42,8 @@ def test_translation_number_check():
     assert translation_flag(en, "ナタリアは友達に売った。") == "missing_numbers"
 
 
-def test_selection_keeps_only_what_every_teacher_got_right():
+def test_select_all_teachers_right():
+    """Selection keeps only what every teacher got right."""
     answers = {
         "7B": [{"id": "a", "correct": True}, {"id": "b", "correct": True}, {"id": "c", "correct": False},
                {"id": "d", "correct": True}],
@@ -56,7 +57,8 @@ def test_selection_keeps_only_what_every_teacher_got_right():
     assert qualifying_ids(answers, translations, "all_correct") == ["a"]
 
 
-def test_answers_cut_at_max_new_tokens_are_left_out_unless_kept():
+def test_truncated_answers_left_out():
+    """Answers cut at max new tokens are left out unless kept."""
     answers = {
         "7B": [{"id": "a", "correct": True, "finish_reason": "stop"}, {"id": "b", "correct": True, "finish_reason": "length"},
                {"id": "c", "correct": True}],  # an answers.jsonl written before finish_reason: not truncated
@@ -134,7 +136,8 @@ def test_select_bad_input(translated):
 
 
 @pytest.mark.slow
-def test_teacher_killed_halfway_resumes_and_holds_each_answer_once(translated, tracking, tmp_path):
+def test_killed_teacher_resumes_once(translated, tracking, tmp_path):
+    """Teacher killed halfway resumes and holds each answer once."""
     args = [sys.executable, str(ROOT / "entrypoints" / "teacher.py"), "--teacher", "7B", "--shard_size", "2",
             "--batch_size", "1", "--max_new_tokens", "48"]
     proc = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "Default"},
