@@ -54,7 +54,8 @@ def check_shard_tail(result):
     assert result["chosen"] == 600 and set(result["sensitivity"]) == {"64.0"}
 
 
-def test_the_shard_tail_model_counts_steps_as_its_docstring_says(monkeypatch):
+def test_shard_tail_model_counts_steps(monkeypatch):
+    """The shard tail model counts steps as its docstring says."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     from shard_tail import call_time, sharded_time
 
@@ -72,7 +73,8 @@ SCRIPTS = {"shard_tail.py": check_shard_tail, "teacher_overhead.py": check_teach
            "ui_check.py": None}  # ui_check writes no JSON: its dry run checks its page checks on a saved page
 
 
-def test_every_bench_script_has_a_dry_run_here_or_a_test_of_its_own():
+def test_every_bench_script_tested():
+    """Every bench script has a dry run here or a test of its own."""
     scripts = {p.relative_to(ROOT / "bench").as_posix() for p in (ROOT / "bench").rglob("*.py")} - HELPERS
     assert scripts == set(SCRIPTS) | set(ELSEWHERE)
 

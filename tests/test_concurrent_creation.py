@@ -38,7 +38,8 @@ def started_together(postgres, tmp_path_factory):
     return out
 
 
-def test_sweep_workers_started_together_on_empty_storage_share_one_study(postgres, started_together):
+def test_sweep_workers_share_one_study(postgres, started_together):
+    """Sweep workers started together on empty storage share one study."""
     rounds = started_together["optuna"]
     assert [workers for _, workers in rounds] == [["ok"] * WORKERS] * len(rounds), rounds
     for url, _ in rounds:
@@ -50,7 +51,8 @@ def test_sweep_workers_started_together_on_empty_storage_share_one_study(postgre
             assert postgres.query(db, "SELECT count(*) FROM alembic_version")[0][0] == 1
 
 
-def test_phases_started_together_on_an_empty_postgresql_tracking_store_all_write(postgres, started_together):
+def test_phases_together_on_postgresql(postgres, started_together):
+    """Phases started together on an empty PostgreSQL tracking store all write."""
     rounds = started_together["mlflow"]
     assert [workers for _, workers in rounds] == [["ok"] * WORKERS] * ROUNDS, rounds
     for url, _ in rounds:
@@ -86,7 +88,8 @@ def _problem(db) -> str | None:
         engine.dispose()
 
 
-def test_mlflow_clients_started_together_on_a_new_sqlite_file_all_work_and_leave_it_whole(tmp_path):
+def test_clients_together_on_new_sqlite(tmp_path):
+    """MLflow clients started together on a new SQLite file all work and leave it whole."""
     files = [tmp_path / f"round{i}" / "mlflow.db" for i in range(ROUNDS)]
     got = _race(tmp_path, "mlflowcli", files)
     assert got == [["ok"] * WORKERS] * ROUNDS, got
@@ -141,7 +144,8 @@ def _mlflow_opens_a_copy(db) -> bool:
         copy.unlink()
 
 
-def test_a_store_half_migrated_by_mlflow_is_repaired_by_the_next_command(tmp_path):
+def test_half_migrated_repaired_next(tmp_path):
+    """A store half migrated by MLflow is repaired by the next command."""
     from tests.conftest import run_entry
 
     db, problem = half_migrated_store(tmp_path)
@@ -154,7 +158,8 @@ def test_a_store_half_migrated_by_mlflow_is_repaired_by_the_next_command(tmp_pat
     assert _problem(db) is None
 
 
-def test_one_documented_command_repairs_a_half_migrated_store(tmp_path):
+def test_documented_repair_command(tmp_path):
+    """One documented command repairs a half migrated store."""
     db, problem = half_migrated_store(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "distill.tracking.sqlite_repair", f"sqlite:///{db}"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -167,8 +172,10 @@ def test_one_documented_command_repairs_a_half_migrated_store(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_readme_command_typed_twice_at_once_on_a_new_sqlite_file(tmp_path):
-    """`mlflow run . --env-manager local ...` twice at the same moment on a brand-new file (MLflow opens the
+def test_readme_command_twice_at_once(tmp_path):
+    """The README command typed twice at once on a new SQLite file.
+
+    `mlflow run . --env-manager local ...` twice at the same moment on a brand-new file (MLflow opens the
     store in `mlflow run` itself, before the entry point): both finish, the store whole."""
     import os
 

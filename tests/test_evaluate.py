@@ -224,7 +224,7 @@ def test_mlflow_run_entry_point(mlflow_server, tmp_path):
 
 @pytest.mark.slow
 def test_mlflow_run_in_presets_experiment(tmp_path):
-    """Plain mlflow run logs into the preset's experiment.
+    """Plain `mlflow run` logs into the preset's experiment.
 
     `mlflow run` without --experiment-name makes its run in Default: that run points at distill-offline."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

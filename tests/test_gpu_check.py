@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench" / "gpu"), str(ROOT / "bench")]  # the GPU scripts, and _common/results they share
 
 
-def test_memory_formula_gives_the_readmes_estimates():
+def test_memory_formula_readme_estimates():
+    """Memory formula gives the README's estimates."""
     import gpu_check
 
     # README: llm-jp-3.1-1.8b, batch 8 of ~400 tokens: ~40 GB without checkpointing, ~35 GB with it
@@ -58,8 +59,10 @@ def _is_text(node) -> bool:
     return False
 
 
-def test_no_benchmark_passes_text_to_a_yes_no_field():
-    """A phase's bool field given text: "false" is a non-empty string, so true (issue 19 row 9: the
+def test_no_text_to_yes_no_field():
+    """No benchmark passes text to a yes/no field.
+
+    A phase's bool field given text: "false" is a non-empty string, so true (issue 19 row 9: the
     "checkpointing off" rows of the GPU check trained with checkpointing on)."""
     import ast
     import dataclasses
@@ -81,7 +84,8 @@ def test_no_benchmark_passes_text_to_a_yes_no_field():
 
 
 @pytest.mark.slow  # every part of the GPU check on a CPU: 43-48 s of CPU time
-def test_dry_mode_runs_the_paper_path_and_every_part(tmp_path):
+def test_dry_mode_runs_every_part(tmp_path):
+    """Dry mode runs the paper path and every part."""
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu" / "gpu_check.py"), "--dry", "--peak-tflops", "1",
@@ -140,7 +144,8 @@ ON_THE_GPU_MACHINE = {"torch", "transformers", "accelerate", "tokenizers", "safe
                       "packaging", "typing_extensions", "xxhash", "psutil", "tqdm", "filelock", "click", "cloudpickle"}
 
 
-def test_the_wheels_to_carry_are_listed_once_and_none_is_on_the_machine_already():
+def test_wheels_listed_once_none_present():
+    """The wheels to carry are listed once and none is on the machine already."""
     import gpu_wheels
 
     wanted = gpu_wheels.read_list()
@@ -151,7 +156,8 @@ def test_the_wheels_to_carry_are_listed_once_and_none_is_on_the_machine_already(
     assert "mlflow" not in names and "mlflow_tracing" not in names  # both would overwrite mlflow-skinny's files
 
 
-def test_wheel_check_finds_missing_extra_and_oversized_sets(tmp_path):
+def test_wheel_check_finds_bad_sets(tmp_path):
+    """Wheel check finds missing extra and oversized sets."""
     import gpu_wheels
 
     wanted = {"trl": "1.16.0", "pydantic-core": "2.50.5"}

@@ -19,7 +19,8 @@ def _plan(preset: str, judge: bool = False, **kw):
     return planner.plan(p, grid)
 
 
-def test_each_step_asks_for_what_it_needs_from_the_preset():
+def test_step_asks_preset_for_needs():
+    """Each step asks for what it needs from the preset."""
     steps = {s.name: s for s in _plan("paper", judge=True)}
     assert steps["translate"].gpus == 4                       # the 70B translator, tensor parallel 4
     assert steps["teacher 72B"].gpus == 4 and steps["teacher 7B"].gpus == 1
@@ -42,8 +43,10 @@ def test_each_step_asks_for_what_it_needs_from_the_preset():
     assert not any(n.startswith("errors") and "14B" in n for n in steps)  # the judge sees 7B and 72B only
 
 
-def test_transformers_gives_the_large_models_their_tensor_parallel_gpus():
-    """backend=transformers on the paper preset: the 70B translator and the 72B teacher get as many GPUs as their
+def test_transformers_tensor_parallel_gpus():
+    """Transformers gives the large models their tensor-parallel GPUs.
+
+    backend=transformers on the paper preset: the 70B translator and the 72B teacher get as many GPUs as their
     tensor_parallel_size (the generator spreads them over those: hf.load_placement); one GPU held ~140 GB of
     weights and ran out of memory. A model of one GPU keeps one; a CPU preset or the rehearsal none."""
     steps = {s.name: s for s in _plan("paper", backend="transformers")}
@@ -57,7 +60,8 @@ def test_transformers_gives_the_large_models_their_tensor_parallel_gpus():
     assert planner.gpus_for_generation(load_preset("offline"), "transformers", 4) == 0
 
 
-def test_what_a_target_needs_given_what_is_finished():
+def test_target_needs_given_finished():
+    """What a target needs given what is finished."""
     steps = _plan("offline")
     target = "evaluate qwen2.5-0.5b <- 72B (seed 42)"
     need = planner.upstream(steps, [target])
@@ -83,8 +87,10 @@ def test_what_a_target_needs_given_what_is_finished():
     assert set(by_name) == {"translate", "teacher 7B", "teacher 72B", "select"}
 
 
-def test_what_is_finished_is_asked_of_the_store(tracking):
-    """planner.finished_run: the phases' own reuse check, against a real store: nothing is written by asking."""
+def test_finished_asked_of_store(tracking):
+    """What is finished is asked of the store.
+
+    planner.finished_run: the phases' own reuse check, against a real store: nothing is written by asking."""
     p = MainParams(preset="offline", train_limit=2, max_new_tokens=4)
     steps = planner.plan(p, planner.resolve_grid(p))
     need = planner.upstream(steps, ["select"])
@@ -100,8 +106,10 @@ def _fake_run_id(name: str) -> str:
     return hashlib.md5(name.encode()).hexdigest()
 
 
-def test_both_executors_hand_the_same_steps_to_their_processes(tracking, monkeypatch):
-    """Each executor runs the whole offline grid through its own code down to the point where a step is handed
+def test_executors_hand_same_steps(tracking, monkeypatch):
+    """Both executors hand the same steps to their processes.
+
+    Each executor runs the whole offline grid through its own code down to the point where a step is handed
     to a process (sequential: Steps, Ray: the task launch); what each hands over must be the same: name, phase,
     parameters with their inputs filled, GPUs. The main runs they open carry the same params and tags."""
     p = dict(preset="offline", limit=4, train_limit=16, n=12)

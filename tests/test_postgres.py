@@ -46,8 +46,9 @@ def selected_on_server(pg_mlflow, tmp_path_factory):
         return mini_study.build(mini_study.Sizes(limit=14, max_new_tokens=12, n=8, dev_size=4))
 
 
-def test_phases_write_to_a_postgresql_backed_server_and_reuse_from_it(postgres, pg_mlflow, selected_on_server,
+def test_phases_on_postgresql_server(postgres, pg_mlflow, selected_on_server,
                                                                        on_server):
+    """Phases write to a PostgreSQL-backed server and reuse from it."""
     _, db = pg_mlflow
     # the runs are rows of PostgreSQL's `runs` table, with their phase tags
     rows = postgres.query(db, "SELECT r.run_uuid, r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
@@ -67,7 +68,8 @@ def test_phases_write_to_a_postgresql_backed_server_and_reuse_from_it(postgres, 
     assert seen[0].reused
 
 
-def test_two_sweep_workers_share_one_study_in_postgresql(postgres, pg_mlflow, selected_on_server, on_server, tmp_path):
+def test_sweep_workers_share_study(postgres, pg_mlflow, selected_on_server, on_server, tmp_path):
+    """Two sweep workers share one study in PostgreSQL."""
     storage = postgres.create_database("optuna")
     n_trials = 4
     env = {**os.environ, "MLFLOW_TRACKING_URI": on_server, "PYTHONPATH": str(ROOT), "MLFLOW_EXPERIMENT_NAME": "Default"}

@@ -354,7 +354,7 @@ def test_mcnemar_matches_scipy():
 
 @pytest.mark.slow
 def test_plotly_js_stored_once_served(mlflow_server, tmp_path):
-    """Plotly js is stored once per experiment and served where the UI fetches it.
+    """plotly.js is stored once per experiment and served where the UI fetches it.
 
     Two reports through the real CLI on a real server: one plotly.js run between them, each report run ~80 KB
     instead of 4.9 MB, and the URL the UI's artifact viewer builds from the HTML serves the script."""

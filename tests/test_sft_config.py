@@ -36,7 +36,8 @@ def _preset(tmp_path, edit) -> str:
     return str(path)
 
 
-def test_an_unknown_sft_key_is_refused_with_a_did_you_mean(tmp_path):
+def test_unknown_key_did_you_mean(tmp_path):
+    """An unknown sft key is refused with a did you mean."""
     path = _preset(tmp_path, lambda d: d["sft"].update(learning_rte=1.0e-4))
     with pytest.raises(DistillError, match=rf"preset file {path}: 'sft' has an unknown key 'learning_rte' "
                                            r"\(did you mean 'learning_rate'\?\)"):
@@ -45,7 +46,8 @@ def test_an_unknown_sft_key_is_refused_with_a_did_you_mean(tmp_path):
         parse_params(SftParams, ["--teacher", "7B", "--weight_decai", "0.1"])
 
 
-def test_a_field_sft_sets_itself_or_out_of_range_is_refused_by_name(tmp_path):
+def test_own_or_out_of_range_field_refused(tmp_path):
+    """A field sft sets itself or out of range is refused by name."""
     path = _preset(tmp_path, lambda d: d["sft"].update(report_to="wandb"))
     with pytest.raises(DistillError, match="'report_to' is set by sft itself"):
         sft.resolve_settings(SftParams(**STUDENT, preset=path), load_preset(path))
@@ -55,7 +57,8 @@ def test_a_field_sft_sets_itself_or_out_of_range_is_refused_by_name(tmp_path):
         sft.resolve_settings(SftParams(**STUDENT, adam_beta1=float("nan")), load_preset("offline"))
 
 
-def test_any_sft_config_field_on_the_command_line_reaches_sft_config(tmp_path):
+def test_command_line_field_reaches_config(tmp_path):
+    """Any SFTConfig field on the command line reaches SFTConfig."""
     from distill.training.sft_config import build
 
     p = parse_params(SftParams, ["--teacher", "7B", "--student", "qwen2.5-0.5b", "--weight_decay", "0.01",
@@ -67,7 +70,8 @@ def test_any_sft_config_field_on_the_command_line_reaches_sft_config(tmp_path):
     assert (args.weight_decay, args.optim, args.learning_rate) == (0.01, "adafactor", 2e-4)
 
 
-def test_help_lists_sft_config_fields_with_trls_help():
+def test_help_lists_fields_with_trl_help():
+    """Help lists SFTConfig fields with TRL's help."""
     out = subprocess.run([sys.executable, str(ROOT / "entrypoints" / "sft.py"), "--help"], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -77,7 +81,8 @@ def test_help_lists_sft_config_fields_with_trls_help():
     assert "--weight_decay" in out.stdout and " ".join(help_text.split()[:6]) in " ".join(out.stdout.split())
 
 
-def test_the_reuse_key_covers_every_field_given_and_a_default_adds_none():
+def test_reuse_key_covers_given_fields():
+    """The reuse key covers every field given and a default adds none."""
     preset = load_preset("offline")
     base = sft.reuse_key(SftParams(**STUDENT), preset, ROWS)
     assert base != sft.reuse_key(SftParams(**STUDENT, weight_decay=0.01), preset, ROWS)
@@ -90,7 +95,8 @@ def test_the_reuse_key_covers_every_field_given_and_a_default_adds_none():
     assert set(base) == before - {"warmup_ratio"} | {"warmup_steps"}
 
 
-def test_the_sweep_space_names_sft_config_fields(tmp_path):
+def test_sweep_space_names_fields(tmp_path):
+    """The sweep space names SFTConfig fields."""
     space = sweep.search_space(SweepParams(**STUDENT), load_preset("offline"))
     assert set(space) == set(load_preset("offline").sweep.ranges()) and "warmup_steps" in space
     typo = _preset(tmp_path, lambda d: d["sweep"]["space"].update(weight_decai={"low": 0.0, "high": 0.1}))
@@ -136,8 +142,10 @@ def _code_words(path: Path) -> set[str]:
     return words
 
 
-def test_no_sft_hyperparameter_is_written_in_the_package_outside_the_presets():
-    """Each hyperparameter is written once: in distill/presets/*.yaml, by its trl.SFTConfig name. This greps every .py
+def test_no_hyperparameter_outside_presets():
+    """No sft hyperparameter is written in the package outside the presets.
+
+    Each hyperparameter is written once: in distill/presets/*.yaml, by its trl.SFTConfig name. This greps every .py
     file of the package for the names in HYPERPARAMETERS as code: identifiers (a field, a keyword argument, an
     attribute), string literals and f-string text. Comments and docstrings are prose and not searched. A module
     whose job is to act on a setting by its name (check its range, split the batch, read a log key) is listed in
@@ -152,16 +160,20 @@ def test_no_sft_hyperparameter_is_written_in_the_package_outside_the_presets():
     assert found == {}, f"SFT hyperparameters written in code (they belong in the presets' `sft:` block): {found}"
 
 
-def test_the_grep_finds_a_hyperparameter_written_in_code(tmp_path):
-    """The grep above is not blind: a keyword argument, an attribute and a dict key are found; a comment is not."""
+def test_grep_finds_hyperparameter_in_code(tmp_path):
+    """The grep finds a hyperparameter written in code.
+
+    The grep above is not blind: a keyword argument, an attribute and a dict key are found; a comment is not."""
     module = tmp_path / "m.py"
     module.write_text('"""learning_rate in a docstring."""\n# weight_decay in a comment\n'
                       'x = dict(max_grad_norm=1)\ny = args.optim\nz = {"num_train_epochs": 2}\n', encoding="utf-8")
     assert _code_words(module) & set(HYPERPARAMETERS) == {"max_grad_norm", "optim", "num_train_epochs"}
 
 
-def test_mlflow_run_passes_an_undeclared_sft_config_field_as_an_option():
-    """`-P weight_decay=0.01` on the sft entry point, which MLproject does not declare: MLflow's project code
+def test_mlflow_run_passes_undeclared_field():
+    """`mlflow run` passes an undeclared SFTConfig field as an option.
+
+    `-P weight_decay=0.01` on the sft entry point, which MLproject does not declare: MLflow's project code
     appends it to the command as `--weight_decay 0.01`, which sft's parser gives to SFTConfig."""
     from mlflow.projects import _project_spec
 
@@ -175,8 +187,10 @@ def test_mlflow_run_passes_an_undeclared_sft_config_field_as_an_option():
     assert json.dumps(p.sft_config)  # the key payload is plain data
 
 
-def test_main_refuses_an_unknown_sft_key_before_any_run(tmp_path):
-    """The study's entry point checks the `sft:` block before it translates anything, not when it reaches sft."""
+def test_main_refuses_unknown_key_first(tmp_path):
+    """Main refuses an unknown sft key before any run.
+
+    The study's entry point checks the `sft:` block before it translates anything, not when it reaches sft."""
     path = _preset(tmp_path, lambda d: d["sft"].update(learning_rte=1.0e-4))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.run([sys.executable, str(ROOT / "entrypoints" / "main.py"), "--preset", path], cwd=tmp_path,

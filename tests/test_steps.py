@@ -24,7 +24,8 @@ def steps(tracking, monkeypatch):  # noqa: F811 - conftest's tracking store
         yield pipeline.Steps(ctx, main.info.run_id), main.info.run_id
 
 
-def test_a_step_runs_in_its_own_process_nested_under_main(steps):
+def test_step_in_own_process_nested(steps):
+    """A step runs in its own process nested under main."""
     step, main_id = steps
     run_id = step("fixture", step_fixtures.run, FixtureParams())
     run = mlflow.get_run(run_id)
@@ -43,7 +44,8 @@ AGAIN = "type the same command again to continue from there"
     ("refuse", "n must be > 0 (got 0)", "fix that first (the same command again would fail the same way); the "
                                         "finished steps are kept"),
 ])
-def test_a_failed_step_is_named_with_its_run(steps, how, message, then):
+def test_failed_step_named(steps, how, message, then):
+    """A failed step is named with its run."""
     step, _ = steps
     started = []
     with pytest.raises(DistillError) as e, phase_runs.on_phase_run(started.append):
@@ -54,7 +56,8 @@ def test_a_failed_step_is_named_with_its_run(steps, how, message, then):
     assert status == ("RUNNING" if how == "die" else "FAILED")  # a killed run stays unfinished: resumable
 
 
-def test_a_step_fed_a_run_main_just_made_skips_the_lookups_before_its_claim(steps):
+def test_fresh_input_skips_lookups(steps):
+    """A step fed a run main just made skips the lookups before its claim."""
     step, _ = steps
     first = step("first", step_fixtures.run, FixtureParams())
     fed = step("fed", step_fixtures.run, FixtureParams(upstream=first))
@@ -63,8 +66,10 @@ def test_a_step_fed_a_run_main_just_made_skips_the_lookups_before_its_claim(step
     assert [mlflow.get_run(r).data.params["fresh_inputs"] for r in (first, fed, other)] == ["False", "True", "False"]
 
 
-def test_fresh_inputs_still_find_a_finished_run_after_the_claim(tracking, monkeypatch):  # noqa: F811
-    """The lookups skipped before the claim are a saving, not a hole: the one after it still finds the work
+def test_fresh_inputs_find_finished_run(tracking, monkeypatch):  # noqa: F811
+    """Fresh inputs still find a finished run after the claim.
+
+    The lookups skipped before the claim are a saving, not a hole: the one after it still finds the work
     done (here: by another `main` that reused the same input and finished first) and points at it."""
     from distill.tracking import key_locks
 
@@ -91,8 +96,10 @@ def _python_in(folder, code: str, store: str | None = None, timeout: int = 300):
     return out.stdout.split(), out.stderr[-3000:]
 
 
-def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
-    """`main` starts its step server before its own start-up (cli.run_phase -> prepare); a `main` that ends
+def test_unused_fork_server_killed_at_once(tmp_path):
+    """The early fork server is killed at once when no step used it.
+
+    `main` starts its step server before its own start-up (cli.run_phase -> prepare); a `main` that ends
     before its first step (bad input, all reused) must not wait ~10 s for the server's imports to finish."""
     code = ("import os, time\n"
             "from multiprocessing import forkserver\n"
@@ -108,8 +115,10 @@ def test_the_early_fork_server_is_killed_at_once_when_no_step_used_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(tmp_path):
-    """distill.pipeline.fork_server warms MLflow's SQLite store so that steps inherit it; an SQLite connection that
+def test_warmed_store_no_connection_forked(tmp_path):
+    """The store warmed for the step server keeps no connection across a fork.
+
+    distill.pipeline.fork_server warms MLflow's SQLite store so that steps inherit it; an SQLite connection that
     crossed a fork could corrupt the file, so none may be open when the server forks."""
     code = ("import os\n"
             "from mlflow.tracking import MlflowClient\n"
@@ -129,8 +138,10 @@ def test_the_store_warmed_for_the_step_server_keeps_no_connection_across_a_fork(
 
 
 @pytest.mark.slow
-def test_the_step_server_is_not_killed_half_way_through_setting_up_a_new_store(tmp_path):
-    """The step server sets up a brand-new SQLite store itself when it gets there first; a `main` that ends
+def test_server_not_killed_mid_store_setup(tmp_path):
+    """The step server is not killed half way through setting up a new store.
+
+    The step server sets up a brand-new SQLite store itself when it gets there first; a `main` that ends
     then (bad input, an early error) waits for the setup instead of leaving a half-made file behind."""
     code = ("import os, time\n"
             "import mlflow  # as in `main`, imported by now: the stop below is at once\n"
@@ -164,8 +175,10 @@ if __name__ == "__main__":
 """
 
 
-def test_a_step_process_dies_with_the_process_that_waits_for_it(tmp_path):
-    """`kill -9` of `main` (or of an entry point building its upstream) ends its step too, not only the step's
+def test_step_dies_with_its_waiter(tmp_path):
+    """A step process dies with the process that waits for it.
+
+    `kill -9` of `main` (or of an entry point building its upstream) ends its step too, not only the step's
     own parent (the fork server): a step left behind trains on, holding its GPU, while the next try waits."""
     import signal
     import subprocess
@@ -259,9 +272,11 @@ def test_what_a_step_started_ends_with_it(tmp_path, how, signal_name):
                 pass
 
 
-def test_a_step_forked_after_cuda_was_initialised_starts_again_spawned_and_so_do_later_ones(steps, monkeypatch,
+def test_fork_after_cuda_respawns(steps, monkeypatch,
                                                                                                capsys):
-    """A fork server whose preloading initialised CUDA: every step forked from it would die with "Cannot
+    """A step forked after CUDA was initialised starts again spawned and so do later ones.
+
+    A fork server whose preloading initialised CUDA: every step forked from it would die with "Cannot
     re-initialize CUDA in forked subprocess". The step notices at its start (torch's own flag) and does nothing;
     its waiter runs it, and every later step, spawned, and says so once. No GPU here: the forking process (this
     one) patches torch's flag, which a forked child inherits and a spawned one does not (it would report again)."""

@@ -29,7 +29,8 @@ def mains_steps(**grid) -> dict[str, planner.Step]:
     return {s.name: s for s in planner.plan(p, planner.resolve_grid(p))}
 
 
-def test_sft_trains_every_student_and_seed_of_the_grid_on_the_teacher_after_what_selection_needs():
+def test_sft_trains_grid_after_selection():
+    """sft trains every student and seed of the grid on the teacher after what selection needs."""
     found = build("sft", SftParams(teacher="7b"), UP)  # a forgiving name: the preset's 7B from here on
     cells = ["sft 7B -> qwen2.5-0.5b (seed 42)", "sft 7B -> llm-jp-3.1-1.8b (seed 42)"]
     assert [t.name for t in found.targets] == cells and names(found) == SELECTION + cells
@@ -38,7 +39,8 @@ def test_sft_trains_every_student_and_seed_of_the_grid_on_the_teacher_after_what
     assert {s.phase for s in found.steps} == {"translate", "teacher", "select", "sft"}
 
 
-def test_sft_builds_mains_own_steps_with_its_own_parameters_on_the_target():
+def test_sft_builds_mains_steps():
+    """sft builds main's own steps with its own parameters on the target."""
     found = build("sft", SftParams(teacher="7B", student="qwen2.5-0.5b", learning_rate=1e-4),
                   UpstreamParams(train_limit=16, n=12))
     main = mains_steps(students=["qwen2.5-0.5b"], train_limit=16, n=12)
@@ -48,7 +50,8 @@ def test_sft_builds_mains_own_steps_with_its_own_parameters_on_the_target():
     assert target.params == dataclasses.replace(main[target.name].params, learning_rate=1e-4, reuse=True)
 
 
-def test_sft_narrowed_mixed_or_given_its_data():
+def test_sft_narrowed_mixed_or_given():
+    """sft narrowed mixed or given its data."""
     found = build("sft", SftParams(teacher="7B", student="QWEN2.5-0.5B", seed=3), UP)
     assert [t.name for t in found.targets] == ["sft 7B -> qwen2.5-0.5b (seed 3)"]
     # a teacher outside the grid joins the selection; a mix needs both of its teachers
@@ -65,7 +68,8 @@ def test_sft_narrowed_mixed_or_given_its_data():
         build("sft", SftParams(teacher="9B"), UP)
 
 
-def test_evaluate_builds_a_student_that_is_not_registered_and_nothing_for_any_other_model(tracking):
+def test_evaluate_builds_missing_student(tracking):
+    """Evaluate builds a student that is not registered and nothing for any other model."""
     for model in ("7B", "qwen2.5-0.5b", "a" * 32, "runs:/" + "a" * 32 + "/model", "models:/other@teacher-7b"):
         assert names(build("evaluate", EvaluateParams(model=model), UP)) == [f"evaluate {model}"]
     uri = "models:/offline-student-qwen2.5-0.5b@teacher-72b-seed7"
@@ -87,7 +91,8 @@ def test_evaluate_builds_a_student_that_is_not_registered_and_nothing_for_any_ot
     assert names(build("evaluate", EvaluateParams(model=uri), UP)) == [f"evaluate {uri}"]
 
 
-def test_teacher_select_and_tokens_need_what_comes_before_them_unless_it_is_given():
+def test_needs_what_comes_before():
+    """Teacher select and tokens need what comes before them unless it is given."""
     teacher = build("teacher", TeacherParams(teacher="１４ｂ", limit=5), UP)
     assert names(teacher) == ["translate", "teacher 14B"] and teacher.targets[0].params.limit == 5
     assert names(build("teacher", TeacherParams(teacher="7B", translation_run="t" * 32), UP)) == ["teacher 7B"]
@@ -99,7 +104,8 @@ def test_teacher_select_and_tokens_need_what_comes_before_them_unless_it_is_give
     assert names(build("tokens", TokensParams(select_run="s" * 32), UP)) == ["tokens"]
 
 
-def test_report_needs_the_whole_grid_it_reports_on():
+def test_report_needs_whole_grid():
+    """Report needs the whole grid it reports on."""
     found = build("report", ReportParams(students="qwen2.5-0.5b"), UpstreamParams(limit=4))
     main = mains_steps(students=["qwen2.5-0.5b"], limit=4)
     assert names(found) == list(main)
@@ -108,7 +114,8 @@ def test_report_needs_the_whole_grid_it_reports_on():
     assert report.params.reuse is False and found.steps[0].params.reuse is True  # the report anew, its inputs reused
 
 
-def test_each_entry_point_takes_the_grid_parameters_it_uses_and_refuses_the_others():
+def test_grid_parameters_per_entry_point():
+    """Each entry point takes the grid parameters it uses and refuses the others."""
     argv, up = upstream_params(["--teacher", "7B", "--train_limit", "16", "--plan", "true", "--upstream", "no"],
                                SftParams, "sft")
     assert argv == ["--teacher", "7B"] and (up.train_limit, up.plan, up.upstream) == (16, True, False)
@@ -175,7 +182,8 @@ def test_only_what_is_missing_is_built(tracking):
     assert names(build("tokens", TokensParams(), UpstreamParams(n=12))) == ["select", "tokens"]
 
 
-def test_a_selection_larger_than_the_users_translation_is_refused_before_any_teacher_runs(tracking):
+def test_selection_over_translation_refused(tracking):
+    """A selection larger than the user's translation is refused before any teacher runs."""
     translation = _finished("translate", {"preset": "offline", "n_questions": "16"}, {})
     with pytest.raises(DistillError, match=f"^n=32 questions to select, but your translation run {translation} has "
                                            "only 16: pass n=16 or fewer \\(or allow_fewer=true\\), or train_limit="):
@@ -186,7 +194,8 @@ def test_a_selection_larger_than_the_users_translation_is_refused_before_any_tea
         build("sft", SftParams(teacher="7B"), UpstreamParams(n=20))
 
 
-def test_a_translation_whose_files_are_gone_is_not_built_on(tracking):
+def test_translation_files_gone_not_used(tracking):
+    """A translation whose files are gone is not built on."""
     import mlflow
 
     whole = _finished("translate", {"preset": "offline"}, {})

@@ -38,7 +38,8 @@ def phase_runs(runs) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_design_cards_line_builds_everything_then_reuses_it(tmp_path):
+def test_design_card_builds_then_reuses(tmp_path):
+    """The design card's line builds everything then reuses it."""
     # plan=true on an empty store: the whole chain to run, and nothing run
     plan = mlflow_run(tmp_path, *DESIGN_CARD, "-P", "plan=true")
     assert plan.returncode == 0, plan.stderr[-3000:]
@@ -72,7 +73,8 @@ def test_the_design_cards_line_builds_everything_then_reuses_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_upstream_false_refuses_the_missing_input_as_before(tmp_path):
+def test_upstream_false_refuses_missing(tmp_path):
+    """Upstream false refuses the missing input as before."""
     proc = mlflow_run(tmp_path, *DESIGN_CARD, "-P", "student=qwen2.5-0.5b", "-P", "upstream=false")
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -82,7 +84,8 @@ def test_upstream_false_refuses_the_missing_input_as_before(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_of_a_student_not_trained_yet_trains_it_first(tmp_path):
+def test_evaluate_untrained_trains_first(tmp_path):
+    """Evaluate of a student not trained yet trains it first."""
     uri = "models:/offline-student-qwen2.5-0.5b@teacher-72b"
     proc = mlflow_run(tmp_path, "-e", "evaluate", "--env-manager", "local", "--experiment-name", "mine",
                       "-P", f"model={uri}", "-P", "limit=3", "-P", "max_new_tokens=4", "-P", "train_limit=8", "-P", "n=4")
@@ -102,8 +105,10 @@ def test_evaluate_of_a_student_not_trained_yet_trains_it_first(tmp_path):
     assert {r.data.params["max_new_tokens"] for r in runs if r.data.tags.get(lineage.PHASE) == "teacher"} == {"32"}
 
 
-def test_the_upstream_steps_that_load_a_model_run_in_processes_of_their_own(tracking, monkeypatch):
-    """What `main` does (distill.pipeline.steps): translate, each teacher and every sft go to a process of their own,
+def test_model_steps_in_own_processes(tracking, monkeypatch):
+    """The upstream steps that load a model run in processes of their own.
+
+    What `main` does (distill.pipeline.steps): translate, each teacher and every sft go to a process of their own,
     select runs here; all of them nested under the entry point's run."""
     import importlib
 
@@ -132,7 +137,8 @@ def test_the_upstream_steps_that_load_a_model_run_in_processes_of_their_own(trac
     assert mlflow.get_run(last).data.tags[lineage.PHASE] == "sft"
 
 
-def test_a_bad_setting_of_the_target_stops_it_before_its_upstream_runs(tracking, capsys):
+def test_bad_target_setting_stops_first(tracking, capsys):
+    """A bad setting of the target stops it before its upstream runs."""
     from distill import DistillError
     from distill.phases.evaluate import EvaluateParams
     from distill.pipeline import upstream
@@ -146,8 +152,10 @@ def test_a_bad_setting_of_the_target_stops_it_before_its_upstream_runs(tracking,
 
 
 @pytest.mark.slow
-def test_select_uses_the_users_translation_and_teacher_run_and_builds_only_the_missing_teacher(tmp_path):
-    """The issue's sequence: `translate limit=16`, `teacher 7B`, then `select` (the grid's teachers: 7B and 72B)
+def test_select_uses_users_runs(tmp_path):
+    """Select uses the user's translation and teacher run and builds only the missing teacher.
+
+    The issue's sequence: `translate limit=16`, `teacher 7B`, then `select` (the grid's teachers: 7B and 72B)
     runs only 72B, on the user's 16 questions; `plan=true` says so first. `main` does not take the limited
     translation for the preset's full data: it builds its own."""
     from distill.pipeline import MainParams, planner
