@@ -145,7 +145,8 @@ def alice_ran(team, tmp_path_factory):
     return translate, teacher
 
 
-def test_a_granted_user_runs_phases_with_credentials_from_the_environment(postgres, team, alice_ran):
+def test_granted_user_runs_phases(postgres, team, alice_ran):
+    """A granted user runs phases with credentials from the environment."""
     rows = postgres.query(team["db"], "SELECT r.run_uuid, r.status, r.experiment_id, t.value FROM runs r "
                                       "JOIN tags t ON t.run_uuid = r.run_uuid WHERE t.key = 'distill.phase'")
     assert sorted(phase for *_, phase in rows) == ["teacher", "translate"]
@@ -186,7 +187,8 @@ def refused(postgres, team, alice_ran, tmp_path_factory):
     return before, store_counts(postgres, team), results
 
 
-def test_a_refused_user_gets_one_line_within_seconds_and_nothing_is_written(team, refused):
+def test_refused_user_gets_one_line(team, refused):
+    """A refused user gets one line within seconds and nothing is written."""
     before, after, results = refused
     uri = team["uri"]
     expected = {
@@ -210,7 +212,8 @@ def database_text(postgres, db: str) -> str:
     return "\n".join(row for t in tables for (row,) in postgres.query(db, f'SELECT x::text FROM "{t}" x'))
 
 
-def test_no_password_lands_in_the_store_the_artifacts_or_any_output(postgres, team, alice_ran, refused):
+def test_no_password_lands_anywhere(postgres, team, alice_ran, refused):
+    """No password lands in the store the artifacts or any output."""
     store = database_text(postgres, team["db"])  # params, tags, metrics, inputs, traces, ...
     users = database_text(postgres, "team_auth")  # the auth app's own store: password hashes only
     assert "distill.phase" in store and "alice" in users and len(team["outputs"]) == 12  # what is searched is there

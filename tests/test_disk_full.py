@@ -74,7 +74,8 @@ def error_line(proc) -> str:
     return other[0]
 
 
-def test_a_full_disk_is_one_line_leaves_nothing_running_and_the_rerun_goes_on(small_disk):
+def test_full_disk_one_line_then_rerun(small_disk):
+    """A full disk is one line leaves nothing running and the rerun goes on."""
     disk = small_disk
     # The issue's case: the figures' plotly.js (4.8 MB) is written to a disk with 2.5 MB left.
     filler = fill(disk, int(2.5 * MB))
@@ -104,7 +105,8 @@ def test_a_full_disk_is_one_line_leaves_nothing_running_and_the_rerun_goes_on(sm
                                                   (asset, "FINISHED")]
 
 
-def test_main_names_the_step_a_full_disk_stopped_and_goes_on_once_space_is_freed(small_disk):
+def test_main_names_step_a_full_disk_stopped(small_disk):
+    """Main names the step a full disk stopped and goes on once space is freed."""
     disk, grid = small_disk, ("--preset", "offline", "--teachers", "7B,72B", "--students", "qwen2.5-0.5b")
     assert cli("main", disk, *grid).returncode == 0
     # The runs that wrote figures forgotten (deleted), so that the next `main` writes plotly.js again.
@@ -128,8 +130,10 @@ def test_main_names_the_step_a_full_disk_stopped_and_goes_on_once_space_is_freed
     assert "RUNNING" not in [s for _, s, _ in runs(disk)]
 
 
-def test_a_file_size_limit_is_one_line_naming_the_limit(tmp_path):
-    """`ulimit -f` (EFBIG, no root needed): the line names the limit instead of free space."""
+def test_file_size_limit_is_one_line(tmp_path):
+    """A file size limit is one line naming the limit.
+
+    `ulimit -f` (EFBIG, no root needed): the line names the limit instead of free space."""
     proc = cli("report", tmp_path, "--upstream", "false", limit=3 * MB)
     assert proc.returncode == 2
     line = error_line(proc)

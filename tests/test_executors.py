@@ -19,7 +19,8 @@ SEQUENTIAL_PHASES = sorted(["translate", "teacher", "teacher", "evaluate", "eval
 ARGS = ("--limit", "4", "--train_limit", "16", "--n", "12")
 
 
-def test_a_local_store_is_not_shared_with_a_ray_cluster(tmp_path, tracking):
+def test_local_store_not_shared_with_ray(tmp_path, tracking):
+    """A local store is not shared with a Ray cluster."""
     with pytest.raises(DistillError, match="needs a tracking server every node reaches"):
         run_main(MainParams(preset="offline", executor="ray", ray_address="ray://10.0.0.1:10001"))
     with pytest.raises(DistillError, match="unknown executor 'dask'; choose one of sequential, ray"):
@@ -27,7 +28,8 @@ def test_a_local_store_is_not_shared_with_a_ray_cluster(tmp_path, tracking):
 
 
 @pytest.mark.slow
-def test_ray_main_makes_the_sequential_runs_over_a_loopback_server(tmp_path):
+def test_ray_main_matches_sequential_runs(tmp_path):
+    """Ray main makes the sequential runs over a loopback server."""
     pytest.importorskip("ray")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     first = run_entry("main", "--preset", "offline", "--students", "qwen2.5-0.5b", *ARGS, "--executor", "ray",
@@ -80,7 +82,8 @@ def _preset_with_broken_student(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_main_on_a_postgresql_server_names_a_failed_step_finishes_the_rest_and_continues(postgres, tmp_path):
+def test_ray_main_failed_step_then_continue(postgres, tmp_path):
+    """Ray main on a PostgreSQL server names a failed step finishes the rest and continues."""
     pytest.importorskip("ray")
     from tests.conftest import start_mlflow_server
 
@@ -129,7 +132,8 @@ def test_ray_main_on_a_postgresql_server_names_a_failed_step_finishes_the_rest_a
 
 
 @pytest.mark.slow
-def test_a_gpu_steps_worker_exits_after_its_task(tmp_path):
+def test_gpu_step_worker_exits_after_task(tmp_path):
+    """A GPU steps worker exits after its task."""
     ray = pytest.importorskip("ray")
     from distill.phases.select import SelectParams
     from distill.pipeline.executors import execute_step, execute_step_in_fresh_worker

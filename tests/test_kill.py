@@ -34,7 +34,8 @@ def _checkpointed_sft(client: MlflowClient):
 
 
 @pytest.mark.slow
-def test_a_killed_mlflow_run_leaves_no_run_running_and_no_work_done_twice(tmp_path):
+def test_killed_mlflow_run_then_rerun(tmp_path):
+    """A killed `mlflow run` leaves no run running and no work done twice."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DISTILL_HEARTBEAT_S": "1", "DISTILL_HEARTBEAT_TIMEOUT_S": "3"}
     command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", *GRID]

@@ -28,7 +28,8 @@ def committed_pins() -> dict[str, str]:
     return dict(x.split("==") for x in lines)
 
 
-def test_pins_take_the_hf_stack_and_what_vllm_moves_never_torch_or_cuda():
+def test_pins_take_hf_stack_not_torch():
+    """Pins take the HF stack and what vLLM moves never torch or CUDA."""
     tool = vllm_pins()
     stack = {p.replace("-", "_"): "1.0" for p in tool.PINNED}
     vllm = tool.resolved(report(**stack, numpy="2.3.5", torch="2.14.0", nvidia_nccl_cu13="2.30", cuda_bindings="13.4",
@@ -42,7 +43,8 @@ def test_pins_take_the_hf_stack_and_what_vllm_moves_never_torch_or_cuda():
         tool.pins(tool.resolved(report(trl="1.0")), {})
 
 
-def test_the_committed_constraints_pin_the_hf_stack_within_pyprojects_bounds():
+def test_pins_within_pyproject_bounds():
+    """The committed constraints pin the HF stack within pyproject's bounds."""
     import tomllib
 
     pins = committed_pins()
@@ -60,8 +62,10 @@ def readme_test_lines() -> list[str]:
     return [line.split("   #")[0].strip() for line in block.splitlines() if "pytest" in line]
 
 
-def test_ci_installs_and_runs_exactly_the_readmes_test_commands():
-    """The developers' rule: .ci/run installs what the README's test line installs and calls its test command,
+def test_ci_runs_the_readme_test_commands():
+    """CI installs and runs exactly the README's test commands.
+
+    The developers' rule: .ci/run installs what the README's test line installs and calls its test command,
     for the default pass, the pinned pass and the vLLM lane, each in its own venv."""
     ci = [x.split("  #")[0].strip() for x in (ROOT / ".ci" / "run").read_text().splitlines()]
     lines = readme_test_lines()
@@ -88,8 +92,10 @@ def active_lines(ci: list[str], venv: str) -> list[str]:
     return lines
 
 
-def test_pyprojects_lower_bounds_are_the_tested_lower_bound_set():
-    """constraints/lower-bounds.txt is the set that was run (README); pyproject's `>=` must say the same."""
+def test_lower_bounds_match_pyproject():
+    """Pyproject's lower bounds are the tested lower bound set.
+
+    constraints/lower-bounds.txt is the set that was run (README); pyproject's `>=` must say the same."""
     import tomllib
     from packaging.version import Version
 

@@ -81,8 +81,10 @@ def _shards_of_running(client: MlflowClient, phase: str, at_least: int):
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_step_process_ends_its_runs_like_ctrl_c_and_keeps_its_shards(tmp_path):
-    """A teacher entry point (building its translation first) preempted with SIGTERM mid-generation: exit 143,
+def test_sigterm_to_step_keeps_its_shards(tmp_path):
+    """SIGTERM to a step process ends its runs like Ctrl-C and keeps its shards.
+
+    A teacher entry point (building its translation first) preempted with SIGTERM mid-generation: exit 143,
     one line, its runs KILLED (before: the process vanished, 3 runs RUNNING, a resource_tracker warning)."""
     command = [sys.executable, str(ROOT / "entrypoints" / "teacher.py"), "--preset", "offline", "--teacher", "7B",
                "--shard_size", "2", "--batch_size", "1", "--max_new_tokens", "48"]
@@ -112,8 +114,10 @@ def _step_holding_work(client: MlflowClient):
 
 
 @pytest.mark.slow
-def test_sigterm_to_main_mid_step_ends_main_and_its_step(tmp_path):
-    """SIGTERM to `main` alone (Kubernetes signals the container's first process): it passes the stop on to the
+def test_sigterm_to_main_ends_its_step(tmp_path):
+    """SIGTERM to main mid-step ends main and its step.
+
+    SIGTERM to `main` alone (Kubernetes signals the container's first process): it passes the stop on to the
     step's process group as a ^C, the step ends its run KILLED, `main` ends its own; exit 143, one line."""
     command = [sys.executable, str(ROOT / "entrypoints" / "main.py"), *GRID]
     env, client = _env(tmp_path), MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -158,8 +162,10 @@ def _phase_running(client: MlflowClient, phase: str):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # four `mlflow run`s of a 13-step grid: 5-6 min on a loaded 2-core machine
-def test_a_rerun_after_kill_9_takes_over_at_once_and_leaves_no_run_running(tmp_path):
-    """`kill -9` of the whole `mlflow run` process group (a lost machine) during a step that holds a claim, between
+def test_rerun_after_kill_9_takes_over(tmp_path):
+    """A rerun after kill -9 takes over at once and leaves no run running.
+
+    `kill -9` of the whole `mlflow run` process group (a lost machine) during a step that holds a claim, between
     two steps, and during evaluate, each followed by the same command: with a heartbeat timeout of 15 minutes, each
     rerun marks the dead tries KILLED at once (their processes are gone on this machine) and takes their work
     over; the last one leaves no run RUNNING (before: `main`'s run and `mlflow run`'s stayed RUNNING) and no work
@@ -204,8 +210,10 @@ def test_a_rerun_after_kill_9_takes_over_at_once_and_leaves_no_run_running(tmp_p
     print(f"take-over after kill -9, seconds after the rerun's main run started: {sorted(round(t, 1) for t in took_over)}")
 
 
-def test_a_try_is_dead_at_once_only_where_its_process_can_be_checked(tracking, monkeypatch):
-    """Fresh heartbeats all: a try of this machine whose process ended, or whose pid now belongs to a process
+def test_try_dead_only_where_pid_checkable(tracking, monkeypatch):
+    """A try is dead at once only where its process can be checked.
+
+    Fresh heartbeats all: a try of this machine whose process ended, or whose pid now belongs to a process
     started at another time, is dead; one whose process lives, and one of another machine, boot or pid namespace
     (a container), is left to the heartbeat rule."""
     import mlflow
@@ -234,8 +242,10 @@ def test_a_try_is_dead_at_once_only_where_its_process_can_be_checked(tracking, m
     assert {r.info.run_id for r in key_locks.find_unfinished("k")} == {ids["ended"], ids["pid reused"]}
 
 
-def test_a_process_that_ended_but_was_not_reaped_is_gone(tracking):
-    """A step killed alone (the OOM killer) stays a zombie until its parent reaps it: its pid and start time
+def test_unreaped_process_counts_as_gone(tracking):
+    """A process that ended but was not reaped is gone.
+
+    A step killed alone (the OOM killer) stays a zombie until its parent reaps it: its pid and start time
     are still in /proc, and its run must not pass for live."""
     import mlflow
 

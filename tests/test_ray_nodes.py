@@ -27,7 +27,8 @@ def cluster():
         c.shutdown()
 
 
-def test_a_step_larger_than_every_node_is_refused_before_the_grid_starts(cluster, tracking):
+def test_step_larger_than_any_node_refused(cluster, tracking):
+    """A step larger than every node is refused before the grid starts."""
     ray, _ = cluster
     assert executors.node_gpus(ray) == [2, 1, 0]
     p = MainParams(preset="offline", executor="ray", students=["qwen2.5-0.5b"])
@@ -43,7 +44,8 @@ def test_a_step_larger_than_every_node_is_refused_before_the_grid_starts(cluster
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []  # nothing started
 
 
-def test_a_step_lands_on_a_node_with_its_gpus_and_sees_only_those(cluster, tmp_path):
+def test_step_sees_only_its_node_gpus(cluster, tmp_path):
+    """A step lands on a node with its GPUs and sees only those."""
     ray, nodes = cluster
     remote = executors.remote_functions(ray)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}

@@ -79,7 +79,8 @@ def leaf_keys(d, prefix=""):
             yield f"{prefix}{k}"
 
 
-def test_every_key_of_the_paper_preset_has_a_place_in_the_rehearsal():
+def test_every_paper_key_has_a_place():
+    """Every key of the paper preset has a place in the rehearsal."""
     assert set(leaf_keys(PAPER.as_dict())) == set(KEYS)
 
 
@@ -90,7 +91,8 @@ def standins(tmp_path_factory):
     return folder
 
 
-def test_the_stand_in_cache_has_every_id_in_the_real_layout(standins):
+def test_stand_in_cache_has_every_id(standins):
+    """The stand-in cache has every id in the real layout."""
     from datasets import load_dataset
     from transformers import AutoConfig, AutoTokenizer
 

@@ -140,7 +140,8 @@ def test_ddp_two_processes_train_like_one(store):
     assert checkpoints.uploaded(run.info.run_id) == []
 
 
-def test_fsdp2_two_processes_train_like_one_and_gather_the_model(store):
+def test_fsdp2_two_processes_train_like_one(store):
+    """FSDP2 two processes train like one and gather the model."""
     config = yaml.safe_load((ROOT / "distill" / "accelerate" / "fsdp.yaml").read_text())
     assert config["fsdp_config"]["fsdp_version"] == 2 and config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     config.update(num_processes=2, use_cpu=True, mixed_precision="no")  # the shipped file, CPU-sized:
@@ -169,7 +170,8 @@ def rank_pid(launcher: psutil.Process, rank: int) -> int | None:
     return None
 
 
-def test_a_killed_rank_fails_the_launch_instead_of_hanging(store):
+def test_killed_rank_fails_the_launch(store):
+    """A killed rank fails the launch instead of hanging."""
     proc = subprocess.Popen(torchrun(free_port()) + [ENTRY] + sft_args(store, "--num_train_epochs", "40", "--seed", "6"),
                             cwd=store["root"], env=env_for(store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)

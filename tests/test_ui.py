@@ -20,7 +20,8 @@ from ui_check import model_training_sidebar  # noqa: E402
 from distill.tracking import ui_links  # noqa: E402
 
 
-def test_where_to_look_names_the_server_page_or_the_command_that_serves_the_store(tmp_path, monkeypatch):
+def test_where_to_look_names_page_or_command(tmp_path, monkeypatch):
+    """Where to look names the server page or the command that serves the store."""
     route = ui_links.run_page("3", "abc")
     assert ui_links.where_to_look("https://u:secret@mlflow.example/", route) == \
         "open in the MLflow UI: https://u:***@mlflow.example/#/experiments/3/runs/abc?workflowType=machine_learning"
@@ -48,7 +49,8 @@ def _serve(command: str, port: int, cwd):
 
 
 @pytest.mark.slow
-def test_the_link_main_prints_opens_the_study_in_model_training_mode(tmp_path):
+def test_main_link_opens_model_training_mode(tmp_path):
+    """The link main prints opens the study in model training mode."""
     if missing():
         pytest.skip(missing())
     import mlflow

@@ -72,7 +72,8 @@ def longest_chat_prompt(folder, prompts) -> int:
                        add_special_tokens=False).input_ids) for p in prompts)
 
 
-def test_the_engine_is_sized_for_the_longest_prompt_not_the_model_window(fake_vllm, tiny_teacher):
+def test_engine_sized_for_longest_prompt(fake_vllm, tiny_teacher):
+    """The engine is sized for the longest prompt not the model window."""
     paper = load_preset("paper")
     prompts = [chat_messages("1+1は？"), chat_messages("ジャネットのアヒルは1日に16個の卵を生みます。" * 6)]
     sizing = engine_sizing(paper, prompts, GenerationConfig(max_new_tokens=1024))
@@ -90,8 +91,8 @@ def test_the_engine_is_sized_for_the_longest_prompt_not_the_model_window(fake_vl
     assert len(engine.renderer.shutdown) == len(engine.engine_core.shutdown) == len(fake_vllm) == 1
 
 
-def test_an_engine_that_does_not_shut_down_cleanly_is_a_warning_not_a_failed_step(fake_vllm, tiny_teacher, caplog,
-                                                                                   monkeypatch):
+def test_unclean_engine_shutdown_only_warns(fake_vllm, tiny_teacher, caplog, monkeypatch):
+    """An engine that does not shut down cleanly is a warning not a failed step."""
     import logging
 
     monkeypatch.setattr(logging.getLogger("distill"), "propagate", True)  # to caplog's root handler
@@ -108,13 +109,16 @@ def test_an_engine_that_does_not_shut_down_cleanly_is_a_warning_not_a_failed_ste
     assert len(fake_vllm) == 0
 
 
-def test_the_request_leaves_out_what_it_does_not_set():
+def test_request_omits_what_it_does_not_set():
+    """The request leaves out what it does not set."""
     assert engine_kwargs("m") == {"model": "m", "tokenizer": "m", "tensor_parallel_size": 1,
                                   "trust_remote_code": False, "dtype": "auto"}
 
 
-def test_each_keyword_is_a_field_of_vllm_engine_args():
-    """Runs where vLLM is installed (a GPU machine); read against vLLM 0.33.0's source otherwise."""
+def test_keywords_are_engine_args_fields():
+    """Each keyword is a field of vLLM's EngineArgs.
+
+    Runs where vLLM is installed (a GPU machine); read against vLLM 0.33.0's source otherwise."""
     import dataclasses
 
     arg_utils = pytest.importorskip("vllm.engine.arg_utils")
@@ -122,7 +126,8 @@ def test_each_keyword_is_a_field_of_vllm_engine_args():
     assert set(engine_kwargs("m", "t", 2, True, 0.9, 2048, "float32", True, 2**30)) <= fields
 
 
-def test_a_step_opens_one_engine_for_all_its_shards_and_shuts_it_down(fake_vllm, tracking):
+def test_one_engine_per_step_then_shut_down(fake_vllm, tracking):
+    """A step opens one engine for all its shards and shuts it down."""
     import mlflow
 
     from distill.local_models.tiny import tiny_model_dir
@@ -141,7 +146,8 @@ def test_a_step_opens_one_engine_for_all_its_shards_and_shuts_it_down(fake_vllm,
     assert len(llm.llm_engine.engine_core.shutdown) == len(fake_vllm) == 1
 
 
-def test_the_engine_is_shut_down_when_the_step_fails(fake_vllm, tiny_teacher, monkeypatch):
+def test_engine_shut_down_when_step_fails(fake_vllm, tiny_teacher, monkeypatch):
+    """The engine is shut down when the step fails."""
     def fail(self, prompts, params, use_tqdm=True):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
@@ -155,7 +161,8 @@ def test_the_engine_is_shut_down_when_the_step_fails(fake_vllm, tiny_teacher, mo
     assert len(FakeLLM.made[0].llm_engine.engine_core.shutdown) == len(fake_vllm) == 1
 
 
-def test_vllm_shards_are_the_preset_size_and_others_256():
+def test_vllm_shard_size_from_preset():
+    """vLLM shards are the preset size and others 256."""
     from distill.config.params import resolve
     from distill.phases.teacher import TeacherParams
 
@@ -177,12 +184,14 @@ def test_vllm_shards_are_the_preset_size_and_others_256():
     ("13.0", False, "550.54.15", "CUDA 13.x needs an NVIDIA driver >= 580, this machine's driver is 550.54.15"),
     ("12.9", False, None, "CUDA 12.x needs an NVIDIA driver >= 525, nvidia-smi reports no driver here"),
 ])
-def test_a_gpu_that_vllm_cannot_use_is_named_with_what_to_install(cuda, available, driver, says):
+def test_unusable_gpu_names_what_to_install(cuda, available, driver, says):
+    """A GPU that vLLM cannot use is named with what to install."""
     problem = cuda_problem("2.14.0", cuda, available, driver)
     assert problem is None if says is None else says in problem and "docs/teacher-data.md" in problem
 
 
-def test_a_torch_without_a_gpu_is_refused_before_vllm_starts():
+def test_cpu_torch_refused_before_vllm():
+    """A torch without a GPU is refused before vLLM starts."""
     import torch
 
     if torch.cuda.is_available():
@@ -191,8 +200,10 @@ def test_a_torch_without_a_gpu_is_refused_before_vllm_starts():
         vllm_backend.check_cuda()
 
 
-def test_the_driver_message_is_reached_where_nvml_counts_gpus_the_runtime_cannot_use(monkeypatch):
-    """Importing vLLM sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so does `main` before a step): torch.cuda.is_available()
+def test_driver_message_when_nvml_overcounts(monkeypatch):
+    """The driver message is reached where NVML counts GPUs the runtime cannot use.
+
+    Importing vLLM sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so does `main` before a step): torch.cuda.is_available()
     then counts GPUs through NVML, which answers under a driver too old for torch's CUDA. The check asks the CUDA
     runtime, which counts none there; narrowest seam: NVML's count and the runtime's count, on a CPU torch."""
     import torch
@@ -208,7 +219,8 @@ def test_the_driver_message_is_reached_where_nvml_counts_gpus_the_runtime_cannot
         vllm_backend.check_cuda()
 
 
-def test_a_cpu_torch_without_vllms_cpu_platform_is_refused_in_one_line():
+def test_cpu_torch_without_vllm_cpu_refused():
+    """A CPU torch without vLLM's CPU platform is refused in one line."""
     import torch
 
     if torch.cuda.is_available() or vllm_platform.on_cpu_platform():

@@ -104,8 +104,10 @@ def both_backends(smollm2) -> dict:
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_vllm_and_transformers_give_the_same_greedy_tokens(both_backends, style):
-    """Greedy, float32, repetition penalty 1.1, stop strings, 16 prompts of mixed lengths in one batch."""
+def test_vllm_matches_transformers_greedy(both_backends, style):
+    """vLLM and transformers give the same greedy tokens.
+
+    Greedy, float32, repetition penalty 1.1, stop strings, 16 prompts of mixed lengths in one batch."""
     got, expected, lengths = both_backends[style]
     assert len(lengths) == len(got) == len(expected) == 16
     assert max(lengths) - min(lengths) >= 30  # mixed lengths: rows of the transformers batch are padded
@@ -172,8 +174,10 @@ def _comm(pid: int) -> str:
 
 
 @pytest.mark.slow
-def test_the_offline_study_runs_through_vllm_and_survives_kill_9(tmp_path):
-    """`main` with backend=vllm: killed with kill -9 while a vLLM engine runs, it leaves no process of the step's
+def test_study_on_vllm_survives_kill_9(tmp_path):
+    """The offline study runs through vLLM and survives kill -9.
+
+    `main` with backend=vllm: killed with kill -9 while a vLLM engine runs, it leaves no process of the step's
     tree behind; the same command again starts its engines and finishes the study, every generating run on vLLM
     (translation and teacher answers as chat prompts, the 4-shot baseline as plain prompts with repetition
     penalty 1.1, students trained by sft read back from MLflow's layout: weights under model/, tokenizer under
