@@ -142,25 +142,27 @@ def run_entry(phase: str, *args: str, env: dict | None = None, cwd: Path | None 
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """The CLI in this process, for a refusal whose process is not what is tested (a fresh interpreter costs
-    ~5 s of imports): `cli(phase, *args)` -> a CompletedProcess as run_entry's (exit status, stdout, stderr). What the CLI sets for its process (quiet and
-    offline variables, the preset's experiment) is undone afterwards. `main` checks the preset's sft: block in
-    this process too, not in the child its own process (which imports no TRL) starts for it. Each kind of refusal
-    keeps a test through run_entry too."""
+    ~5 s of imports): `cli(phase, *args)` -> a CompletedProcess as run_entry's (exit status, stdout, stderr).
+    What the CLI sets for its process (quiet and offline variables, the preset's experiment, the quieted
+    loggers) is undone afterwards. `main` checks the preset's sft: block in this process too, not in the child
+    its own process (which imports no TRL) starts for it. Each kind of refusal keeps a test through run_entry."""
+    import logging
+
     import mlflow.tracking.fluent
 
     from distill import cli as cli_module
-    from distill.cli import run_phase
+    from distill.log import QUIET_LOGGERS
 
     check_sft_block = cli_module.check_sft_block
     monkeypatch.setattr(cli_module, "check_sft_block", lambda preset, name, in_a_child: check_sft_block(
         preset, name, in_a_child=False))
-
-    saved = dict(os.environ)
+    saved_env = dict(os.environ)
+    saved_levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
 
     def call(phase: str, *args: str) -> subprocess.CompletedProcess:
         capsys.readouterr()
         try:
-            run_phase(phase, list(args))
+            cli_module.run_phase(phase, list(args))
             code = 0
         except SystemExit as e:
             code = e.code
@@ -169,5 +171,7 @@ def cli(capsys, monkeypatch):
 
     yield call
     os.environ.clear()
-    os.environ.update(saved)
+    os.environ.update(saved_env)
     mlflow.tracking.fluent._active_experiment_id = None  # set_experiment's choice outlives the store it was in
+    for name, level in saved_levels.items():
+        logging.getLogger(name).setLevel(level)

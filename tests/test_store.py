@@ -9,7 +9,6 @@ import mlflow
 import pytest
 
 from distill import DistillError
-from distill.cli import run_phase
 from distill.tracking import store
 from distill.tracking.redact import redact_uri
 from tests.conftest import free_port
@@ -46,13 +45,12 @@ def test_unreachable_postgresql_one_line(monkeypatch, tmp_path):
     assert "s3cret-pw" not in message and "\n" not in message
 
 
-def test_sweep_refuses_storage_password(tracking, tmp_path, capsys):
+def test_sweep_refuses_storage_password(tracking, tmp_path, cli):
     """Sweep refuses a storage with a password before anything is written."""
-    with pytest.raises(SystemExit) as e:
-        run_phase("sweep", ["--teacher", "7B", "--student", "qwen2.5-0.5b",
-                            "--storage", "postgresql://optuna:s3cret-pw@db:5432/optuna"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("error: storage holds a password (postgresql://optuna:***@db:5432/optuna)")
+    done = cli("sweep", "--teacher", "7B", "--student", "qwen2.5-0.5b",
+               "--storage", "postgresql://optuna:s3cret-pw@db:5432/optuna")
+    err = done.stderr
+    assert done.returncode == 2 and err.startswith("error: storage holds a password (postgresql://optuna:***@db:5432/optuna)")
     assert "PGPASSWORD" in err and "s3cret-pw" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store was even made
 
