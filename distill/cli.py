@@ -294,12 +294,12 @@ def run_phase(phase: str, argv: list[str] | None = None) -> None:
         this = phase_of(phase)
         params_cls = this.code.params
         check_preset(preset, [params_cls])  # the preset's values this entry point may read, by their rules
-        if this.trains:
-            check_sft_block(preset, preset_name or "offline", in_a_child=this.name == "main")
         builds = this.builds_upstream  # it builds its upstream first (distill.pipeline.upstream)
         if builds:
             argv, up = upstream_params(argv, params_cls, phase)
         params = parse_params(params_cls, argv, builds=phase if builds else "")
+        if this.trains:  # after the command line: a typo in it is refused without the ~3 s check in a child
+            check_sft_block(preset, preset_name or "offline", in_a_child=this.name == "main")
         if builds:
             check_settings(this, params)
         if this.code.prepare:  # work a phase starts before the tracking store is set up

@@ -550,6 +550,7 @@ def _nan_student(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run(tmp_path, tiny_student):
     """Non-finite training fails the run at its step and registers nothing."""
     _nan_student(tiny_student, tmp_path / "nan-student")  # the folder --student names

@@ -177,6 +177,7 @@ def test_bad_input_one_message(tracking, tmp_path, cli, args, message):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bad_input_fresh_process(tracking, tmp_path):
     """Bad input in a fresh process."""
     proc = run_entry("evaluate", "--preset", "offline", "--model", "./no/such/model", check=False, cwd=tmp_path,

@@ -81,6 +81,7 @@ def test_main_bad_input(tmp_path, monkeypatch, cli, args, message):
     assert code == 2 and message in err, err[-2000:]
 
 
+@pytest.mark.slow
 def test_bad_input_fresh_process(tmp_path):
     """Main bad input in a fresh process."""
     proc = run_entry("main", "--preset", "offline", "--reuse", "sometimes", check=False, cwd=tmp_path,

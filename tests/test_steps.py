@@ -100,8 +100,10 @@ def test_unused_fork_server_killed_at_once(tmp_path):
     """The early fork server is killed at once when no step used it.
 
     `main` starts its step server before its own start-up (cli.run_phase -> prepare); a `main` that ends
-    before its first step (bad input, all reused) must not wait ~10 s for the server's imports to finish."""
-    code = ("import os, time\n"
+    before its first step (bad input, all reused) must not wait for the server's imports to finish (~9 s on a
+    quiet machine). Measured against those imports timed in the same interpreter, not against a fixed number of
+    seconds, so that a loaded machine slows both alike."""
+    code = ("import importlib, os, time\n"
             "from multiprocessing import forkserver\n"
             "from distill.pipeline import steps\n"
             "steps.start_server_early()\n"
@@ -109,9 +111,12 @@ def test_unused_fork_server_killed_at_once(tmp_path):
             "time.sleep(0.5)\n"
             "t = time.perf_counter(); steps.stop_server(); took = time.perf_counter() - t\n"
             "try:\n    os.kill(pid, 0); alive = True\nexcept ProcessLookupError:\n    alive = False\n"
-            "print(took, alive)\n")
-    (took, alive), err = _python_in(tmp_path, code, timeout=120)
-    assert alive == "False" and float(took) < 3, err  # the imports alone take ~9 s here
+            "t = time.perf_counter()\n"
+            "importlib.import_module('distill.pipeline.fork_server')  # what the server was importing\n"
+            "imports = time.perf_counter() - t\n"
+            "print(took, alive, imports)\n")
+    (took, alive, imports), err = _python_in(tmp_path, code, timeout=300)
+    assert alive == "False" and float(took) < float(imports) / 3, err
 
 
 @pytest.mark.slow
@@ -272,6 +277,7 @@ def test_what_a_step_started_ends_with_it(tmp_path, how, signal_name):
                 pass
 
 
+@pytest.mark.slow
 def test_fork_after_cuda_respawns(steps, monkeypatch,
                                                                                                capsys):
     """A step forked after CUDA was initialised starts again spawned and so do later ones.

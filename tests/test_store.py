@@ -86,6 +86,7 @@ def test_bad_tracking_uri_refused(kind, tmp_path, monkeypatch, cli):
     _refused_in_one_line(done.returncode, done.stderr, uri, tmp_path)
 
 
+@pytest.mark.slow
 def test_bad_tracking_uri_fresh_process(tmp_path):
     """A bad tracking URI is refused in a fresh process."""
     from tests.conftest import run_entry

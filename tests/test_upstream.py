@@ -105,6 +105,7 @@ def test_evaluate_untrained_trains_first(tmp_path):
     assert {r.data.params["max_new_tokens"] for r in runs if r.data.tags.get(lineage.PHASE) == "teacher"} == {"32"}
 
 
+@pytest.mark.slow
 def test_model_steps_in_own_processes(tracking, monkeypatch):
     """The upstream steps that load a model run in processes of their own.
 
