@@ -56,14 +56,16 @@ class OpenAIStub:
                         reply = arg
                     else:
                         headers = {"Retry-After": str(arg)} if arg is not None else {}
-                        return self._send(kind, {"error": {"message": f"stub failure {kind}", "type": "stub"}}, headers)
+                        return self._send(kind, {"error": {"message": f"stub failure {kind}", "type": "stub"}},
+                                          headers)
                 kind = "chat" if self.path.endswith("/chat/completions") else "completions"
                 if reply is None:
                     reply = stub.responder(kind, body)
                 if isinstance(reply, tuple):  # (status, error message): the responder refuses
                     return self._send(reply[0], {"error": {"message": reply[1], "type": "invalid_request_error"}})
                 text = reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)
-                usage = {"prompt_tokens": 10, "completion_tokens": max(1, len(text) // 2), "total_tokens": 10 + max(1, len(text) // 2)}
+                usage = {"prompt_tokens": 10, "completion_tokens": max(1, len(text) // 2),
+                         "total_tokens": 10 + max(1, len(text) // 2)}
                 if kind == "chat":
                     choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
                     obj = "chat.completion"

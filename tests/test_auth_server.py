@@ -193,9 +193,11 @@ def test_refused_user_gets_one_line(team, refused):
     uri = team["uri"]
     expected = {
         "bob (no permission)": f"error: user 'bob' has no permission on the experiment '{EXPERIMENT}' at {uri}",
-        "carol (READ)": f"error: user 'carol' may not write to the experiment '{EXPERIMENT}' at {uri} (permission READ)",
+        "carol (READ)": f"error: user 'carol' may not write to the experiment '{EXPERIMENT}' at {uri} "
+                        "(permission READ)",
         "no credentials": f"error: the MLflow tracking server at {uri} asks who you are: set MLFLOW_TRACKING_USERNAME",
-        "wrong password": f"error: the MLflow tracking server at {uri} refused user 'alice': wrong user name or password",
+        "wrong password": f"error: the MLflow tracking server at {uri} refused user 'alice': "
+                          "wrong user name or password",
     }
     for name, (proc, seconds) in results.items():
         lines = [line for line in proc.stderr.splitlines() if line.strip()]

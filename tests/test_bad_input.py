@@ -117,7 +117,8 @@ PARAMETERS = [
     case("sft", (*STUDENT, "--limit", "0"), "limit must be an integer >= 1"),
     case("sft", (*STUDENT, "--max_length", "-5"), "max_length must be an integer >= 1"),
     case("sft", (*STUDENT, "--save_steps", "-1"), "save_steps must be an integer >= 1"),
-    case("sft", (*STUDENT, "--per_device_train_batch_size", "0"), "per_device_train_batch_size must be an integer >= 1"),
+    case("sft", (*STUDENT, "--per_device_train_batch_size", "0"),
+         "per_device_train_batch_size must be an integer >= 1"),
     case("sft", (*STUDENT, "--warmup_steps", "-1"), "warmup_steps must be a finite number >= 0"),
     case("sft", (*STUDENT, "--warmup_ratio", "0.1"), "unknown key 'warmup_ratio' (did you mean 'warmup_steps'?)"),
     case("sft", (*STUDENT, "--num_train_epochs", "0"), "num_train_epochs must be a finite number in (0, 1000]"),
@@ -241,10 +242,12 @@ PRESETS = [
          fresh=True),
     case("evaluate", (*MODEL, "--preset", "no_data.yaml"), "no_data.yaml has no 'data'"),
     case("evaluate", (*MODEL, "--preset", "missing.yaml"), "preset file not found: {root}/missing.yaml"),
-    case("sft", (*STUDENT, "--preset", "zero_lr.yaml"), "zero_lr.yaml: sft.learning_rate must be a finite number in (0, 1]"),
+    case("sft", (*STUDENT, "--preset", "zero_lr.yaml"),
+         "zero_lr.yaml: sft.learning_rate must be a finite number in (0, 1]"),
     # a preset file's grid, checked when the file is read
     case("main", ("--preset", "no_seeds.yaml"), "preset file {root}/no_seeds.yaml: grid.seeds is empty"),
-    case("main", ("--preset", "grid_13b.yaml"), "preset file {root}/grid_13b.yaml: grid.teachers: unknown model name '13B'"),
+    case("main", ("--preset", "grid_13b.yaml"),
+         "preset file {root}/grid_13b.yaml: grid.teachers: unknown model name '13B'"),
     case("sft", (*STUDENT, "--preset", "grid_13b.yaml"), "preset file {root}/grid_13b.yaml: grid.teachers"),
 ]
 
@@ -257,7 +260,8 @@ def test_bad_preset_refused(refuse, store, phase, args, message, fresh):
 def test_preset_name_case_width_and_typo():
     """Preset names forgive case and width as model names do; a typo gets a did-you-mean and the known presets."""
     assert load_preset("OFFLINE").name == "offline" and load_preset("Ｐａｐｅｒ").name == "paper"
-    with pytest.raises(DistillError, match=r"unknown preset 'papr'; did you mean 'paper'\? known presets: offline, paper"):
+    with pytest.raises(DistillError,
+                       match=r"unknown preset 'papr'; did you mean 'paper'\? known presets: offline, paper"):
         load_preset("papr")
 
 
@@ -275,7 +279,8 @@ DATA_FILES = [
     case("evaluate", (*MODEL, "--eval_set", "latin1.jsonl"), "{root}/latin1.jsonl:1: not UTF-8 text", fresh=True),
     case("evaluate", (*MODEL, "--eval_set", "int_question.jsonl"),
          "int_question.jsonl:1: needs a non-empty text 'question' field (got int)"),
-    case("evaluate", (*MODEL, "--eval_set", "gold_12abc.jsonl"), "gold_12abc.jsonl:1: no numeric gold answer (got '12abc')"),
+    case("evaluate", (*MODEL, "--eval_set", "gold_12abc.jsonl"),
+         "gold_12abc.jsonl:1: no numeric gold answer (got '12abc')"),
     case("evaluate", (*MODEL, "--eval_set", "nope.jsonl"), "eval set file not found: {root}/nope.jsonl"),
     # a folder where a file is wanted
     case("evaluate", (*MODEL, "--eval_set", "a_folder"), "eval set {root}/a_folder is a directory"),
@@ -361,8 +366,8 @@ def test_relative_files_under_mlflow_run(tmp_path):
     """Relative file parameters resolve where `mlflow run` was typed, not in the project folder."""
     (tmp_path / "mine.jsonl").write_text('{"question": "x", "answer_number": "12abc"}\n')
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "evaluate", "--env-manager", "local",
-                           "-P", "model=qwen2.5-0.5b", "-P", "eval_set=mine.jsonl"],
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "evaluate",
+                           "--env-manager", "local", "-P", "model=qwen2.5-0.5b", "-P", "eval_set=mine.jsonl"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert f"error: {tmp_path}/mine.jsonl:1: no numeric gold answer (got '12abc')" in proc.stderr, proc.stderr[-3000:]
@@ -468,7 +473,8 @@ def test_only_dead_tries_marked_killed(tracking, monkeypatch):
     client, exp = MlflowClient(), mlflow.get_experiment_by_name("Default").experiment_id
     now = time.time()
     runs = {age: client.create_run(exp, tags={"distill.cache_key": "k", "distill.phase": "translate",
-                                              "distill.heartbeat": f"{now - age:.3f}"}).info.run_id for age in (5, 600)}
+                                              "distill.heartbeat": f"{now - age:.3f}"}).info.run_id
+            for age in (5, 600)}
     assert [r.info.run_id for r in key_locks.find_unfinished("k")] == [runs[600]]  # the live one is not taken over
     me = client.create_run(exp).info.run_id
     assert key_locks.mark_dead("k", me) == [runs[600]]
@@ -520,7 +526,8 @@ def test_refusal_under_mlflow_run_exits_1(tmp_path):
 TRAINING = [
     # known from the settings: refused before the upstream is built
     case("sft", (*STUDENT, "--max_length", "1"),
-         "max_length 1 leaves no answer token of any example: the prompt template alone (qwen2.5-0.5b's tokenizer) is"),
+         "max_length 1 leaves no answer token of any example: the prompt template alone "
+         "(qwen2.5-0.5b's tokenizer) is"),
     case("sft", (*STUDENT, "--num_train_epochs", "1e-9", "--limit", "8"),
          "num_train_epochs 1e-09 is less than one optimizer step on 8 examples (8 per step); use at least 1"),
     # known once the rows are read: at the start of sft, before a run exists. HF Trainer would round a schedule
@@ -582,7 +589,8 @@ def test_registered_once_after_it_generates(tracking, tmp_path, tiny_student):
     def log(folder):
         with mlflow.start_run() as run:
             info = mlflow.transformers.log_model(
-                {"model": AutoModelForCausalLM.from_pretrained(folder), "tokenizer": AutoTokenizer.from_pretrained(folder)},
+                {"model": AutoModelForCausalLM.from_pretrained(folder),
+                 "tokenizer": AutoTokenizer.from_pretrained(folder)},
                 name="model", task="text-generation", pip_requirements=["torch", "transformers"])
         return info.model_uri, run.info.run_id
 

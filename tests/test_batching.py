@@ -1,4 +1,5 @@
-"""The effective batch: Table 2's 8 examples a step however many processes or GPUs train (distill/training/batching.py)."""
+"""The effective batch: Table 2's 8 examples a step however many processes or GPUs train
+(distill/training/batching.py)."""
 
 import pytest
 

@@ -58,7 +58,8 @@ def test_newest_complete_checkpoint_stays(store, tmp_path):
             assert run.info.artifact_uri.startswith("mlflow-artifacts:")
 
         def on_disk(step):  # not only gone from the listing: the files are deleted
-            return [p for root in store.roots for p in root.glob(f"*/{run.info.run_id}/artifacts/checkpoints/checkpoint-{step}")]
+            return [p for root in store.roots
+                    for p in root.glob(f"*/{run.info.run_id}/artifacts/checkpoints/checkpoint-{step}")]
 
         on_save(logger, tmp_path / "out", 4)
         assert on_disk(4)

@@ -97,7 +97,8 @@ def test_clients_together_on_new_sqlite(tmp_path):
         assert _problem(db) is None
 
 
-CREATE = "import sys; from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as S; S(sys.argv[1], './mlruns')"
+CREATE = ("import sys; from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as S; "
+          "S(sys.argv[1], './mlruns')")
 
 
 def half_migrated_store(tmp_path):
@@ -181,7 +182,8 @@ def test_readme_command_twice_at_once(tmp_path):
 
     db = tmp_path / "store" / "mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "translate", "-P", "preset=offline",
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local",
+           "-e", "translate", "-P", "preset=offline",
            "-P", "limit=2"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]

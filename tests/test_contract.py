@@ -72,4 +72,5 @@ def test_no_phase_found_by_naming():
     No `*Params` found by its suffix, no `run` fetched with getattr: the contract names them."""
     for file in (ROOT / "distill").rglob("*.py"):
         text = file.read_text()
-        assert 'endswith("Params")' not in text and not re.search(r"getattr\(module, \"(run|prepare|preflight)", text), file
+        assert ('endswith("Params")' not in text
+                and not re.search(r"getattr\(module, \"(run|prepare|preflight)", text)), file

@@ -34,7 +34,8 @@ def small_disk(tmp_path):
     """A 40 MB tmpfs of the test's own (store and artifacts on it; fill() sets the room left), unmounted after."""
     where = tmp_path / "disk"
     where.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(where)], capture_output=True, text=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(where)],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
     try:
@@ -112,7 +113,8 @@ def test_main_names_step_a_full_disk_stopped(small_disk):
     # The runs that wrote figures forgotten (deleted), so that the next `main` writes plotly.js again.
     client = mlflow.MlflowClient(f"sqlite:///{disk / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
-    for where in ("tags.`distill.phase` = 'tokens'", "tags.`distill.phase` = 'report'", "tags.`distill.asset` = 'plotly.js'"):
+    for where in ("tags.`distill.phase` = 'tokens'", "tags.`distill.phase` = 'report'",
+                  "tags.`distill.asset` = 'plotly.js'"):
         for run in client.search_runs(experiments, where):
             client.delete_run(run.info.run_id)
     filler = fill(disk, int(2.5 * MB))
@@ -138,8 +140,8 @@ def test_file_size_limit_is_one_line(tmp_path):
     assert proc.returncode == 2
     line = error_line(proc)
     assert line.startswith("error: file too large writing ") and "/plotly.min.mjs (plotly.js, shared by the " \
-        "experiment's figures, 4.8 MB to write): this process may write files of at most 3.0 MB (`ulimit -f`); raise the limit " \
-        "and type the same command again" in line, line
+        "experiment's figures, 4.8 MB to write): this process may write files of at most 3.0 MB (`ulimit -f`); " \
+        "raise the limit and type the same command again" in line, line
     assert "RUNNING" not in [s for _, s, _ in runs(tmp_path)]
     proc = cli("report", tmp_path, "--upstream", "false")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -27,10 +27,12 @@ def test_question_with_two_golds_refused(tmp_path):
     """The same question with two golds is refused, naming both lines."""
     path = _jsonl(tmp_path / "set.jsonl", [{"question": "りんごは3個、みかんは2個。 合計は？", "answer_number": 5},
                                            {"question": "1+1は？", "answer_number": 2},
-                                           {"question": "りんごは３個、みかんは２個。  合計は？\n", "answer_number": 6}])
+                                           {"question": "りんごは３個、みかんは２個。  合計は？\n",
+                                            "answer_number": 6}])
     with pytest.raises(DistillError) as e:
         load_eval_set(str(path), limit=1)  # the whole file is checked, not only the questions a limit keeps
-    assert str(e.value).startswith(f"{path}:3: the same question as {path}:1 with another gold answer (6 here, 5 there)")
+    assert str(e.value).startswith(f"{path}:3: the same question as {path}:1 "
+                                   "with another gold answer (6 here, 5 there)")
 
 
 def test_a_tsv_eval_set_names_its_lines_too(tmp_path):
@@ -74,7 +76,8 @@ def test_max_new_tokens_past_context_refused(tracking, monkeypatch):
     with pytest.raises(DistillError) as e:  # the tiny models hold 2,048 positions
         evaluate(EvaluateParams(model="7B", limit=3, max_new_tokens=2040))
     message = str(e.value)
-    assert message.startswith("max_new_tokens=2040 does not fit the context of 7B: its longest prompt (question gsm8k-test-")
+    assert message.startswith("max_new_tokens=2040 does not fit the context of 7B: "
+                              "its longest prompt (question gsm8k-test-")
     assert "+ 2040 > 2048 tokens (max_position_embeddings in its config); lower max_new_tokens to at most" in message
 
 

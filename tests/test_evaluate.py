@@ -34,7 +34,8 @@ def test_logs_metrics_tags_dataset_table(mlflow_server, tmp_path):
     assert params["prompt_format"] == "plain" and params["mode"] == "zero-shot" and params["limit"] == "12"
     # columns a compare view can put on an axis, and a readable model name
     assert params["role"] == "baseline" and params["student"] == "qwen2.5-0.5b" and params["teacher"] == ""
-    assert params["model"] == "baseline-qwen2.5-0.5b-zeroshot" and params["model_source"] == "tiny:student-qwen2.5-0.5b"
+    assert (params["model"] == "baseline-qwen2.5-0.5b-zeroshot"
+            and params["model_source"] == "tiny:student-qwen2.5-0.5b")
     assert run.info.run_name == "evaluate-baseline-qwen2.5-0.5b-zeroshot"
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "distill-offline" and "preset `offline`" in exp.tags["mlflow.note.content"]
@@ -109,7 +110,8 @@ def test_few_shot_runs_on_cut_beside(tracking, tmp_path, monkeypatch):
     assert m["accuracy_cut_at_next_question"] == pytest.approx(50.0) and m["n_correct_cut_at_next_question"] == 2
     assert m["accuracy_answer_line"] == pytest.approx(50.0)
     rows = [json.loads(x) for x in mlflow.artifacts.load_text(f"runs:/{run_id}/predictions.jsonl").splitlines()]
-    assert [r["extracted"] for r in rows] == ["5"] * 4 and [r["extracted_cut_at_next_question"] for r in rows] == ["7"] * 4
+    assert ([r["extracted"] for r in rows] == ["5"] * 4
+            and [r["extracted_cut_at_next_question"] for r in rows] == ["7"] * 4)
     assert [r["correct_cut_at_next_question"] for r in rows] == [True, True, False, False]
     params = mlflow.get_run(run_id).data.params
     assert params["shots"] == "4" and params["scoring"] == "paper"
@@ -220,7 +222,8 @@ def test_mlflow_run_entry_point(mlflow_server, tmp_path):
     assert run.info.status == "FINISHED" and run.data.metrics["n_total"] == 5
     assert run.data.tags["mlflow.project.entryPoint"] == "evaluate"
     assert run.data.params["model"] == "qwen2.5-0.5b"          # as typed; MLflow forbids changing a logged param
-    assert run.data.params["model.resolved"] == "baseline-qwen2.5-0.5b-zeroshot" and run.data.params["role"] == "baseline"
+    assert (run.data.params["model.resolved"] == "baseline-qwen2.5-0.5b-zeroshot"
+            and run.data.params["role"] == "baseline")
 
 
 @pytest.mark.slow
@@ -239,7 +242,8 @@ def test_mlflow_run_in_presets_experiment(tmp_path):
     cli_run, _ = _last_run(uri, "Default")
     assert cli_run.data.tags["distill.experiment"] == "distill-offline" and "distill.phase" not in cli_run.data.tags
     run, _ = _last_run(uri)
-    assert run.data.tags["distill.phase"] == "evaluate" and run.data.params["model"] == "baseline-qwen2.5-0.5b-zeroshot"
+    assert (run.data.tags["distill.phase"] == "evaluate"
+            and run.data.params["model"] == "baseline-qwen2.5-0.5b-zeroshot")
 
 
 def test_pivot_by_teacher_and_student(tracking, tmp_path):
@@ -265,7 +269,8 @@ def test_pivot_by_teacher_and_student(tracking, tmp_path):
     df = mlflow.search_runs([exp], filter_string="params.role = 'student'")
     assert len(df) == 4 and set(df["params.seed"]) == {"42"}
     table = df.pivot_table(index="params.teacher", columns="params.student", values="metrics.accuracy")
-    assert table.loc["7B", "qwen2.5-0.5b"] == pytest.approx(50.0) and table.loc["72B", "llm-jp-3.1-1.8b"] == pytest.approx(25.0)
+    assert (table.loc["7B", "qwen2.5-0.5b"] == pytest.approx(50.0)
+            and table.loc["72B", "llm-jp-3.1-1.8b"] == pytest.approx(25.0))
     row = df[df["tags.distill.sft_run_id"] == sft_runs[("72B", "qwen2.5-0.5b")]].iloc[0]
     assert row["params.model"] == "student-qwen2.5-0.5b-72B-seed42"   # readable; the run id stays a tag
     assert row["tags.mlflow.runName"] == "evaluate-student-qwen2.5-0.5b-72B-seed42"

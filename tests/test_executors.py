@@ -40,12 +40,14 @@ def test_ray_main_matches_sequential_runs(tmp_path):
         requests.get(served.group(1) + "/health", timeout=2)
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
-        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'",
+                                   output_format="list")
         assert len(mains) == 1 and mains[0].info.status == "FINISHED"
         assert mains[0].data.params["executor"] == "ray"
         ray_key = mains[0].data.tags["distill.cache_key"]  # as the sequential main's: a killed one is found dead
         assert float(mains[0].data.tags["distill.heartbeat"]) > 0
-        children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{mains[0].info.run_id}'",
+        children = mlflow.search_runs(search_all_experiments=True,
+                                      filter_string=f"tags.mlflow.parentRunId = '{mains[0].info.run_id}'",
                                       output_format="list")
         assert sorted(c.data.tags["distill.phase"] for c in children) == SEQUENTIAL_PHASES
         assert all(c.info.status == "FINISHED" for c in children)
@@ -57,7 +59,8 @@ def test_ray_main_matches_sequential_runs(tmp_path):
         assert mlflow.get_run(report).data.tags["distill.phase"] == "report"
         # the sequential executor finds every step done: same parameters, inputs and code, so the same runs
         second = run_entry("main", "--preset", "offline", "--students", "qwen2.5-0.5b", *ARGS, env=env, cwd=tmp_path)
-        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'",
+                                   output_format="list")
         assert mains[0].data.metrics["steps_reused"] == mains[0].data.metrics["steps"] == 13, second.stderr[-2000:]
         assert mains[0].data.tags["distill.report_run_id"] == report
         assert mains[0].data.tags["distill.cache_key"] == ray_key and mains[0].data.params["executor"] == "sequential"
@@ -100,9 +103,11 @@ def test_ray_main_failed_step_then_continue(postgres, tmp_path):
         assert "type the same command again to continue" in err and "Traceback" not in first.stderr
         mlflow.set_tracking_uri(uri)
         try:
-            main = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")[0]
+            main = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'",
+                                      output_format="list")[0]
             assert main.info.status == "FAILED"
-            children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{main.info.run_id}'",
+            children = mlflow.search_runs(search_all_experiments=True,
+                                          filter_string=f"tags.mlflow.parentRunId = '{main.info.run_id}'",
                                           output_format="list")
             failed_ids = set(re.findall(r"failed \(run ([0-9a-f]{32})\)", err))
             assert failed_ids and failed_ids <= {c.info.run_id for c in children if c.info.status == "FAILED"}
@@ -121,7 +126,8 @@ def test_ray_main_failed_step_then_continue(postgres, tmp_path):
             shutil.rmtree(broken)
             shutil.copytree(good, broken)
             second = run_entry(*args, env=env, cwd=tmp_path)
-            main = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")[0]
+            main = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'",
+                                      output_format="list")[0]
             assert main.info.status == "FINISHED"
             assert main.data.metrics["steps_reused"] == n_finished, second.stderr[-2000:]
             # translate, 2 teachers, their 2 evaluations, select, 4 sft, 4 evaluations, 2 baselines, tokens, report

@@ -34,7 +34,8 @@ def test_chat_prompts_use_the_chat_template(hf_gen):
     rendered, special = hf_gen.render(chat_messages("1+1は？"))
     assert rendered.startswith("<|im_start|>user\n問題: 1+1は？") and rendered.endswith("<|im_start|>assistant\n")
     assert not special
-    out = hf_gen.generate([chat_messages(q) for q in QUESTIONS[:2]], GenerationConfig(max_new_tokens=5), progress=False)
+    out = hf_gen.generate([chat_messages(q) for q in QUESTIONS[:2]], GenerationConfig(max_new_tokens=5),
+                          progress=False)
     assert len(out) == 2
 
 

@@ -42,8 +42,9 @@ def test_killed_mlflow_run_then_rerun(tmp_path):
     client = MlflowClient(uri)
     client.search_experiments()  # the store's tables made here, not by two processes at once
     with open(tmp_path / "first.log", "w") as log:
+        # its own process group: the CLI, main, the fork server, steps
         first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)  # its own process group: the CLI, main, the fork server, steps
+                                 start_new_session=True)
     killed = None
     try:
         deadline = time.time() + 400
@@ -63,11 +64,13 @@ def test_killed_mlflow_run_then_rerun(tmp_path):
     assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
     dead = {r.info.run_id: r for r in runs if r.info.status == "KILLED"}
     kinds = sorted(r.data.tags.get("distill.phase", "mlflow run") for r in dead.values())
-    assert kinds == ["main", "mlflow run", "sft"] and all("distill.killed_reason" in r.data.tags for r in dead.values())
+    assert (kinds == ["main", "mlflow run", "sft"]
+            and all("distill.killed_reason" in r.data.tags for r in dead.values()))
     # each piece of work (a cache key, in its experiment) has exactly one FINISHED run
     finished = collections.Counter((r.info.experiment_id, r.data.tags["distill.cache_key"]) for r in runs
                                    if r.info.status == "FINISHED" and "distill.cache_key" in r.data.tags)
-    keys = {(r.info.experiment_id, r.data.tags["distill.cache_key"]) for r in runs if "distill.cache_key" in r.data.tags}
+    keys = {(r.info.experiment_id, r.data.tags["distill.cache_key"])
+            for r in runs if "distill.cache_key" in r.data.tags}
     assert set(finished) == keys and set(finished.values()) == {1}
     # the killed sft was taken over from its uploaded checkpoint by the one FINISHED run of its work
     key = killed.data.tags["distill.cache_key"]

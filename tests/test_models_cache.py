@@ -1,4 +1,5 @@
-"""Where an MLflow student's files come from when a backend or the trainer loads it (distill.config.models.materialize).
+"""Where an MLflow student's files come from when a backend or the trainer loads it
+(distill.config.models.materialize).
 
 Every evaluation used to download the whole student into a fresh temporary folder that nobody removed: two
 evaluations, two copies in $TMPDIR. A local store's student is read where it is; a server's is downloaded once

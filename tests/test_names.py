@@ -95,8 +95,8 @@ def test_resolve_names_lists_spellings(offline):
 def test_report_grid_spelling_and_typo():
     """The report grid takes any spelling and guesses a typo."""
     assert grid_names(["７ｂ", "72b"], ["7B", "14B", "32B", "72B"], "teachers") == ["7B", "72B"]
-    with pytest.raises(DistillError, match=r"unknown name '7BB' in teachers; known teachers: 7B, 14B, 32B, 72B; did you "
-                                           r"mean '7B' or '72B'\?$"):
+    with pytest.raises(DistillError, match=r"unknown name '7BB' in teachers; known teachers: 7B, 14B, 32B, 72B; "
+                                           r"did you mean '7B' or '72B'\?$"):
         grid_names(["7BB"], ["7B", "14B", "32B", "72B"], "teachers")
 
 
@@ -117,13 +117,15 @@ def test_preset_lists_spelled_as_tables(tmp_path):
     """A preset's own lists are spelled like its tables."""
     preset = load_preset(_preset_file(tmp_path, grid__teachers=["7b", "７２Ｂ"], grid__students=["QWEN2.5-0.5B"],
                                       judge__teachers=["7b"]))
-    assert (preset.grid.teachers, preset.grid.students, preset.judge.teachers) == (["7B", "72B"], ["qwen2.5-0.5b"], ["7B"])
+    assert ((preset.grid.teachers, preset.grid.students, preset.judge.teachers)
+            == (["7B", "72B"], ["qwen2.5-0.5b"], ["7B"]))
 
 
 def test_judged_non_teacher_refused(tmp_path):
     """A judged teacher that is no teacher is refused."""
     # before: `judged = [t for t in judge.teachers if t in teachers] or teachers` judged every teacher, silently
-    with pytest.raises(DistillError, match=r"judge.teachers names '9B', which is no teacher of the preset; teachers: 7B"):
+    with pytest.raises(DistillError,
+                       match=r"judge.teachers names '9B', which is no teacher of the preset; teachers: 7B"):
         load_preset(_preset_file(tmp_path, judge__teachers=["7B", "9B"]))
 
 

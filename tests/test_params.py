@@ -30,7 +30,8 @@ def files(tmp_path_factory):
     (root / "eval.jsonl").write_text('{"question": "1+1は？", "answer_number": 2}\n', encoding="utf-8")
     shipped = (ROOT / "distill/resources/gsm8k_train_sample.jsonl").read_text(encoding="utf-8").splitlines()
     (root / "source.jsonl").write_text("\n".join(shipped[:5]) + "\n", encoding="utf-8")
-    (root / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS), encoding="utf-8")
+    (root / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS),
+                                      encoding="utf-8")
     return root
 
 
@@ -57,9 +58,10 @@ def cases(files) -> dict[str, tuple[dict, dict]]:
     return {
         "translate": ({}, {**GENERATION, "preset": preset, "translator": "7B", "source": str(files / "source.jsonl"),
                            "limit": 5, "shard_size": 7}),
-        "teacher": ({"teacher": "7B"}, {**GENERATION, "teacher": "72B", "preset": preset, "limit": 5, "shard_size": 7}),
-        "select": ({}, {"preset": preset, "n": 5, "seed": 7, "filter": "all_correct", "dev_size": 3, "allow_fewer": True,
-                        "keep_truncated": False}),
+        "teacher": ({"teacher": "7B"},
+                    {**GENERATION, "teacher": "72B", "preset": preset, "limit": 5, "shard_size": 7}),
+        "select": ({}, {"preset": preset, "n": 5, "seed": 7, "filter": "all_correct", "dev_size": 3,
+                        "allow_fewer": True, "keep_truncated": False}),
         "sft": ({"teacher": "7B", "student": "qwen2.5-0.5b"},
                 {"teacher": "72B", "student": "qwen2.5-1.5b", "preset": preset, "bf16": "false", "seed": 7,
                  "sft_config": {"weight_decay": 0.01}, "limit": 5, "register": False,
@@ -176,6 +178,7 @@ def test_none_is_a_word_empty_lists_refused():
     declared_empty = set()
     for name, ep in yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"].items():
         cls = params_class(name)
-        lists = {f.name for f in dataclasses.fields(cls) if typing.get_origin(typing.get_type_hints(cls)[f.name]) is list}
+        lists = {f.name for f in dataclasses.fields(cls)
+                 if typing.get_origin(typing.get_type_hints(cls)[f.name]) is list}
         declared_empty |= {k for k, v in ep["parameters"].items() if k in lists and str(v.get("default", "x")) == ""}
     assert declared_empty == set(EMPTY_LIST_IS_DEFAULT)

@@ -1,4 +1,5 @@
-"""The pinned test pass: constraints/vllm-resolved.txt, the tool that writes it, and CI calling the README's commands."""
+"""The pinned test pass: constraints/vllm-resolved.txt, the tool that writes it, and CI calling the README's
+commands."""
 
 import importlib.util
 import re

@@ -132,7 +132,8 @@ def test_executors_hand_same_steps(tracking, monkeypatch):
         return handles[0], {"run_id": _fake_run_id(handles[0]), "reused": False, "error": None, "seconds": 0.0}
 
     grid = planner.resolve_grid(MainParams(**p, executor="ray"))
-    ray_main = executors.run_steps(planner.plan(MainParams(**p, executor="ray"), grid), MainParams(**p, executor="ray"),
+    ray_main = executors.run_steps(planner.plan(MainParams(**p, executor="ray"), grid),
+                                   MainParams(**p, executor="ray"),
                                    grid, launch, next_result, "http://127.0.0.1:1", n_nodes=1)
     assert len(sequential) == 18 and sorted(sequential, key=str) == sorted(ray, key=str)
 

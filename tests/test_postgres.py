@@ -51,7 +51,8 @@ def test_phases_on_postgresql_server(postgres, pg_mlflow, selected_on_server,
     """Phases write to a PostgreSQL-backed server and reuse from it."""
     _, db = pg_mlflow
     # the runs are rows of PostgreSQL's `runs` table, with their phase tags
-    rows = postgres.query(db, "SELECT r.run_uuid, r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+    rows = postgres.query(db, "SELECT r.run_uuid, r.status, t.value FROM runs r "
+                              "JOIN tags t ON t.run_uuid = r.run_uuid "
                               "WHERE t.key = 'distill.phase'")
     phases = {run_id: (status, phase) for run_id, status, phase in rows}
     for name, run_id in selected_on_server.items():
@@ -72,7 +73,8 @@ def test_sweep_workers_share_study(postgres, pg_mlflow, selected_on_server, on_s
     """Two sweep workers share one study in PostgreSQL."""
     storage = postgres.create_database("optuna")
     n_trials = 4
-    env = {**os.environ, "MLFLOW_TRACKING_URI": on_server, "PYTHONPATH": str(ROOT), "MLFLOW_EXPERIMENT_NAME": "Default"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": on_server, "PYTHONPATH": str(ROOT),
+           "MLFLOW_EXPERIMENT_NAME": "Default"}
     common = ["--preset", "offline", "--teacher", "7B", "--student", "qwen2.5-0.5b", "--n_trials", str(n_trials),
               "--storage", storage, "--max_new_tokens", "6", "--space", "learning_rate,num_train_epochs",
               "--select_run", selected_on_server["select"]]

@@ -205,9 +205,11 @@ def test_rerun_after_kill_9_takes_over(tmp_path):
     assert sum(r.data.tags.get("distill.phase") == "main" for r in killed) == 3
     finished = collections.Counter((r.info.experiment_id, r.data.tags["distill.cache_key"]) for r in runs
                                    if r.info.status == "FINISHED" and "distill.cache_key" in r.data.tags)
-    keys = {(r.info.experiment_id, r.data.tags["distill.cache_key"]) for r in runs if "distill.cache_key" in r.data.tags}
+    keys = {(r.info.experiment_id, r.data.tags["distill.cache_key"])
+            for r in runs if "distill.cache_key" in r.data.tags}
     assert set(finished) == keys and set(finished.values()) == {1}
-    print(f"take-over after kill -9, seconds after the rerun's main run started: {sorted(round(t, 1) for t in took_over)}")
+    print("take-over after kill -9, seconds after the rerun's main run started: "
+          f"{sorted(round(t, 1) for t in took_over)}")
 
 
 def test_try_dead_only_where_pid_checkable(tracking, monkeypatch):
@@ -223,7 +225,8 @@ def test_try_dead_only_where_pid_checkable(tracking, monkeypatch):
     monkeypatch.setenv("DISTILL_HEARTBEAT_TIMEOUT_S", LONG_TIMEOUT)
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     here = key_locks.whereabouts()
-    assert set(here) == {"distill.host", "distill.boot_id", "distill.pid_namespace", "distill.pid", "distill.pid_start"}
+    assert set(here) == {"distill.host", "distill.boot_id", "distill.pid_namespace", "distill.pid",
+                         "distill.pid_start"}
     ended.wait()
     tries = {"alive": here, "ended": {**here, "distill.pid": str(ended.pid)},
              "pid reused": {**here, "distill.pid_start": str(int(here["distill.pid_start"]) - 1)},
@@ -260,6 +263,7 @@ def test_unreaped_process_counts_as_gone(tracking):
     tags = {**key_locks.whereabouts(), "distill.pid": str(zombie.pid), "distill.pid_start": start,
             "distill.heartbeat": f"{time.time():.3f}"}
     client = MlflowClient()
-    run = client.get_run(client.create_run(mlflow.get_experiment_by_name("Default").experiment_id, tags=tags).info.run_id)
+    run = client.get_run(client.create_run(mlflow.get_experiment_by_name("Default").experiment_id,
+                                           tags=tags).info.run_id)
     assert key_locks.process_gone(run) and not key_locks.is_live(run)
     zombie.wait()

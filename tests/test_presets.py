@@ -1,4 +1,5 @@
-"""Presets as typed data and parameters parsed in one place (distill/config/preset.py, distill/config/params_text.py, cli.py)."""
+"""Presets as typed data and parameters parsed in one place (distill/config/preset.py,
+distill/config/params_text.py, cli.py)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def test_missing_key_refused_by_name(tmp_path):
 
 
 def test_optional_keys_may_be_left_out(tmp_path):
-    path = _write(tmp_path, lambda d: (d["baseline"].pop("shots"), d.pop("description"), d["sweep"]["space"].pop("warmup_steps")))
+    path = _write(tmp_path, lambda d: (d["baseline"].pop("shots"), d.pop("description"),
+                                       d["sweep"]["space"].pop("warmup_steps")))
     preset = load_preset(path)
     assert preset.baseline.shots is None and preset.description is None
     assert "warmup_steps" not in preset.sweep.ranges()

@@ -240,8 +240,10 @@ def test_a_readme_command_works_as_written(line, command):
 @pytest.mark.parametrize("line,message", [
     ("mlflow run . -e sft -P preset=paper -P teacher=7B -P student=qwen2.5-0.5b", "--env-manager local"),
     ("mlflow run . -e fine-tune --env-manager local -P teacher=7B", "no entry point 'fine-tune'"),
-    ("mlflow run . -e sft --env-manager local -P teacher=7B -P studnet=qwen2.5-0.5b", "no such parameter \\['studnet'\\]"),
-    ("mlflow run . -e sft --env-manager local -P teacher=7B -P students=qwen2.5-0.5b", "no such parameter \\['students'\\]"),
+    ("mlflow run . -e sft --env-manager local -P teacher=7B -P studnet=qwen2.5-0.5b",
+     "no such parameter \\['studnet'\\]"),
+    ("mlflow run . -e sft --env-manager local -P teacher=7B -P students=qwen2.5-0.5b",
+     "no such parameter \\['students'\\]"),
     ("mlflow run . -e sft --env-manager local -P teacher=7B -P train_limit=0", "train_limit must be an integer >= 1"),
     ("mlflow run . -e evaluate --env-manager local -P model=7B -P plan=maybe", "plan: expected true or false"),
     ("mlflow run . -e evaluate --env-manager local -P model=7B -P limt=3", "no such parameter \\['limt'\\]"),
@@ -249,7 +251,8 @@ def test_a_readme_command_works_as_written(line, command):
     ("mlflow run . -e evaluate --env-manager local -P model=9B", "unknown model name '9B'"),
     ("accelerate launch --config_file distill/accelerate/fsdp.yaml entrypoints/sft.py --teacher 7B --studnet x",
      "no such parameter \\['studnet'\\]"),
-    ("accelerate launch --config_file distill/accelerate/fsdp.yaml entrypoints/sft.py --teacher 7B --learning_rte 1e-5",
+    ("accelerate launch --config_file distill/accelerate/fsdp.yaml entrypoints/sft.py "
+     "--teacher 7B --learning_rte 1e-5",
      "no such parameter \\['learning_rte'\\]"),
     ("accelerate launch --config_file distill/accelerate/ddp.yaml entrypoints/sft.py --teacher 7B --student "
      "qwen2.5-0.5b", "no accelerate config"),

@@ -1,4 +1,5 @@
-"""distill.tracking.registry on its own: the names it registers under, and nothing registered before the load-back check.
+"""distill.tracking.registry on its own: the names it registers under, and nothing registered before the
+load-back check.
 
 The whole path (sft registers, evaluate notes the accuracy) runs in tests/test_sft.py and tests/test_students.py.
 """

@@ -66,7 +66,8 @@ KEYS = {
     "judge.teachers": "errors runs only for these teachers",
     "sweep.n_trials": "sweep run params",
     **{f"sweep.space.{k}": "sweep run params (space), trial params" for k in (
-        "learning_rate.low", "learning_rate.high", "learning_rate.log", "num_train_epochs.low", "num_train_epochs.high",
+        "learning_rate.low", "learning_rate.high", "learning_rate.log",
+        "num_train_epochs.low", "num_train_epochs.high",
         "per_device_train_batch_size.choices", "warmup_steps.low", "warmup_steps.high")},
 }
 
@@ -136,11 +137,13 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
-        (main,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'", output_format="list")
+        (main,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'main'",
+                                     output_format="list")
         assert main.info.status == "FINISHED" and main.data.tags["distill.rehearsal"] == "true"
         assert "### Reproduction of the paper\n\n**Rehearsal**" in main.data.tags["mlflow.note.content"]
         assert main.data.metrics["steps"] == 56 and main.data.metrics["steps_reused"] == 0
-        children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{main.info.run_id}'",
+        children = mlflow.search_runs(search_all_experiments=True,
+                                      filter_string=f"tags.mlflow.parentRunId = '{main.info.run_id}'",
                                       output_format="list")
         assert all(c.info.status == "FINISHED" and c.data.tags["distill.rehearsal"] == "true" for c in children)
         by = {}
@@ -181,7 +184,8 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
         (tokens,) = by["tokens"]
         assert all(source in tokens.data.params["tokenizers"] for source in PAPER.tokenizers.values())
         (report,) = by["report"]
-        assert "tables/table1.md" in {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id, "tables")}
+        assert "tables/table1.md" in {
+            a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id, "tables")}
         # the reproduction section: the paper's ids make it comparable; the stand-ins make it a rehearsal
         md = mlflow.artifacts.load_text(f"runs:/{report.info.run_id}/report.md")
         section = md.split("## Reproduction of the paper")[1].split("## Table 1: student")[0]
@@ -192,7 +196,8 @@ def test_paper_rehearsal_end_to_end(standins, tmp_path):
             assert row in section, row
         assert "Reproduction of the paper (a rehearsal: stand-in numbers, not a reproduction): of 6 claims" in md
         assert report.data.metrics["n_claims_undecided"] == 6   # 2 questions decide nothing (test_reproduction)
-        (sweep_run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`distill.phase` = 'sweep'", output_format="list")
+        (sweep_run,) = mlflow.search_runs(search_all_experiments=True,
+                                          filter_string="tags.`distill.phase` = 'sweep'", output_format="list")
         assert sweep_run.data.params["space"] == ",".join(k for k in PAPER.sweep.ranges())
         assert "main: errors skipped" not in proc.stderr
         steps = json.loads(mlflow.artifacts.load_text(f"runs:/{main.info.run_id}/steps.json"))["steps"]

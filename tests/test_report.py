@@ -55,7 +55,8 @@ class Store:
         acc, lo, hi = accuracy_with_ci(correct)
         rows = [{"id": i, "question": f"問題 {i}", "output": "…解答: 1", "extracted": "1", "gold": "1" if c else "2",
                  "correct": c, "output_tokens": 12, "finish_reason": "stop"} for i, c in zip(IDS, correct)]
-        files = {"predictions.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)} if predictions else {}
+        files = ({"predictions.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)}
+                 if predictions else {})
         metrics = {"accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "n_correct": sum(correct),
                    "n_total": len(correct)}
         if answer_line is not None:
@@ -180,7 +181,8 @@ def test_tables_tests_figures_missing(study, tmp_path):
     # Table 3
     t3 = pd.read_csv(os.path.join(local, "tables", "table3.csv"))
     assert list(t3.teacher) == ["7B", "14B", "32B", "72B"]
-    assert t3.accuracy[0] == pytest.approx(80.0) and t3.ci_low[0] < 80 < t3.ci_high[0] and t3.accuracy.isna().sum() == 3
+    assert (t3.accuracy[0] == pytest.approx(80.0) and t3.ci_low[0] < 80 < t3.ci_high[0]
+            and t3.accuracy.isna().sum() == 3)
 
     # paired tests: exact discordant counts, difference and McNemar p
     pt = pd.read_csv(os.path.join(local, "tables", "paired_tests.csv"), dtype={"seeds": str, "mcnemar_seed": str})
@@ -210,7 +212,8 @@ def test_tables_tests_figures_missing(study, tmp_path):
     for name in ("fig1_accuracy", "fig2_errors", "fig3_tokens"):
         html = open(os.path.join(local, "figures", f"{name}.html"), encoding="utf-8").read()
         assert re.search(r'<script[^>]*\bsrc="plotly\.min\.mjs"', html) and len(html) < 200_000  # a copy beside it
-        asset_run, path, address = shared_plotlyjs_of(html)  # where the MLflow UI's blob: viewer and a browser fetch it
+        # where the MLflow UI's blob: viewer and a browser fetch it
+        asset_run, path, address = shared_plotlyjs_of(html)
         assert asset_run != run_id and path == "figures/plotly.min.mjs" and plotly_js_logged(asset_run, path)
         assert address.startswith("file://") and os.path.getsize(address.removeprefix("file://")) > 1_000_000
     fig1 = json.load(open(os.path.join(local, "figures", "fig1_accuracy.json")))
@@ -240,7 +243,8 @@ def test_tables_tests_figures_missing(study, tmp_path):
     # missing: 16 preset cells, 5 present
     missing = json.load(open(os.path.join(local, "missing.json"), encoding="utf-8"))
     cells_missing = {m["what"] for m in missing if m["kind"] == "cell"}
-    assert len(cells_missing) == 11 and "32B / qwen2.5-0.5b" in cells_missing and "7B / qwen2.5-0.5b" not in cells_missing
+    assert (len(cells_missing) == 11 and "32B / qwen2.5-0.5b" in cells_missing
+            and "7B / qwen2.5-0.5b" not in cells_missing)
     assert run.data.metrics["n_missing_cells"] == 11 and run.data.tags["distill.missing_cells"] == "11"
     kinds = {(m["kind"], m["what"]) for m in missing}
     assert ("teacher_eval", "14B") in kinds and ("baseline", "qwen2.5-1.5b") in kinds
@@ -251,7 +255,8 @@ def test_tables_tests_figures_missing(study, tmp_path):
                  f"(#/experiments/{run.info.experiment_id}/runs/{run_id}/artifactPath/figures/fig1_accuracy.html"
                  "?workflowType=machine_learning)",
                  "left out (the newest wins)", "qwen2.5-0.5b: best teacher 7B",
-                 "## Scoring robustness", "The teacher ranking changes under the answer-line rule for: qwen2.5-0.5b, mean.",
+                 "## Scoring robustness",
+                 "The teacher ranking changes under the answer-line rule for: qwen2.5-0.5b, mean.",
                  "4-shot, cut at next question"):
         assert text in md, text
     assert run.data.metrics["accuracy.7B.qwen2.5-0.5b"] == pytest.approx(40.0)
@@ -306,7 +311,8 @@ def test_unreadable_predictions_and_reuse(tracking, tmp_path):
 
 
 def test_a_narrowed_grid_and_a_tie(tracking, tmp_path):
-    """A `main` of 2 teachers x 1 student: Table 1, Missing and the summary cover that grid, and a tie names no best."""
+    """A `main` of 2 teachers x 1 student: Table 1, Missing and the summary cover that grid, and a tie
+    names no best."""
     s = Store()
     s.evaluate(first(10), "7B", "qwen2.5-0.5b")
     s.evaluate(first(10), "72B", "qwen2.5-0.5b")
@@ -361,7 +367,8 @@ def test_plotly_js_stored_once_served(mlflow_server, tmp_path):
     import requests
 
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
-    ids = [re.search(r"run (\w{32})", run_entry("report", "--upstream", "false", env=env, cwd=tmp_path).stderr).group(1)
+    ids = [re.search(r"run (\w{32})",
+                     run_entry("report", "--upstream", "false", env=env, cwd=tmp_path).stderr).group(1)
            for _ in range(2)]
     mlflow.set_tracking_uri(mlflow_server)
     try:
@@ -372,7 +379,8 @@ def test_plotly_js_stored_once_served(mlflow_server, tmp_path):
             asset_run, path, address = shared_plotlyjs_of(html)
             shared.add(asset_run)
             assert plotly_js_logged(asset_run, path)
-            stored = sum(f.file_size or 0 for d in ("", "figures", "tables") for f in client.list_artifacts(run_id, d or None))
+            stored = sum(f.file_size or 0 for d in ("", "figures", "tables")
+                         for f in client.list_artifacts(run_id, d or None))
             assert stored < 300_000, stored                                    # no 4.8 MB copy in the report run
             ui = f"{mlflow_server}/get-artifact?path={quote(path, safe='')}&run_uuid={asset_run}"
             assert address == ui                                               # outside the UI: the same server

@@ -30,9 +30,11 @@ def test_lineage_registry_evaluate(study):
     run_id = sft(SftParams(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=1))
     run = mlflow.get_run(run_id)
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    assert tags["distill.phase"] == "sft" and tags["distill.teacher"] == "7B" and tags["distill.student"] == "qwen2.5-0.5b"
+    assert (tags["distill.phase"] == "sft" and tags["distill.teacher"] == "7B"
+            and tags["distill.student"] == "qwen2.5-0.5b")
     assert tags["distill.select_run_id"] == study["select"] and tags["distill.teacher_run_id"] == study["7B"]
-    assert params["learning_rate"] == "0.001" and params["per_device_train_batch_size"] == "8" and params["seed"] == "42"
+    assert (params["learning_rate"] == "0.001" and params["per_device_train_batch_size"] == "8"
+            and params["seed"] == "42")
     assert params["lr_scheduler_type"] == "linear" and params["max_grad_norm"] == "1.0"
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["train-7B"]
     history = MlflowClient().get_metric_history(run_id, "train_loss")
@@ -85,16 +87,20 @@ def test_mix_of_two_teachers(study):
     assert run.data.tags["distill.teacher"] == "7B+72B"
     assert run.data.tags["distill.teacher_run_id"] == f"{study['7B']},{study['72B']}"
     [version] = MlflowClient().search_model_versions(f"run_id = '{run_id}'")  # a smoke run: no alias moved
-    assert version.name == "offline-student-qwen2.5-1.5b" and version.tags["teacher"] == "7B+72B" and version.tags["smoke"]
+    assert (version.name == "offline-student-qwen2.5-1.5b" and version.tags["teacher"] == "7B+72B"
+            and version.tags["smoke"])
 
 
 @pytest.mark.parametrize("params,message", [
     (dict(teacher="7B", student="gpt2"), "known names: qwen2.5-0.5b, qwen2.5-1.5b, sarashina2.2-1b"),
     (dict(teacher="9B", student="qwen2.5-0.5b"), "known names: 7B, 14B, 32B, 72B"),
     (dict(teacher="14B", student="qwen2.5-0.5b"), "has no training set for 14B; it has: 7B, 72B"),
-    (dict(teacher="7B", student="qwen2.5-0.5b", learning_rate=0.0), r"learning_rate must be a finite number in \(0, 1\]"),
-    (dict(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=-1), r"num_train_epochs must be a finite number in \(0, 1000\]"),
-    (dict(teacher="7B", student="qwen2.5-0.5b", keep_checkpoints="first"), r"keep_checkpoints must be one of last, all"),
+    (dict(teacher="7B", student="qwen2.5-0.5b", learning_rate=0.0),
+     r"learning_rate must be a finite number in \(0, 1\]"),
+    (dict(teacher="7B", student="qwen2.5-0.5b", num_train_epochs=-1),
+     r"num_train_epochs must be a finite number in \(0, 1000\]"),
+    (dict(teacher="7B", student="qwen2.5-0.5b", keep_checkpoints="first"),
+     r"keep_checkpoints must be one of last, all"),
 ])
 def test_bad_input_before_model_loads(study, params, message, monkeypatch):
     """Bad input stops before any model loads."""
@@ -167,7 +173,8 @@ def test_accelerate_launch_single_process(study):
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
          str(ROOT / "entrypoints" / "sft.py"), "--teacher", "7B", "--student", "sarashina2.2-1b",
          "--num_train_epochs", "1", "--register", "false"],
-        cwd=study["root"], env={**os.environ, "MLFLOW_TRACKING_URI": study["uri"], "MLFLOW_EXPERIMENT_NAME": "Default"},
+        cwd=study["root"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": study["uri"], "MLFLOW_EXPERIMENT_NAME": "Default"},
         capture_output=True, text=True,
         timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -136,14 +136,16 @@ def test_ddp_two_processes_train_like_one(store):
     check_like_one_process(store, run, world_size=2)
     # keep_checkpoints=last: one checkpoint at a time on the local disk (save_total_limit 1), none left in the
     # run once its model is logged; final/ is what trainer.save_model() wrote and rank 0 logged
-    assert [d.name for d in out.glob("checkpoint-*")] == ["checkpoint-4"] and (out / "final" / "model.safetensors").is_file()
+    assert ([d.name for d in out.glob("checkpoint-*")] == ["checkpoint-4"]
+            and (out / "final" / "model.safetensors").is_file())
     assert checkpoints.uploaded(run.info.run_id) == []
 
 
 def test_fsdp2_two_processes_train_like_one(store):
     """FSDP2 two processes train like one and gather the model."""
     config = yaml.safe_load((ROOT / "distill" / "accelerate" / "fsdp.yaml").read_text())
-    assert config["fsdp_config"]["fsdp_version"] == 2 and config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert (config["fsdp_config"]["fsdp_version"] == 2
+            and config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT")
     config.update(num_processes=2, use_cpu=True, mixed_precision="no")  # the shipped file, CPU-sized:
     path = ROOT / "distill" / "accelerate" / "fsdp-cpu.yaml"          # what the README's command launches
     assert yaml.safe_load(path.read_text()) == config
@@ -172,7 +174,8 @@ def rank_pid(launcher: psutil.Process, rank: int) -> int | None:
 
 def test_killed_rank_fails_the_launch(store):
     """A killed rank fails the launch instead of hanging."""
-    proc = subprocess.Popen(torchrun(free_port()) + [ENTRY] + sft_args(store, "--num_train_epochs", "40", "--seed", "6"),
+    proc = subprocess.Popen(torchrun(free_port()) + [ENTRY]
+                            + sft_args(store, "--num_train_epochs", "40", "--seed", "6"),
                             cwd=store["root"], env=env_for(store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -182,7 +185,8 @@ def test_killed_rank_fails_the_launch(store):
             time.sleep(0.5)
             running = [r for r in sft_runs() if r.data.params.get("seed") == "6" and r.info.status == "RUNNING"]
             run = next((r for r in running if "train_loss" in mlflow.get_run(r.info.run_id).data.metrics), None)
-        assert run is not None, "training never started: " + (proc.stderr.read()[-3000:] if proc.poll() is not None else "")
+        assert run is not None, ("training never started: "
+                                 + (proc.stderr.read()[-3000:] if proc.poll() is not None else ""))
         pid = rank_pid(psutil.Process(proc.pid), 1)
         assert pid, "rank 1 not found"
         os.kill(pid, signal.SIGKILL)

@@ -92,7 +92,8 @@ def _python_in(folder, code: str, store: str | None = None, timeout: int = 300):
     import sys
 
     env = {**os.environ, **({"MLFLOW_TRACKING_URI": f"sqlite:///{folder / store}"} if store else {})}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=folder, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=folder,
+                         env=env)
     return out.stdout.split(), out.stderr[-3000:]
 
 

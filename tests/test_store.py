@@ -118,8 +118,10 @@ def test_artifacts_beside_sqlite_file(tmp_path):
         assert exps[name].artifact_location == f"{root}/{exps[name].experiment_id}", exps[name]
     run = client.search_runs([exps["distill-offline"].experiment_id])[0]
     assert run.info.artifact_uri.startswith(f"{root}/") or run.info.artifact_uri.startswith(f"file://{root}/")
-    assert client.list_artifacts(run.info.run_id) and (store / "mlruns" / exps["distill-offline"].experiment_id).is_dir()
-    assert not (work / "mlruns").exists() and not (Path.cwd() / "mlruns" / exps["distill-offline"].experiment_id / run.info.run_id).exists()
+    assert (client.list_artifacts(run.info.run_id)
+            and (store / "mlruns" / exps["distill-offline"].experiment_id).is_dir())
+    assert (not (work / "mlruns").exists()
+            and not (Path.cwd() / "mlruns" / exps["distill-offline"].experiment_id / run.info.run_id).exists())
 
 
 @pytest.mark.slow

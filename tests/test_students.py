@@ -94,7 +94,8 @@ def test_listed_then_evaluated(store, capsys, monkeypatch):
     rows = _table(["--preset", "offline"], capsys)
     assert rows == [[NAME, "1", "7B", "42", DASH, "teacher-7b, teacher-7b-seed42", uri]]
     assert _table(["--teacher", "７ｂ", "--name", "qwen2.5-0.5b"], capsys) == rows
-    assert students_main(["--teacher", "72B"]) == 0 and "no registered students (teacher=72B)" in capsys.readouterr().out
+    assert (students_main(["--teacher", "72B"]) == 0
+            and "no registered students (teacher=72B)" in capsys.readouterr().out)
 
     # the sft page's line, as typed, in the study's folder (a short evaluation: limit and max_new_tokens added)
     lines = [line for line in SFT_PAGE.splitlines() if "-e evaluate" in line and f"model={uri}" in line]
@@ -106,7 +107,8 @@ def test_listed_then_evaluated(store, capsys, monkeypatch):
     assert proc.returncode == 0, proc.stderr[-3000:]
     [evaluation] = mlflow.search_runs(experiment_names=["distill-offline"], output_format="list",
                                       filter_string="tags.`distill.phase` = 'evaluate'")
-    assert evaluation.data.tags["distill.sft_run_id"] == store["sft"] and evaluation.data.tags["distill.teacher"] == "7B"
+    assert (evaluation.data.tags["distill.sft_run_id"] == store["sft"]
+            and evaluation.data.tags["distill.teacher"] == "7B")
     accuracy = f"{evaluation.data.metrics['accuracy']:.2f}"
 
     monkeypatch.setattr(sys, "argv", ["distill.students"])
@@ -114,7 +116,8 @@ def test_listed_then_evaluated(store, capsys, monkeypatch):
         runpy.run_module("distill.students", run_name="__main__")
     assert exit_status.value.code == 0
     header, rule, row = capsys.readouterr().out.splitlines()
-    assert re.split(r"\s{2,}", header) == ["registered name", "version", "teacher", "seed", "accuracy", "aliases", "uri"]
+    assert re.split(r"\s{2,}", header) == ["registered name", "version", "teacher", "seed", "accuracy", "aliases",
+                                           "uri"]
     assert re.split(r"\s{2,}", row) == [NAME, "1", "7B", "42", accuracy, "teacher-7b, teacher-7b-seed42", uri]
 
 

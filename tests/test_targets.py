@@ -79,7 +79,8 @@ def test_evaluate_builds_missing_student(tracking):
     # the alias without a seed: the grid's first; a mix alias
     assert names(build("evaluate", EvaluateParams(model="models:/offline-student-qwen2.5-0.5b@teacher-7b"), UP))[-2] \
         == "sft 7B -> qwen2.5-0.5b (seed 42)"
-    assert names(build("evaluate", EvaluateParams(model="models:/offline-student-qwen2.5-0.5b@teacher-7b-72b"), UP))[-2] \
+    assert names(build("evaluate",
+                       EvaluateParams(model="models:/offline-student-qwen2.5-0.5b@teacher-7b-72b"), UP))[-2] \
         == "sft 7B+72B -> qwen2.5-0.5b (seed 42)"
     # registered already: evaluated as it is
     from mlflow.tracking import MlflowClient
@@ -110,7 +111,8 @@ def test_report_needs_whole_grid():
     main = mains_steps(students=["qwen2.5-0.5b"], limit=4)
     assert names(found) == list(main)
     report = found.targets[0]
-    assert (report.params.teachers, report.params.students, report.params.seeds) == (["7B", "72B"], ["qwen2.5-0.5b"], ["42"])
+    assert ((report.params.teachers, report.params.students, report.params.seeds)
+            == (["7B", "72B"], ["qwen2.5-0.5b"], ["42"]))
     assert report.params.reuse is False and found.steps[0].params.reuse is True  # the report anew, its inputs reused
 
 
@@ -122,7 +124,8 @@ def test_grid_parameters_per_entry_point():
     argv, up = upstream_params(["--model", "7B", "--limit", "3", "--teachers", "7B,14B"], EvaluateParams, "evaluate")
     assert argv == ["--model", "7B", "--limit", "3"] and up.teachers == ["7B", "14B"]  # `limit` is evaluate's own
     with pytest.raises(DistillError, match="unrecognized arguments: --students qwen2.5-0.5b"):
-        parse_params(SftParams, upstream_params(["--teacher", "7B", "--students", "qwen2.5-0.5b"], SftParams, "sft")[0])
+        parse_params(SftParams,
+                     upstream_params(["--teacher", "7B", "--students", "qwen2.5-0.5b"], SftParams, "sft")[0])
     with pytest.raises(DistillError, match="n must be an integer >= 1"):
         upstream_params(["--teacher", "7B", "--n", "0"], SftParams, "sft")
 
@@ -145,7 +148,8 @@ def _finished(phase: str, params: dict, tags: dict) -> str:
 def test_only_what_is_missing_is_built(tracking):
     """An input not given is looked up as the phase looks it up itself; only where there is none is it built."""
     translation = _finished("translate", {"preset": "offline"}, {})
-    seven = _finished("teacher", {"preset": "offline"}, {"distill.teacher": "7B", "distill.translation_run_id": translation})
+    seven = _finished("teacher", {"preset": "offline"},
+                      {"distill.teacher": "7B", "distill.translation_run_id": translation})
     # the translation is there: a teacher reads it; one teacher of the grid is not: select builds only it, on it
     teacher = build("teacher", TeacherParams(teacher="72B"), UP)
     assert names(teacher) == ["teacher 72B"] and teacher.targets[0].filled({}).translation_run == translation

@@ -10,7 +10,8 @@ from distill.pipeline.task_tracking import LoopbackServer
 
 SECRETS = {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "pw-Secret-41",
            "MLFLOW_TRACKING_TOKEN": "tok-Secret-42", "MLFLOW_TRACKING_INSECURE_TLS": "false",
-           "MLFLOW_TRACKING_SERVER_CERT_PATH": "/etc/team/ca.pem", "MLFLOW_TRACKING_CLIENT_CERT_PATH": "/etc/team/me.pem"}
+           "MLFLOW_TRACKING_SERVER_CERT_PATH": "/etc/team/ca.pem",
+           "MLFLOW_TRACKING_CLIENT_CERT_PATH": "/etc/team/me.pem"}
 
 
 def test_tasks_get_credentials_runs_keep_none(tracking, monkeypatch):

@@ -24,7 +24,8 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("raw,clean", [
-    ("以下は日本語訳です：\nナタリアは4月に48人の友達にクリップを売りました。", "ナタリアは4月に48人の友達にクリップを売りました。"),
+    ("以下は日本語訳です：\nナタリアは4月に48人の友達にクリップを売りました。",
+     "ナタリアは4月に48人の友達にクリップを売りました。"),
     ("翻訳: 「ウェンは1時間12ドル稼ぎます。」", "ウェンは1時間12ドル稼ぎます。"),
     ("```\nベティは100ドル必要です。\n```", "ベティは100ドル必要です。"),
     ("ジェームズは3ページ書きます。\n\n注: 名前はカタカナにしました。", "ジェームズは3ページ書きます。"),
@@ -60,9 +61,11 @@ def test_select_all_teachers_right():
 def test_truncated_answers_left_out():
     """Answers cut at max new tokens are left out unless kept."""
     answers = {
-        "7B": [{"id": "a", "correct": True, "finish_reason": "stop"}, {"id": "b", "correct": True, "finish_reason": "length"},
+        "7B": [{"id": "a", "correct": True, "finish_reason": "stop"},
+               {"id": "b", "correct": True, "finish_reason": "length"},
                {"id": "c", "correct": True}],  # an answers.jsonl written before finish_reason: not truncated
-        "72B": [{"id": "a", "correct": True, "finish_reason": "stop"}, {"id": "b", "correct": True, "finish_reason": "stop"},
+        "72B": [{"id": "a", "correct": True, "finish_reason": "stop"},
+                {"id": "b", "correct": True, "finish_reason": "stop"},
                 {"id": "c", "correct": True, "finish_reason": "stop"}],
     }
     translations = {i: {"flag": ""} for i in "abc"}
@@ -140,7 +143,8 @@ def test_killed_teacher_resumes_once(translated, tracking, tmp_path):
     """Teacher killed halfway resumes and holds each answer once."""
     args = [sys.executable, str(ROOT / "entrypoints" / "teacher.py"), "--teacher", "7B", "--shard_size", "2",
             "--batch_size", "1", "--max_new_tokens", "48"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "Default"},
+    proc = subprocess.Popen(args, cwd=tmp_path,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "Default"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     shards = []
@@ -155,7 +159,8 @@ def test_killed_teacher_resumes_once(translated, tracking, tmp_path):
     killed = mlflow.search_runs(filter_string="tags.`distill.phase` = 'teacher'", output_format="list")[0]
     assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to mark it
 
-    done = subprocess.run(args, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "Default"},
+    done = subprocess.run(args, cwd=tmp_path,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_EXPERIMENT_NAME": "Default"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming:" in done.stderr

@@ -1,5 +1,6 @@
 """The MLflow UI a researcher lands on: the link `main` prints opens, in a fresh browser profile, on the study in
-Model training mode (Runs, Models, Model registry; not the GenAI Overview), with Table 1 and the registered students."""
+Model training mode (Runs, Models, Model registry; not the GenAI Overview), with Table 1 and the registered
+students."""
 
 import os
 import re
@@ -35,7 +36,8 @@ def _serve(command: str, port: int, cwd):
     """`mlflow ui` as main printed it, on a free port; waits until it answers."""
     args = shlex.split(command)
     assert args[:2] == ["mlflow", "ui"], command
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", *args[2:], "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", *args[2:], "--host", "127.0.0.1",
+                             "--port", str(port)],
                             cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -56,8 +58,8 @@ def test_main_link_opens_model_training_mode(tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_entry("main", "--preset", "offline", "--students", "qwen2.5-0.5b", "--limit", "4", "--train_limit", "16",
-                     "--n", "12", env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    proc = run_entry("main", "--preset", "offline", "--students", "qwen2.5-0.5b", "--limit", "4",
+                     "--train_limit", "16", "--n", "12", env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
     last = [line for line in proc.stderr.splitlines() if line.startswith("[distill]")][-1]
     found = re.fullmatch(r"\[distill\] main: to see it: (mlflow ui --backend-store-uri \S+)   then open "
                          r"http://127\.0\.0\.1:5000/(#/experiments/\d+/runs/[0-9a-f]{32}\?workflowType=machine_learning)",

@@ -88,7 +88,8 @@ def test_evaluate_untrained_trains_first(tmp_path):
     """Evaluate of a student not trained yet trains it first."""
     uri = "models:/offline-student-qwen2.5-0.5b@teacher-72b"
     proc = mlflow_run(tmp_path, "-e", "evaluate", "--env-manager", "local", "--experiment-name", "mine",
-                      "-P", f"model={uri}", "-P", "limit=3", "-P", "max_new_tokens=4", "-P", "train_limit=8", "-P", "n=4")
+                      "-P", f"model={uri}", "-P", "limit=3", "-P", "max_new_tokens=4", "-P", "train_limit=8",
+                      "-P", "n=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[0] == "evaluate: 6 steps, 6 to run, 0 reused"
     runs = all_runs(tmp_path)
@@ -99,7 +100,8 @@ def test_evaluate_untrained_trains_first(tmp_path):
     assert all(r.data.tags["mlflow.parentRunId"] == cli.info.run_id for r in runs if lineage.PHASE in r.data.tags)
     [evaluation] = [r for r in runs if r.data.tags.get(lineage.PHASE) == "evaluate"]
     [trained] = [r for r in runs if r.data.tags.get(lineage.PHASE) == "sft"]
-    assert evaluation.data.tags[lineage.SFT_RUN_ID] == trained.info.run_id and trained.data.tags[lineage.TEACHER] == "72B"
+    assert (evaluation.data.tags[lineage.SFT_RUN_ID] == trained.info.run_id
+            and trained.data.tags[lineage.TEACHER] == "72B")
     assert evaluation.data.metrics["n_total"] == 3
     # its own max_new_tokens is the evaluation's: the teachers generated the preset's 32 tokens
     assert {r.data.params["max_new_tokens"] for r in runs if r.data.tags.get(lineage.PHASE) == "teacher"} == {"32"}
@@ -149,7 +151,8 @@ def test_bad_target_setting_stops_first(tracking, capsys):
     with pytest.raises(DistillError, match="unknown mode 'two-shot'"):
         upstream.run(phase("evaluate"), EvaluateParams(model="models:/offline-student-qwen2.5-0.5b@teacher-7b",
                                                           mode="two-shot"), UpstreamParams())
-    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == [] and capsys.readouterr().out == ""
+    assert (mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+            and capsys.readouterr().out == "")
 
 
 @pytest.mark.slow

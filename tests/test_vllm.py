@@ -38,7 +38,8 @@ class FakeLLM:
 
     def chat(self, prompts, params, use_tqdm=True):
         self.chats.append(len(prompts))
-        completion = types.SimpleNamespace(text="ステップごとに。3+4=7\n解答: 7", token_ids=[1] * 9, finish_reason="stop")
+        completion = types.SimpleNamespace(text="ステップごとに。3+4=7\n解答: 7", token_ids=[1] * 9,
+                                           finish_reason="stop")
         return [types.SimpleNamespace(outputs=[completion]) for _ in prompts]
 
     generate = chat
@@ -140,7 +141,8 @@ def test_one_engine_per_step_then_shut_down(fake_vllm, tracking):
     [llm] = FakeLLM.made
     assert llm.chats == [5, 5, 2]  # one LLM.chat per shard, one engine for all of them
     questions = read_jsonl_artifact(translated, "translations.jsonl")
-    longest = longest_chat_prompt(tiny_model_dir("tiny:teacher-7b"), [chat_messages(q["question_ja"]) for q in questions])
+    longest = longest_chat_prompt(tiny_model_dir("tiny:teacher-7b"),
+                                  [chat_messages(q["question_ja"]) for q in questions])
     assert llm.kwargs["max_model_len"] == longest + 64 + CONTEXT_MARGIN  # all 12 prompts, not the first shard's
     assert run.data.params["vllm_max_model_len"] == str(llm.kwargs["max_model_len"])
     assert len(llm.llm_engine.engine_core.shutdown) == len(fake_vllm) == 1

@@ -223,7 +223,8 @@ def test_study_on_vllm_survives_kill_9(tmp_path):
     assert {r.data.tags["distill.phase"] for r in generating} == {"translate", "teacher", "evaluate"}
     assert all(r.data.params.get("backend") == "vllm" for r in generating), \
         {r.info.run_name: r.data.params.get("backend") for r in generating}
-    assert all(int(r.data.params["vllm_max_model_len"]) > 0 for r in generating if "vllm_max_model_len" in r.data.params)
+    assert all(int(r.data.params["vllm_max_model_len"]) > 0
+               for r in generating if "vllm_max_model_len" in r.data.params)
     evaluations = [r for r in generating if r.data.tags["distill.phase"] == "evaluate"]
     assert any(r.data.params.get("role") == "student" and r.data.params.get("mode") == "zero-shot"
                for r in evaluations), [r.data.params for r in evaluations]  # read back from MLflow's layout
